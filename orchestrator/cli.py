@@ -1,0 +1,68 @@
+"""The `scalelab` command. Each command group lives in its own module, which exposes
+`register(subparsers)`; heavy imports (torch, ray, mlflow) happen inside the handlers so
+`scalelab --help` and `scalelab validate` stay fast."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from trainer.config import UserError
+
+# module -> registers its subcommands
+COMMAND_MODULES = (
+    "trainer.cli",            # train, coord-check
+    "orchestrator.plan_cli",  # validate, plan
+    "orchestrator.run_cli",   # run, submit, status, logs
+    "analysis.cli",           # report, export
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scalelab",
+        description="Scaling-law experiments: learnable multipliers vs tuned µP. "
+                    "See README.md for the sweep YAML format.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name:  # a real missing dependency inside the module: surface it
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        print(f"scalelab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"scalelab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def tracking_uri_from(args_uri: str | None, sweep_uri: str | None = None) -> str:
+    """--tracking-uri, then MLFLOW_TRACKING_URI, then the sweep file's setting, then the
+    SQLite default in the working directory (absolute, so Ray workers agree on it)."""
+    if args_uri:
+        return args_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    if sweep_uri:
+        return sweep_uri
+    return "sqlite:///" + os.path.abspath("mlflow.db")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

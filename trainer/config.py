@@ -1,0 +1,216 @@
+"""TrainConfig: every knob of one training run, flat so sweeps and MLflow params can name it.
+
+A config is validated on construction (pydantic): unknown keys, wrong types and impossible
+combinations raise ConfigError with the key and what is allowed, never a bare traceback.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+MATRIX_ROLES = ("embedding", "attn_q", "attn_k", "attn_v", "attn_o",
+                "mlp_up", "mlp_gate", "mlp_down", "head")
+MultiplierKind = Literal["none", "scalar", "row", "col", "vector"]
+
+
+class UserError(Exception):
+    """An error the user can fix (bad file, key, value, missing corpus). The CLI prints its
+    message alone, without a traceback, and exits with status 2."""
+
+
+class ConfigError(UserError, ValueError):
+    """Bad config input (file, key, value); the message says where and how to fix it."""
+
+
+class DataError(UserError):
+    """Missing, empty or unreadable corpus; the message names the path."""
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    # --- model (REFERENCE.md: decoder-only, pre-RMSNorm, RoPE, SwiGLU, untied head) ---
+    d_model: int = Field(128, ge=8, description="width d")
+    n_layers: int = Field(2, ge=1, description="depth L")
+    head_dim: int = Field(32, ge=2, description="fixed head size; heads = d_model / head_dim")
+    mlp_ratio: float = Field(4.0, gt=0, description="SwiGLU hidden size = mlp_ratio * d_model")
+    vocab_size: int = Field(256, ge=2, description="byte-level tokens")
+    seq_len: int = Field(128, ge=2)
+    freeze_norms: bool = Field(False, description="RMSNorm weights frozen at 1")
+
+    # --- parametrization (trainer/parametrization.py) ---
+    scheme: Literal["sp", "mup"] = "sp"
+    multipliers: MultiplierKind = Field(
+        "none", description="learnable multipliers on every matrix (paper placement: "
+        "embedding rows+cols, head none); 'vector' = rows and columns")
+    multiplier_placement: Literal["paper", "minimal"] = Field(
+        "paper", description="'minimal' = the symmetry-free placement of REFERENCE.md §3")
+    multiplier_overrides: dict[str, MultiplierKind] = Field(
+        default_factory=dict, description="per-role kind, e.g. {head: scalar, attn_k: none}")
+    multiplier_init: Literal["one", "forward"] = Field(
+        "one", description="init learnable multipliers at 1 or at the fixed forward multiplier")
+    base_width: int = Field(128, ge=1, description="µP base width d_base; m = d_model / d_base")
+    base_depth: int = Field(2, ge=1, description="depth-scaling base; depth multiplier = n_layers / base_depth")
+    width_recipe: Literal["lr", "lr_wd", "multiplier"] = Field(
+        "lr", description="REFERENCE.md §4 Table 1: scale hidden matrices through LR, LR and WD, or the forward multiplier")
+    depth_scaling: Literal["none", "completep", "depth_mup"] = "none"
+    init_std: float = Field(1.0, gt=0, description="σ: hidden init std = σ / sqrt(fan_in)")
+    emb_init_std: float = Field(1.0, gt=0, description="embedding init std (width-independent)")
+    head_init_std: float = Field(1.0, ge=0, description="head init std = this / sqrt(d_base) under µP "
+                                 "(width-independent), / sqrt(d_model) under sp; 0 = zero init")
+    alpha_emb: float = Field(1.0, gt=0, description="µP embedding forward multiplier")
+    alpha_out: float = Field(1.0, gt=0, description="µP output multiplier: logits × α_out / m")
+    alpha_attn: float = Field(1.0, gt=0, description="µP attention multiplier: q·k × α_attn / d_head")
+    lr_mult_emb: float = Field(1.0, gt=0)
+    lr_mult_hidden: float = Field(1.0, gt=0)
+    lr_mult_head: float = Field(1.0, gt=0)
+    lr_mult_vector: float = Field(1.0, gt=0, description="norm weights")
+    lr_mult_multiplier: float = Field(1.0, gt=0, description="learnable multipliers")
+    multiplier_lr_width_exponent: float = Field(
+        0.0, description="multiplier LR × m^exponent (open question of REFERENCE.md §5; 0 = width-independent)")
+    wd_mult_emb: float = Field(1.0, ge=0)
+    wd_mult_hidden: float = Field(1.0, ge=0)
+    wd_mult_head: float = Field(1.0, ge=0)
+    wd_mult_vector: float = Field(0.0, ge=0)
+    multiplier_wd: float = Field(2e-3, ge=0, description="absolute WD on learnable multipliers (paper: 2e-3)")
+
+    # --- optimizer and schedule ---
+    optimizer: Literal["adamw", "muon"] = Field("adamw", description="muon: hidden matrices on Muon, the rest on AdamW")
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    wd_mode: Literal["decoupled", "independent"] = Field(
+        "decoupled", description="decoupled: torch AdamW (decay ∝ lr·λ); independent: decay ∝ λ·schedule only")
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0)
+    muon_momentum: float = Field(0.95, ge=0, lt=1)
+    grad_clip: float = Field(1.0, ge=0, description="global grad-norm clip (0 = off); multipliers excluded")
+    schedule: Literal["wsd", "cosine", "constant"] = "wsd"
+    warmup_steps: int = Field(20, ge=0)
+    decay_frac: float = Field(0.2, ge=0, le=1, description="wsd: fraction of steps in the final linear decay")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+
+    # --- data ---
+    corpus: str | list[str] = Field(
+        "kjv", description="'kjv' (built-in King James text), text file(s)/directory, a .bin uint16 token "
+        "file, or a .parquet file")
+    parquet_column: str = "text"
+    val_fraction: float = Field(0.05, gt=0, lt=0.5)
+    batch_size: int = Field(16, ge=1)
+    cache_dir: str | None = Field(None, description="prepared-token cache (default ~/.cache/scalelab)")
+
+    # --- loop ---
+    steps: int = Field(300, ge=1)
+    seed: int = 0
+    eval_interval: int = Field(50, ge=1)
+    eval_batches: int = Field(4, ge=1)
+    divergence_factor: float = Field(2.0, gt=1, description="diverged if train loss > factor × initial loss")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False
+    threads: int = Field(0, ge=0, description="torch CPU threads (0 = leave as is)")
+    peak_flops: float | None = Field(None, gt=0, description="device peak FLOP/s for MFU (auto on known GPUs)")
+    record_activations: bool = Field(True, description="mean |activation| per block at eval points")
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "TrainConfig":
+        if self.d_model % self.head_dim:
+            raise ValueError(f"d_model={self.d_model} is not a multiple of head_dim={self.head_dim}; "
+                             f"pick a width that is, e.g. {self.head_dim * max(1, round(self.d_model / self.head_dim))}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even (rotary embeddings rotate pairs)")
+        bad = sorted(set(self.multiplier_overrides) - set(MATRIX_ROLES))
+        if bad:
+            raise ValueError(f"multiplier_overrides has unknown role(s) {bad}; roles are {list(MATRIX_ROLES)}")
+        if self.warmup_steps >= self.steps and self.steps > 1:
+            raise ValueError(f"warmup_steps={self.warmup_steps} must be below steps={self.steps}")
+        if self.width_recipe != "lr" and self.scheme == "sp":
+            raise ValueError(f"width_recipe={self.width_recipe!r} only applies to scheme 'mup'; "
+                             "set scheme: mup or leave width_recipe at 'lr'")
+        return self
+
+    # --- construction helpers -------------------------------------------------------------
+    @classmethod
+    def build(cls, values: dict[str, Any] | None = None, source: str = "config") -> "TrainConfig":
+        """Validate a mapping; raise ConfigError naming `source` and each bad key."""
+        try:
+            return cls(**(values or {}))
+        except ValidationError as err:
+            raise ConfigError(format_validation_error(err, source)) from None
+        except TypeError as err:
+            raise ConfigError(f"{source}: {err}") from None
+
+    @classmethod
+    def from_sources(cls, path: str | None = None, overrides: list[str] | None = None) -> "TrainConfig":
+        values: dict[str, Any] = load_yaml_mapping(path) if path else {}
+        values.update(parse_overrides(overrides or []))
+        return cls.build(values, source=path or "command line")
+
+    def flat(self) -> dict[str, Any]:
+        return self.model_dump()
+
+    @property
+    def n_heads(self) -> int:
+        return self.d_model // self.head_dim
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(round(self.mlp_ratio * self.d_model))
+
+    @property
+    def width_mult(self) -> float:
+        return self.d_model / self.base_width
+
+    @property
+    def depth_mult(self) -> float:
+        return self.n_layers / self.base_depth
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid training config ({err.error_count()} problem(s)):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            import difflib
+            close = difflib.get_close_matches(str(e["loc"][-1]), TrainConfig.model_fields, n=1)
+            msg = "unknown key" + (f"; did you mean '{close[0]}'?" if close else "; see `scalelab train --help-config`")
+        elif e["loc"] and "input" in e and e["type"] != "missing":  # top-level input is the whole mapping
+            msg += f" (got {e['input']!r})"
+        lines.append(f"  - {key}: {msg}")
+    return "\n".join(lines)
+
+
+def load_yaml_mapping(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`key=value` pairs; values parsed as YAML scalars/lists (lr=1e-3, corpus=[a.txt,b.txt])."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. lr=1e-3)")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        out[key.strip()] = value
+    return out
