@@ -1,0 +1,49 @@
+"""Cost of one config without building a model: parameters, tokens, FLOPs, memory, time.
+Used by `scalelab plan` and for GPU fractions; the tests check it against the real model."""
+from __future__ import annotations
+
+from .config import TrainConfig
+from .parametrization import multiplier_placement
+
+# Effective throughput assumed for time estimates (FLOP/s of useful training work per trial).
+CPU_FLOPS_PER_THREAD = 1.2e10
+GPU_FLOPS = 989e12 * 0.35  # H100 bf16 dense peak at a typical small-model MFU
+
+
+def _multiplier_count(kind: str, d_in: int, d_out: int) -> int:
+    return {"none": 0, "scalar": 1, "row": d_out, "col": d_in, "vector": d_in + d_out}[kind]
+
+
+def matrix_shapes(cfg: TrainConfig) -> list[tuple[str, int, int]]:
+    """(role, d_in, d_out) of every matrix of the model."""
+    d, h = cfg.d_model, cfg.mlp_hidden
+    block = [("attn_q", d, d), ("attn_k", d, d), ("attn_v", d, d), ("attn_o", d, d),
+             ("mlp_up", d, h), ("mlp_gate", d, h), ("mlp_down", h, d)]
+    return [("embedding", cfg.vocab_size, d)] + block * cfg.n_layers + [("head", d, cfg.vocab_size)]
+
+
+def flops_per_token(cfg: TrainConfig) -> float:
+    """Training FLOPs per token: 6 × matmul parameters (embedding lookups are free) plus the
+    attention scores and mixing (Kaplan et al.: 6 · n_layers · seq_len · d_model)."""
+    matmul = sum(i * o for role, i, o in matrix_shapes(cfg) if role != "embedding")
+    return 6.0 * matmul + 6.0 * cfg.n_layers * cfg.seq_len * cfg.d_model
+
+
+def estimate(cfg: TrainConfig) -> dict[str, float]:
+    kinds = multiplier_placement(cfg.multipliers, cfg.multiplier_placement, cfg.multiplier_overrides)
+    shapes = matrix_shapes(cfg)
+    weights = sum(i * o for _, i, o in shapes)
+    multipliers = sum(_multiplier_count(kinds[role], i, o) for role, i, o in shapes)
+    norms = (2 * cfg.n_layers + 1) * cfg.d_model
+    n_params = weights + multipliers + norms
+    tokens = cfg.steps * cfg.tokens_per_step
+    flops = flops_per_token(cfg) * tokens
+    # fp32 weights + grads + two Adam moments, activations kept for backward (~24 floats per
+    # token and width per layer, plus attention and fp32 logits with their gradient).
+    act = cfg.tokens_per_step * (cfg.n_layers * (24 * cfg.d_model + 2 * cfg.mlp_hidden * 3)
+                                 + 3 * cfg.vocab_size)
+    memory = 16 * n_params + 4 * act
+    return {"n_params": n_params, "n_params_nonembedding": n_params - cfg.vocab_size * cfg.d_model,
+            "tokens": tokens, "flops": flops, "memory_bytes": memory,
+            "seconds_cpu": flops / (CPU_FLOPS_PER_THREAD * max(1, cfg.threads)),
+            "seconds_gpu": flops / GPU_FLOPS}
