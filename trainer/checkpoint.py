@@ -49,7 +49,8 @@ def load_checkpoint(path: str, t: "Trainer") -> None:
     file = Path(path) / "state.pt"
     if not file.is_file():
         raise UserError(f"no checkpoint at {path} (expected {file})")
-    state = torch.load(file, map_location=t.device, weights_only=False)
+    # Load on the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest.
+    state = torch.load(file, map_location="cpu", weights_only=False)
     if state["config"] != t.cfg.model_dump():
         changed = sorted(k for k in state["config"] if state["config"][k] != t.cfg.model_dump().get(k))
         raise UserError(f"checkpoint {path} was written with a different config (keys {changed}); "

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, UserError
 from .data import Batches
 from .estimate import flops_per_token
 from .model import GPT
@@ -34,6 +34,9 @@ class TrainResult:
 
 
 def pick_device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device: cuda was asked for but torch sees no GPU "
+                        f"(torch {torch.__version__}); use device: auto or cpu, or install a CUDA build of torch")
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
