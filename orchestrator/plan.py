@@ -1,0 +1,145 @@
+"""`scalelab plan`: what a sweep would run — per trial cost from `trainer.estimate`, which
+trials are already done in MLflow, and totals. Pure data here; printing is in plan_cli."""
+from __future__ import annotations
+
+from typing import Any
+
+from trainer.estimate import estimate
+
+from .spec import SweepSpec, Trial
+
+
+def trial_row(trial: Trial, done: dict[str, str]) -> dict[str, Any]:
+    est = estimate(trial.config)
+    on_gpu = trial.resources["gpu"] > 0
+    return {
+        "label": trial.label,
+        "hash": trial.hash,
+        "overrides": trial.overrides,
+        "n_params": int(est["n_params"]),
+        "tokens": int(est["tokens"]),
+        "flops": float(est["flops"]),
+        "memory_bytes": int(est["memory_bytes"]),
+        "cpu": trial.resources["cpu"],
+        "gpu": trial.resources["gpu"],
+        "seconds": float(est["seconds_gpu"] if on_gpu else est["seconds_cpu"]),
+        "done": done.get(trial.hash),  # "finished" | "diverged" | None
+    }
+
+
+def build_plan(spec: SweepSpec, tracking_uri: str, done: dict[str, str]) -> dict[str, Any]:
+    """The whole plan as plain data (what `plan --json` prints)."""
+    plan: dict[str, Any] = {
+        "sweep": spec.name, "file": spec.source, "experiment": spec.experiment,
+        "tracking_uri": tracking_uri, "mode": spec.mode, "concurrency": spec.concurrency,
+        "retries": spec.retries, "seeds": spec.seeds, "from_study": spec.from_study,
+    }
+    if spec.mode == "grid":
+        rows = [trial_row(t, done) for t in spec.trials()]
+        plan["trials"] = rows
+        plan["totals"] = _totals(rows, spec.concurrency)
+    else:
+        plan.update(_search_plan(spec, done))
+    return plan
+
+
+def _totals(rows: list[dict[str, Any]], concurrency: int | None) -> dict[str, Any]:
+    todo = [r for r in rows if not r["done"]]
+    seconds = sum(r["seconds"] for r in todo)
+    return {
+        "trials": len(rows), "done": len(rows) - len(todo), "to_run": len(todo),
+        "flops_to_run": sum(r["flops"] for r in todo),
+        "tokens_to_run": sum(r["tokens"] for r in todo),
+        "seconds_to_run": seconds,  # compute time, one trial after another
+        "wall_seconds_at_concurrency": seconds / concurrency if concurrency else None,
+        "max_memory_bytes": max((r["memory_bytes"] for r in rows), default=0),
+    }
+
+
+def _search_plan(spec: SweepSpec, done: dict[str, str]) -> dict[str, Any]:
+    s = spec.search
+    base = trial_row(spec.resolve({}), {})  # cost of one sample at the base values
+    samples = s.num_samples * len(spec.seeds)
+    remaining = max(samples - len(done), 0)
+    seconds = base["seconds"] * remaining
+    return {
+        "search": {"metric": s.metric, "direction": s.mode, "num_samples": s.num_samples,
+                   "storage": s.storage, "study_name": s.study_name, "space": s.space_text},
+        "per_sample_at_base": base,
+        "trials": [],
+        "totals": {
+            "trials": samples, "done": len(done), "to_run": remaining,
+            "flops_to_run": base["flops"] * remaining,
+            "tokens_to_run": base["tokens"] * remaining,
+            "seconds_to_run": seconds,
+            "wall_seconds_at_concurrency": seconds / spec.concurrency if spec.concurrency else None,
+            "max_memory_bytes": base["memory_bytes"],
+        },
+    }
+
+
+# --- human-readable numbers -----------------------------------------------------------------
+def si(value: float) -> str:
+    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.3g}{unit}"
+    return f"{value:.3g}"
+
+
+def size(value: float) -> str:
+    for unit, factor in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if value >= factor:
+            return f"{value / factor:.3g} {unit}"
+    return f"{int(value)} B"
+
+
+def duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    head = [f"sweep {plan['sweep']} ({plan['file']}): experiment {plan['experiment']!r} "
+            f"at {plan['tracking_uri']}"]
+    if plan.get("from_study"):
+        fs = plan["from_study"]
+        values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in fs["params"].items())
+        head.append(f"from study {fs['study']!r} ({fs['storage']}): {values}")
+    if plan["mode"] == "search":
+        return "\n".join(head + _format_search(plan) + _format_totals(plan["totals"]))
+    return "\n".join(head + [""] + _format_table(plan["trials"]) + [""] + _format_totals(plan["totals"]))
+
+
+def _format_table(rows: list[dict[str, Any]]) -> list[str]:
+    header = ("#", "label", "hash", "params", "tokens", "FLOPs", "memory", "gpu", "est. time", "status")
+    cells = [header] + [
+        (str(i), r["label"], r["hash"], si(r["n_params"]), si(r["tokens"]), f"{r['flops']:.2e}",
+         size(r["memory_bytes"]), f"{r['gpu']:g}", duration(r["seconds"]), r["done"] or "to run")
+        for i, r in enumerate(rows, 1)]
+    widths = [max(len(row[c]) for row in cells) for c in range(len(header))]
+    right = {0, 3, 4, 5, 6, 7, 8}
+    return ["  ".join(cell.rjust(w) if c in right else cell.ljust(w)
+                      for c, (cell, w) in enumerate(zip(row, widths))).rstrip() for row in cells]
+
+
+def _format_search(plan: dict[str, Any]) -> list[str]:
+    s, base = plan["search"], plan["per_sample_at_base"]
+    lines = [f"search: {s['num_samples']} samples × {len(plan['seeds'])} seed(s), "
+             f"{s['direction']} {s['metric']}, study {s['study_name']!r} at {s['storage']}"]
+    lines += [f"  {key}: {text}" for key, text in s["space"].items()]
+    lines.append(f"one sample at the base values: {si(base['n_params'])} params, {si(base['tokens'])} tokens, "
+                 f"{base['flops']:.2e} FLOPs, {size(base['memory_bytes'])}, ~{duration(base['seconds'])}")
+    return lines
+
+
+def _format_totals(t: dict[str, Any]) -> list[str]:
+    line = (f"total: {t['trials']} trials, {t['done']} done, {t['to_run']} to run: "
+            f"{t['flops_to_run']:.2e} FLOPs, ~{duration(t['seconds_to_run'])} of compute")
+    if t.get("wall_seconds_at_concurrency") is not None:
+        line += f" (~{duration(t['wall_seconds_at_concurrency'])} at the sweep's concurrency)"
+    return [line + f"; peak memory per trial {size(t['max_memory_bytes'])}"]

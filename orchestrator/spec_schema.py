@@ -1,0 +1,112 @@
+"""The shape of a sweep file (pydantic): top-level keys, their types and allowed values.
+Training keys inside `base`/`grid`/`zip`/`derived`/`search.space` are checked against
+TrainConfig afterwards (spec.py), so that errors can name grid points."""
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Metrics a search may optimise: the trainer's report and final keys (CONTRACTS.md).
+METRICS = ("final_val_loss", "min_val_loss", "final_train_loss", "val_loss", "train_loss",
+           "tokens_per_s", "mfu", "wall_time_s", "grad_norm")
+DISTRIBUTIONS = ("log_uniform", "uniform", "int", "categorical")
+MAX_SEEDS = 10_000
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ResourcesFile(_Strict):
+    cpu: float = Field(1.0, gt=0, description="CPUs reserved per trial")
+    gpu: float | Literal["auto"] = Field(
+        0.0, description="GPUs per trial: 0, a fraction (0.25), a whole number, or 'auto' "
+        "(a fraction from the trial's estimated memory)")
+    gpu_memory_gb: float = Field(80.0, gt=0, description="GPU memory assumed by gpu: auto (GiB)")
+
+    @field_validator("gpu", mode="before")
+    @classmethod
+    def _gpu(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"expected a number ≥ 0 (e.g. 0.25) or 'auto', got {value!r}")
+        if value > 1 and value != int(value):
+            raise ValueError(f"more than one GPU must be a whole number, got {value}")
+        return value
+
+
+class FromStudyFile(_Strict):
+    storage: str = Field(description="optuna storage URL, e.g. sqlite:///optuna.db")
+    study: str = Field(min_length=1, description="study name (a search sweep's study_name)")
+    keys: list[str] | None = Field(None, description="which best parameters to take (default: all)")
+
+
+class SearchFile(_Strict):
+    metric: str = "final_val_loss"
+    mode: Literal["min", "max"] = "min"
+    num_samples: int = Field(20, ge=1)
+    storage: str | None = None
+    study_name: str | None = None
+    sampler_seed: int | None = Field(None, description="seed of Optuna's TPE sampler (reproducible search)")
+    space: dict[str, Any] = Field(min_length=1)  # entries checked by search_space.py
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, value: str) -> str:
+        if value not in METRICS:
+            raise ValueError(f"unknown metric {value!r}; allowed: {', '.join(METRICS)}")
+        return value
+
+
+class SweepFile(_Strict):
+    name: str = Field(description="letters, digits, '_', '-', '.' (names the Ray run folder)")
+    experiment: str | None = Field(None, min_length=1)
+    tracking_uri: str | None = Field(None, min_length=1)
+    description: str | None = None
+    base: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    zip: dict[str, list[Any]] = Field(default_factory=dict)
+    seeds: int | list[int] | None = None
+    derived: dict[str, str] = Field(default_factory=dict)
+    resources: ResourcesFile = Field(default_factory=ResourcesFile)
+    concurrency: int | None = Field(None, ge=1)
+    retries: int = Field(1, ge=0)
+    search: SearchFile | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.match(NAME_PATTERN, value):
+            raise ValueError(f"{value!r} is not a usable sweep name; use letters, digits, '_', '-' "
+                             "and '.' (it names the MLflow experiment and Ray's run folder)")
+        return value
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seeds(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not 1 <= value <= MAX_SEEDS:
+                raise ValueError(f"a number of seeds must be between 1 and {MAX_SEEDS}, got {value}")
+            return value
+        if (isinstance(value, list) and value
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            if len(set(value)) != len(value):
+                raise ValueError(f"seeds repeat a value: {value}")
+            return value
+        raise ValueError(f"expected a number of seeds (3 → 0, 1, 2) or a non-empty list of "
+                         f"integer seeds ([0, 1, 2]), got {value!r}")
+
+
+# Allowed keys per mapping, for "did you mean" on unknown keys.
+ALLOWED_KEYS: dict[tuple, list[str]] = {
+    (): list(SweepFile.model_fields),
+    ("resources",): list(ResourcesFile.model_fields),
+    ("search",): list(SearchFile.model_fields),
+    ("base", "from_study"): list(FromStudyFile.model_fields),
+}

@@ -1,0 +1,139 @@
+"""Read a YAML file into plain data plus a map from key paths to line numbers.
+
+PyYAML's `safe_load` forgets where each value came from; error messages need "grid.lr[2] (line 12)".
+So we compose the node tree once, construct the data from that same tree and walk it for
+positions. PyYAML has no such helper, hence this small module.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from trainer.config import ConfigError
+
+KeyPath = tuple  # of str (mapping keys) and int (list indices)
+
+
+class SweepLoader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-3` as a number. PyYAML follows YAML 1.1, whose float syntax
+    needs a dot (`1.0e-3`), so `lr: 1e-3` would otherwise be the string '1e-3'."""
+
+
+SweepLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+@dataclass
+class LoadedYaml:
+    source: str                     # the file name used in messages
+    data: Any                       # what yaml.safe_load would return
+    lines: dict[KeyPath, int] = field(default_factory=dict)  # 1-based line of each key/item
+
+    def line(self, path: KeyPath) -> int | None:
+        """The line of `path`, or of its nearest ancestor that has one."""
+        path = tuple(path)
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return None
+
+    def where(self, path: KeyPath) -> str:
+        """'grid.lr[2] (line 12)' — the key path as written in the file, with its line."""
+        text = format_path(path)
+        line = self.line(path)
+        return f"{text} (line {line})" if line else text
+
+
+def format_path(path: KeyPath) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def load_yaml_file(path: str) -> LoadedYaml:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror or err})") from None
+    return load_yaml_text(text, source=path)
+
+
+def load_yaml_text(text: str, source: str = "<string>") -> LoadedYaml:
+    loader = None
+    try:
+        loader = SweepLoader(text)  # the reader rejects unprintable characters here
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as err:
+        raise ConfigError(f"{source}: not valid YAML{_mark(err)}: {_problem(err)}") from None
+    except yaml.reader.ReaderError as err:
+        raise ConfigError(f"{source}: not valid YAML: {err.reason} (character {err.character!r} "
+                          f"at position {err.position})") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: the YAML is nested too deeply") from None
+    # Other failures of the constructor on odd input (`!!int x`, `!!timestamp 99`) are still
+    # the file's fault, not ours.
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as err:
+        raise ConfigError(f"{source}: not valid YAML: {err}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    loaded = LoadedYaml(source=source, data=data)
+    if node is not None:
+        try:
+            _walk(node, (), loaded, set())
+        except RecursionError:
+            raise ConfigError(f"{source}: the YAML is nested too deeply") from None
+    return loaded
+
+
+def _mark(err: yaml.MarkedYAMLError) -> str:
+    mark = err.problem_mark or err.context_mark
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+
+
+def _problem(err: yaml.MarkedYAMLError) -> str:
+    parts = [p for p in (err.context, err.problem) if p]
+    return "; ".join(parts) or str(err)
+
+
+def _walk(node: yaml.Node, path: KeyPath, out: LoadedYaml, seen: set[int]) -> None:
+    # An alias repeats a node elsewhere; walk each node once (also guards against alias bombs).
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        keys_seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` merge keys
+                continue
+            key = key_node.value
+            line = key_node.start_mark.line + 1
+            if key in keys_seen:
+                raise ConfigError(
+                    f"{out.source}: {format_path(path + (key,))} (line {line}): duplicate key; "
+                    f"it is already set on line {keys_seen[key]} — keep one of them")
+            keys_seen[key] = line
+            out.lines[path + (key,)] = line
+            _walk(value_node, path + (key,), out, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            out.lines[path + (index,)] = item.start_mark.line + 1
+            _walk(item, path + (index,), out, seen)
