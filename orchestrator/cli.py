@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"scalelab {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `scalelab plan ... | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"scalelab {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -59,7 +59,7 @@ def _totals(rows: list[dict[str, Any]], concurrency: int | None) -> dict[str, An
 def _search_plan(spec: SweepSpec, done: dict[str, str]) -> dict[str, Any]:
     s = spec.search
     base = trial_row(spec.resolve({}), {})  # cost of one sample at the base values
-    samples = s.num_samples * len(spec.seeds)
+    samples = s.num_samples  # one seed per sampled point
     remaining = max(samples - len(done), 0)
     seconds = base["seconds"] * remaining
     return {

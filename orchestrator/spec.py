@@ -176,7 +176,7 @@ class SweepSpec:
         seeds = f"{len(self.seeds)} seed" + ("s" if len(self.seeds) != 1 else "")
         if self.mode == "search":
             s = self.search
-            return (f"search: {s.num_samples} samples × {seeds} over {', '.join(s.space)}; "
+            return (f"search: {s.num_samples} samples (seed {self.seeds[0]}) over {', '.join(s.space)}; "
                     f"{s.mode} {s.metric}; study {s.study_name!r} at {s.storage}")
         parts = []
         if self.grid:
@@ -296,6 +296,13 @@ class SweepSpec:
                              "OptunaSearch cannot take grid_search axes); put fixed values in base, "
                              "run one search sweep per value, or drop `search:` for a grid sweep "
                              "(`seeds:` is allowed with search)")
+        if parsed.seeds is not None and not isinstance(parsed.seeds, int) and len(parsed.seeds) > 1 \
+                or isinstance(parsed.seeds, int) and parsed.seeds > 1:
+            # Optuna scores each sampled point by one objective value: several seeds per point
+            # would need an average the searcher never sees, so a search runs one seed.
+            problems.add(("seeds",), "a search sweep runs one seed per sampled point (Optuna scores each point "
+                         "by one value); give one seed (seeds: [0]) and repeat the best point in a grid sweep "
+                         "with several seeds")
         space, text = {}, {}
         for key, entry in s.space.items():
             path = ("search", "space", key)

@@ -142,7 +142,7 @@ def test_plan_of_a_search_sweep(tmp_path, capsys):
     path.write_text(textwrap.dedent("""
         name: tune
         base: {d_model: 64, steps: 10, warmup_steps: 2}
-        seeds: 2
+        seeds: [1]
         search:
           num_samples: 5
           space:
@@ -153,8 +153,8 @@ def test_plan_of_a_search_sweep(tmp_path, capsys):
     plan = json.loads(out)
     assert plan["mode"] == "search" and plan["trials"] == []
     assert plan["search"]["space"] == {"lr": "log_uniform[0.0001, 0.01]"}
-    assert plan["totals"]["trials"] == 10
-    assert plan["totals"]["flops_to_run"] == pytest.approx(10 * plan["per_sample_at_base"]["flops"])
+    assert plan["totals"]["trials"] == 5  # one seed per sampled point
+    assert plan["totals"]["flops_to_run"] == pytest.approx(5 * plan["per_sample_at_base"]["flops"])
 
 
 # --- validate -----------------------------------------------------------------------------------

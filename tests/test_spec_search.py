@@ -16,7 +16,7 @@ SEARCH = """
     name: tune
     tracking_uri: sqlite:///{db}
     base: {{scheme: mup, d_model: 64, batch_size: 4}}
-    seeds: 2
+    seeds: [3]
     derived:
       steps: "int(1000 / tokens_per_step * 100)"
     search:
@@ -46,7 +46,7 @@ def test_search_spec_fields_and_optuna_space(tmp_path):
     assert s.space["alpha_out"] == FloatDistribution(0.5, 2.0)
     assert s.space["n_layers"] == IntDistribution(1, 3)
     assert s.space["multipliers"] == CategoricalDistribution(["none", "scalar", "vector"])
-    assert spec.seeds == [0, 1]
+    assert spec.seeds == [3]
     assert not os.path.exists(tmp_path / "optuna.db")
 
 
@@ -54,11 +54,11 @@ def test_resolve_applies_base_derived_and_seed(tmp_path):
     spec = search_spec(tmp_path)
     trial = spec.resolve({"lr": 0.002, "alpha_out": 1.5, "n_layers": 2, "multipliers": "vector"})
     cfg = trial.config
-    assert (cfg.lr, cfg.alpha_out, cfg.n_layers, cfg.multipliers, cfg.seed) == (0.002, 1.5, 2, "vector", 0)
+    assert (cfg.lr, cfg.alpha_out, cfg.n_layers, cfg.multipliers, cfg.seed) == (0.002, 1.5, 2, "vector", 3)
     assert cfg.scheme == "mup" and cfg.d_model == 64
     assert cfg.steps == int(1000 / (4 * 128) * 100)
-    assert trial.overrides == {"lr": 0.002, "alpha_out": 1.5, "n_layers": 2, "multipliers": "vector", "seed": 0}
-    assert trial.label == "mup+vector lr=2e-3 alpha_out=1.5 L=2 s=0"
+    assert trial.overrides == {"lr": 0.002, "alpha_out": 1.5, "n_layers": 2, "multipliers": "vector", "seed": 3}
+    assert trial.label == "mup+vector lr=2e-3 alpha_out=1.5 L=2 s=3"
     other_seed = spec.resolve({"lr": 0.002, "alpha_out": 1.5, "n_layers": 2, "multipliers": "vector", "seed": 1})
     assert other_seed.hash != trial.hash and other_seed.config.seed == 1
 
@@ -73,6 +73,11 @@ def test_resolve_rejects_bad_samples_cleanly(tmp_path, values, fragment):
     with pytest.raises(ConfigError, match="tune.yaml") as info:
         search_spec(tmp_path).resolve(values)
     assert fragment in str(info.value)
+
+
+def test_search_runs_one_seed_per_point(tmp_path):
+    with pytest.raises(ConfigError, match=r"seeds \(line 5\): a search sweep runs one seed"):
+        search_spec(tmp_path, SEARCH.replace("seeds: [3]", "seeds: 2"))
 
 
 def test_grid_axes_cannot_be_combined_with_search(tmp_path):
