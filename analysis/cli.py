@@ -1,0 +1,154 @@
+"""`scalelab report` and `scalelab export`. Heavy modules (pandas, matplotlib, mlflow) are
+imported inside the handlers so `scalelab --help` stays fast."""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+from trainer.config import UserError
+
+REPORT_HELP = """\
+Fit and plot a sweep: hyperparameter transfer (optima, γ, drift, LR sensitivity), learned
+multipliers vs width, equilibrium norms, scaling laws, tuning cost, coordinate check. Writes
+OUT/report.md, OUT/summary.json (every number and interval) and OUT/figures/*.png|svg, and
+attaches them to the sweep's parent run in MLflow (artifact folder 'report').
+
+SOURCE is one or more MLflow experiment names, or one snapshot file written by
+`scalelab export` (then MLflow is not needed and nothing is attached)."""
+
+EXPORT_HELP = """\
+Snapshot one or more MLflow experiments into a single Parquet file (trials, metric histories,
+multipliers.csv tables) that `scalelab report FILE.parquet` reads offline."""
+
+
+def register(subparsers) -> None:
+    report = subparsers.add_parser("report", help="fits, figures and report.md of a sweep",
+                                   description=REPORT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    report.add_argument("source", nargs="+", metavar="EXPERIMENT_OR_PARQUET")
+    report.add_argument("--out", help="output directory (default reports/<experiment>)")
+    _tracking(report)
+    report.add_argument("--hp", default="lr", help="swept hyperparameter of the transfer fit (default lr; "
+                        "any numeric column, e.g. weight_decay)")
+    report.add_argument("--size", default="d_model", help="size column (default d_model; n_layers for depth)")
+    report.add_argument("--loss", default="final_val_loss", help="loss column (default final_val_loss)")
+    report.add_argument("--k", type=int, default=2, help="parabola window: best grid point ± k points (default 2)")
+    report.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates (default 200)")
+    report.add_argument("--level", type=float, default=0.95, help="confidence level (default 0.95)")
+    report.add_argument("--seed", type=int, default=0, help="bootstrap RNG seed (default 0)")
+    report.add_argument("--reference", help="parametrization the loss gaps are measured against (default mup)")
+    report.add_argument("--no-attach", action="store_true", help="do not log the report to the parent run")
+    report.add_argument("--no-history", action="store_true",
+                        help="skip metric histories (faster; no training curves or coordinate check)")
+    report.set_defaults(func=run_report)
+
+    export = subparsers.add_parser("export", help="snapshot experiments into one Parquet file",
+                                   description=EXPORT_HELP)
+    export.add_argument("experiments", nargs="+", metavar="EXPERIMENT")
+    export.add_argument("file", metavar="FILE.parquet")
+    _tracking(export)
+    export.add_argument("--no-history", action="store_true", help="leave out metric histories")
+    export.add_argument("--no-artifacts", action="store_true", help="leave out multipliers.csv tables")
+    export.set_defaults(func=run_export)
+
+
+def _tracking(parser) -> None:
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
+                        "else sqlite:///mlflow.db in the working directory)")
+
+
+def _say(command: str):
+    def say(message: str) -> None:
+        print(f"scalelab {command}: {message}", file=sys.stderr, flush=True)
+    return say
+
+
+def _quiet_mlflow_logs() -> None:
+    """MLflow logs its SQLite schema checks at INFO on every open; the CLI shows its own progress."""
+    import logging
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def is_snapshot(source: str) -> bool:
+    return source.endswith(".parquet") or os.path.isfile(source)
+
+
+def run_report(args) -> int:
+    from orchestrator.cli import tracking_uri_from
+
+    from .fits import FitOptions
+    from .report import build_report
+    from .tables import Tables
+
+    say = _say("report")
+    options = _options(args, FitOptions)
+    snapshots = [s for s in args.source if is_snapshot(s)]
+    if snapshots and len(args.source) > 1:
+        raise UserError(f"give one snapshot file, or one or more experiment names (got {args.source})")
+    if snapshots:
+        say(f"loading {snapshots[0]}")
+        tables, uri = Tables.load(snapshots[0]), None
+        name = os.path.splitext(os.path.basename(snapshots[0]))[0]
+    else:
+        _quiet_mlflow_logs()
+        uri = tracking_uri_from(args.tracking_uri)
+        tables = Tables.from_mlflow(args.source, uri, history=not args.no_history, progress=say)
+        name = "+".join(args.source)
+    out = args.out or os.path.join("reports", _safe(name))
+    build_report(tables, out, options, progress=say)
+    if uri and not args.no_attach:
+        attach_report(uri, tables.meta.get("sweeps", []), out, say)
+    elif snapshots:
+        say("built from a snapshot: not attached to MLflow")
+    print(os.path.join(out, "report.md"))
+    return 0
+
+
+def _options(args, FitOptions):
+    if args.k < 1:
+        raise UserError(f"--k {args.k}: the parabola window needs k ≥ 1 (3 points)")
+    if args.n_boot < 20:
+        raise UserError(f"--n-boot {args.n_boot}: use at least 20 replicates for an interval")
+    if not 0 < args.level < 1:
+        raise UserError(f"--level {args.level}: a confidence level is between 0 and 1, e.g. 0.95")
+    return FitOptions(hp=args.hp, size=args.size, loss=args.loss, k=args.k, n_boot=args.n_boot,
+                      n_boot_scaling=min(args.n_boot, 100), level=args.level, seed=args.seed,
+                      reference=args.reference)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+=-]+", "_", name) or "report"
+
+
+def attach_report(tracking_uri: str, sweeps: list[dict], out_dir: str, say) -> list[str]:
+    """Log the report directory to each sweep's parent run (artifact folder 'report')."""
+    from mlflow import MlflowClient
+
+    if not sweeps:
+        say("no sweep parent run (tag scalelab.kind=sweep) in these experiments: report not attached")
+        return []
+    client = MlflowClient(tracking_uri)
+    for sweep in sweeps:
+        client.log_artifacts(sweep["run_id"], out_dir, artifact_path="report")
+        say(f"attached to parent run {sweep['run_id']} (sweep {sweep.get('sweep')}, artifacts/report)")
+    return [s["run_id"] for s in sweeps]
+
+
+def run_export(args) -> int:
+    from orchestrator.cli import tracking_uri_from
+
+    from .tables import Tables
+
+    say = _say("export")
+    if os.path.isdir(args.file):
+        raise UserError(f"{args.file} is a directory; give a file name such as {args.file.rstrip('/')}/snapshot.parquet")
+    _quiet_mlflow_logs()
+    uri = tracking_uri_from(args.tracking_uri)
+    tables = Tables.from_mlflow(args.experiments, uri, history=not args.no_history,
+                                artifacts=not args.no_artifacts, progress=say)
+    path = tables.save(args.file)
+    say(f"wrote {path}: {len(tables.trials)} trials, {len(tables.history)} history points, "
+        f"{len(tables.multipliers)} multiplier rows")
+    return 0

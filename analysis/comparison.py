@@ -1,0 +1,79 @@
+"""Parametrizations side by side: the best loss of each parametrization at each size (its
+tuned point: the swept hyperparameter value with the best mean over finished seeds, over all
+grid sweeps), and the loss gap to a reference parametrization with a bootstrap interval
+(seeds of both sides resampled independently)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from trainer.config import UserError
+
+from . import frames
+from .stats import bootstrap_means, percentile_ci
+
+
+def compare(trials: pd.DataFrame, size: str = "d_model", hp: str = "lr", loss: str = "final_val_loss",
+            reference: str | None = None, n_boot: int = 200, level: float = 0.95, seed: int = 0) -> dict:
+    frames.require_columns(trials, [size, loss, "parametrization", "outcome"], "the best-loss table")
+    frames.require_numeric(trials, [size, loss], "the best-loss table")
+    runs = frames.grid_runs(trials)
+    by = [size] + [c for c in ("d_model", "n_layers", "tokens") if c != size and c in runs.columns
+                   and pd.to_numeric(runs[c], errors="coerce").nunique() > 1]
+    best = frames.best_cells(runs, ["parametrization"] + by, hp, loss) if hp in runs.columns else frames.usable(runs)
+    if best.empty:
+        raise UserError(f"the best-loss table: no finished grid run with a {loss} value")
+    labels = sorted(best["parametrization"].unique())
+    reference = reference or ("mup" if "mup" in labels else labels[0])
+    rows = _best_rows(best, by, hp, loss)
+    rng = np.random.default_rng(seed)
+    gaps = _gaps(best, by, loss, reference, n_boot, level, rng) if reference in labels else []
+    warnings = [] if reference in labels else [f"reference parametrization {reference!r} has no runs; no gaps"]
+    return {"analysis": "comparison", "size": size, "hp": hp, "by": by, "loss": loss, "reference": reference,
+            "selection": f"finished grid runs at each size's best {hp}, over all sweeps",
+            "parametrizations": labels, "best": rows,
+            "treatment": {"diverged": "never the tuned point (mean loss +inf); not in the means",
+                          "failed": "excluded"}, "gaps": gaps, "ci_level": level, "warnings": warnings}
+
+
+def _best_rows(best: pd.DataFrame, by: list[str], hp: str, loss: str) -> list[dict]:
+    rows = []
+    for keys, sub in best.groupby(["parametrization"] + by, sort=True):
+        values = pd.to_numeric(sub[loss], errors="coerce").dropna().to_numpy()
+        row = {"parametrization": keys[0], **{k: _plain(v) for k, v in zip(by, keys[1:])},
+               "loss_mean": float(values.mean()), "n": int(values.size),
+               "loss_sem": float(values.std(ddof=1) / math.sqrt(values.size)) if values.size > 1 else None}
+        if hp in sub.columns:
+            row["best_" + hp] = float(sub[hp].iloc[0])
+        rows.append(row)
+    return rows
+
+
+def _gaps(best: pd.DataFrame, by: list[str], loss: str, reference: str, n_boot: int, level: float,
+          rng: np.random.Generator) -> list[dict]:
+    out = []
+    for keys, sub in best.groupby(by, sort=True):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        samples = {p: pd.to_numeric(s[loss], errors="coerce").dropna().to_numpy()
+                   for p, s in sub.groupby("parametrization")}
+        if reference not in samples:
+            continue
+        ref = samples[reference]
+        for label, values in samples.items():
+            if label == reference:
+                continue
+            boot = bootstrap_means([values, ref], n_boot, rng)
+            small = min(values.size, ref.size) < 2
+            out.append({"parametrization": label, "reference": reference,
+                        **{k: _plain(v) for k, v in zip(by, keys)},
+                        "gap": float(values.mean() - ref.mean()),
+                        "gap_ci": [None, None] if small else percentile_ci(boot[:, 0] - boot[:, 1], level),
+                        "n": int(values.size), "n_reference": int(ref.size)})
+    return out
+
+
+def _plain(value):
+    value = value.item() if hasattr(value, "item") else value
+    return int(value) if isinstance(value, float) and value.is_integer() else value

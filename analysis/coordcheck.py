@@ -1,0 +1,74 @@
+"""Coordinate check (microsoft/mup): mean |activation| of each block (act/<name> histories)
+against width over the first recorded steps. Under µP the curves are flat in width; under SP
+they grow. Per name and step, the log-log slope against width (with its OLS interval)
+summarises the plot: ≈ 0 means width-independent activations.
+
+Runs: finished and diverged grid runs (the first steps precede any divergence); when the
+swept hyperparameter varies, the value present at every width nearest the middle of the grid
+(in log2), so every width is compared at one setting.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from trainer.config import UserError
+
+from . import frames
+from .stats import loglog_fit
+
+
+def coord_check(trials: pd.DataFrame, history: pd.DataFrame, size: str = "d_model", hp: str = "lr",
+                max_steps: int = 5, level: float = 0.95) -> dict:
+    frames.require_columns(trials, [size, "parametrization", "outcome", "run_id"], "the coordinate check")
+    acts = history[history["key"].str.startswith("act/")] if len(history) else history
+    if acts.empty:
+        raise UserError("the coordinate check needs act/<name> metric histories; none were logged "
+                        "(train with record_activations: true, or run `scalelab coord-check`)")
+    runs = frames.usable(frames.grid_runs(trials))
+    steps = np.sort(acts["step"].unique())[:max_steps]
+    acts = acts[acts["step"].isin(steps)]
+    keys = frames.group_keys(runs)
+    warnings: list[str] = []
+    groups = []
+    for group, sub in frames.iter_groups(runs, keys):
+        sub, setting = _one_setting(sub, size, hp)
+        data = acts.merge(sub[["run_id", size]], on="run_id")
+        if data.empty or data[size].nunique() < 2:
+            continue
+        groups.append(_fit_group(group, data, size, setting, level))
+    if not groups:
+        warnings.append(f"no parametrization has act/ histories at ≥ 2 values of {size}: nothing to compare")
+    return {"analysis": "coord_check", "size": size, "steps": steps.tolist(), "ci_level": level,
+            "selection": f"one {hp} per parametrization, present at every {size}", "groups": groups,
+            "treatment": {"diverged": "included (the first steps precede the divergence)", "failed": "excluded"},
+            "warnings": warnings}
+
+
+def _one_setting(runs: pd.DataFrame, size: str, hp: str) -> tuple[pd.DataFrame, float | None]:
+    if hp not in runs.columns or runs[hp].nunique() <= 1:
+        return runs, None if hp not in runs.columns or runs.empty else float(runs[hp].iloc[0])
+    per_size = runs.groupby(size)[hp].apply(lambda s: set(s.round(15)))
+    common = sorted(set.intersection(*per_size)) if len(per_size) else []
+    candidates = np.array(common or sorted(runs[hp].round(15).unique()))
+    logs = np.log2(candidates)
+    chosen = float(candidates[np.argmin(np.abs(logs - np.median(logs)))])
+    return runs[np.isclose(runs[hp], chosen)], chosen
+
+
+def _fit_group(group: dict, data: pd.DataFrame, size: str, setting: float | None, level: float) -> dict:
+    slopes, points = [], []
+    for (key, step), sub in data.groupby(["key", "step"], sort=True):
+        name = key.split("/", 1)[1]
+        fit = loglog_fit(sub[size].to_numpy(float), sub["value"].abs().to_numpy(float), level)
+        slopes.append({"name": name, "step": int(step), **fit})
+        for width, part in sub.groupby(size):
+            v = part["value"].abs().to_numpy(float)
+            v = v[np.isfinite(v) & (v > 0)]
+            if v.size:
+                points.append({"name": name, "step": int(step), "size": float(width),
+                               "mean_abs": float(np.exp(np.log(v).mean())), "n": int(v.size)})
+    last = max(s["step"] for s in slopes)
+    worst = max((abs(s["exponent"]) for s in slopes if s["step"] == last and s["exponent"] is not None), default=None)
+    return {"group": group, "label": frames.group_label(group), "setting": setting,
+            "max_abs_exponent_last_step": worst, "slopes": slopes, "points": points}

@@ -1,0 +1,105 @@
+"""Learned multipliers vs width: per layer role, the learned multiplier (scalar, or the RMS and
+mean of vector rows/columns) as a power law in width, beside the µP prediction.
+
+Runs: finished grid runs with learnable multipliers (labels with '+'); at each width, the runs
+at the swept hyperparameter value with the best mean loss (the tuned point of that width).
+Each run's value of a role is the geometric mean over blocks. The head has no multiplier in the
+paper's placement: its scale is then read from the final RMSNorm weight (norm/final_norm/mean),
+which acts as the head's column multiplier (REFERENCE.md §2).
+
+µP prediction (REFERENCE.md §5, for the total scale at fixed η and λ): d⁻¹ for the head's logit
+scale, d⁻² for the q·k product (attn_q × attn_k multipliers of the same block).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from trainer.config import UserError
+
+from . import frames
+from .layers import block_product, role_values
+from .stats import loglog_fit
+
+STATS = ("scalar", "row_rms", "col_rms", "row_mean", "col_mean")
+PREDICTIONS = {"head": -1.0, "attn_q·attn_k": -2.0}
+
+
+def fit_multipliers(trials: pd.DataFrame, size: str = "d_model", hp: str = "lr", loss: str = "final_val_loss",
+                    level: float = 0.95) -> dict:
+    frames.require_columns(trials, [size, "parametrization", "outcome"], "learned multipliers vs width")
+    frames.require_numeric(trials, [size], "learned multipliers vs width")
+    if not any(c.startswith("mult/") for c in trials.columns):
+        raise UserError("learned multipliers vs width needs mult/<layer>/... metrics, and no run has them: "
+                        "no run had learnable multipliers (labels like mup+scalar, sp+vector)")
+    runs = frames.grid_runs(trials)
+    runs = runs[runs["outcome"].eq("finished") & runs["parametrization"].map(frames.is_lrm)]
+    if runs.empty:
+        raise UserError("learned multipliers vs width: no finished grid run with learnable multipliers")
+    warnings: list[str] = []
+    keys = frames.group_keys(runs)
+    groups = []
+    for group, sub in frames.iter_groups(runs, keys):
+        if hp in sub.columns and loss in sub.columns and sub[hp].nunique() > 1:
+            sub = frames.best_cells(sub, [size], hp, loss)
+        groups.append(_fit_group(group, sub, size, level))
+    if not any(g["n_sizes"] >= 2 for g in groups):
+        warnings.append(f"every group has one value of {size}: exponents need runs at ≥ 2 widths")
+    return {"analysis": "multipliers", "size": size, "selection": f"finished grid runs at each {size}'s best {hp}",
+            "aggregation": "geometric mean of |multiplier| over blocks", "predictions": PREDICTIONS,
+            "treatment": {"diverged": "excluded (a diverged run's multipliers are not a trained value)",
+                          "failed": "excluded"},
+            "prediction_note": "µP prediction for the total scale at fixed η, λ (REFERENCE.md §5); under "
+                               "scheme mup the fixed µP multipliers already carry these factors",
+            "ci_level": level, "groups": groups, "warnings": warnings}
+
+
+def role_series(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Series name -> one value per run: per role and stat, the q·k product, the head's scale."""
+    series: dict[str, np.ndarray] = {}
+    for stat in STATS:
+        suffix = "" if stat == "scalar" else f" {stat}"
+        for role, values in role_values(frame, "mult", stat).items():
+            series[role + suffix] = values
+        if stat in ("scalar", "row_rms"):
+            qk = block_product(frame, "attn_q", "attn_k", stat)
+            if qk is not None:
+                series["attn_q·attn_k" + suffix] = qk
+    if "head" not in series and "norm/final_norm/mean" in frame.columns:
+        series["head"] = np.abs(frame["norm/final_norm/mean"].to_numpy(dtype=float))
+    return {k: v for k, v in series.items() if np.isfinite(v).any()}
+
+
+def _fit_group(group: dict, runs: pd.DataFrame, size: str, level: float) -> dict:
+    widths = runs[size].to_numpy(dtype=float)
+    n_sizes = int(np.unique(widths).size)
+    result = {"group": group, "label": frames.group_label(group), "n_runs": len(runs), "n_sizes": n_sizes,
+              "series": []}
+    if n_sizes < 2:
+        result["note"] = f"one value of {size}: no width exponent"
+        return result
+    for name, values in role_series(runs).items():
+        fit = loglog_fit(widths, values, level)
+        role = name.split(" ")[0]
+        prediction = PREDICTIONS.get(role)
+        result["series"].append({"name": name, "role": role, "source": _source(name, runs), **fit, "prediction": prediction,
+                    "minus_prediction": None if prediction is None or fit["exponent"] is None
+                    else fit["exponent"] - prediction,
+                    "points": _points(widths, values)})
+    return result
+
+
+def _source(name: str, runs: pd.DataFrame) -> str:
+    if name == "head" and not any(c.startswith("mult/head/") for c in runs.columns):
+        return "norm/final_norm/mean (the head's column multiplier)"
+    return "mult/... metrics"
+
+
+def _points(widths: np.ndarray, values: np.ndarray) -> list[dict]:
+    out = []
+    for w in np.unique(widths):
+        v = values[(widths == w) & np.isfinite(values) & (values > 0)]
+        if v.size:
+            out.append({"size": float(w), "geo_mean": float(np.exp(np.log(v).mean())),
+                        "min": float(v.min()), "max": float(v.max()), "n": int(v.size)})
+    return out

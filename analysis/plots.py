@@ -1,0 +1,409 @@
+"""Figures of a report, drawn from the fits' result dicts (and the history table for training
+curves). Object-oriented matplotlib (`Figure`, no pyplot): no global state, no display needed
+(PNG through Agg, SVG through its own backend).
+
+Each `plot_*` returns a Figure or raises `SkipFigure(reason)` when its data is not there.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from .scaling import predict
+
+FORMATS = ("png", "svg")
+PANEL = (4.6, 3.5)   # inches per panel
+MAX_PANELS = 24
+
+
+class SkipFigure(Exception):
+    """The data for this figure is not there; the message says what is missing."""
+
+
+def save(fig: Figure, out_dir: Path, name: str) -> list[str]:
+    """PNG then SVG. The constrained layout (most of the drawing time: tick-label extents) is
+    computed once, by the first save, then frozen for the others."""
+    paths = []
+    for fmt in FORMATS:
+        path = out_dir / f"{name}.{fmt}"
+        fig.savefig(path, dpi=110)
+        fig.set_layout_engine("none")
+        paths.append(path.name)
+    return paths
+
+
+def _grid(n: int, ncols: int = 3, sharey: bool = False) -> tuple[Figure, list]:
+    n = max(1, min(n, MAX_PANELS))
+    cols = min(ncols, n)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(PANEL[0] * cols, PANEL[1] * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=sharey).ravel().tolist()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def _label_colours(labels: list[str]) -> dict[str, tuple]:
+    cmap = colormaps["tab10"]
+    return {label: cmap(i % 10) for i, label in enumerate(sorted(set(labels)))}
+
+
+def _size_colours(sizes: list[float]) -> dict[float, tuple]:
+    sizes = sorted(set(sizes))
+    cmap = colormaps["viridis"]
+    return {s: cmap(i / max(1, len(sizes) - 1) * 0.9) for i, s in enumerate(sizes)}
+
+
+def _ci_text(value, ci, fmt: str = "{:.3g}") -> str:
+    if value is None:
+        return "n/a"
+    text = fmt.format(value)
+    if ci and ci[0] is not None:
+        text += f" [{fmt.format(ci[0])}, {fmt.format(ci[1])}]"
+    return text
+
+
+def _plain_ticks(ax, *axes: str) -> None:
+    """Log-axis tick labels as plain numbers (128, 0.6) instead of 2^7 or 6×10^-1."""
+    fmt = FuncFormatter(lambda v, _pos: f"{v:g}")
+    for name in axes:
+        axis = ax.xaxis if name == "x" else ax.yaxis
+        axis.set_major_formatter(fmt)
+        axis.set_minor_formatter(fmt)
+
+
+def _size_name(size: str) -> str:
+    return {"d_model": "width d_model", "n_layers": "depth n_layers"}.get(size, size)
+
+
+# ---- transfer ----------------------------------------------------------------------------
+
+def plot_transfer(result: dict) -> Figure:
+    """Loss vs log2(hp), one panel per parametrization, width as colour, optima marked."""
+    curves = result["curves"]
+    labels = sorted({c["label"] for c in curves if any(p["loss_mean"] is not None for p in c["points"])})
+    if not labels:
+        raise SkipFigure("no transfer curve has a finite loss")
+    fig, axes = _grid(len(labels))
+    colours = _size_colours([c["size"] for c in curves])
+    hp, size = result["hp"], result["size"]
+    for ax, label in zip(axes, labels):
+        for c in (c for c in curves if c["label"] == label):
+            _draw_curve(ax, c, colours[c["size"]], size)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(f"{hp} (log2 axis)")
+        ax.set_ylabel(f"{result['loss']} (nats/token)")
+        ax.set_title(label)
+        ax.legend(fontsize=7, title=size, title_fontsize=7)
+    fig.suptitle(f"Loss vs {hp}; ★ = parabola optimum (bar: {int(result['ci_level'] * 100)}% interval), "
+                 f"× = every seed diverged")
+    return fig
+
+
+def _draw_curve(ax, curve: dict, colour, size: str) -> None:
+    pts = [p for p in curve["points"] if p["loss_mean"] is not None]
+    x = np.array([p["hp"] for p in pts])
+    y = np.array([p["loss_mean"] for p in pts])
+    err = np.array([p["loss_sem"] or 0.0 for p in pts])
+    ax.errorbar(x, y, yerr=err, color=colour, marker="o", ms=3, lw=1, capsize=2,
+                label=f"{curve['size']:g}")
+    diverged = [p["hp"] for p in curve["points"] if p["loss_mean"] is None and p["n_diverged"] == p["n"]]
+    if diverged and len(y):
+        ax.scatter(diverged, [np.nanmax(y)] * len(diverged), marker="x", color=colour, s=25)
+    if curve.get("opt") is not None:
+        ci = curve.get("opt_ci") or [None, None]
+        xerr = None if ci[0] is None else [[curve["opt"] - ci[0]], [ci[1] - curve["opt"]]]
+        ax.errorbar([curve["opt"]], [curve["loss_at_opt"]], xerr=xerr, color=colour, marker="*", ms=11,
+                    mec="black", mew=0.6, capsize=3, lw=1.5)
+
+
+def plot_optima(result: dict) -> Figure:
+    """η* vs size per parametrization, with the fitted log η* = c + γ·log size."""
+    groups = [g for g in result["groups"] if len(g["sizes"]) >= 2]
+    if not groups:
+        raise SkipFigure(f"no parametrization has optima at ≥ 2 values of {result['size']}")
+    fig, (ax,) = _grid(1)
+    colours = _label_colours([g["label"] for g in groups])
+    curves = {(c["label"], c["size"]): c for c in result["curves"]}
+    for g in groups:
+        sizes = np.array(g["sizes"])
+        opts = 2.0 ** np.array(g["log2_opt"])
+        ci = [curves[(g["label"], s)]["opt_ci"] for s in g["sizes"]]
+        yerr = np.array([[o - c[0] if c[0] else 0, c[1] - o if c[1] else 0] for o, c in zip(opts, ci)]).T
+        label = f"{g['label']}: γ = {_ci_text(g['gamma'], g['gamma_ci'], '{:.2f}')}"
+        ax.errorbar(sizes, opts, yerr=yerr, marker="o", ls="none", capsize=3, color=colours[g["label"]], label=label)
+        if g["gamma"] is not None:
+            xs = np.geomspace(sizes.min(), sizes.max(), 20)
+            ax.plot(xs, 2.0 ** (g["intercept_log2"] + g["gamma"] * np.log2(xs)), color=colours[g["label"]], lw=1)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel(_size_name(result["size"]))
+    ax.set_ylabel(f"optimal {result['hp']} η*")
+    _plain_ticks(ax, "x")
+    ax.set_title(f"Transfer of the optimal {result['hp']} (µP predicts γ ≈ 0)")
+    ax.legend(fontsize=7)
+    return fig
+
+
+# ---- learned multipliers -------------------------------------------------------------------
+
+def plot_multipliers(result: dict) -> Figure:
+    groups = [g for g in result["groups"] if g["series"]]
+    # vector multipliers: the RMS of rows and columns (their means are in report.md)
+    names = sorted({s["name"] for g in groups for s in g["series"] if not s["name"].endswith("_mean")},
+                   key=_series_order)
+    if not names:
+        raise SkipFigure("no learned multipliers at ≥ 2 widths")
+    fig, axes = _grid(len(names), ncols=4)
+    colours = _label_colours([g["label"] for g in groups])
+    for ax, name in zip(axes, names):
+        for g in groups:
+            for s in (s for s in g["series"] if s["name"] == name):
+                _draw_power_law(ax, s, colours[g["label"]], g["label"], "size")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(_size_name(result["size"]))
+        ax.set_ylabel("learned multiplier (geo. mean over blocks)")
+        _plain_ticks(ax, "x", "y")
+        ax.set_title(name)
+        ax.legend(fontsize=6)
+    fig.suptitle("Learned multipliers vs width; dashed: µP prediction (head d⁻¹, q·k d⁻²)")
+    return fig
+
+
+def _series_order(name: str):
+    roles = ["embedding", "attn_q", "attn_k", "attn_q·attn_k", "attn_v", "attn_o", "mlp_up", "mlp_gate",
+             "mlp_down", "head"]
+    role = name.split(" ")[0]
+    return (roles.index(role) if role in roles else len(roles), name)
+
+
+def _draw_power_law(ax, series: dict, colour, label: str, x_key: str) -> None:
+    pts = series["points"]
+    if not pts:
+        return
+    x = np.array([p[x_key] for p in pts])
+    y = np.array([p["geo_mean"] for p in pts])
+    err = None
+    if "min" in pts[0]:
+        err = np.array([[max(0.0, yy - p["min"]) for yy, p in zip(y, pts)], [p["max"] - yy for yy, p in zip(y, pts)]])
+    text = f"{label}: p = {_ci_text(series['exponent'], series['exponent_ci'], '{:.2f}')}"
+    ax.errorbar(x, y, yerr=err, marker="o", ls="none", ms=4, capsize=2, color=colour, label=text)
+    if series["exponent"] is not None:
+        xs = np.geomspace(x.min(), x.max(), 20)
+        ax.plot(xs, series["prefactor"] * xs ** series["exponent"], color=colour, lw=1)
+        prediction = series.get("prediction", series.get("predicted"))
+        if prediction is not None:
+            anchor = series["prefactor"] * xs[0] ** series["exponent"]
+            ax.plot(xs, anchor * (xs / xs[0]) ** prediction, color=colour, lw=1, ls="--")
+
+
+# ---- scaling laws and the comparison -------------------------------------------------------
+
+def plot_scaling(result: dict) -> Figure:
+    fits = [f for f in result["fits"] if f.get("points")]
+    if not any(f.get("E") is not None for f in fits):
+        raise SkipFigure("no scaling-law fit (needs ≥ 3 model sizes)")
+    fig, (ax,) = _grid(1)
+    colours = _label_colours([f["label"] for f in fits])
+    for f in fits:
+        if f.get("E") is None:
+            continue
+        N = np.array([p["N"] for p in f["points"]])
+        L = np.array([p["loss_mean"] for p in f["points"]])
+        err = np.array([p["loss_std"] or 0.0 for p in f["points"]])
+        text = (f"{f['label']}: E={_ci_text(f['E'], f['E_ci'])}, α={_ci_text(f['alpha'], f['alpha_ci'], '{:.2f}')}")
+        ax.errorbar(N, L, yerr=err, marker="o", ls="none", ms=4, capsize=2, color=colours[f["label"]], label=text)
+        xs = np.geomspace(N.min(), N.max(), 50)
+        D = np.median([p["D"] for p in f["points"] if p["D"]]) if f.get("B") is not None else None
+        ax.plot(xs, predict(f, xs, D), color=colours[f["label"]], lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters N")
+    ax.set_ylabel(f"{result['loss']} (nats/token)")
+    ax.set_title(f"Scaling law {result['model']}")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def plot_gaps(result: dict) -> Figure:
+    gaps = result["gaps"]
+    if not gaps:
+        raise SkipFigure(f"no parametrization to compare with the reference {result['reference']!r} at a common size")
+    fig, (ax,) = _grid(1)
+    size = result["size"]
+    colours = _label_colours([g["parametrization"] for g in gaps])
+    for label in sorted({g["parametrization"] for g in gaps}):
+        rows = sorted((g for g in gaps if g["parametrization"] == label), key=lambda g: g[size])
+        x = np.array([g[size] for g in rows], float)
+        y = np.array([g["gap"] for g in rows])
+        err = np.array([[y_ - (g["gap_ci"][0] if g["gap_ci"][0] is not None else y_) for y_, g in zip(y, rows)],
+                        [(g["gap_ci"][1] if g["gap_ci"][1] is not None else y_) - y_ for y_, g in zip(y, rows)]])
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=colours[label], label=label)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(_size_name(size))
+    _plain_ticks(ax, "x")
+    ax.set_ylabel(f"best loss − best loss of {result['reference']} (nats)")
+    ax.set_title(f"Loss gap to {result['reference']} at each size (below 0 = better)")
+    ax.legend(fontsize=7)
+    return fig
+
+
+# ---- equilibrium norms -----------------------------------------------------------------------
+
+def plot_norms(result: dict) -> Figure:
+    sweeps = result["sweeps"][:MAX_PANELS // 2]
+    fig, axes = _grid(2 * len(sweeps), ncols=2)
+    losses = [p["loss_mean"] for sw in sweeps for p in sw["loss"]["points"]]
+    for i, sweep in enumerate(sweeps):
+        ax_n, ax_l = axes[2 * i], axes[2 * i + 1]
+        colours = _label_colours([s["role"] for s in sweep["series"]])
+        for s in sweep["series"]:
+            pts = s["points"]
+            matrix = s["kind"] == "weight_rms"
+            ax_n.plot([p["S"] for p in pts], [p["geo_mean"] for p in pts], "-" if matrix else "--", marker="o",
+                      ms=3, color=colours[s["role"]], label=s["role"] if matrix else None)
+        ax_n.set_xscale("log", base=2)
+        ax_n.set_yscale("log")
+        _plain_ticks(ax_n, "x")
+        ax_n.set_xlabel("S = sqrt(lr / weight_decay)")
+        ax_n.set_ylabel("RMS (solid: matrix, dashed: effective)")
+        ax_n.set_title(f"{sweep['label']}\nnorms vs S (slopes in report.md)", fontsize=9)
+        ax_n.legend(fontsize=6, ncol=2)
+        pts = sweep["loss"]["points"]
+        ax_l.plot([p["S"] for p in pts], [p["loss_mean"] for p in pts], marker="o")
+        ax_l.set_xscale("log", base=2)
+        _plain_ticks(ax_l, "x")
+        if losses:  # one y range for every sweep, so a flat curve looks flat
+            pad = 0.05 * (max(losses) - min(losses) or 0.01)
+            ax_l.set_ylim(min(losses) - pad, max(losses) + pad)
+        ax_l.set_xlabel("S = sqrt(lr / weight_decay)")
+        ax_l.set_ylabel("loss (nats/token)")
+        ax_l.set_title(f"{sweep['label']}\nloss vs S (spread {_ci_text(sweep['loss']['spread'], None)} nats)",
+                       fontsize=9)
+    fig.suptitle("Equilibrium norms in a sqrt(η/λ) sweep at fixed sqrt(η·λ)")
+    return fig
+
+
+# ---- tuning cost -----------------------------------------------------------------------------
+
+def plot_tuning(result: dict) -> Figure:
+    curves = [c for c in result["curves"] if c["points"]]
+    if not curves:
+        raise SkipFigure("no finished run in the tuning curves")
+    fig, (ax,) = _grid(1)
+    colours = _label_colours([c["label"] for c in curves])
+    for c in curves:
+        x = [p["compute"] for p in c["points"]]
+        y = [p["best_loss"] for p in c["points"]]
+        ax.step(x, y, where="post", color=colours[c["label"]], ls="-" if c["kind"] == "search" else "--",
+                label=f"{c['label']} ({c['kind']}, {c['n_trials']} runs)")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"cumulative training compute ({'FLOPs' if result['compute'] == 'flops' else result['compute']})")
+    ax.set_ylabel(f"best {result['loss']} so far (nats/token)")
+    ax.set_title("Tuning cost\nsolid: µP search; dashed: learnable multipliers", fontsize=10)
+    ax.legend(fontsize=6)
+    return fig
+
+
+# ---- training curves and the coordinate check -------------------------------------------------
+
+def plot_training_curves(history: pd.DataFrame, trials: pd.DataFrame, comparison: dict) -> Figure:
+    """Mean val loss vs tokens over the seeds of each parametrization's best runs per size."""
+    if history.empty or not {"val_loss", "tokens"} <= set(history["key"].unique()):
+        raise SkipFigure("no val_loss and tokens histories")
+    size, hp = comparison["size"], comparison.get("hp", "lr")
+    chosen = _best_runs(trials, comparison, size)
+    if chosen.empty:
+        raise SkipFigure("no best runs to draw")
+    wide = (history[history["key"].isin(["val_loss", "tokens"]) & history["run_id"].isin(chosen["run_id"])]
+            .pivot_table(index=["run_id", "step"], columns="key", values="value").reset_index()
+            .merge(chosen[["run_id", "parametrization", size]], on="run_id"))
+    labels = sorted(wide["parametrization"].unique())
+    fig, axes = _grid(len(labels), sharey=True)
+    colours = _size_colours(wide[size].tolist())
+    for ax, label in zip(axes, labels):
+        part = wide[wide["parametrization"] == label]
+        for width, sub in part.groupby(size):
+            mean = sub.groupby("step")[["tokens", "val_loss"]].mean()
+            ax.plot(mean["tokens"], mean["val_loss"], color=colours[width], label=f"{width:g}")
+        ax.set_xscale("log")
+        ax.set_xlabel("tokens")
+        ax.set_ylabel("validation loss (nats/token)")
+        ax.set_title(f"{label} (best {hp} per size)")
+        ax.legend(fontsize=7, title=size, title_fontsize=7)
+    return fig
+
+
+def _best_runs(trials: pd.DataFrame, comparison: dict, size: str) -> pd.DataFrame:
+    """The finished runs behind each row of the best-loss table."""
+    hp = comparison.get("hp", "lr")
+    rows = []
+    for r in comparison["best"]:
+        mask = trials["parametrization"].eq(r["parametrization"]) & trials[size].eq(r[size])
+        mask &= trials["outcome"].eq("finished")
+        if f"best_{hp}" in r:
+            mask &= np.isclose(pd.to_numeric(trials[hp], errors="coerce"), r[f"best_{hp}"])
+        rows.append(trials[mask])
+    return pd.concat(rows) if rows else trials.iloc[:0]
+
+
+def plot_coord_check(result: dict) -> Figure:
+    groups = result["groups"]
+    if not groups:
+        raise SkipFigure("no act/ histories at ≥ 2 widths")
+    steps = result["steps"]
+    if len(steps) > 4:  # first, last and two between: enough to see a trend, cheap to draw
+        steps = [steps[i] for i in np.linspace(0, len(steps) - 1, 4).round().astype(int)]
+    fig, axes = _grid(len(groups) * len(steps), ncols=len(steps), sharey=True)
+    for gi, g in enumerate(groups[:MAX_PANELS // max(1, len(steps))]):
+        names = sorted({p["name"] for p in g["points"]})
+        colours = _label_colours(names)
+        for si, step in enumerate(steps):
+            ax = axes[gi * len(steps) + si]
+            for name in names:
+                pts = sorted((p for p in g["points"] if p["name"] == name and p["step"] == step), key=lambda p: p["size"])
+                ax.plot([p["size"] for p in pts], [p["mean_abs"] for p in pts], marker="o", ms=3,
+                        color=colours[name], label=name)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_title(f"{g['label']}, step {step}", fontsize=8)
+            ax.set_xlabel(_size_name(result["size"]))
+            _plain_ticks(ax, "x")
+            if si == 0:
+                ax.set_ylabel("mean |activation|")
+                ax.legend(fontsize=6)
+    fig.suptitle("Coordinate check: flat in width under µP, growing under SP")
+    return fig
+
+
+# name -> (description, results it needs, drawing function)
+FIGURES: dict[str, tuple[str, tuple[str, ...], Callable]] = {
+    "loss_vs_hp": ("Loss vs the swept hyperparameter per width, parabola optima marked", ("transfer",),
+                   lambda r, t: plot_transfer(r["transfer"])),
+    "optimum_vs_size": ("Optimal hyperparameter vs width with the fitted transfer exponent γ", ("transfer",),
+                        lambda r, t: plot_optima(r["transfer"])),
+    "optimum_vs_depth": ("Optimal hyperparameter vs depth", ("transfer_depth",),
+                         lambda r, t: plot_optima(r["transfer_depth"])),
+    "multipliers_vs_width": ("Learned multipliers vs width per role, beside the µP prediction", ("multipliers",),
+                             lambda r, t: plot_multipliers(r["multipliers"])),
+    "loss_vs_params": ("Best loss vs parameters with the fitted scaling law", ("scaling",),
+                       lambda r, t: plot_scaling(r["scaling"])),
+    "loss_gap": ("Loss gap to the reference parametrization at each size", ("comparison",),
+                 lambda r, t: plot_gaps(r["comparison"])),
+    "equilibrium_norms": ("Matrix and effective RMS vs sqrt(η/λ), and the loss", ("norms",),
+                          lambda r, t: plot_norms(r["norms"])),
+    "tuning_cost": ("Best loss so far vs cumulative compute", ("tuning",),
+                    lambda r, t: plot_tuning(r["tuning"])),
+    "training_curves": ("Validation loss vs tokens of each size's best runs", ("comparison",),
+                        lambda r, t: plot_training_curves(t.history, t.trials, r["comparison"])),
+    "coord_check": ("Mean |activation| per block vs width over the first steps", ("coord_check",),
+                    lambda r, t: plot_coord_check(r["coord_check"])),
+}

@@ -1,0 +1,67 @@
+"""Build a report directory from `Tables`: every fit (summary.json), every figure that has
+data (figures/*.png and *.svg) and a readable report.md that puts the parametrizations side by
+side. summary.json is written right after the fits and again after the figures, so a crash
+while drawing loses nothing that was computed."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from . import frames
+from .fits import FitOptions, run_fits
+from .plots import FIGURES, SkipFigure, save
+from .report_md import render
+from .tables import Tables
+
+SUMMARY_VERSION = 1
+
+
+def build_report(tables: Tables, out_dir: str | os.PathLike, options: FitOptions | None = None,
+                 progress: Callable[[str], None] | None = None) -> dict:
+    options = options or FitOptions()
+    say = progress or (lambda _msg: None)
+    out = Path(out_dir)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    fits = run_fits(tables, options, say)
+    summary = {"scalelab_report": SUMMARY_VERSION,
+               "generated_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+               "source": tables.meta.get("source", "snapshot"), "experiments": tables.experiments,
+               "sweeps": sorted(map(str, tables.trials["sweep"].dropna().unique())) if "sweep" in tables.trials else [],
+               "n_trials": len(tables.trials), "outcomes": frames.outcome_counts(tables.trials),
+               "treatment": frames.TREATMENT, "options": dataclasses.asdict(options),
+               "results": fits["results"], "skipped": fits["skipped"], "figures": {}, "skipped_figures": {}}
+    _write(out / "summary.json", json.dumps(summary, indent=1, allow_nan=False))
+    _draw(summary, tables, out / "figures", say)
+    say("writing summary.json and report.md")
+    _write(out / "summary.json", json.dumps(summary, indent=1, allow_nan=False))
+    _write(out / "report.md", render(summary))
+    say(f"report written to {out}: report.md, summary.json, {len(summary['figures'])} figure(s)")
+    return summary
+
+
+def _draw(summary: dict, tables: Tables, fig_dir: Path, say: Callable[[str], None]) -> None:
+    results, skipped = summary["results"], summary["skipped"]
+    for name, (description, needs, draw) in FIGURES.items():
+        missing = [n for n in needs if n not in results]
+        if missing:
+            reason = skipped.get(missing[0])
+            if reason or missing[0] != "transfer_depth":   # depth transfer only runs when depth varies
+                summary["skipped_figures"][name] = reason or f"{missing[0]} not computed"
+            continue
+        say(f"figure: {name}")
+        try:
+            fig = draw(results, tables)
+        except SkipFigure as err:
+            summary["skipped_figures"][name] = str(err)
+            continue
+        summary["figures"][name] = {"description": description, "files": [f"figures/{f}" for f in save(fig, fig_dir, name)]}
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

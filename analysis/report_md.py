@@ -1,0 +1,227 @@
+"""report.md from a summary dict: tables that put the parametrizations side by side, the
+figures, what was skipped and why, and every warning."""
+from __future__ import annotations
+
+from typing import Any
+
+
+def render(summary: dict) -> str:
+    r = summary["results"]
+    parts = [_header(summary)]
+    for name, section in SECTIONS:
+        if name in r:
+            parts.append(section(r[name], summary))
+    parts += [_figures(summary), _skipped(summary), _warnings(summary), _treatment(summary)]
+    return "\n\n".join(p for p in parts if p).rstrip() + "\n"
+
+
+# ---- formatting ---------------------------------------------------------------------------
+
+def num(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, (int,)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+            return f"{value:.{digits - 1}e}"
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def with_ci(value: Any, ci: list | None, digits: int = 4) -> str:
+    text = num(value, digits)
+    if value is not None and ci and ci[0] is not None:
+        text += f" [{num(ci[0], digits)}, {num(ci[1], digits)}]"
+    return text
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _figure(summary: dict, name: str) -> str:
+    fig = summary["figures"].get(name)
+    if not fig:
+        reason = summary["skipped_figures"].get(name)
+        return f"_Figure {name} skipped: {reason}_" if reason else ""
+    return f"![{fig['description']}]({fig['files'][0]})"
+
+
+# ---- sections -------------------------------------------------------------------------------
+
+def _header(s: dict) -> str:
+    outcomes = ", ".join(f"{k}: {v}" for k, v in sorted(s["outcomes"].items()))
+    return (f"# scalelab report: {', '.join(s['experiments']) or 'snapshot'}\n\n"
+            f"Generated {s['generated_utc']} UTC from {s['source']}; {s['n_trials']} trial run(s) ({outcomes}); "
+            f"sweeps: {', '.join(s['sweeps']) or 'n/a'}. Intervals are {int(s['options']['level'] * 100)}% "
+            f"(bootstrap seed {s['options']['seed']}); every number is in summary.json.")
+
+
+def _comparison(c: dict, s: dict) -> str:
+    by, labels = c["by"], c["parametrizations"]
+    hp_key = f"best_{c.get('hp', 'lr')}"
+    cells: dict[tuple, dict] = {}
+    for row in c["best"]:
+        key = tuple(row.get(k) for k in by)
+        text = f"{num(row['loss_mean'])} ± {num(row['loss_sem'], 2)} (n={row['n']}"
+        text += f", {c.get('hp', 'lr')}={num(row[hp_key], 3)})" if hp_key in row else ")"
+        cells.setdefault(key, {})[row["parametrization"]] = text
+    rows = [[*key, *(cells[key].get(lab, "—") for lab in labels)] for key in sorted(cells)]
+    out = [f"## Best {c['loss']} per parametrization and size",
+           f"Mean ± s.e.m. over the seeds of each size's best {c.get('hp', 'lr')} (finished grid runs, all sweeps).",
+           table(by + labels, rows)]
+    if c["gaps"]:
+        gap_rows = [[*(g.get(k) for k in by), g["parametrization"], with_ci(g["gap"], g["gap_ci"], 3),
+                     f"{g['n']} / {g['n_reference']}"] for g in c["gaps"]]
+        out += [f"### Loss gap to {c['reference']} (negative = better than {c['reference']})",
+                table(by + ["parametrization", "gap (nats) [CI]", "seeds / reference seeds"], gap_rows),
+                _figure(s, "loss_gap")]
+    out.append(_figure(s, "training_curves"))
+    return "\n\n".join(o for o in out if o)
+
+
+def _transfer(t: dict, s: dict, figure: str = "optimum_vs_size") -> str:
+    hp, size = t["hp"], t["size"]
+    groups = [[g["label"], with_ci(g["gamma"], g["gamma_ci"], 3), with_ci(g["drift_steps"], g["drift_steps_ci"], 3),
+               ", ".join(num(x) for x in g["sizes"]) or "—", g["ci_method"] or g.get("note", "—")]
+              for g in t["groups"]]
+    curve_rows = [[c["label"], num(c["size"]), with_ci(c["log2_opt"], c["log2_opt_ci"], 3), num(c["loss_at_opt"]),
+                   with_ci(c["sensitivity"], c["sensitivity_ci"], 3), f"{c['n_runs']} ({c['n_diverged']} div.)",
+                   _flags(c)] for c in t["curves"]]
+    rng = t.get("sensitivity_range_log2")
+    rng_text = f"log2 {hp} ∈ [{num(rng[0])}, {num(rng[1])}]" if rng else "each curve's own grid"
+    return "\n\n".join(x for x in [
+        f"## Transfer of the optimal {hp} across {size}",
+        f"Optimum = vertex of a parabola in log2 {hp} over the best grid point ± {t['k']} points; interval = "
+        f"bootstrap over seeds ({t['n_boot']} replicates). γ: slope of log η* vs log {size} (µP predicts ≈ 0, "
+        f"SP with Adam ≈ −1). Drift: change of log2 η* from the smallest to the largest {size}, in grid steps.",
+        table(["parametrization", "γ [CI]", "drift (grid steps) [CI]", f"{size} with an optimum", "interval"], groups),
+        _figure(s, figure),
+        f"### Optima and LR sensitivity per {size}",
+        f"Sensitivity (Wortsman et al. 2023): mean over {rng_text} of min(ℓ(η), ℓ_init) − ℓ*, ℓ_init = "
+        f"{num(t['init_loss'])} nats.",
+        table(["parametrization", size, f"log2 {hp}* [CI]", "loss at optimum", "sensitivity [CI]", "runs", "flags"],
+              curve_rows),
+        _figure(s, "loss_vs_hp") if figure == "optimum_vs_size" else ""] if x)
+
+
+def _flags(c: dict) -> str:
+    flags = []
+    if c.get("at_edge"):
+        flags.append("at grid edge")
+    if c.get("clipped"):
+        flags.append("clipped to window")
+    if c.get("convex") is False:
+        flags.append("not convex")
+    if c.get("log2_opt") is None:
+        flags.append("no optimum")
+    return ", ".join(flags) or "—"
+
+
+def _transfer_depth(t: dict, s: dict) -> str:
+    return _transfer(t, s, "optimum_vs_depth")
+
+
+def _multipliers(m: dict, s: dict) -> str:
+    out = ["## Learned multipliers vs width",
+           f"Exponent p of multiplier ∝ {m['size']}^p ({m['aggregation']}; {m['selection']}). "
+           f"{m['prediction_note']}."]
+    for g in m["groups"]:
+        if not g["series"]:
+            continue
+        rows = [[x["name"], with_ci(x["exponent"], x["exponent_ci"], 3), num(x["prediction"]),
+                 num(x["minus_prediction"], 3), x["n_runs"], x["source"]] for x in g["series"]]
+        out += [f"### {g['label']}", table(["series", "exponent p [CI]", "µP prediction", "p − prediction", "runs", "source"], rows)]
+    out.append(_figure(s, "multipliers_vs_width"))
+    return "\n\n".join(o for o in out if o)
+
+
+def _norms(n: dict, s: dict) -> str:
+    out = ["## Equilibrium norms",
+           "Log-log slope against S = sqrt(lr/weight_decay): matrix RMS should follow S (slope 1); with learnable "
+           "multipliers the effective RMS should stay flat (slope 0), and so should the loss."]
+    for sw in n["sweeps"]:
+        rows = [[x["kind"], x["role"], with_ci(x["exponent"], x["exponent_ci"], 3), num(x["predicted"]), x["n_runs"]]
+                for x in sw["series"]]
+        out += [f"### {sw['label']} (sqrt(η·λ) = {num(sw['sqrt_lr_wd'], 3)}, loss spread over S: "
+                f"{num(sw['loss']['spread'], 3)} nats)",
+                table(["quantity", "role", "slope [CI]", "predicted", "runs"], rows)]
+    out.append(_figure(s, "equilibrium_norms"))
+    return "\n\n".join(out)
+
+
+def _scaling(sc: dict, s: dict) -> str:
+    with_d = sc["tokens_vary"]
+    headers = ["parametrization", "E", "A", "α"] + (["B", "β"] if with_d else []) + ["sizes", "residual RMS (log)"]
+    rows = []
+    for f in sc["fits"]:
+        if f.get("E") is None:
+            continue
+        row = [f["label"], with_ci(f["E"], f.get("E_ci"), 3), with_ci(f["A"], f.get("A_ci"), 3),
+               with_ci(f["alpha"], f.get("alpha_ci"), 3)]
+        if with_d:
+            row += [with_ci(f["B"], f.get("B_ci"), 3), with_ci(f["beta"], f.get("beta_ci"), 3)]
+        rows.append(row + [f["n_sizes"], num(f["residual_rms"], 2)])
+    return "\n\n".join([f"## Scaling law: {sc['model']}", f"{sc['method']}; {sc['selection']}.",
+                        table(headers, rows), _figure(s, "loss_vs_params")])
+
+
+def _tuning(tu: dict, s: dict) -> str:
+    rows = []
+    for c in tu["curves"]:
+        match = c.get("compute_to_match") or {}
+        match_text = "; ".join(f"{k}: {num(v, 3)}" for k, v in match.items()) or "—"
+        rows.append([c["label"], c["kind"], c["n_trials"], num(c["best_loss"]), num(c["compute_to_best"], 3),
+                     num(c["total_compute"], 3), match_text])
+    return "\n\n".join(["## Tuning cost",
+                        f"Best loss so far against cumulative compute ({tu['compute']}), runs in start order. "
+                        "'to match': compute the search needed to reach the multipliers' best loss at that width.",
+                        table(["curve", "kind", "runs", "best loss", "compute to best", "total compute",
+                               "search compute to match"], rows),
+                        _figure(s, "tuning_cost")])
+
+
+def _coord(cc: dict, s: dict) -> str:
+    last = cc["steps"][-1] if cc["steps"] else None
+    rows = []
+    for g in cc["groups"]:
+        for x in g["slopes"]:
+            if x["step"] == last:
+                rows.append([g["label"], x["name"], with_ci(x["exponent"], x["exponent_ci"], 3), num(g["setting"], 3)])
+    return "\n\n".join(["## Coordinate check",
+                        f"Slope of log mean |activation| vs log {cc['size']} at step {last} (≈ 0: width-independent, "
+                        "as µP intends); the figure shows every step.",
+                        table(["parametrization", "activation", "slope [CI]", "setting"], rows),
+                        _figure(s, "coord_check")])
+
+
+def _figures(s: dict) -> str:
+    if not s["figures"] and not s["skipped_figures"]:
+        return ""
+    lines = ["## Figures"]
+    lines += [f"- `{name}`: {fig['description']} ({', '.join(fig['files'])})" for name, fig in s["figures"].items()]
+    lines += [f"- `{name}` skipped: {reason}" for name, reason in s["skipped_figures"].items()]
+    return "\n".join(lines)
+
+
+def _skipped(s: dict) -> str:
+    if not s["skipped"]:
+        return ""
+    return "\n".join(["## Analyses skipped"] + [f"- **{k}**: {v}" for k, v in s["skipped"].items()])
+
+
+def _warnings(s: dict) -> str:
+    lines = [f"- {name}: {w}" for name, res in s["results"].items() for w in res.get("warnings", [])]
+    return "\n".join(["## Warnings"] + lines) if lines else ""
+
+
+def _treatment(s: dict) -> str:
+    return "\n".join(["## How runs were counted"] + [f"- {k}: {v}" for k, v in s["treatment"].items()])
+
+
+SECTIONS = [("comparison", _comparison), ("transfer", _transfer), ("transfer_depth", _transfer_depth),
+            ("multipliers", _multipliers), ("norms", _norms), ("scaling", _scaling), ("tuning", _tuning),
+            ("coord_check", _coord)]

@@ -1,0 +1,229 @@
+"""Scaling laws, Chinchilla approach 3 as replicated by Epoch AI (2024):
+
+    log L = LSE(a − α·log N, b − β·log D, e),   i.e.   L = E + A/N^α + B/D^β
+
+(E = e^e, A = e^a, B = e^b), fitted by minimising a Huber loss (δ = 1e-3) of the log-loss
+residuals with L-BFGS-B from a grid of starting points; intervals from a bootstrap over runs
+(resampled within each (N, D) cell). When every run has the same D, the B/D^β term is
+dropped (it is absorbed into E).
+
+Points: per parametrization (and sweep), at each (N, D) the finished runs of the swept
+hyperparameter value with the best mean loss (the tuned point of that size); diverged runs
+never win, failed runs are excluded.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize
+
+from trainer.config import UserError
+
+from . import frames
+from .stats import percentile_ci, stratified_indices
+
+DELTA = 1e-3
+GRID = {"a": np.arange(0, 30, 5.0), "alpha": np.arange(0, 2.5, 0.5), "e": np.arange(-1, 1.5, 0.5)}
+N_STARTS = 5          # L-BFGS-B runs from the best grid points
+EXPONENT_BOUNDS = (0.0, 10.0)
+
+
+class LSEModel:
+    """The objective and its gradient. theta = (a, alpha, e) or (a, alpha, b, beta, e).
+
+    Internally log N and log D are centred (a is then the log-term at the mean size), which
+    decorrelates a from alpha and lets L-BFGS-B converge in a few dozen steps."""
+
+    def __init__(self, logN: np.ndarray, logD: np.ndarray | None, logL: np.ndarray):
+        self.mN = float(logN.mean())
+        self.mD = float(logD.mean()) if logD is not None else 0.0
+        self.xN = logN - self.mN
+        self.xD = None if logD is None else logD - self.mD
+        self.logL = logL
+
+    def to_centred(self, theta: np.ndarray) -> np.ndarray:
+        t = np.array(theta, float)
+        t[..., 0] -= t[..., 1] * self.mN
+        if self.xD is not None:
+            t[..., 2] -= t[..., 3] * self.mD
+        return t
+
+    def from_centred(self, t: np.ndarray) -> np.ndarray:
+        theta = np.array(t, float)
+        theta[..., 0] += theta[..., 1] * self.mN
+        if self.xD is not None:
+            theta[..., 2] += theta[..., 3] * self.mD
+        return theta
+
+    def terms(self, t: np.ndarray) -> np.ndarray:
+        """(..., n_terms, n_points) log-terms for centred t of shape (..., n_params)."""
+        t = np.asarray(t, float)
+        parts = [t[..., 0:1] - t[..., 1:2] * self.xN]
+        if self.xD is not None:
+            parts.append(t[..., 2:3] - t[..., 3:4] * self.xD)
+        parts.append(np.broadcast_to(t[..., -1:], parts[0].shape))
+        return np.stack(parts, -2)
+
+    def residuals(self, theta: np.ndarray) -> np.ndarray:
+        return _lse(self.terms(self.to_centred(theta)), axis=-2) - self.logL
+
+    def objective(self, theta: np.ndarray) -> np.ndarray:
+        """Σ Huber(residual) / δ, vectorised over leading axes of (uncentred) theta."""
+        return _huber(self.residuals(theta)).sum(-1) / DELTA
+
+    def _value_and_grad(self, t: np.ndarray) -> tuple[float, np.ndarray]:
+        terms = self.terms(t)
+        lse = _lse(terms, axis=0)
+        r = lse - self.logL
+        dr = np.clip(r, -DELTA, DELTA) / DELTA          # d Huber / d r, scaled
+        w = np.exp(terms - lse)                          # d LSE / d term (softmax weights)
+        grad = [(dr * w[0]).sum(), -(dr * w[0] * self.xN).sum()]
+        if self.xD is not None:
+            grad += [(dr * w[1]).sum(), -(dr * w[1] * self.xD).sum()]
+        grad.append((dr * w[-1]).sum())
+        return float(_huber(r).sum() / DELTA), np.array(grad)
+
+    def minimise(self, start: np.ndarray) -> tuple[np.ndarray, float]:
+        bounds = [(None, None), EXPONENT_BOUNDS] * (1 if self.xD is None else 2) + [(None, None)]
+        with _one_blas_thread():
+            res = minimize(self._value_and_grad, self.to_centred(start), jac=True, method="L-BFGS-B",
+                           bounds=bounds, options={"maxiter": 1000, "ftol": 1e-13, "gtol": 1e-9})
+        return self.from_centred(res.x), float(res.fun)
+
+
+def _lse(x: np.ndarray, axis: int) -> np.ndarray:
+    """log-sum-exp; scipy.special.logsumexp is ~50x slower on these tiny arrays."""
+    m = x.max(axis=axis, keepdims=True)
+    return (m + np.log(np.exp(x - m).sum(axis=axis, keepdims=True))).squeeze(axis)
+
+
+def _one_blas_thread():
+    """L-BFGS-B calls BLAS on 3-5 element vectors; a multi-threaded BLAS on a busy machine
+    makes each call ~10x slower. threadpoolctl (present with scikit-learn, an MLflow
+    dependency) pins it to one thread; without it, run as is."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
+def _huber(r: np.ndarray) -> np.ndarray:
+    a = np.abs(r)
+    return np.where(a <= DELTA, 0.5 * r ** 2, DELTA * (a - 0.5 * DELTA))
+
+
+def start_grid(with_d: bool) -> np.ndarray:
+    axes = [GRID["a"], GRID["alpha"]] + ([GRID["a"], GRID["alpha"]] if with_d else []) + [GRID["e"]]
+    return np.array(list(itertools.product(*axes)))
+
+
+def fit_lse(model: LSEModel, extra_starts: list[np.ndarray] = ()) -> np.ndarray:
+    """Best of L-BFGS-B runs from the N_STARTS best points of the start grid (the grid is
+    scored in one vectorised pass) and any extra starts."""
+    grid = start_grid(model.xD is not None)
+    scores = np.concatenate([model.objective(chunk) for chunk in np.array_split(grid, max(1, len(grid) // 500))])
+    starts = list(grid[np.argsort(scores)[:N_STARTS]]) + list(extra_starts)
+    best, best_fun = None, np.inf
+    for start in starts:
+        theta, fun = model.minimise(start)
+        if fun < best_fun:
+            best, best_fun = theta, fun
+    return best
+
+
+def fit_scaling(trials: pd.DataFrame, size: str = "d_model", hp: str = "lr", loss: str = "final_val_loss",
+                n_boot: int = 100, level: float = 0.95, seed: int = 0) -> dict:
+    frames.require_columns(trials, [size, "n_params", loss, "parametrization", "outcome"], "the scaling-law fit")
+    runs = frames.grid_runs(trials)
+    runs = runs[pd.to_numeric(runs["n_params"], errors="coerce") > 0]
+    with_d = "tokens" in runs.columns and pd.to_numeric(runs["tokens"], errors="coerce").nunique() > 1
+    cell = ["n_params"] + (["tokens"] if with_d else [])
+    rng = np.random.default_rng(seed)
+    warnings: list[str] = []
+    fits = []
+    for group, sub in frames.iter_groups(runs, frames.group_keys(runs)):
+        points = frames.best_cells(sub, cell, hp, loss) if hp in sub.columns else frames.usable(sub)
+        fits.append(_fit_group(group, points, loss, with_d, n_boot, level, rng, warnings))
+    if not any(f.get("E") is not None for f in fits):
+        sizes = sorted(pd.to_numeric(runs["n_params"], errors="coerce").dropna().unique().tolist())
+        raise UserError(f"the scaling-law fit needs finished runs at ≥ 3 model sizes per parametrization "
+                        f"(n_params values here: {[int(s) for s in sizes][:10]})")
+    return {"analysis": "scaling", "model": "L = E + A/N^alpha" + (" + B/D^beta" if with_d else ""),
+            "method": "Huber (delta=1e-3) on log-loss residuals, L-BFGS-B from a grid of starts, bootstrap over runs",
+            "loss": loss, "selection": f"finished grid runs at each size's best {hp}", "n_boot": n_boot,
+            "ci_level": level, "tokens_vary": with_d,
+            "treatment": {"diverged": "never the tuned point (mean loss +inf); excluded from the fit",
+                          "failed": "excluded"}, "fits": fits, "warnings": warnings}
+
+
+def _fit_group(group: dict, points: pd.DataFrame, loss: str, with_d: bool, n_boot: int,
+               level: float, rng: np.random.Generator, warnings: list[str]) -> dict:
+    label = frames.group_label(group)
+    L = pd.to_numeric(points[loss], errors="coerce").to_numpy(dtype=float)
+    keep = np.isfinite(L) & (L > 0)              # diverged runs have no loss
+    points, L = points[keep], L[keep]
+    N = pd.to_numeric(points["n_params"], errors="coerce").to_numpy(dtype=float)
+    D = pd.to_numeric(points["tokens"], errors="coerce").to_numpy(dtype=float) if with_d else None
+    n_sizes = int(np.unique(N).size)
+    out = {"group": group, "label": label, "n_points": len(points), "n_sizes": n_sizes,
+           "N_range": [float(N.min()), float(N.max())] if len(N) else None,
+           "points": _points(N, D, L)}
+    if n_sizes < 3 or (with_d and np.unique(np.stack([N, D], 1), axis=0).shape[0] < 5):
+        out["note"] = f"{n_sizes} model size(s): a fit needs ≥ 3" + (" and ≥ 5 (N, D) cells" if with_d else "")
+        if n_sizes >= 2:
+            warnings.append(f"{label}: {out['note']}")
+        return out
+    if n_sizes == 3 and not with_d:
+        warnings.append(f"{label}: 3 sizes for 3 parameters (E, A, α): the fit is exact and its intervals "
+                        "say little; add sizes")
+    model = LSEModel(np.log(N), None if D is None else np.log(D), np.log(L))
+    theta = fit_lse(model)
+    out.update(_named(theta, with_d))
+    out["residual_rms"] = float(np.sqrt(np.mean(model.residuals(theta) ** 2)))
+    boot = _bootstrap(N, D, L, theta, n_boot, rng)
+    for name, values in _named_arrays(boot, with_d).items():
+        out[name + "_ci"] = percentile_ci(values, level)
+    if np.isclose(theta[1], EXPONENT_BOUNDS[0]) or np.isclose(theta[1], EXPONENT_BOUNDS[1]):
+        warnings.append(f"{label}: α hit its bound {theta[1]:g}: E and A are not identified by these sizes")
+    return out
+
+
+def _bootstrap(N, D, L, theta, n_boot, rng) -> np.ndarray:
+    strata = np.unique(np.stack([N] + ([D] if D is not None else []), 1), axis=0, return_inverse=True)[1].ravel()
+    idx = stratified_indices(strata, n_boot, rng)
+    out = []
+    for rows in idx:
+        model = LSEModel(np.log(N[rows]), None if D is None else np.log(D[rows]), np.log(L[rows]))
+        out.append(model.minimise(theta)[0])
+    return np.array(out).reshape(n_boot, -1)
+
+
+def _named(theta: np.ndarray, with_d: bool) -> dict:
+    return {k: float(v[0]) for k, v in _named_arrays(theta[None, :], with_d).items()}
+
+
+def _named_arrays(theta: np.ndarray, with_d: bool) -> dict[str, np.ndarray]:
+    out = {"E": np.exp(theta[:, -1]), "A": np.exp(theta[:, 0]), "alpha": theta[:, 1]}
+    if with_d:
+        out.update(B=np.exp(theta[:, 2]), beta=theta[:, 3])
+    return out
+
+
+def predict(fit: dict, N: np.ndarray, D: np.ndarray | None = None) -> np.ndarray:
+    """The fitted law at N (and D)."""
+    out = fit["E"] + fit["A"] / np.asarray(N, float) ** fit["alpha"]
+    if fit.get("B") is not None and D is not None:
+        out = out + fit["B"] / np.asarray(D, float) ** fit["beta"]
+    return out
+
+
+def _points(N: np.ndarray, D: np.ndarray | None, L: np.ndarray) -> list[dict]:
+    frame = pd.DataFrame({"N": N, "D": D if D is not None else np.nan, "L": L})
+    agg = frame.groupby(["N", "D"], dropna=False)["L"].agg(["mean", "std", "count"]).reset_index()
+    return [{"N": float(r.N), "D": None if np.isnan(r.D) else float(r.D), "loss_mean": float(r["mean"]),
+             "loss_std": None if np.isnan(r["std"]) else float(r["std"]), "n": int(r["count"])}
+            for _, r in agg.iterrows()]

@@ -1,0 +1,327 @@
+"""Hyperparameter transfer: the optimum of loss vs log2(hp) per parametrization and size, the
+transfer exponent γ (log η* = c + γ·log size), the drift of the optimum in grid steps, and the
+LR sensitivity of Wortsman et al. (2023).
+
+The optimum of a curve is the vertex of a parabola fitted (least squares) to the seed-mean
+losses of the grid points around the best one: argmin ± k grid points, widened until it holds
+at least 3 finite points. The vertex is clipped to the window; a concave window falls back to
+the best grid point. Intervals come from a bootstrap over seeds (seeds resampled per grid
+point), and γ's from the same replicates, fitted per replicate.
+"""
+from __future__ import annotations
+
+import math
+import warnings as pywarnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from trainer.config import UserError
+
+from . import frames
+from .stats import batched_slopes, bootstrap_means, finite_mean, pad, percentile_ci, t_interval
+
+
+@dataclass
+class ParabolaFit:
+    vertex: np.ndarray      # (B,) log2 optimum
+    loss: np.ndarray        # (B,) fitted loss at the vertex
+    best: np.ndarray        # (B,) index of the best grid point
+    window: np.ndarray      # (B, 2) log2 range of the points used
+    n_used: np.ndarray      # (B,)
+    clipped: np.ndarray     # (B,) vertex outside the window (clipped to it)
+    convex: np.ndarray      # (B,)
+
+
+def parabola_optima(x: np.ndarray, means: np.ndarray, k: int) -> ParabolaFit:
+    """Vertex of the parabola through the points around each row's minimum. x: (G,) sorted
+    log2 grid; means: (B, G) with +inf for all-diverged points and NaN for absent ones."""
+    B, G = means.shape
+    finite = np.isfinite(means)
+    best = np.argmin(np.where(finite, means, np.inf), axis=1)
+    dist = np.abs(np.arange(G)[None, :] - best[:, None]).astype(float)
+    dist[~finite] = np.inf
+    third = np.sort(dist, axis=1)[:, min(2, G - 1)]
+    use = dist <= np.maximum(k, third)[:, None]
+    n_used = use.sum(1)
+    xm = x.mean()
+    xc = np.where(use, x[None, :] - xm, 0.0)
+    yc = np.where(use, means, 0.0)
+    powers = [(xc ** p * use).sum(1) for p in range(5)]
+    A = np.stack([np.stack([powers[4], powers[3], powers[2]], -1),
+                  np.stack([powers[3], powers[2], powers[1]], -1),
+                  np.stack([powers[2], powers[1], powers[0]], -1)], -2)
+    rhs = np.stack([(xc ** 2 * yc).sum(1), (xc * yc).sum(1), yc.sum(1)], -1)
+    ok = n_used >= 3
+    coef = np.full((B, 3), np.nan)
+    if ok.any():
+        coef[ok] = np.linalg.solve(A[ok], rhs[ok][..., None])[..., 0]
+    a, b, c = coef.T
+    convex = ok & (a > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vertex = np.where(convex, -b / (2 * a), x[best] - xm)
+    lo = np.where(use, xc, np.inf).min(1)
+    hi = np.where(use, xc, -np.inf).max(1)
+    clipped = convex & ((vertex < lo) | (vertex > hi))
+    vertex = np.clip(vertex, lo, hi)
+    fitted = np.where(convex, a * vertex ** 2 + b * vertex + c, means[np.arange(B), best])
+    vertex = np.where(ok, vertex + xm, np.nan)
+    return ParabolaFit(vertex, np.where(ok, fitted, np.nan), best, np.stack([lo + xm, hi + xm], -1),
+                       n_used, clipped, convex)
+
+
+@dataclass
+class Curve:
+    group: dict
+    size: float
+    x: np.ndarray                 # sorted unique log2(hp)
+    samples: list[np.ndarray]     # per grid point: loss per run (inf = diverged)
+    n_nan: int
+
+
+def fit_transfer(trials: pd.DataFrame, hp: str = "lr", size: str = "d_model", loss: str = "final_val_loss",
+                 k: int = 2, n_boot: int = 200, level: float = 0.95, seed: int = 0,
+                 init_loss: float | None = None, hp_range: tuple[float, float] | None = None) -> dict:
+    if k < 1:
+        raise UserError(f"transfer fit: window half-width k={k} must be ≥ 1 (the parabola needs ≥ 3 points)")
+    frames.require_columns(trials, [hp, size, loss, "parametrization", "outcome"], "the transfer fit",
+                           f"Pick the swept hyperparameter with --hp and the size column with --size.")
+    frames.require_numeric(trials, [hp, size], "the transfer fit")
+    warnings: list[str] = []
+    runs = frames.grid_runs(trials)
+    counts = frames.outcome_counts(runs)
+    runs = frames.usable(runs)
+    bad_hp = ~(pd.to_numeric(runs[hp], errors="coerce") > 0)
+    if bad_hp.any():
+        warnings.append(f"{int(bad_hp.sum())} run(s) with a missing or non-positive {hp} left out (log2 needs {hp} > 0)")
+        runs = runs[~bad_hp]
+    keys = _curve_keys(runs, hp, size, warnings)
+    curves = _curves(runs, keys, hp, size, loss, warnings)
+    if not curves:
+        raise UserError(f"transfer fit: no finished or diverged grid runs with {hp}, {size} and {loss} "
+                        f"(outcomes: {counts or 'no runs'})")
+    rng = np.random.default_rng(seed)
+    ell_init = _init_loss(runs, init_loss)
+    lo_hi = hp_range and (math.log2(hp_range[0]), math.log2(hp_range[1]))
+    lo_hi = lo_hi or _common_range(curves, warnings)
+    fitted = [_fit_curve(c, k, n_boot, level, rng, ell_init, lo_hi, hp, size, warnings) for c in curves]
+    one_seed = [f"{f['result']['label']} {size}={_num(f['result']['size'])}" for f in fitted
+                if f["result"]["n_seeds"] < 2]
+    if one_seed:
+        warnings.append(f"one seed per grid point in {len(one_seed)} curve(s) ({', '.join(one_seed[:6])}"
+                        f"{', ...' if len(one_seed) > 6 else ''}): no seed bootstrap, so no interval for their optima")
+    groups = _fit_groups(fitted, size, level, hp, warnings)
+    if not any(g["gamma"] is not None for g in groups):
+        sizes = sorted({_num(c.size) for c in curves})
+        warnings.append(f"no parametrization has optima at ≥ 2 values of {size} (values: {sizes}): "
+                        f"γ and the drift need a sweep over {size}")
+    return {"analysis": "transfer", "hp": hp, "size": size, "loss": loss, "k": k, "n_boot": n_boot,
+            "ci_level": level, "init_loss": ell_init, "sensitivity_range_log2": list(lo_hi) if lo_hi else None,
+            "group_keys": keys, "outcomes": counts, "treatment": frames.TREATMENT,
+            "curves": [f["result"] for f in fitted], "groups": groups, "warnings": warnings}
+
+
+def _curve_keys(runs: pd.DataFrame, hp: str, size: str, warnings: list[str]) -> list[str]:
+    """Group keys; params that vary inside a (group, size, hp, seed) cell split the curves."""
+    keys = frames.group_keys(runs)
+    cell = keys + [size, hp] + (["seed"] if "seed" in runs.columns else [])
+    extra = frames.varying_within(runs, cell, frames.config_columns(runs))
+    if extra:
+        warnings.append(f"columns {extra} vary between runs at the same {hp}, {size} and seed: "
+                        "curves are split by them")
+    _warn_co_varying(runs, keys + extra, hp, size, warnings)
+    return keys + extra
+
+
+def _warn_co_varying(runs: pd.DataFrame, keys: list[str], hp: str, size: str, warnings: list[str]) -> None:
+    """A config column that changes along a curve's hp axis (e.g. λ in a sqrt(η/λ) sweep)
+    makes the curve something other than loss vs hp alone: say so."""
+    config = [c for c in frames.config_columns(runs) if c not in keys + [hp, size, "seed"]
+              and runs[c].nunique(dropna=False) > 1]
+    if not config or runs.empty:
+        return
+    counts = runs.groupby(keys + [size], dropna=False)[config].nunique(dropna=False)
+    for group, row in counts.iterrows():
+        moving = [c for c in config if row[c] > 1]
+        if moving:
+            values = group if isinstance(group, tuple) else (group,)
+            name = frames.group_label(dict(zip(keys, values)))
+            warnings.append(f"{name} {size}={_num(values[-1])}: {moving} change along the {hp} axis, "
+                            f"so its optimum is not that of {hp} alone")
+
+
+def _curves(runs: pd.DataFrame, keys: list[str], hp: str, size: str, loss: str,
+            warnings: list[str]) -> list[Curve]:
+    curves = []
+    for group, sub in frames.iter_groups(runs, keys):
+        for width, part in sub.groupby(size, sort=True):
+            values = frames.losses(part, loss)
+            nan = np.isnan(values)
+            if nan.any():
+                warnings.append(f"{frames.group_label(group)} {size}={_num(width)}: {int(nan.sum())} finished "
+                                f"run(s) without a {loss} value left out")
+            part, values = part[~nan], values[~nan]
+            log2 = np.log2(part[hp].to_numpy(dtype=float))
+            grid = np.unique(log2)
+            samples = [values[log2 == g] for g in grid]
+            if grid.size:
+                curves.append(Curve(group, float(width), grid, samples, int(nan.sum())))
+    return curves
+
+
+def _init_loss(runs: pd.DataFrame, init_loss: float | None) -> float:
+    """ℓ_init of the sensitivity: the loss of a uniform prediction, ln(vocab)."""
+    if init_loss is not None:
+        return float(init_loss)
+    vocab = pd.to_numeric(runs.get("vocab_size", pd.Series(dtype=float)), errors="coerce").dropna()
+    return math.log(float(vocab.iloc[0]) if len(vocab) and vocab.nunique() == 1 else 256.0)
+
+
+def _common_range(curves: list[Curve], warnings: list[str]) -> tuple[float, float] | None:
+    lo = max(float(c.x.min()) for c in curves if c.x.size)
+    hi = min(float(c.x.max()) for c in curves if c.x.size)
+    if lo >= hi:
+        warnings.append("the curves' hp grids do not overlap: LR sensitivity is over each curve's own grid "
+                        "and is not comparable between curves")
+        return None
+    return lo, hi
+
+
+def _fit_curve(curve: Curve, k: int, n_boot: int, level: float, rng: np.random.Generator, ell_init: float,
+               lo_hi, hp: str, size: str, warnings: list[str]) -> dict:
+    name = f"{frames.group_label(curve.group)} {size}={_num(curve.size)}"
+    padded, counts = pad(curve.samples)
+    means = finite_mean(padded)
+    n_diverged = int(sum(np.isinf(s).sum() for s in curve.samples))
+    result = {"group": curve.group, "label": frames.group_label(curve.group), "size": curve.size,
+              "n_runs": int(counts.sum()), "n_seeds": int(counts.max(initial=0)), "n_diverged": n_diverged,
+              "n_nan_loss": curve.n_nan, "points": _points(curve, means)}
+    n_finite = int(np.isfinite(means).sum())
+    if n_finite < 3:
+        why = "every run diverged" if n_finite == 0 and curve.x.size else f"only {n_finite} grid point(s) with a finite loss"
+        warnings.append(f"{name}: {why}; no optimum (the parabola needs ≥ 3 points)")
+        result.update(_empty_optimum())
+        return {"curve": curve, "result": result, "boot_vertex": None, "boot_sens": None}
+    point = parabola_optima(curve.x, means[None, :], k)
+    boot = bootstrap_means(curve.samples, n_boot, rng)
+    bfit = parabola_optima(curve.x, boot, k)
+    one_seed = result["n_seeds"] < 2
+    result.update(_optimum(curve, point, bfit, level, one_seed))
+    sens, boot_sens = _sensitivity(curve.x, means, boot, ell_init, lo_hi)
+    result["sensitivity"] = sens
+    result["sensitivity_ci"] = [None, None] if one_seed else percentile_ci(boot_sens, level)
+    _curve_warnings(name, result, hp, warnings)
+    return {"curve": curve, "result": result, "boot_vertex": None if one_seed else bfit.vertex,
+            "boot_sens": boot_sens}
+
+
+def _points(curve: Curve, means: np.ndarray) -> list[dict]:
+    out = []
+    for x, s, m in zip(curve.x, curve.samples, means):
+        finite = s[np.isfinite(s)]
+        sem = float(finite.std(ddof=1) / math.sqrt(finite.size)) if finite.size > 1 else None
+        out.append({"log2_hp": float(x), "hp": float(2 ** x), "loss_mean": float(m), "loss_sem": sem,
+                    "n": int(s.size), "n_diverged": int(np.isinf(s).sum())})
+    return out
+
+
+def _empty_optimum() -> dict:
+    return {"log2_opt": None, "log2_opt_ci": [None, None], "opt": None, "opt_ci": [None, None],
+            "loss_at_opt": None, "best_grid_log2": None, "window_log2": None, "n_window": 0,
+            "at_edge": None, "clipped": None, "convex": None, "sensitivity": None, "sensitivity_ci": [None, None]}
+
+
+def _optimum(curve: Curve, point: ParabolaFit, boot: ParabolaFit, level: float, one_seed: bool) -> dict:
+    v = float(point.vertex[0])
+    ci = [None, None] if one_seed else percentile_ci(boot.vertex, level)
+    has_runs = [i for i, s in enumerate(curve.samples) if s.size]
+    best = int(point.best[0])
+    return {"log2_opt": v, "log2_opt_ci": ci, "opt": 2 ** v,
+            "opt_ci": [None if c is None else 2 ** c for c in ci],
+            "loss_at_opt": float(point.loss[0]), "best_grid_log2": float(curve.x[best]),
+            "window_log2": point.window[0].tolist(), "n_window": int(point.n_used[0]),
+            "at_edge": best in (has_runs[0], has_runs[-1]), "clipped": bool(point.clipped[0]),
+            "convex": bool(point.convex[0])}
+
+
+def _sensitivity(x: np.ndarray, means: np.ndarray, boot: np.ndarray, ell_init: float, lo_hi):
+    """E_η[min(ℓ(η), ℓ_init) − ℓ*] over the grid points in the range (uniform in log η)."""
+    inside = np.ones_like(x, bool) if lo_hi is None else (x >= lo_hi[0] - 1e-9) & (x <= lo_hi[1] + 1e-9)
+    def value(m):
+        m = m[..., inside]
+        present = ~np.isnan(m)
+        capped = np.where(present, np.minimum(m, ell_init), np.nan)
+        best = np.nanmin(capped, axis=-1, keepdims=True)
+        return np.nanmean(capped - best, axis=-1)
+    with np.errstate(invalid="ignore"), pywarnings.catch_warnings():
+        pywarnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows of failed replicates
+        return float(value(means)), value(boot)
+
+
+def _curve_warnings(name: str, result: dict, hp: str, warnings: list[str]) -> None:
+    if result["at_edge"]:
+        warnings.append(f"{name}: the best {hp} is at the edge of the grid ({hp}={2 ** result['best_grid_log2']:.3g}); "
+                        "the optimum is a bound, not an estimate: extend the grid")
+    if result["convex"] is False:
+        warnings.append(f"{name}: loss is not convex around the best {hp}; optimum = the best grid point")
+
+
+def _fit_groups(fitted: list[dict], size: str, level: float, hp: str, warnings: list[str]) -> list[dict]:
+    out = []
+    labels = sorted({frames.group_label(f["curve"].group) for f in fitted})
+    for label in labels:
+        members = [f for f in fitted if frames.group_label(f["curve"].group) == label]
+        out.append(_fit_group(members, size, level, hp, warnings))
+    return out
+
+
+def _fit_group(members: list[dict], size: str, level: float, hp: str, warnings: list[str]) -> dict:
+    group = members[0]["curve"].group
+    label = frames.group_label(group)
+    valid = [m for m in members if m["result"]["log2_opt"] is not None]
+    sizes = np.array([m["curve"].size for m in valid])
+    opts = np.array([m["result"]["log2_opt"] for m in valid])
+    step = _grid_step(members)
+    result = {"group": group, "label": label, "sizes": sizes.tolist(), "log2_opt": opts.tolist(),
+              "gamma": None, "gamma_ci": [None, None], "intercept_log2": None, "ci_method": None,
+              "drift_steps": None, "drift_steps_ci": [None, None], "grid_step_log2": step,
+              "drift_by_size": {}}
+    missing = [m["curve"].size for m in members if m["result"]["log2_opt"] is None]
+    if missing:
+        warnings.append(f"{label}: no optimum at {size}={[_num(s) for s in missing]}; γ uses the other sizes")
+    if sizes.size < 2:
+        result["note"] = f"γ needs optima at ≥ 2 values of {size} (have {sizes.size})"
+        if len(members) >= 2:
+            warnings.append(f"{label}: {result['note']}")
+        return result
+    lx = np.log2(sizes)
+    fit = sps.linregress(lx, opts)
+    result.update(gamma=float(fit.slope), intercept_log2=float(fit.intercept))
+    base = opts[np.argmin(sizes)]
+    result["drift_by_size"] = {_num(s): (o - base) / step if step else None for s, o in zip(sizes, opts)}
+    result["drift_steps"] = (opts[np.argmax(sizes)] - base) / step if step else None
+    boots = [m["boot_vertex"] for m in valid]
+    if all(b is not None for b in boots):
+        V = np.stack(boots, 1)                           # (B, n_sizes): replicates independent per size
+        V = V[np.isfinite(V).all(1)]
+        result["gamma_ci"] = percentile_ci(batched_slopes(lx, V)[0], level)
+        if step:
+            drift = (V[:, np.argmax(sizes)] - V[:, np.argmin(sizes)]) / step
+            result["drift_steps_ci"] = percentile_ci(drift, level)
+        result["ci_method"] = "bootstrap over seeds"
+    elif sizes.size >= 3:
+        result["gamma_ci"] = t_interval(float(fit.slope), float(fit.stderr), sizes.size - 2, level)
+        result["ci_method"] = "OLS t-interval over sizes (one seed: no bootstrap)"
+    return result
+
+
+def _grid_step(members: list[dict]) -> float | None:
+    diffs = np.concatenate([np.diff(m["curve"].x) for m in members])
+    return float(np.median(diffs)) if diffs.size else None
+
+
+def _num(value):
+    value = float(value)
+    return int(value) if value.is_integer() else value

@@ -1,0 +1,74 @@
+"""Tuning cost: best-so-far loss against cumulative training compute, for µP with tuning (the
+runs of search sweeps, mode 'search') and for learnable multipliers (labels with '+', any
+mode), each per sweep, parametrization and width, runs in start order.
+
+Every run's compute counts (diverged and failed runs cost compute too, when their flops are
+known); a diverged run never improves the best-so-far loss. A curve is one realisation of a
+tuning process, so its numbers carry no interval.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from trainer.config import UserError
+
+from . import frames
+
+
+def tuning_cost(trials: pd.DataFrame, size: str = "d_model", loss: str = "final_val_loss",
+                compute: str = "flops") -> dict:
+    frames.require_columns(trials, [loss, "parametrization", "outcome"], "the tuning-cost curve")
+    warnings: list[str] = []
+    if compute not in trials.columns:
+        if "wall_time_s" not in trials.columns:
+            raise UserError(f"the tuning-cost curve needs a compute column ({compute} or wall_time_s)")
+        warnings.append(f"no {compute} column: compute is wall_time_s")
+        compute = "wall_time_s"
+    search = trials["mode"].eq("search") if "mode" in trials.columns else pd.Series(False, index=trials.index)
+    chosen = trials[search | trials["parametrization"].map(frames.is_lrm)]
+    if chosen.empty:
+        raise UserError("the tuning-cost curve needs search-sweep runs (mode: search) or runs with learnable "
+                        "multipliers; these tables have neither")
+    if "start_time" not in chosen.columns or chosen["start_time"].isna().all():
+        warnings.append("no start_time: runs are taken in table order")
+    keys = [k for k in ("sweep", "parametrization", size) if k in chosen.columns]
+    curves = [_curve(group, sub, loss, compute) for group, sub in frames.iter_groups(chosen, keys)]
+    _match(curves, size)
+    return {"analysis": "tuning", "compute": compute, "loss": loss,
+            "selection": "search-sweep runs (µP with tuning) and runs with learnable multipliers",
+            "treatment": {"diverged": "compute counted, never improves the best loss",
+                          "failed": "compute counted when known, never improves the best loss"},
+            "curves": curves, "warnings": warnings}
+
+
+def _curve(group: dict, runs: pd.DataFrame, loss: str, compute: str) -> dict:
+    if "start_time" in runs.columns and runs["start_time"].notna().any():
+        runs = runs.sort_values("start_time", kind="stable")
+    cost = pd.to_numeric(runs[compute], errors="coerce").fillna(0.0).to_numpy(dtype=float)
+    values = pd.to_numeric(runs[loss], errors="coerce").to_numpy(dtype=float)
+    values = np.where(runs["outcome"].eq("finished").to_numpy() & np.isfinite(values), values, np.inf)
+    best = np.minimum.accumulate(values)
+    cumulative = np.cumsum(cost)
+    finite = np.isfinite(best)
+    kind = "search" if runs.get("mode", pd.Series(dtype=str)).eq("search").any() else "multipliers"
+    return {"group": group, "label": frames.group_label(group), "kind": kind, "n_trials": len(runs),
+            "n_finished": int(runs["outcome"].eq("finished").sum()), "total_compute": float(cumulative[-1]),
+            "best_loss": float(best[-1]) if finite.any() else None,
+            "compute_to_best": float(cumulative[np.argmax(best == best[-1])]) if finite.any() else None,
+            "points": [{"compute": float(c), "best_loss": float(b)} for c, b in zip(cumulative[finite], best[finite])]}
+
+
+def _match(curves: list[dict], size: str) -> None:
+    """For each search curve: the compute it needed to match each multiplier curve's best loss
+    at the same width (None when it never did)."""
+    for curve in curves:
+        if curve["kind"] != "search":
+            continue
+        curve["compute_to_match"] = {}
+        for other in curves:
+            same_size = other["group"].get(size) == curve["group"].get(size)
+            if other["kind"] != "multipliers" or not same_size or other["best_loss"] is None:
+                continue
+            reached = [p["compute"] for p in curve["points"] if p["best_loss"] <= other["best_loss"]]
+            curve["compute_to_match"][other["label"]] = reached[0] if reached else None

@@ -1,0 +1,85 @@
+"""The report builds from a Parquet snapshot alone (no MLflow), puts the parametrizations side
+by side, writes every figure it has data for and says why the others were skipped."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from analysis import synthetic as syn
+from analysis.fits import FitOptions, run_fits
+from analysis.report import build_report
+from analysis.tables import Tables
+from trainer.config import UserError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    tables, truth = syn.synthetic_tables(seed=2, norms=syn.NormSpec(), tuning=syn.TuningSpec())
+    snapshot = tables.save(tmp / "snap.parquet")
+    lines = []
+    summary = build_report(Tables.load(snapshot), tmp / "out", FitOptions(n_boot=60, n_boot_scaling=30),
+                           progress=lines.append)
+    return tmp / "out", summary, lines, truth
+
+
+def test_summary_json_holds_every_fit_as_strict_json(full_report):
+    out, summary, _, _ = full_report
+    data = json.loads((out / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+    assert set(data["results"]) == {"comparison", "transfer", "multipliers", "norms", "scaling", "tuning", "coord_check"}
+    assert data["skipped"] == {}
+    # every fit says how it counted diverged and failed runs
+    assert all({"diverged", "failed"} <= set(r["treatment"]) for r in data["results"].values())
+    assert data["n_trials"] == len(Tables.load(out.parent / "snap.parquet").trials)
+    sp = next(g for g in data["results"]["transfer"]["groups"] if g["label"] == "sp [sweep=transfer]")
+    assert sp["gamma_ci"][0] < -1.0 < sp["gamma_ci"][1]
+    assert data == summary
+
+
+def test_every_figure_is_written_as_png_and_svg(full_report):
+    out, summary, _, _ = full_report
+    expected = {"loss_vs_hp", "optimum_vs_size", "multipliers_vs_width", "loss_vs_params", "loss_gap",
+                "equilibrium_norms", "tuning_cost", "training_curves", "coord_check"}
+    assert set(summary["figures"]) == expected and summary["skipped_figures"] == {}
+    for name in expected:
+        assert (out / "figures" / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
+        assert b"<svg" in (out / "figures" / f"{name}.svg").read_bytes()[:2000]
+
+
+def test_report_md_puts_parametrizations_side_by_side(full_report):
+    out, _, lines, _ = full_report
+    text = (out / "report.md").read_text()
+    assert "| d_model | mup | mup+scalar | sp |" in text
+    assert "## Transfer of the optimal lr across d_model" in text
+    assert "| sp [sweep=transfer] | -1" in text or "| sp [sweep=transfer] | -0.9" in text
+    for section in ("## Learned multipliers vs width", "## Equilibrium norms", "## Scaling law",
+                    "## Tuning cost", "## Coordinate check", "## How runs were counted"):
+        assert section in text
+    assert "![" in text and "(figures/loss_vs_hp.png)" in text
+    assert any(line.startswith("fit: transfer") for line in lines)      # progress per stage
+    assert any(line.startswith("figure: coord_check") for line in lines)
+
+
+def test_a_sweep_without_the_data_for_a_figure_says_why(tmp_path):
+    spec = syn.TransferSpec(widths=(256,), seeds=2)   # one width, no sqrt(η/λ) sweep, no search sweep
+    tables, _ = syn.synthetic_tables(transfer=spec, history=False)
+    summary = build_report(Tables.load(tables.save(tmp_path / "s.parquet")), tmp_path / "out",
+                           FitOptions(n_boot=30, n_boot_scaling=20))
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "sqrt(η/λ) sweep" in summary["skipped"]["norms"]
+    assert "`equilibrium_norms` skipped" in text
+    assert "optimum_vs_size" in summary["skipped_figures"] and "≥ 2 values of d_model" in summary["skipped_figures"]["optimum_vs_size"]
+    assert "training_curves" in summary["skipped_figures"] and "coord_check" in summary["skipped_figures"]
+    assert "loss_vs_hp" in summary["figures"]
+    assert "## Warnings" in text and "γ and the drift need a sweep over d_model" in text
+
+
+def test_empty_or_unlabelled_tables_are_user_errors():
+    tables, _ = syn.synthetic_tables(history=False)
+    with pytest.raises(UserError, match="no trial runs"):
+        run_fits(Tables(trials=tables.trials.iloc[:0]))
+    with pytest.raises(UserError, match=r"\['parametrization'\]"):
+        run_fits(Tables(trials=tables.trials.drop(columns=["parametrization"])))
