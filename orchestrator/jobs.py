@@ -1,0 +1,175 @@
+"""`scalelab submit | status | logs`: a sweep as a Ray Job on a cluster, through
+`ray.job_submission.JobSubmissionClient` (needs ray[default] on this machine and the cluster).
+
+The job's entrypoint is `python -m orchestrator.cli run SWEEP --address auto --tracking-uri URI`,
+run in the uploaded working directory with the cluster's Python environment.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import time
+from pathlib import Path
+
+from trainer.config import UserError
+
+# Never uploaded: environments, local tracking/storage, outputs, VCS data.
+EXCLUDES = [".venv", "venv", ".git", "mlflow.db", "mlruns", "mlartifacts", ".scalelab", "reports",
+            "scalelab_out", "__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "*.egg-info", "optuna.db"]
+PACKAGES = ("trainer", "orchestrator", "analysis")
+LOCAL_SCHEMES = ("sqlite", "file")
+
+
+# --- connection ----------------------------------------------------------------------------
+
+def dashboard_address(address: str | None) -> str:
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise UserError("no Ray cluster given: pass --address http://HEAD:8265 (the dashboard address "
+                        "printed by `ray start --head`) or set RAY_ADDRESS")
+    if "://" not in address:
+        address = "http://" + address
+    return address
+
+
+def auth_headers() -> dict[str, str]:
+    """Token auth (on by default in Ray ≥ 2.5x): the token from RAY_AUTH_TOKEN or
+    ~/.ray/auth_token, sent as a bearer header; RAY_AUTH_MODE=token for Ray's own client code."""
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    path = Path.home() / ".ray" / "auth_token"
+    if not token and path.is_file():
+        token = path.read_text(encoding="utf-8").strip()
+    if not token:
+        return {}
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    return {"Authorization": f"Bearer {token}"}
+
+
+def client(address: str | None):
+    from ray.job_submission import JobSubmissionClient
+
+    url = dashboard_address(address)
+    try:
+        return JobSubmissionClient(url, headers=auth_headers())
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise UserError(f"cannot reach the Ray cluster at {url}: {err}\n"
+                        "check the address (the dashboard port, 8265 by default), that the head was "
+                        "started with --dashboard-host reachable from here, and the auth token "
+                        "(RAY_AUTH_TOKEN or ~/.ray/auth_token, as printed by `ray get-auth-token`)") from None
+
+
+# --- submit --------------------------------------------------------------------------------
+
+def check_remote_tracking(uri: str) -> None:
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme in LOCAL_SCHEMES or not scheme:
+        raise UserError(
+            f"tracking URI {uri!r} is a local file, but a cluster's driver and workers run on other "
+            "machines: start an MLflow server (mlflow server --host 0.0.0.0 --port 5000 "
+            "--backend-store-uri sqlite:///mlflow.db) and pass --tracking-uri http://HOST:5000")
+
+
+def runtime_env(working_dir: Path) -> dict:
+    from .tracking import code_version
+
+    env = {"working_dir": str(working_dir), "excludes": EXCLUDES,
+           "env_vars": {"SCALELAB_CODE_VERSION": code_version(), "PYTHONUNBUFFERED": "1"}}
+    # The code travels with the job unless the working directory already holds it.
+    modules = []
+    for name in PACKAGES:
+        module_dir = Path(__file__).resolve().parent.parent / name
+        if module_dir.is_dir() and not (working_dir / name).is_dir():
+            modules.append(str(module_dir))
+    if modules:
+        env["py_modules"] = modules
+    return env
+
+
+def entrypoint(sweep_rel: str, tracking_uri: str, storage: str | None, max_concurrent: int | None) -> str:
+    args = ["python", "-m", "orchestrator.cli", "run", sweep_rel, "--address", "auto",
+            "--tracking-uri", tracking_uri]
+    if storage:
+        args += ["--storage", storage]
+    if max_concurrent:
+        args += ["--max-concurrent", str(max_concurrent)]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def submit_sweep(sweep: str, address: str | None, tracking_uri: str | None = None, storage: str | None = None,
+                 max_concurrent: int | None = None, working_dir: str = ".") -> str:
+    from .cli import tracking_uri_from
+    from .spec import load_sweep
+
+    spec = load_sweep(sweep)  # fail here, not on the cluster
+    uri = tracking_uri_from(tracking_uri, spec.tracking_uri)
+    check_remote_tracking(uri)
+    wd = Path(working_dir).resolve()
+    sweep_path = Path(sweep).resolve()
+    if not sweep_path.is_relative_to(wd):
+        raise UserError(f"{sweep}: the sweep file must be inside the uploaded working directory {wd}; "
+                        "move it there or pass --working-dir")
+    job_id = f"scalelab-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return client(address).submit_job(
+        entrypoint=entrypoint(sweep_path.relative_to(wd).as_posix(), uri, storage, max_concurrent),
+        submission_id=job_id, runtime_env=runtime_env(wd),
+        metadata={"scalelab_sweep": spec.name, "tracking_uri": uri})
+
+
+# --- status and logs -------------------------------------------------------------------------
+
+def _when(ms: int | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) if ms else "-"
+
+
+def job_status_text(address: str | None, job_id: str | None) -> str:
+    c = client(address)
+    if job_id is None:
+        jobs = sorted(c.list_jobs(), key=lambda j: j.start_time or 0)
+        if not jobs:
+            return "no jobs on this cluster"
+        rows = [f"{'JOB':40} {'STATUS':10} {'STARTED':19}  SWEEP"]
+        for j in jobs:
+            sweep = (j.metadata or {}).get("scalelab_sweep", "-")
+            job = j.submission_id or j.job_id or "-"
+            rows.append(f"{job:40} {str(j.status):10} {_when(j.start_time):19}  {sweep}")
+        return "\n".join(rows)
+    info = _job_info(c, job_id)
+    lines = [f"job {job_id}: {info.status}", f"  started {_when(info.start_time)}, ended {_when(info.end_time)}",
+             f"  entrypoint: {info.entrypoint}"]
+    if info.message:
+        lines.append(f"  message: {info.message}")
+    return "\n".join(lines)
+
+
+def _job_info(c, job_id: str):
+    try:
+        return c.get_job_info(job_id)
+    except RuntimeError as err:
+        raise UserError(f"no job {job_id!r} on this cluster ({err}); list jobs with `scalelab status`") from None
+
+
+def job_status(address: str | None, job_id: str) -> str:
+    return str(_job_info(client(address), job_id).status)
+
+
+def print_logs(address: str | None, job_id: str, follow: bool = False) -> int:
+    """Print the job's logs (driver output); with follow, until it ends; the exit status is
+    then 0 only when the job succeeded."""
+    import asyncio
+    import sys
+
+    c = client(address)
+    _job_info(c, job_id)
+    if not follow:
+        sys.stdout.write(c.get_job_logs(job_id))
+        return 0
+
+    async def tail() -> None:
+        async for chunk in c.tail_job_logs(job_id):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+
+    asyncio.run(tail())
+    status = str(c.get_job_status(job_id))
+    print(f"[job {job_id} {status}]", file=sys.stderr)
+    return 0 if status == "SUCCEEDED" else 1

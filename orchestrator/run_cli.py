@@ -1,0 +1,113 @@
+"""`scalelab run | submit | status | logs` (registered by orchestrator/cli.py). Heavy imports
+(ray, mlflow) happen inside the handlers."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from trainer.config import UserError
+
+RUN_HELP = "run a sweep: local embedded Ray by default, or an existing cluster with --address"
+
+
+def register(subparsers) -> None:
+    run = subparsers.add_parser("run", help=RUN_HELP, description=RUN_HELP + ". Trials that already "
+                                "finished or diverged in the experiment are skipped; interrupted ones "
+                                "resume from their last checkpoint.")
+    run.add_argument("sweep", help="sweep YAML file")
+    run.add_argument("--tracking-uri", help="MLflow tracking URI (default: the sweep's tracking_uri, "
+                     "MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory)")
+    run.add_argument("--address", help="Ray cluster to use ('auto' inside a Ray Job, or ray://HOST:10001); "
+                     "default: start a local Ray for this command")
+    run.add_argument("--storage", default=None, help="directory for checkpoints, Tune state and the default "
+                     "Optuna study (default: ./.scalelab, or ~/.scalelab with --address; on a multi-node "
+                     "cluster use a shared filesystem)")
+    run.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once "
+                     "(default: the sweep's concurrency, else as many as the CPUs/GPUs allow)")
+    run.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    run.set_defaults(func=cmd_run)
+
+    submit = subparsers.add_parser("submit", help="submit a sweep to a Ray cluster as a Ray Job",
+                                   description="Submit `scalelab run SWEEP --address auto` as a Ray Job; "
+                                   "the working directory is uploaded (without .venv, .git, mlflow.db, "
+                                   ".scalelab, reports). Tracking must be an MLflow server (http://...).")
+    submit.add_argument("sweep", help="sweep YAML file (inside the working directory)")
+    _address_arg(submit)
+    submit.add_argument("--tracking-uri", help="MLflow server URI reachable from the cluster, e.g. "
+                        "http://HOST:5000 (default: the sweep's tracking_uri or MLFLOW_TRACKING_URI)")
+    submit.add_argument("--storage", default=None, help="storage directory on the cluster (a shared "
+                        "filesystem for multi-node clusters; default: ~/.scalelab on the driver node)")
+    submit.add_argument("--max-concurrent", type=int, default=None, help="passed on to `scalelab run`")
+    submit.add_argument("--working-dir", default=".", help="project directory to upload (default: .)")
+    submit.set_defaults(func=cmd_submit)
+
+    status = subparsers.add_parser("status", help="status of a submitted sweep (or list all jobs)")
+    status.add_argument("job_id", nargs="?", help="job id printed by `scalelab submit` (default: list jobs)")
+    _address_arg(status)
+    status.set_defaults(func=cmd_status)
+
+    logs = subparsers.add_parser("logs", help="logs of a submitted sweep")
+    logs.add_argument("job_id", help="job id printed by `scalelab submit`")
+    _address_arg(logs)
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+    logs.set_defaults(func=cmd_logs)
+
+
+def _address_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", default=None, help="Ray dashboard address, e.g. http://HEAD:8265 "
+                        "(default: env RAY_ADDRESS)")
+
+
+def _positive(value: int | None, flag: str) -> None:
+    if value is not None and value < 1:
+        raise UserError(f"{flag} must be at least 1, got {value}")
+
+
+def cmd_run(args) -> int:
+    from .cli import tracking_uri_from
+    from .runner import CLUSTER_STORAGE, DEFAULT_STORAGE, RunOptions, run_sweep
+    from .spec import load_sweep
+
+    _positive(args.max_concurrent, "--max-concurrent")
+    _positive(args.num_cpus, "--num-cpus")
+    spec = load_sweep(args.sweep)
+    opts = RunOptions(tracking_uri=tracking_uri_from(args.tracking_uri, spec.tracking_uri),
+                      storage=args.storage or (CLUSTER_STORAGE if args.address else DEFAULT_STORAGE),
+                      address=args.address,
+                      max_concurrent=args.max_concurrent, num_cpus=args.num_cpus)
+    from mlflow.exceptions import MlflowException
+    from ray.exceptions import RayError
+    from ray.tune.error import TuneError
+
+    try:
+        summary = run_sweep(spec, opts)
+    except (OSError, MlflowException, RayError, TuneError) as err:  # infrastructure, not the sweep
+        print(f"scalelab run: infrastructure error: {type(err).__name__}: {err}\n"
+              "nothing is lost: fix the problem and run the same command again", file=sys.stderr)
+        return 1
+    return 130 if summary.interrupted else 0
+
+
+def cmd_submit(args) -> int:
+    from .jobs import submit_sweep
+
+    _positive(args.max_concurrent, "--max-concurrent")
+    job_id = submit_sweep(args.sweep, address=args.address, tracking_uri=args.tracking_uri,
+                          storage=args.storage, max_concurrent=args.max_concurrent, working_dir=args.working_dir)
+    print(job_id)
+    print(f"follow it with: scalelab logs {job_id} --follow" + (f" --address {args.address}" if args.address else ""),
+          file=sys.stderr)
+    return 0
+
+
+def cmd_status(args) -> int:
+    from .jobs import job_status_text
+
+    print(job_status_text(args.address, args.job_id))
+    return 0
+
+
+def cmd_logs(args) -> int:
+    from .jobs import print_logs
+
+    return print_logs(args.address, args.job_id, follow=args.follow)

@@ -1,0 +1,338 @@
+"""MLflow side of a sweep (layout in docs/CONTRACTS.md), written only from the Ray driver.
+
+`SweepTracker` owns the runs: one parent run per sweep (found again by its tags on reruns), one
+child run per trial hash (found again by parent + hash, so no sequence of interruptions makes a
+duplicate). `MlflowTrackingCallback` is the Tune callback that feeds it. Ray's own
+MLflowLoggerCallback is not used: it makes flat runs, logs one key per call and duplicates
+runs after a restore.
+
+Metrics go through `MlflowClient.log_batch` in chunks of MLflow's per-call limits. Each report
+carries the timestamp the worker stamped on it, so re-sending a report after a crash writes
+identical rows (which the SQL store ignores); the tag `scalelab.logged_step` records the last
+step fully written so replays after a resume are skipped outright.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import yaml
+from ray import tune
+
+from .spec import parametrization_label
+
+# MLflow's limits per log_batch call (mlflow.utils.validation).
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_TAGS_PER_BATCH = 100
+MAX_TAG_CHARS = 8000
+
+TAG_KIND = "scalelab.kind"
+TAG_SWEEP = "scalelab.sweep"
+TAG_HASH = "scalelab.trial_hash"
+TAG_CODE = "scalelab.code_version"
+TAG_OUTCOME = "scalelab.outcome"
+TAG_ERROR = "scalelab.error"
+TAG_MODE = "scalelab.mode"
+TAG_LABEL = "scalelab.label"
+TAG_LOGGED_STEP = "scalelab.logged_step"
+TAG_PARENT = "mlflow.parentRunId"
+TAG_RUN_NAME = "mlflow.runName"
+
+MULTIPLIER_COLUMNS = ("layer", "role", "block", "kind", "mean", "rms", "min", "max", "size")
+
+
+# --- small helpers ------------------------------------------------------------------------
+
+def code_version() -> str:
+    """`git describe` of the source tree (+ '-dirty'), else SCALELAB_CODE_VERSION (set by
+    `scalelab submit`, whose upload has no .git), else the package version."""
+    if os.environ.get("SCALELAB_CODE_VERSION"):
+        return os.environ["SCALELAB_CODE_VERSION"]
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=here,
+                             capture_output=True, text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return f"scalelab-{version('scalelab')}"
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def flat_params(cfg) -> dict[str, str]:
+    """Every TrainConfig field as an MLflow param (lists/dicts as JSON)."""
+    out = {}
+    for key, value in cfg.model_dump().items():
+        out[key] = json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else str(value)
+    return out
+
+
+def numeric_metrics(report: dict) -> dict[str, float]:
+    """The numeric keys of a trainer report (drops `status`, the `final` flag and non-numbers)."""
+    return {k: float(v) for k, v in report.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def chunks(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+@dataclass
+class ChildRun:
+    run_id: str
+    logged_step: int = -1          # last step whose metrics are all in MLflow
+    outcome: str | None = None
+    n_params: int = 0              # params stored; fewer than expected after a crash in setup
+
+
+# --- the tracker ------------------------------------------------------------------------------
+
+class SweepTracker:
+    """Parent and child runs of one sweep in one experiment."""
+
+    def __init__(self, tracking_uri: str, experiment: str, sweep: str, mode: str):
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.tracking_uri, self.sweep, self.mode = tracking_uri, sweep, mode
+        self.code_version = code_version()
+        self.experiment_id = self._experiment_id(experiment)
+        self.parent_id = self._parent_run()
+        self.children: dict[str, ChildRun] = self._load_children()
+
+    def _experiment_id(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            if found.lifecycle_stage != "active":
+                from trainer.config import UserError
+                raise UserError(f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments "
+                                "restore) or set another `experiment:` in the sweep file")
+            return found.experiment_id
+        return self.client.create_experiment(name, artifact_location=artifact_location_for(self.tracking_uri))
+
+    def _search(self, filter_string: str, order_by: list[str] | None = None) -> list:
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string, max_results=1000,
+                                           order_by=order_by, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def _parent_run(self) -> str:
+        found = self._search(f"tags.`{TAG_KIND}` = 'sweep' and tags.`{TAG_SWEEP}` = {_quote(self.sweep)}",
+                             order_by=["attributes.start_time ASC"])
+        if found:
+            run_id = found[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, TAG_CODE, self.code_version)
+            return run_id
+        run = self.client.create_run(self.experiment_id, run_name=self.sweep, tags={
+            TAG_KIND: "sweep", TAG_SWEEP: self.sweep, TAG_MODE: self.mode, TAG_CODE: self.code_version})
+        return run.info.run_id
+
+    def _load_children(self) -> dict[str, ChildRun]:
+        children: dict[str, ChildRun] = {}
+        for run in self._search(f"tags.`{TAG_PARENT}` = {_quote(self.parent_id)}",
+                                order_by=["attributes.start_time ASC"]):
+            tags = run.data.tags
+            trial_hash = tags.get(TAG_HASH)
+            if trial_hash and trial_hash not in children:  # the oldest run of a hash is the one
+                children[trial_hash] = ChildRun(run.info.run_id, int(tags.get(TAG_LOGGED_STEP, -1)),
+                                                tags.get(TAG_OUTCOME), n_params=len(run.data.params))
+        return children
+
+    def refresh(self) -> None:
+        """Re-read the children (Tune works on a copy of the callback, hence of this tracker)."""
+        self.children = self._load_children()
+
+    def child_runs(self) -> list:
+        """Full MLflow runs of this sweep's trials (metrics included)."""
+        return self._search(f"tags.`{TAG_PARENT}` = {_quote(self.parent_id)}")
+
+    # --- trial runs ---
+    def start_child(self, trial, n_params: int | None) -> ChildRun:
+        """Create or re-open the run of `trial`; params and config.yaml are written once."""
+        child = self.children.get(trial.hash)
+        if child is not None:
+            self.client.update_run(child.run_id, status="RUNNING")
+        else:
+            # One call creates the run with the tags that identify it: no half-identified runs.
+            tags = {TAG_PARENT: self.parent_id, TAG_KIND: "trial", TAG_HASH: trial.hash, TAG_SWEEP: self.sweep,
+                    TAG_CODE: self.code_version, TAG_MODE: self.mode, TAG_LABEL: trial.label}
+            run = self.client.create_run(self.experiment_id, run_name=trial.label, tags=tags)
+            child = self.children[trial.hash] = ChildRun(run.info.run_id)
+        params = flat_params(trial.config)
+        params["parametrization"] = parametrization_label(trial.config)
+        if n_params is not None:
+            params["n_params"] = str(int(n_params))
+        if child.n_params < len(params):  # new, or a crash cut its setup short (re-logging is a no-op)
+            self.log_text(child.run_id, yaml.safe_dump(trial.config.model_dump(), sort_keys=True), "config.yaml")
+            self.log_params(child.run_id, params)
+            child.n_params = len(params)
+        return child
+
+    def log_params(self, run_id: str, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in sorted(params.items())]
+        for part in chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(run_id, params=part, synchronous=True)
+
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        self.client.log_text(run_id, text, name)
+
+    def log_report(self, child: ChildRun, report: dict, timestamp_ms: int) -> bool:
+        """Write one trainer report at its step; False when that step is already in MLflow."""
+        from mlflow.entities import Metric, RunTag
+
+        step = int(report["step"])
+        if step <= child.logged_step:
+            return False
+        metrics = [Metric(k, v, timestamp_ms, step) for k, v in sorted(numeric_metrics(report).items())]
+        done_tag = RunTag(TAG_LOGGED_STEP, str(step))
+        # The logged-step tag rides in the last call: once it is stored, the whole step is.
+        parts = list(chunks(metrics, MAX_METRICS_PER_BATCH - 1)) or [[]]
+        for i, part in enumerate(parts):
+            tags = [done_tag] if i == len(parts) - 1 else []
+            self.client.log_batch(child.run_id, metrics=part, tags=tags, synchronous=True)
+        child.logged_step = step
+        return True
+
+    def finish_child(self, child: ChildRun, outcome: str, error: str | None = None,
+                     multipliers: list[dict] | None = None) -> None:
+        if multipliers is not None:
+            self.log_text(child.run_id, multipliers_csv(multipliers), "multipliers.csv")
+        self.client.set_tag(child.run_id, TAG_OUTCOME, outcome)
+        if error is not None:
+            self.client.set_tag(child.run_id, TAG_ERROR, error[-MAX_TAG_CHARS:])
+        elif child.outcome == "failed":  # a failed trial that now succeeded: drop the old error
+            try:
+                self.client.delete_tag(child.run_id, TAG_ERROR)
+            except Exception:  # noqa: BLE001 - the tag may not exist; nothing to clean then
+                pass
+        child.outcome = outcome
+        self.client.set_terminated(child.run_id, "FAILED" if outcome == "failed" else "FINISHED")
+
+    # --- the parent ---
+    def finish_parent(self, log_cost: bool = True) -> dict[str, float]:
+        """Record the tuning cost (trials run, their summed FLOPs) and close the parent run."""
+        cost = {}
+        if log_cost:
+            runs = [r for r in self.child_runs() if r.data.tags.get(TAG_OUTCOME)]
+            flops = sum(r.data.metrics.get("flops", 0.0) for r in runs
+                        if math.isfinite(r.data.metrics.get("flops", 0.0)))
+            cost = {"tuning_trials": float(len(runs)), "tuning_flops": float(flops)}
+            from mlflow.entities import Metric
+            now = int(time.time() * 1000)
+            self.client.log_batch(self.parent_id, metrics=[Metric(k, v, now, 0) for k, v in cost.items()],
+                                  synchronous=True)
+        self.client.set_terminated(self.parent_id, "FINISHED")
+        return cost
+
+
+def artifact_location_for(tracking_uri: str) -> str | None:
+    """Artifacts of a SQLite-tracked experiment live next to the database file, not in the
+    working directory of whoever created the experiment; servers choose their own."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db_path = tracking_uri[len("sqlite:///"):].split("?", 1)[0]
+    from pathlib import Path
+    return (Path(db_path).resolve().parent / "mlartifacts").as_uri()
+
+
+def multipliers_csv(rows: list[dict]) -> str:
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(MULTIPLIER_COLUMNS), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+# --- the Tune callback ------------------------------------------------------------------------
+
+@dataclass
+class TrialRecord:
+    trial: Any                      # orchestrator.spec.Trial
+    child: ChildRun | None          # None for a sampled point whose result is already known
+    attempts: int = 0
+
+
+class MlflowTrackingCallback(tune.Callback):
+    """Driver-side Tune callback: every `tune.report` of a trial → one step of its MLflow run.
+
+    `resolve(config)` maps a Tune trial's config to its scalelab Trial; `known` holds the hashes
+    that already have a result (their trials only replay it and get no new run)."""
+
+    def __init__(self, tracker: SweepTracker, resolve: Callable[[dict], Any],
+                 n_params: Callable[[Any], int | None], known: set | None = None):
+        self.tracker, self.resolve, self.n_params = tracker, resolve, n_params
+        self.known = set(known or ())
+        self.records: dict[str, TrialRecord] = {}
+
+    def record(self, tune_trial) -> TrialRecord:
+        rec = self.records.get(tune_trial.trial_id)
+        if rec is None:
+            trial = self.resolve(tune_trial.config)
+            untracked = trial.hash is None or trial.hash in self.known  # invalid point, or known result
+            child = None if untracked else self.tracker.start_child(trial, self.n_params(trial))
+            rec = self.records[tune_trial.trial_id] = TrialRecord(trial, child)
+        return rec
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        rec = self.record(trial)
+        rec.attempts += 1
+        if rec.child is not None and rec.attempts > 1:
+            self.tracker.client.update_run(rec.child.run_id, status="RUNNING")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        rec = self.record(trial)
+        payload = result.get("scalelab") or {}
+        if rec.child is None or "metrics" not in payload:
+            return
+        self.tracker.log_report(rec.child, payload["metrics"], int(payload["ts"]))
+        if payload["metrics"].get("final"):
+            outcome = payload["metrics"].get("status", "finished")
+            self.tracker.finish_child(rec.child, outcome, multipliers=payload.get("multipliers") or [])
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        rec = self.record(trial)
+        if rec.child is not None:
+            self.tracker.finish_child(rec.child, "failed", error=trial_error_text(trial))
+
+
+def trial_error_text(tune_trial) -> str:
+    """The trial's error: the last lines of its traceback (the exception is at the end)."""
+    text = None
+    path = getattr(tune_trial, "error_file", None)
+    if path and os.path.isfile(path):
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            text = fh.read()
+    if not text:
+        try:
+            text = tune_trial.get_error()
+        except Exception:  # noqa: BLE001 - storage unreadable: fall back to a generic message
+            text = None
+    text = (text or "trial failed (no error text recorded by Ray)").strip()
+    lines = text.splitlines()
+    return "\n".join(lines[-12:])
+
+

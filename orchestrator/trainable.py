@@ -1,0 +1,212 @@
+"""The Tune function trainable: one scalelab Trial → `trainer.loop.train` on a Ray worker.
+
+Each trial keeps its own directory under the sweep storage, keyed by trial hash, so resuming
+never depends on Tune's experiment state:
+
+    <trials_root>/<hash>/checkpoints/step_*   the trainer's checkpoints
+    <trials_root>/<hash>/reports.jsonl        every report, stamped, written before it is sent
+
+On (re)start the journal is replayed up to the checkpoint we resume from, so a report that was
+written but never reached MLflow (driver killed, worker crashed) is sent again; the driver
+skips the steps it already has. A journal that holds the final report needs no training at all.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FAULT_ENV = "SCALELAB_FAULT_INJECT"
+
+
+@dataclass
+class TrialContext:
+    """What every trial of a sweep shares (shipped once through the object store)."""
+    trials_root: str                       # absolute
+    spec: Any = None                       # SweepSpec, needed to resolve sampled points (search)
+    objective: str | None = None           # metric whose value Tune/Optuna optimise
+    objective_mode: str = "min"
+    known: dict = field(default_factory=dict)   # hash -> objective value of already-finished trials
+    fault_inject: str | None = None
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose by SCALELAB_FAULT_INJECT (tests of retries and resume)."""
+
+
+# --- the journal ---------------------------------------------------------------------------
+
+class Journal:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def read(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        entries = []
+        with open(self.path, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    entries.append(json.loads(line))
+                except json.JSONDecodeError:  # a line cut short by a kill: it was never sent
+                    break
+        return entries
+
+    def rewrite(self, entries: list[dict]) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for entry in entries:
+                fh.write(json.dumps(entry) + "\n")
+        os.replace(tmp, self.path)
+
+    def append(self, entry: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def resume_point(entries: list[dict], trial_dir: Path) -> tuple[str | None, list[dict]]:
+    """The newest journaled checkpoint still on disk, and the entries up to it (those are
+    replayed; later ones will be produced again by training)."""
+    for i in range(len(entries) - 1, -1, -1):
+        ckpt = entries[i].get("checkpoint")
+        if ckpt and (trial_dir / ckpt / "state.pt").is_file():
+            return str(trial_dir / ckpt), entries[:i + 1]
+    return None, []
+
+
+# --- fault injection -----------------------------------------------------------------------
+
+def parse_faults(text: str | None) -> list[tuple[str, int, float]]:
+    """`prefix:step[:times]` items, comma separated; times defaults to 1, 'always' = forever."""
+    out = []
+    for item in (text or "").split(","):
+        parts = item.strip().split(":")
+        if len(parts) < 2 or not parts[0]:
+            continue
+        times = math.inf if len(parts) > 2 and parts[2] == "always" else int(parts[2]) if len(parts) > 2 else 1
+        out.append((parts[0], int(parts[1]), times))
+    return out
+
+
+def maybe_inject_fault(spec: str | None, trial_hash: str, step: int, trial_dir: Path) -> None:
+    """Raise at the first report at or past the step (a resumed run starts past it), as many
+    times as asked; the count lives in the trial directory so retries see it."""
+    for prefix, at_step, times in parse_faults(spec):
+        if trial_hash.startswith(prefix) and step >= at_step:
+            marker = trial_dir / f"fault-{at_step}.count"
+            count = int(marker.read_text()) if marker.is_file() else 0
+            if count < times:
+                marker.write_text(str(count + 1))
+                raise InjectedFault(f"injected fault at step {step} of trial {trial_hash} "
+                                    f"({FAULT_ENV}, occurrence {count + 1})")
+
+
+# --- the trainable -------------------------------------------------------------------------
+
+def objective_value(metrics: dict, ctx: TrialContext) -> float:
+    """The value Tune's searcher sees: the objective metric when this report has it, else the
+    running val_loss; non-finite (diverged) values become the worst possible."""
+    value = metrics.get(ctx.objective) if ctx.objective else None
+    if value is None:
+        value = metrics.get("val_loss", math.nan)
+    value = float(value)
+    if not math.isfinite(value):
+        return math.inf if ctx.objective_mode == "min" else -math.inf
+    return value
+
+
+def payload(entry: dict, ctx: TrialContext, replay: bool, resumed_from: int | None = None) -> dict:
+    """What one `tune.report` carries: the objective for Tune's searcher at the top level, the
+    journal entry (trainer metrics, timestamp, multiplier table at the end) under `scalelab`."""
+    return {"objective": objective_value(entry["metrics"], ctx),
+            "scalelab": {**entry, "replay": replay, "resumed_from": resumed_from}}
+
+
+def trial_from_config(config: dict, ctx: TrialContext):
+    """Grid mode ships the resolved trial; search mode ships the sampled values."""
+    if "scalelab_trial" in config:
+        from trainer.config import TrainConfig
+        from types import SimpleNamespace
+        t = config["scalelab_trial"]
+        return SimpleNamespace(hash=t["hash"], label=t["label"], resources=t["resources"],
+                               config=TrainConfig.build(t["config"], source=f"trial {t['hash']}"))
+    return ctx.spec.resolve(dict(config))
+
+
+def set_threads(cfg, cpus: float) -> None:
+    """Torch threads follow the trial's CPU allocation unless the config pins them. The config
+    itself is left as is: its hash and checkpoints must not depend on the allocation."""
+    import torch
+
+    threads = cfg.threads or max(1, int(cpus))
+    torch.set_num_threads(threads)
+
+
+def run_trial(config: dict, ctx: TrialContext) -> None:
+    from ray import tune
+
+    trial = trial_from_config(config, ctx)
+    if trial.hash in ctx.known:  # a sampled point already trained: hand back its known result
+        value = ctx.known[trial.hash]
+        tune.report({"objective": value if value is not None else objective_value({}, ctx),
+                     "scalelab": {"skipped": True, "hash": trial.hash}})
+        return
+    trial_dir = Path(ctx.trials_root) / trial.hash
+    (trial_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    journal = Journal(trial_dir / "reports.jsonl")
+    entries = journal.read()
+    if entries and entries[-1]["metrics"].get("final"):
+        last_step = int(entries[-1]["metrics"]["step"])
+        for entry in entries:  # finished before; only the driver missed it
+            tune.report(payload(entry, ctx, replay=True, resumed_from=last_step))
+        return
+    resume_from, replay = resume_point(entries, trial_dir)
+    journal.rewrite(replay)
+    resumed_step = int(replay[-1]["metrics"]["step"]) if replay else None
+    for entry in replay:
+        tune.report(payload(entry, ctx, replay=True, resumed_from=resumed_step))
+    _train(trial, ctx, trial_dir, journal, resume_from, resumed_step)
+
+
+def _train(trial, ctx: TrialContext, trial_dir: Path, journal: Journal, resume_from: str | None,
+           resumed_step: int | None) -> None:
+    from ray import tune
+    from trainer.loop import train
+
+    set_threads(trial.config, trial.resources.get("cpu", 1))
+    fault = ctx.fault_inject if ctx.fault_inject is not None else os.environ.get(FAULT_ENV)
+    final: list[dict] = []
+
+    def on_report(metrics: dict, checkpoint_path: str | None) -> None:
+        entry = {"hash": trial.hash, "ts": int(time.time() * 1000), "metrics": metrics,
+                 "checkpoint": os.path.relpath(checkpoint_path, trial_dir) if checkpoint_path else None}
+        if metrics.get("final"):
+            maybe_inject_fault(fault, trial.hash, int(metrics["step"]), trial_dir)
+            final.append(entry)  # sent with the multiplier table once train() returns
+            return
+        journal.append(entry)
+        maybe_inject_fault(fault, trial.hash, int(metrics["step"]), trial_dir)
+        tune.report(payload(entry, ctx, replay=False, resumed_from=resumed_step))
+
+    result = train(trial.config, report=on_report, checkpoint_dir=str(trial_dir / "checkpoints"),
+                   resume_from=resume_from, progress=False)
+    entry = final[-1] if final else {"hash": trial.hash, "ts": int(time.time() * 1000),
+                                     "metrics": {**result.metrics, "final": True}, "checkpoint": None}
+    entry["multipliers"] = result.multipliers
+    journal.append(entry)
+    prune_checkpoints(trial_dir / "checkpoints", keep=entry.get("checkpoint"), trial_dir=trial_dir)
+    tune.report(payload(entry, ctx, replay=False, resumed_from=resumed_step))
+
+
+def prune_checkpoints(directory: Path, keep: str | None, trial_dir: Path) -> None:
+    """After the final report only the final checkpoint is worth its disk space."""
+    for path in directory.glob("step_*"):
+        if keep is None or path != trial_dir / keep:
+            shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,159 @@
+"""Shared fixtures: tiny sweep files, MLflow URIs in tmp dirs, one embedded Ray per module, a
+real `ray start --head` and a real `mlflow server` (each in its own process group, ended by
+group id — never `ray stop`, which would kill every Ray on the machine)."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+# A trial of this size trains in about a second on one CPU thread.
+TINY_BASE = {"d_model": 32, "head_dim": 16, "n_layers": 1, "seq_len": 32, "batch_size": 4,
+             "steps": 20, "warmup_steps": 2, "eval_interval": 10, "eval_batches": 1,
+             "device": "cpu", "threads": 1}
+BIN = Path(sys.executable).parent
+
+
+def write_sweep(directory: Path, name: str, **sections) -> Path:
+    """A sweep file `<name>.yaml` with TINY_BASE (+ `base` overrides) and the given sections."""
+    doc = {"name": name, "experiment": name, "base": {**TINY_BASE, **sections.pop("base", {})},
+           "resources": {"cpu": 1, "gpu": 0}, "retries": 1}
+    doc.update(sections)
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def sweep_writer():
+    """`write_sweep` for module-scoped fixtures (test modules cannot import conftest)."""
+    return write_sweep
+
+
+@pytest.fixture
+def tiny_sweep(tmp_path):
+    return lambda name, **sections: write_sweep(tmp_path, name, **sections)
+
+
+@pytest.fixture
+def tracking_uri(tmp_path) -> str:
+    return "sqlite:///" + str(tmp_path / "mlflow.db")
+
+
+@pytest.fixture(scope="module")
+def shared_tracking_uri(tmp_path_factory) -> str:
+    """One SQLite MLflow per module (creating its tables takes seconds); tests use their own
+    experiment names in it."""
+    return "sqlite:///" + str(tmp_path_factory.mktemp("mlflow") / "mlflow.db")
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One embedded Ray per test module (ray.init costs seconds); the runner re-uses it."""
+    import ray
+
+    from orchestrator.ray_local import quiet_tune, ray_temp_dir
+
+    quiet_tune()
+    os.makedirs(ray_temp_dir(), exist_ok=True)
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_temp_dir())
+    try:
+        yield ray.cluster_resources()
+    finally:
+        ray.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM the process group we started, then SIGKILL what is left."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited ({proc.returncode}) before {url} answered:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:  # it answers (perhaps asking for a token): it is up
+            return
+        except Exception:  # noqa: BLE001 - not up yet
+            time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer within {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+def venv_env(**extra: str) -> dict[str, str]:
+    """The environment for child processes: this interpreter's bin first on PATH, so a Ray
+    Job's `python` is ours too."""
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1 (one worker, job execution off); yields its URI."""
+    port = free_port()
+    log = tmp_path / "mlflow-server.log"
+    proc = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--workers", "1", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", "sqlite:///" + str(tmp_path / "srv.db"),
+         "--artifacts-destination", str(tmp_path / "artifacts")],
+        stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+        env=venv_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", 180, proc, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_group(proc)
+
+
+@pytest.fixture
+def ray_head():
+    """A real single-node Ray cluster (`ray start --head --block`); yields the dashboard URL."""
+    temp = tempfile.mkdtemp(prefix="slr-")  # short: Ray's unix socket paths are length-limited
+    port, dash = free_port(), free_port()
+    log = Path(temp) / "head.log"
+    proc = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--port", str(port),
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
+         "--temp-dir", temp, "--disable-usage-stats"],
+        stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+        env=venv_env(RAY_TMPDIR=temp))
+    try:
+        wait_http(f"http://127.0.0.1:{dash}/api/version", 240, proc, log)
+        yield f"http://127.0.0.1:{dash}"
+    finally:
+        stop_group(proc)
+        shutil.rmtree(temp, ignore_errors=True)

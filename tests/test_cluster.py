@@ -1,0 +1,90 @@
+"""`scalelab submit | status | logs` against a real Ray head and a real MLflow server, both
+started here on 127.0.0.1 (fixtures in conftest.py), plus the refusals that need no cluster."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestrator import jobs
+from orchestrator.cli import main
+
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def wait_for_job(address: str, job_id: str, timeout: float = 420) -> str:
+    deadline = time.time() + timeout
+    status = ""
+    while time.time() < deadline:
+        status = jobs.job_status(address, job_id)
+        if status in TERMINAL:
+            return status
+        time.sleep(2)
+    return status
+
+
+def test_submit_refuses_a_local_tracking_uri(tmp_path, tiny_sweep, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tiny_sweep("local-only")
+    code = main(["submit", "local-only.yaml", "--address", "http://127.0.0.1:9"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "is a local file" in err and "mlflow server" in err and "Traceback" not in err
+    code = main(["submit", "local-only.yaml", "--address", "http://127.0.0.1:9",
+                 "--tracking-uri", "sqlite:///x.db"])
+    assert code == 2 and "--tracking-uri http://HOST:5000" in capsys.readouterr().err
+
+
+def test_unreachable_cluster_is_a_clear_error(monkeypatch, capsys):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert main(["status"]) == 2
+    assert "pass --address http://HEAD:8265" in capsys.readouterr().err
+    assert main(["status", "--address", "127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach the Ray cluster at http://127.0.0.1:9" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_submit_runs_the_sweep_on_a_real_cluster(ray_head, mlflow_server, tmp_path, tiny_sweep,
+                                                 monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SCALELAB_CODE_VERSION", "test-cluster-version")
+    tiny_sweep("on-cluster", grid={"lr": [1e-3, 3e-3]}, concurrency=2)
+    (tmp_path / "mlflow.db").write_text("")  # a local file that must not be uploaded or used
+
+    assert main(["submit", "on-cluster.yaml", "--address", ray_head, "--tracking-uri", mlflow_server,
+                 "--storage", str(tmp_path / "cluster-store")]) == 0
+    job_id = capsys.readouterr().out.strip().splitlines()[0]
+    assert job_id.startswith("scalelab-on-cluster-")
+
+    status = wait_for_job(ray_head, job_id)
+    assert main(["logs", job_id, "--address", ray_head]) == 0
+    logs = capsys.readouterr().out
+    assert status == "SUCCEEDED", logs[-4000:]
+    assert "sweep on-cluster: 2 finished, 0 diverged, 0 failed" in logs
+
+    assert main(["logs", job_id, "--address", ray_head, "--follow"]) == 0  # ends with the job
+    assert "sweep on-cluster:" in capsys.readouterr().out
+    assert main(["status", job_id, "--address", ray_head]) == 0
+    assert "SUCCEEDED" in capsys.readouterr().out
+    assert main(["status", "--address", ray_head]) == 0
+    assert job_id in capsys.readouterr().out
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    exp = client.get_experiment_by_name("on-cluster")
+    runs = client.search_runs([exp.experiment_id])
+    trials = [r for r in runs if r.data.tags.get("scalelab.kind") == "trial"]
+    parents = [r for r in runs if r.data.tags.get("scalelab.kind") == "sweep"]
+    assert len(trials) == 2 and len(parents) == 1
+    for run in trials:
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.data.tags["scalelab.outcome"] == "finished"
+        assert run.data.tags["scalelab.code_version"] == "test-cluster-version"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [10, 20]
+        names = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert names == {"config.yaml", "multipliers.csv"}
+    # checkpoints went to the storage we named, keyed by experiment and trial hash
+    assert len(list((tmp_path / "cluster-store" / "trials" / "on-cluster").glob("*/reports.jsonl"))) == 2

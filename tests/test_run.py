@@ -1,0 +1,165 @@
+"""Real local sweeps: embedded Ray (one per module) → Tune → MLflow SQLite, then reruns and
+injected crashes. Every number checked here comes from the trainer through the whole path."""
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from orchestrator.runner import RunOptions, run_sweep
+from orchestrator.spec import load_sweep
+from orchestrator.trainable import FAULT_ENV
+from trainer.config import TrainConfig
+from trainer.estimate import estimate
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def runs_of(uri: str, experiment: str):
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("scalelab.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("scalelab.kind") == "trial"]
+    return client, parents, children
+
+
+def journal(storage: Path, experiment: str, trial_hash: str) -> list[dict]:
+    path = storage / "trials" / experiment / trial_hash / "reports.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def assert_history_matches_reports(client, run, reports: list[dict]) -> None:
+    """Every numeric key of every report is in MLflow exactly once at its step, same value."""
+    expected: dict[str, dict[int, float]] = {}
+    for entry in reports:
+        m = entry["metrics"]
+        for key, value in m.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                expected.setdefault(key, {})[int(m["step"])] = float(value)
+    assert "train_loss" in expected and "final_val_loss" in expected
+    for key, by_step in expected.items():
+        history = client.get_metric_history(run.info.run_id, key)
+        steps = [h.step for h in history]
+        assert sorted(steps) == sorted(by_step), (key, steps, sorted(by_step))
+        for h in history:
+            want = by_step[h.step]
+            assert (math.isnan(h.value) and math.isnan(want)) or h.value == pytest.approx(want, rel=1e-9), key
+
+
+def sweep_opts(uri: str, storage: Path, out=None) -> RunOptions:
+    return RunOptions(tracking_uri=uri, storage=str(storage), out=out or io.StringIO())
+
+
+@pytest.fixture(scope="module")
+def grid_run(ray_local, shared_tracking_uri, tmp_path_factory, sweep_writer):
+    """A 4-trial grid (sp vs mup+vector × 2 LRs) run once for the tests below."""
+    folder = tmp_path_factory.mktemp("grid")
+    path = sweep_writer(folder, "grid-basic", zip={"scheme": ["sp", "mup"], "multipliers": ["none", "vector"]},
+                       grid={"lr": [1e-3, 3e-3]}, concurrency=2)
+    spec = load_sweep(str(path))
+    out = io.StringIO()
+    summary = run_sweep(spec, sweep_opts(shared_tracking_uri, folder / "store", out))
+    return spec, summary, folder / "store", out.getvalue()
+
+
+def test_sweep_writes_parent_children_params_metrics_artifacts(grid_run, shared_tracking_uri):
+    spec, summary, storage, output = grid_run
+    trials = {t.hash: t for t in spec.trials()}
+    assert len(trials) == 4
+    assert summary.count("finished") == 4 and summary.count("failed") == 0
+    client, parents, children = runs_of(shared_tracking_uri, "grid-basic")
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert parent.data.tags["scalelab.sweep"] == "grid-basic"
+    assert sorted(r.data.tags["scalelab.trial_hash"] for r in children) == sorted(trials)
+    flops = 0.0
+    for run in children:
+        tags, trial = run.data.tags, trials[run.data.tags["scalelab.trial_hash"]]
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        assert tags["scalelab.outcome"] == "finished" and run.info.status == "FINISHED"
+        assert tags["scalelab.mode"] == "grid" and tags["scalelab.sweep"] == "grid-basic"
+        assert tags["scalelab.code_version"]
+        assert "scalelab.error" not in tags
+        params = run.data.params
+        for key, value in trial.config.model_dump().items():
+            expected = json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else str(value)
+            assert params[key] == expected, key
+        assert params["parametrization"] == ("sp" if trial.config.scheme == "sp" else "mup+vector")
+        assert int(params["n_params"]) == estimate(trial.config)["n_params"]
+        reports = journal(storage, "grid-basic", trial.hash)
+        assert [e["metrics"]["step"] for e in reports] == [10, 20]
+        assert_history_matches_reports(client, run, reports)
+        flops += run.data.metrics["flops"]
+        # artifacts: the resolved config and the final multiplier table
+        config_path = client.download_artifacts(run.info.run_id, "config.yaml")
+        assert TrainConfig.build(yaml.safe_load(Path(config_path).read_text())) == trial.config
+        table = Path(client.download_artifacts(run.info.run_id, "multipliers.csv")).read_text().splitlines()
+        assert table[0] == "layer,role,block,kind,mean,rms,min,max,size"
+        assert (len(table) > 1) == (trial.config.multipliers == "vector")
+    assert parent.data.metrics["tuning_trials"] == 4
+    assert parent.data.metrics["tuning_flops"] == pytest.approx(flops)
+    assert "4/4 done (4 finished" in output and "best final_val_loss" in output
+
+
+def test_rerun_adds_no_runs(grid_run, shared_tracking_uri):
+    spec, _, storage, _ = grid_run
+    client, _, before = runs_of(shared_tracking_uri, "grid-basic")
+    lengths = {r.info.run_id: len(client.get_metric_history(r.info.run_id, "train_loss")) for r in before}
+    out = io.StringIO()
+    summary = run_sweep(load_sweep(spec.source), sweep_opts(shared_tracking_uri, storage, out))
+    assert "4 already done, 0 to run" in out.getvalue()
+    assert summary.count("finished") == 4 and summary.ran == 0
+    _, parents, after = runs_of(shared_tracking_uri, "grid-basic")
+    assert len(parents) == 1
+    assert sorted(r.info.run_id for r in after) == sorted(lengths)
+    assert {r.info.run_id: len(client.get_metric_history(r.info.run_id, "train_loss")) for r in after} == lengths
+
+
+def test_injected_crash_is_retried_and_exhausted_retries_fail(ray_local, shared_tracking_uri, tmp_path,
+                                                               tiny_sweep, monkeypatch):
+    path = tiny_sweep("faults", grid={"lr": [1e-3, 2e-3, 3e-3, 1.0]}, retries=1, concurrency=2)
+    spec = load_sweep(str(path))
+    by_lr = {t.config.lr: t.hash for t in spec.trials()}
+    retried, broken = by_lr[1e-3], by_lr[2e-3]
+    monkeypatch.setenv(FAULT_ENV, f"{retried[:10]}:10,{broken[:10]}:10:always")
+    out = io.StringIO()
+    summary = run_sweep(spec, sweep_opts(shared_tracking_uri, tmp_path / "store", out))
+    assert summary.count("failed") == 1 and summary.count("diverged") == 1 and summary.count("finished") == 2
+    client, _, children = runs_of(shared_tracking_uri, "faults")
+    runs = {r.data.tags["scalelab.trial_hash"]: r for r in children}
+    assert len(runs) == len(children) == 4
+    # crashed once at step 10, retried from its checkpoint: finished, every step once
+    assert runs[retried].data.tags["scalelab.outcome"] == "finished"
+    assert (tmp_path / "store" / "trials" / "faults" / retried / "fault-10.count").read_text() == "1"
+    assert_history_matches_reports(client, runs[retried], journal(tmp_path / "store", "faults", retried))
+    assert [h.step for h in client.get_metric_history(runs[retried].info.run_id, "train_loss")] == [10, 20]
+    # crashed on every attempt: failed with the error, after 1 + retries attempts
+    failed = runs[broken]
+    assert failed.data.tags["scalelab.outcome"] == "failed" and failed.info.status == "FAILED"
+    # the retry resumed past step 10 and crashed at its next report: the last error is kept
+    assert "InjectedFault: injected fault at step 20" in failed.data.tags["scalelab.error"]
+    assert "occurrence 2" in failed.data.tags["scalelab.error"]
+    assert (tmp_path / "store" / "trials" / "faults" / broken / "fault-10.count").read_text() == "2"
+    # the sweep went on: lr=3e-3 finished, lr=1.0 diverged (a result, not a failure)
+    assert runs[by_lr[3e-3]].data.tags["scalelab.outcome"] == "finished"
+    diverged = runs[by_lr[1.0]]
+    assert diverged.data.tags["scalelab.outcome"] == "diverged" and diverged.info.status == "FINISHED"
+    assert "diverged_at_step" in diverged.data.metrics
+    assert "failed: sp lr=2e-3" in out.getvalue() and "injected fault" in out.getvalue()
+
+    # a rerun (fault gone) retries only the failed trial, in the same run
+    monkeypatch.delenv(FAULT_ENV)
+    summary = run_sweep(load_sweep(str(path)), sweep_opts(shared_tracking_uri, tmp_path / "store"))
+    assert summary.ran == 1 and summary.count("finished") == 3 and summary.count("failed") == 0
+    client, _, children = runs_of(shared_tracking_uri, "faults")
+    runs = {r.data.tags["scalelab.trial_hash"]: r for r in children}
+    assert len(children) == 4
+    assert runs[broken].data.tags["scalelab.outcome"] == "finished"
+    assert "scalelab.error" not in runs[broken].data.tags
+    assert_history_matches_reports(client, runs[broken], journal(tmp_path / "store", "faults", broken))

@@ -1,0 +1,135 @@
+"""Killing `scalelab run` (SIGKILL to its whole process group) mid-sweep, then running it again:
+every trial ends finished, once, and the interrupted one continues from its checkpoint without
+duplicating metric steps."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.timeout(600)
+
+STEPS = list(range(10, 90, 10))
+
+
+def trial_states(trials_dir: Path) -> tuple[list[str], list[str]]:
+    """(hashes whose final report is journaled, hashes with a checkpoint but no final report)."""
+    done, partial = [], []
+    for journal in trials_dir.glob("*/reports.jsonl"):
+        lines = journal.read_text().splitlines()
+        try:
+            final = bool(lines) and json.loads(lines[-1])["metrics"].get("final")
+        except json.JSONDecodeError:  # being written right now
+            final = False
+        if final:
+            done.append(journal.parent.name)
+        elif any((journal.parent / "checkpoints").glob("step_*/state.pt")) and lines:
+            partial.append(journal.parent.name)
+    return done, partial
+
+
+def scalelab_run(cwd: Path, sweep: str, **popen) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", sweep], cwd=cwd, env=env,
+                            start_new_session=True, **popen)
+
+
+def children(uri: str, experiment: str):
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], "tags.`scalelab.kind` = 'trial'")
+    return client, runs
+
+
+def test_killed_driver_resumes_without_duplicates(tmp_path, tiny_sweep):
+    tiny_sweep("resume", base={"steps": 80}, grid={"lr": [1e-3, 2e-3, 3e-3]}, concurrency=1)
+    trials_dir = tmp_path / ".scalelab" / "trials" / "resume"
+    log1 = tmp_path / "first.log"
+    proc = scalelab_run(tmp_path, "resume.yaml", stdout=open(log1, "w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            done, partial = trial_states(trials_dir)
+            if done and partial:
+                break
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert done and partial, f"never saw a finished and a half-done trial:\n{log1.read_text()[-3000:]}"
+    interrupted = partial[0]
+
+    uri = "sqlite:///" + str(tmp_path / "mlflow.db")
+    _, before = children(uri, "resume")
+    ids_before = {r.data.tags["scalelab.trial_hash"]: r.info.run_id for r in before}
+
+    second = scalelab_run(tmp_path, "resume.yaml", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output, _ = second.communicate(timeout=400)
+    assert second.returncode == 0, output[-3000:]
+    assert "resumed" in output and "from step" in output, output[-3000:]
+
+    client, after = children(uri, "resume")
+    by_hash = {r.data.tags["scalelab.trial_hash"]: r for r in after}
+    assert len(after) == len(by_hash) == 3                      # no duplicated runs
+    assert all(r.data.tags["scalelab.outcome"] == "finished" for r in after)
+    for trial_hash, run_id in ids_before.items():               # runs started before the kill are reused
+        assert by_hash[trial_hash].info.run_id == run_id
+    for run in after:
+        for key in ("train_loss", "val_loss", "tokens"):
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert sorted(steps) == STEPS, (run.data.tags["scalelab.label"], key, steps)
+    # the interrupted trial continued from a checkpoint rather than from step 0
+    resumed_line = next(line for line in output.splitlines() if "resumed" in line)
+    assert int(resumed_line.rsplit("from step", 1)[1].split()[0]) >= 10
+    assert by_hash[interrupted].data.metrics["final_val_loss"] > 0
+
+
+def test_killed_search_requeues_the_interrupted_sample(tmp_path, tiny_sweep):
+    import optuna
+
+    tiny_sweep("resume-search", base={"steps": 80}, concurrency=1, search={
+        "metric": "final_val_loss", "num_samples": 3, "sampler_seed": 1,
+        "space": {"lr": {"log_uniform": [1e-3, 1e-2]}}})
+    trials_dir = tmp_path / ".scalelab" / "trials" / "resume-search"
+    proc = scalelab_run(tmp_path, "resume-search.yaml", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            done, partial = trial_states(trials_dir)
+            if done and partial:
+                break
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert done and partial
+    storage = "sqlite:///" + str(tmp_path / "optuna.db")   # default: next to the SQLite MLflow db
+    study = optuna.load_study(study_name="resume-search", storage=storage)
+    interrupted = [t.params for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert len(interrupted) == 1
+
+    second = scalelab_run(tmp_path, "resume-search.yaml", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+    output, _ = second.communicate(timeout=400)
+    assert second.returncode == 0, output[-3000:]
+    assert "1 interrupted sample(s) re-queued" in output and "resumed" in output, output[-3000:]
+
+    client, runs = children("sqlite:///" + str(tmp_path / "mlflow.db"), "resume-search")
+    assert len(runs) == len({r.data.tags["scalelab.trial_hash"] for r in runs}) == 3
+    assert all(r.data.tags["scalelab.outcome"] == "finished" for r in runs)
+    # the re-queued point was trained to the end in the run that was interrupted
+    lr = interrupted[0]["lr"]
+    resumed = [r for r in runs if float(r.data.params["lr"]) == pytest.approx(lr)]
+    assert len(resumed) == 1
+    steps = [m.step for m in client.get_metric_history(resumed[0].info.run_id, "train_loss")]
+    assert sorted(steps) == STEPS
+    study = optuna.load_study(study_name="resume-search", storage=storage)
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 3

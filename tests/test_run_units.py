@@ -1,0 +1,173 @@
+"""The pieces of sweep execution that need no Ray: MLflow tracking against a real SQLite store,
+the trial journal, fault injection, the searcher objective, job submission settings."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from mlflow.entities import Metric
+
+from orchestrator import jobs
+from orchestrator.trainable import (InjectedFault, Journal, TrialContext, maybe_inject_fault,
+                                    objective_value, parse_faults, resume_point, set_threads)
+from orchestrator.tracking import SweepTracker, multipliers_csv
+from trainer.config import TrainConfig, UserError
+
+
+def fake_trial(name: str = "t") -> SimpleNamespace:
+    cfg = TrainConfig.build({"d_model": 32, "head_dim": 16, "multiplier_overrides": {"head": "scalar"}})
+    return SimpleNamespace(hash=f"{name:0<16}"[:16], label=f"label {name}", config=cfg)
+
+
+def test_reports_are_chunked_to_mlflow_limits_and_never_logged_twice(tracking_uri):
+    tracker = SweepTracker(tracking_uri, "units", "sweep-a", "grid")
+    child = tracker.start_child(fake_trial(), n_params=123)
+    report = {"step": 10, "status": "finished", "final": True, **{f"k/{i}": float(i) for i in range(2500)}}
+    assert tracker.log_report(child, report, timestamp_ms=1000)
+    run = tracker.client.get_run(child.run_id)
+    assert len(run.data.metrics) == 2501                       # 2500 keys + step; no status/final
+    assert run.data.metrics["k/2499"] == 2499.0
+    assert run.data.tags["scalelab.logged_step"] == "10"
+    assert run.data.params["n_params"] == "123" and run.data.params["parametrization"] == "sp"
+    assert json.loads(run.data.params["multiplier_overrides"]) == {"head": "scalar"}
+    assert not tracker.log_report(child, report, timestamp_ms=2000)   # same step again: skipped
+
+    # a new driver (rerun) finds the same parent and child, and knows which steps are stored
+    again = SweepTracker(tracking_uri, "units", "sweep-a", "grid")
+    assert again.parent_id == tracker.parent_id
+    reopened = again.start_child(fake_trial(), n_params=123)
+    assert reopened.run_id == child.run_id
+    assert not again.log_report(reopened, report, timestamp_ms=3000)
+    assert again.log_report(reopened, {**report, "step": 20}, timestamp_ms=3000)
+    assert [m.step for m in again.client.get_metric_history(child.run_id, "k/7")] == [10, 20]
+    assert SweepTracker(tracking_uri, "units", "sweep-b", "grid").parent_id != tracker.parent_id
+
+
+def test_identical_metric_rows_are_stored_once(tracking_uri):
+    """What a replay after a crash relies on: same key, value, step and timestamp → one row."""
+    tracker = SweepTracker(tracking_uri, "units", "sweep-a", "grid")
+    child = tracker.start_child(fake_trial("dup"), n_params=None)
+    for _ in range(2):
+        tracker.client.log_batch(child.run_id, metrics=[Metric("loss", 1.5, 42, 3)], synchronous=True)
+    assert len(tracker.client.get_metric_history(child.run_id, "loss")) == 1
+
+
+def test_failed_then_finished_trial_loses_its_error_tag(tracking_uri):
+    tracker = SweepTracker(tracking_uri, "units", "sweep-c", "grid")
+    child = tracker.start_child(fake_trial("f"), n_params=None)
+    tracker.finish_child(child, "failed", error="Traceback...\nRuntimeError: boom")
+    run = tracker.client.get_run(child.run_id)
+    assert run.info.status == "FAILED" and run.data.tags["scalelab.error"].endswith("boom")
+    tracker.finish_child(child, "finished", multipliers=[])
+    run = tracker.client.get_run(child.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["scalelab.outcome"] == "finished"
+    assert "scalelab.error" not in run.data.tags
+
+
+def test_multipliers_csv_has_the_contract_columns():
+    rows = [{"layer": "attn_q.0", "role": "attn_q", "block": 0, "kind": "vector", "mean": 1.0, "rms": 1.1,
+             "min": 0.9, "max": 1.2, "size": 64}]
+    lines = multipliers_csv(rows).splitlines()
+    assert lines == ["layer,role,block,kind,mean,rms,min,max,size", "attn_q.0,attn_q,0,vector,1.0,1.1,0.9,1.2,64"]
+
+
+# --- journal and resume point ----------------------------------------------------------------
+
+def test_resume_point_is_the_newest_journaled_checkpoint_on_disk(tmp_path):
+    journal = Journal(tmp_path / "reports.jsonl")
+    for step in (10, 20, 30):
+        journal.append({"metrics": {"step": step}, "checkpoint": f"checkpoints/step_{step:08d}"})
+    with open(journal.path, "a") as fh:
+        fh.write('{"metrics": {"step": 40')                  # cut short by a kill
+    entries = journal.read()
+    assert [e["metrics"]["step"] for e in entries] == [10, 20, 30]
+    for step in (10, 20):                                     # step 30's checkpoint was pruned/lost
+        (tmp_path / f"checkpoints/step_{step:08d}").mkdir(parents=True)
+        (tmp_path / f"checkpoints/step_{step:08d}/state.pt").write_bytes(b"x")
+    path, replay = resume_point(entries, tmp_path)
+    assert path == str(tmp_path / "checkpoints/step_00000020")
+    assert [e["metrics"]["step"] for e in replay] == [10, 20]
+    assert resume_point(entries, tmp_path / "elsewhere") == (None, [])
+
+
+def test_fault_injection_fires_the_asked_number_of_times(tmp_path):
+    assert parse_faults("abc:10, def:20:3 ,ghi:5:always,bad") == [("abc", 10, 1), ("def", 20, 3),
+                                                                  ("ghi", 5, math.inf)]
+    maybe_inject_fault("abc:10", "abcdef", 5, tmp_path)      # before the step: nothing
+    maybe_inject_fault("xyz:10", "abcdef", 10, tmp_path)     # other trial: nothing
+    with pytest.raises(InjectedFault, match="step 10"):
+        maybe_inject_fault("abc:10", "abcdef", 10, tmp_path)
+    maybe_inject_fault("abc:10", "abcdef", 20, tmp_path)     # once only
+    for _ in range(3):
+        with pytest.raises(InjectedFault):
+            maybe_inject_fault("abc:30:always", "abcdef", 40, tmp_path)
+
+
+def test_objective_for_the_searcher():
+    ctx = TrialContext(trials_root="x", objective="final_val_loss", objective_mode="min")
+    assert objective_value({"val_loss": 3.0}, ctx) == 3.0                       # not final yet
+    assert objective_value({"val_loss": 3.0, "final_val_loss": 2.5}, ctx) == 2.5
+    assert objective_value({"val_loss": math.nan, "final_val_loss": math.nan}, ctx) == math.inf
+    ctx.objective_mode = "max"
+    assert objective_value({"final_val_loss": math.nan}, ctx) == -math.inf
+
+
+def test_threads_follow_the_cpu_allocation_unless_pinned():
+    before = torch.get_num_threads()
+    try:
+        set_threads(TrainConfig.build({"threads": 0}), 2.0)
+        assert torch.get_num_threads() == 2
+        set_threads(TrainConfig.build({"threads": 1}), 4.0)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+# --- submission settings ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("uri", ["sqlite:///mlflow.db", "file:///tmp/mlruns", "mlruns", "./x.db"])
+def test_submit_refuses_local_tracking(uri):
+    with pytest.raises(UserError, match="local file"):
+        jobs.check_remote_tracking(uri)
+
+
+def test_submit_accepts_server_tracking():
+    jobs.check_remote_tracking("http://10.0.0.5:5000")
+    jobs.check_remote_tracking("https://mlflow.example.org")
+
+
+def test_runtime_env_uploads_the_project_without_local_state(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCALELAB_CODE_VERSION", "v-test")
+    env = jobs.runtime_env(tmp_path)
+    assert env["working_dir"] == str(tmp_path)
+    for name in (".venv", ".git", "mlflow.db", ".scalelab", "reports"):
+        assert name in env["excludes"]
+    assert env["env_vars"]["SCALELAB_CODE_VERSION"] == "v-test"
+    # the code is not in tmp_path, so it travels as py_modules
+    assert {Path(p).name for p in env["py_modules"]} >= {"trainer", "orchestrator"}
+    project = Path(jobs.__file__).resolve().parent.parent
+    assert "py_modules" not in jobs.runtime_env(project)
+
+
+def test_entrypoint_quotes_and_connects_to_the_cluster():
+    cmd = jobs.entrypoint("my sweeps/a.yaml", "http://h:5000", None, 4)
+    assert cmd == ("python -m orchestrator.cli run 'my sweeps/a.yaml' --address auto "
+                   "--tracking-uri http://h:5000 --max-concurrent 4")
+
+
+def test_auth_token_from_env_or_file(tmp_path, monkeypatch):
+    import os
+
+    # a private environment: auth_headers sets RAY_AUTH_MODE, which must not leak out of the test
+    monkeypatch.setattr(os, "environ", {"HOME": str(tmp_path)})
+    assert jobs.auth_headers() == {}
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("from-file\n")
+    assert jobs.auth_headers() == {"Authorization": "Bearer from-file"}
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+    os.environ["RAY_AUTH_TOKEN"] = "from-env"
+    assert jobs.auth_headers() == {"Authorization": "Bearer from-env"}
