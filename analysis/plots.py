@@ -219,7 +219,7 @@ def plot_scaling(result: dict) -> Figure:
         N = np.array([p["N"] for p in f["points"]])
         L = np.array([p["loss_mean"] for p in f["points"]])
         err = np.array([p["loss_std"] or 0.0 for p in f["points"]])
-        text = (f"{f['label']}: E={_ci_text(f['E'], f['E_ci'])}, α={_ci_text(f['alpha'], f['alpha_ci'], '{:.2f}')}")
+        text = (f"{f['label']}: E={_ci_text(f['E'], f.get('E_ci'))}, α={_ci_text(f['alpha'], f.get('alpha_ci'), '{:.2f}')}")
         ax.errorbar(N, L, yerr=err, marker="o", ls="none", ms=4, capsize=2, color=colours[f["label"]], label=text)
         xs = np.geomspace(N.min(), N.max(), 50)
         D = np.median([p["D"] for p in f["points"] if p["D"]]) if f.get("B") is not None else None

@@ -164,7 +164,8 @@ def _scaling(sc: dict, s: dict) -> str:
                with_ci(f["alpha"], f.get("alpha_ci"), 3)]
         if with_d:
             row += [with_ci(f["B"], f.get("B_ci"), 3), with_ci(f["beta"], f.get("beta_ci"), 3)]
-        rows.append(row + [f["n_sizes"], num(f["residual_rms"], 2)])
+        sizes = f"{f['n_sizes']} (exact fit: no interval)" if f.get("exact_fit") else f["n_sizes"]
+        rows.append(row + [sizes, num(f["residual_rms"], 2)])
     return "\n\n".join([f"## Scaling law: {sc['model']}", f"{sc['method']}; {sc['selection']}.",
                         table(headers, rows), _figure(s, "loss_vs_params")])
 

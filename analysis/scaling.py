@@ -177,16 +177,20 @@ def _fit_group(group: dict, points: pd.DataFrame, loss: str, with_d: bool, n_boo
         if n_sizes >= 2:
             warnings.append(f"{label}: {out['note']}")
         return out
-    if n_sizes == 3 and not with_d:
-        warnings.append(f"{label}: 3 sizes for 3 parameters (E, A, α): the fit is exact and its intervals "
-                        "say little; add sizes")
+    # As many sizes as parameters (E, A, α): the curve passes through every point, and a
+    # bootstrap over those points yields zero-width intervals that look like certainty.
+    out["exact_fit"] = n_sizes == 3 and not with_d
+    if out["exact_fit"]:
+        warnings.append(f"{label}: 3 sizes for 3 parameters (E, A, α): the fit is exact, so no interval is "
+                        "given; add sizes")
     model = LSEModel(np.log(N), None if D is None else np.log(D), np.log(L))
     theta = fit_lse(model)
     out.update(_named(theta, with_d))
     out["residual_rms"] = float(np.sqrt(np.mean(model.residuals(theta) ** 2)))
-    boot = _bootstrap(N, D, L, theta, n_boot, rng)
-    for name, values in _named_arrays(boot, with_d).items():
-        out[name + "_ci"] = percentile_ci(values, level)
+    if not out["exact_fit"]:
+        boot = _bootstrap(N, D, L, theta, n_boot, rng)
+        for name, values in _named_arrays(boot, with_d).items():
+            out[name + "_ci"] = percentile_ci(values, level)
     if np.isclose(theta[1], EXPONENT_BOUNDS[0]) or np.isclose(theta[1], EXPONENT_BOUNDS[1]):
         warnings.append(f"{label}: α hit its bound {theta[1]:g}: E and A are not identified by these sizes")
     return out

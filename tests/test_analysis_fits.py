@@ -322,3 +322,17 @@ def test_coordinate_check_without_activations_says_how_to_get_them(world):
     tables, _ = world
     with pytest.raises(UserError, match="record_activations"):
         coord_check(tables.trials, tables.history[~tables.history["key"].str.startswith("act/")])
+
+
+def test_three_sizes_give_an_exact_fit_without_intervals():
+    """Three sizes for three parameters: the curve passes through every point, so a bootstrap
+    would report zero-width intervals; the fit must say it has none instead."""
+    from analysis.scaling import fit_scaling
+    rows = [{"parametrization": "mup", "d_model": d, "lr": 1e-3, "seed": 0, "outcome": "finished",
+             "n_params": n, "tokens": 1e6, "final_val_loss": 1.5 + 20 / n ** 0.3}
+            for d, n in ((64, 1e5), (128, 4e5), (256, 1.6e6))]
+    result = fit_scaling(pd.DataFrame(rows))
+    fit = result["fits"][0]
+    assert fit["exact_fit"] and fit.get("E") is not None
+    assert "E_ci" not in fit and "alpha_ci" not in fit
+    assert any("no interval" in w for w in result["warnings"])
