@@ -34,14 +34,15 @@ def dashboard_address(address: str | None) -> str:
 
 def auth_headers() -> dict[str, str]:
     """Token auth (on by default in Ray ≥ 2.5x): the token from RAY_AUTH_TOKEN or
-    ~/.ray/auth_token, sent as a bearer header; RAY_AUTH_MODE=token for Ray's own client code."""
+    ~/.ray/auth_token, sent as a bearer header. The Jobs API is plain HTTP, so the header is
+    all it needs; os.environ is left alone, because RAY_AUTH_MODE set here would leak into
+    every later embedded ray.init() of this process (a CLI run in-process, the tests)."""
     token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
     path = Path.home() / ".ray" / "auth_token"
     if not token and path.is_file():
         token = path.read_text(encoding="utf-8").strip()
     if not token:
         return {}
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
     return {"Authorization": f"Bearer {token}"}
 
 

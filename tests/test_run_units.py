@@ -162,12 +162,11 @@ def test_entrypoint_quotes_and_connects_to_the_cluster():
 def test_auth_token_from_env_or_file(tmp_path, monkeypatch):
     import os
 
-    # a private environment: auth_headers sets RAY_AUTH_MODE, which must not leak out of the test
     monkeypatch.setattr(os, "environ", {"HOME": str(tmp_path)})
     assert jobs.auth_headers() == {}
     (tmp_path / ".ray").mkdir()
     (tmp_path / ".ray" / "auth_token").write_text("from-file\n")
     assert jobs.auth_headers() == {"Authorization": "Bearer from-file"}
-    assert os.environ["RAY_AUTH_MODE"] == "token"
+    assert "RAY_AUTH_MODE" not in os.environ  # a process-wide setting would leak into later ray.init()
     os.environ["RAY_AUTH_TOKEN"] = "from-env"
     assert jobs.auth_headers() == {"Authorization": "Bearer from-env"}
