@@ -1,7 +1,8 @@
 """Step time of the same model without multipliers, with scalar and with vector multipliers,
 at a few widths, and the trainer's throughput against a plain, minimal PyTorch loop of the
 same architecture written here. Variants are interleaved round by round so machine noise
-hits them alike; the median round is reported.
+hits them alike; each ratio is taken within a round (adjacent timings share the machine's
+state) and the median ratio is reported with its interquartile range, so the noise shows.
 
     python benchmarks/bench_multipliers.py [--widths 128,256,512] [--rounds 5] [--steps 8]
 
@@ -85,6 +86,13 @@ def plain_loop(cfg: TrainConfig, batches: Batches) -> float:
     return time.perf_counter() - tic
 
 
+def paired_ratio(a: list[float], b: list[float]) -> str:
+    """Median of the per-round ratios a_i / b_i, with the interquartile range."""
+    ratios = sorted(x / y for x, y in zip(a, b))
+    q1, med, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+    return f"{med:.3f} [{q1:.3f}, {q3:.3f}]"
+
+
 def time_steps(trainer: Trainer, steps: int) -> float:
     tic = time.perf_counter()
     for _ in range(steps):
@@ -98,15 +106,19 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=8, help="timed steps per variant per round")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--batch-size", type=int, default=SHAPE["batch_size"],
+                    help="sequences per step; the multipliers' weight-side work is per step, so its share "
+                         "falls as 1/tokens-per-step")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     widths = [int(w) for w in args.widths.split(",")]
+    SHAPE["batch_size"] = args.batch_size
     tokens = load_tokens(TrainConfig())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; shape {SHAPE}")
 
     print("\n## Learnable multipliers: step time relative to no multipliers (median of rounds)")
-    print(f"{'width':>6} {'none ms':>9} {'scalar ms':>10} {'vector ms':>10} {'scalar/none':>12} {'vector/none':>12}")
+    print(f"{'width':>6} {'none ms':>9} {'scalar ms':>10} {'vector ms':>10} {'scalar/none [IQR]':>22} {'vector/none [IQR]':>22}")
     for width in widths:
         trainers = {}
         for kind in ("none", "scalar", "vector"):
@@ -118,11 +130,12 @@ def main() -> None:
             for kind, t in trainers.items():
                 times[kind].append(time_steps(t, args.steps))
         med = {k: statistics.median(v) for k, v in times.items()}
+        ratio = {k: paired_ratio(times[k], times["none"]) for k in ("scalar", "vector")}
         print(f"{width:>6} {med['none'] * 1e3:>9.1f} {med['scalar'] * 1e3:>10.1f} {med['vector'] * 1e3:>10.1f} "
-              f"{med['scalar'] / med['none']:>12.3f} {med['vector'] / med['none']:>12.3f}")
+              f"{ratio['scalar']:>22s} {ratio['vector']:>22s}")
 
     print("\n## Trainer (train(): schedule, clipping, divergence check, stats at eval) vs a plain PyTorch loop")
-    print(f"{'width':>6} {'plain s':>9} {'trainer s':>10} {'trainer/plain':>14}")
+    print(f"{'width':>6} {'plain s':>9} {'trainer s':>10} {'trainer/plain [IQR]':>22}")
     for width in widths:
         cfg = TrainConfig(**SHAPE, d_model=width, steps=args.steps * 3, eval_interval=args.steps * 3, eval_batches=1,
                           record_activations=True)
@@ -135,7 +148,7 @@ def main() -> None:
             train(cfg)
             ours.append(time.perf_counter() - tic)
         p, o = statistics.median(plain), statistics.median(ours)
-        print(f"{width:>6} {p:>9.2f} {o:>10.2f} {o / p:>14.3f}")
+        print(f"{width:>6} {p:>9.2f} {o:>10.2f} {paired_ratio(ours, plain):>22s}")
 
 
 if __name__ == "__main__":

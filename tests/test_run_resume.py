@@ -49,13 +49,12 @@ def children(uri: str, experiment: str):
     return client, runs
 
 
-def test_killed_driver_resumes_without_duplicates(tmp_path, tiny_sweep):
-    tiny_sweep("resume", base={"steps": 80}, grid={"lr": [1e-3, 2e-3, 3e-3]}, concurrency=1)
-    trials_dir = tmp_path / ".scalelab" / "trials" / "resume"
-    log1 = tmp_path / "first.log"
-    proc = scalelab_run(tmp_path, "resume.yaml", stdout=open(log1, "w"), stderr=subprocess.STDOUT)
+def kill_once_one_done_one_partial(proc, trials_dir, timeout: float = 300):
+    """SIGKILL the driver's whole process group as soon as one trial has finished and another
+    has a checkpoint but no final report; return the (finished, half-done) trial hashes."""
+    done, partial = [], []
     try:
-        deadline = time.time() + 300
+        deadline = time.time() + timeout
         while time.time() < deadline and proc.poll() is None:
             done, partial = trial_states(trials_dir)
             if done and partial:
@@ -64,6 +63,15 @@ def test_killed_driver_resumes_without_duplicates(tmp_path, tiny_sweep):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    return done, partial
+
+
+def test_killed_driver_resumes_without_duplicates(tmp_path, tiny_sweep):
+    tiny_sweep("resume", base={"steps": 80}, grid={"lr": [1e-3, 2e-3, 3e-3]}, concurrency=1)
+    trials_dir = tmp_path / ".scalelab" / "trials" / "resume"
+    log1 = tmp_path / "first.log"
+    proc = scalelab_run(tmp_path, "resume.yaml", stdout=open(log1, "w"), stderr=subprocess.STDOUT)
+    done, partial = kill_once_one_done_one_partial(proc, trials_dir)
     assert done and partial, f"never saw a finished and a half-done trial:\n{log1.read_text()[-3000:]}"
     interrupted = partial[0]
 
@@ -100,16 +108,7 @@ def test_killed_search_requeues_the_interrupted_sample(tmp_path, tiny_sweep):
         "space": {"lr": {"log_uniform": [1e-3, 1e-2]}}})
     trials_dir = tmp_path / ".scalelab" / "trials" / "resume-search"
     proc = scalelab_run(tmp_path, "resume-search.yaml", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            done, partial = trial_states(trials_dir)
-            if done and partial:
-                break
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    done, partial = kill_once_one_done_one_partial(proc, trials_dir)
     assert done and partial
     storage = "sqlite:///" + str(tmp_path / "optuna.db")   # default: next to the SQLite MLflow db
     study = optuna.load_study(study_name="resume-search", storage=storage)
