@@ -66,9 +66,14 @@ class ProgressPrinter(tune.Callback):
     """One compact line per change: done / running / failed / diverged, best so far, ETA."""
 
     def __init__(self, name: str, to_run: int, resolve: Callable[[dict], Any], metric: str, mode: str,
-                 best: tuple[float, str] | None = None, out: TextIO = sys.stdout):
+                 best: tuple[float, str] | None = None, out: TextIO = sys.stdout,
+                 work: dict[str, float] | None = None):
         self.name, self.to_run, self.resolve, self.metric, self.mode = name, to_run, resolve, metric, mode
         self.best, self.out = best, out
+        # Estimated FLOPs per pending trial (grid mode): trials run small-to-large, so a count-based
+        # ETA would promise minutes that the wide trials at the end then take back.
+        self.work = work or {}
+        self.work_done = 0.0
         self.outcomes: dict[str, str] = {}
         self.running: set[str] = set()
         self.announced: set[str] = set()   # trials whose resume was reported in this attempt
@@ -87,7 +92,11 @@ class ProgressPrinter(tune.Callback):
         best = f"best {self.metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else "best -"
         eta = "-"
         if done and self.started_at is not None and done < self.to_run:
-            eta = _duration((time.time() - self.started_at) / done * (self.to_run - done))
+            elapsed = time.time() - self.started_at
+            if self.work and self.work_done > 0:
+                eta = _duration(elapsed / self.work_done * max(0.0, sum(self.work.values()) - self.work_done))
+            else:
+                eta = _duration(elapsed / done * (self.to_run - done))
         elif done >= self.to_run:
             eta = "0s"
         print(f"[{self.name}] {done}/{self.to_run} done ({count['finished']} finished, "
@@ -112,6 +121,7 @@ class ProgressPrinter(tune.Callback):
         metrics = payload.get("metrics") or {}
         if not metrics.get("final"):
             return
+        self._count_work(trial)
         self.outcomes[trial.trial_id] = metrics.get("status", "finished")
         value = metrics.get(self.metric)
         label = self.resolve(trial.config).label
@@ -124,12 +134,17 @@ class ProgressPrinter(tune.Callback):
         self._line(f"retrying {self.resolve(trial.config).label} from its last checkpoint")
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self._count_work(trial)
         self.outcomes[trial.trial_id] = "failed"
         self.running.discard(trial.trial_id)
         self._line(f"failed {self.resolve(trial.config).label}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.running.discard(trial.trial_id)
+
+    def _count_work(self, trial) -> None:
+        if trial.trial_id not in self.outcomes:  # once per trial, whatever its ending
+            self.work_done += self.work.get(self.resolve(trial.config).hash, 0.0)
 
 
 def _duration(seconds: float) -> str:
@@ -240,9 +255,12 @@ class Plan:
     searcher: Any = None
     objective: tuple[str, str] = GRID_OBJECTIVE
     done_before: dict = field(default_factory=dict)
+    work: dict = field(default_factory=dict)      # grid: hash -> estimated FLOPs of pending trials
 
 
 def _plan_grid(spec, tracker: SweepTracker, opts: RunOptions) -> Plan:
+    from trainer.estimate import estimate
+
     from .tracking_query import finished_hashes
 
     trials = spec.trials()
@@ -253,7 +271,8 @@ def _plan_grid(spec, tracker: SweepTracker, opts: RunOptions) -> Plan:
           f"{len(pending)} to run", file=opts.out, flush=True)
     space = {"scalelab_trial": tune.grid_search([grid_payload(t) for t in pending])} if pending else {}
     return Plan(total=len(trials), to_run=len(pending), index=TrialIndex(spec, trials), param_space=space,
-                done_before={t.hash: done[t.hash] for t in trials if t.hash in done})
+                done_before={t.hash: done[t.hash] for t in trials if t.hash in done},
+                work={t.hash: estimate(t.config)["flops"] for t in pending})
 
 
 def _plan_search(spec, tracker: SweepTracker, storage: str, opts: RunOptions) -> Plan:
@@ -305,7 +324,7 @@ def _execute(spec, plan: Plan, tracker: SweepTracker, storage: str, opts: RunOpt
         _check_fits(spec, plan, resources, opts)
         tracking = MlflowTrackingCallback(tracker, plan.index, n_params_of, known=set(plan.known))
         progress = ProgressPrinter(spec.name, plan.to_run, plan.index, metric, mode,
-                                   best=_best_before(tracker, metric, mode), out=opts.out)
+                                   best=_best_before(tracker, metric, mode), out=opts.out, work=plan.work)
         tuner = _tuner(spec, plan, ctx, [tracking, progress], storage, opts, has_gpu)
         results = tuner.fit()
     # Ctrl-C makes Tune stop its trials and return early: fewer trials ended than planned.

@@ -170,3 +170,23 @@ def test_auth_token_from_env_or_file(tmp_path, monkeypatch):
     assert "RAY_AUTH_MODE" not in os.environ  # a process-wide setting would leak into later ray.init()
     os.environ["RAY_AUTH_TOKEN"] = "from-env"
     assert jobs.auth_headers() == {"Authorization": "Bearer from-env"}
+
+
+def test_progress_eta_is_weighted_by_estimated_work(monkeypatch):
+    """Trials run small-to-large: after the small one (1 unit of work of 10) took 10 s, the ETA
+    must be ~90 s, not the 10 s a count-based ETA (1 of 2 done) would promise."""
+    import io
+
+    from orchestrator import runner
+
+    trials = {"a": SimpleNamespace(hash="a", label="small"), "b": SimpleNamespace(hash="b", label="wide")}
+    out = io.StringIO()
+    clock = iter([1000.0, 1010.0, 1010.0])
+    monkeypatch.setattr(runner.time, "time", lambda: next(clock))
+    printer = runner.ProgressPrinter("s", 2, lambda config: trials[config["h"]], "final_val_loss", "min",
+                                     out=out, work={"a": 1.0, "b": 9.0})
+    small = SimpleNamespace(trial_id="t1", config={"h": "a"})
+    printer.on_trial_start(0, [], small)
+    printer.on_trial_result(0, [], small, {"scalelab": {"metrics": {"final": True, "status": "finished",
+                                                                    "final_val_loss": 2.0}}})
+    assert "ETA 1m30s" in out.getvalue().splitlines()[-1], out.getvalue()
