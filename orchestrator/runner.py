@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -70,10 +71,14 @@ class ProgressPrinter(tune.Callback):
                  work: dict[str, float] | None = None):
         self.name, self.to_run, self.resolve, self.metric, self.mode = name, to_run, resolve, metric, mode
         self.best, self.out = best, out
-        # Estimated FLOPs per pending trial (grid mode): trials run small-to-large, so a count-based
-        # ETA would promise minutes that the wide trials at the end then take back.
+        # Estimated compute seconds per pending trial (grid mode). Trials run small-to-large, so a
+        # count-based ETA promises minutes the wide trials take back; compute alone misses the fixed
+        # per-trial cost (start-up, data, evals) that dominates small trials. A trial's cost is
+        # its estimate plus the median overhead seen so far (observed duration - estimate).
         self.work = work or {}
-        self.work_done = 0.0
+        self.finished_work: list[str] = []      # hashes of ended trials
+        self.overheads: list[float] = []
+        self.started: dict[str, float] = {}     # trial_id -> start time
         self.outcomes: dict[str, str] = {}
         self.running: set[str] = set()
         self.announced: set[str] = set()   # trials whose resume was reported in this attempt
@@ -93,8 +98,12 @@ class ProgressPrinter(tune.Callback):
         eta = "-"
         if done and self.started_at is not None and done < self.to_run:
             elapsed = time.time() - self.started_at
-            if self.work and self.work_done > 0:
-                eta = _duration(elapsed / self.work_done * max(0.0, sum(self.work.values()) - self.work_done))
+            if self.work and self.finished_work:
+                overhead = statistics.median(self.overheads) if self.overheads else 0.0
+                done_cost = sum(self.work.get(h, 0.0) + overhead for h in self.finished_work)
+                left = set(self.work) - set(self.finished_work)
+                left_cost = sum(self.work[h] + overhead for h in left)
+                eta = _duration(elapsed / max(done_cost, 1e-9) * left_cost)
             else:
                 eta = _duration(elapsed / done * (self.to_run - done))
         elif done >= self.to_run:
@@ -104,8 +113,10 @@ class ProgressPrinter(tune.Callback):
               f"{best} | ETA {eta}" + (f" | {note}" if note else ""), file=self.out, flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        now = time.time()
         if self.started_at is None:
-            self.started_at = time.time()
+            self.started_at = now
+        self.started.setdefault(trial.trial_id, now)
         self.running.add(trial.trial_id)
         self.announced.discard(trial.trial_id)
         self._line(f"started {self.resolve(trial.config).label}")
@@ -143,8 +154,13 @@ class ProgressPrinter(tune.Callback):
         self.running.discard(trial.trial_id)
 
     def _count_work(self, trial) -> None:
-        if trial.trial_id not in self.outcomes:  # once per trial, whatever its ending
-            self.work_done += self.work.get(self.resolve(trial.config).hash, 0.0)
+        trial_hash = self.resolve(trial.config).hash
+        if trial.trial_id in self.outcomes or trial_hash not in self.work:  # once per trial
+            return
+        self.finished_work.append(trial_hash)
+        if trial.trial_id in self.started:
+            duration = time.time() - self.started[trial.trial_id]
+            self.overheads.append(max(0.0, duration - self.work[trial_hash]))
 
 
 def _duration(seconds: float) -> str:
@@ -255,12 +271,10 @@ class Plan:
     searcher: Any = None
     objective: tuple[str, str] = GRID_OBJECTIVE
     done_before: dict = field(default_factory=dict)
-    work: dict = field(default_factory=dict)      # grid: hash -> estimated FLOPs of pending trials
+    work: dict = field(default_factory=dict)      # grid: hash -> estimated compute seconds of pending trials
 
 
 def _plan_grid(spec, tracker: SweepTracker, opts: RunOptions) -> Plan:
-    from trainer.estimate import estimate
-
     from .tracking_query import finished_hashes
 
     trials = spec.trials()
@@ -272,7 +286,7 @@ def _plan_grid(spec, tracker: SweepTracker, opts: RunOptions) -> Plan:
     space = {"scalelab_trial": tune.grid_search([grid_payload(t) for t in pending])} if pending else {}
     return Plan(total=len(trials), to_run=len(pending), index=TrialIndex(spec, trials), param_space=space,
                 done_before={t.hash: done[t.hash] for t in trials if t.hash in done},
-                work={t.hash: estimate(t.config)["flops"] for t in pending})
+                work={t.hash: _estimated_seconds(t) for t in pending})
 
 
 def _plan_search(spec, tracker: SweepTracker, storage: str, opts: RunOptions) -> Plan:
@@ -292,6 +306,14 @@ def _plan_search(spec, tracker: SweepTracker, storage: str, opts: RunOptions) ->
     return Plan(total=s.num_samples, to_run=remaining, index=TrialIndex(spec, []), param_space={},
                 known=known, searcher=searcher, objective=(s.metric, s.mode),
                 done_before={h: "done" for h in known})
+
+
+def _estimated_seconds(trial) -> float:
+    """Compute time of a trial from the trainer's estimate, on the device it will use."""
+    from trainer.estimate import estimate
+
+    cost = estimate(trial.config)
+    return cost["seconds_gpu"] if trial.resources.get("gpu") else cost["seconds_cpu"]
 
 
 def _settle_search_storage(spec, tracking_uri: str, storage: str) -> None:

@@ -172,21 +172,26 @@ def test_auth_token_from_env_or_file(tmp_path, monkeypatch):
     assert jobs.auth_headers() == {"Authorization": "Bearer from-env"}
 
 
-def test_progress_eta_is_weighted_by_estimated_work(monkeypatch):
-    """Trials run small-to-large: after the small one (1 unit of work of 10) took 10 s, the ETA
-    must be ~90 s, not the 10 s a count-based ETA (1 of 2 done) would promise."""
+@pytest.mark.parametrize("work,eta", [
+    ({"a": 10.0, "b": 90.0}, "ETA 1m30s"),  # compute-bound: the wide trial takes 9x the small one
+    ({"a": 1.0, "b": 9.0}, "ETA 18s"),      # small took 10 s for 1 s of compute: 9 s overhead each
+])
+def test_progress_eta_is_weighted_by_estimated_work(monkeypatch, work, eta):
+    """Trials run small-to-large: after the small one took 10 s, a count-based ETA (1 of 2
+    done) would promise 10 s. The ETA weights each trial by its estimated compute plus the
+    per-trial overhead observed so far."""
     import io
 
     from orchestrator import runner
 
     trials = {"a": SimpleNamespace(hash="a", label="small"), "b": SimpleNamespace(hash="b", label="wide")}
     out = io.StringIO()
-    clock = iter([1000.0, 1010.0, 1010.0])
+    clock = iter([1000.0, 1010.0, 1010.0, 1010.0])
     monkeypatch.setattr(runner.time, "time", lambda: next(clock))
     printer = runner.ProgressPrinter("s", 2, lambda config: trials[config["h"]], "final_val_loss", "min",
-                                     out=out, work={"a": 1.0, "b": 9.0})
+                                     out=out, work=work)
     small = SimpleNamespace(trial_id="t1", config={"h": "a"})
     printer.on_trial_start(0, [], small)
     printer.on_trial_result(0, [], small, {"scalelab": {"metrics": {"final": True, "status": "finished",
                                                                     "final_val_loss": 2.0}}})
-    assert "ETA 1m30s" in out.getvalue().splitlines()[-1], out.getvalue()
+    assert eta in out.getvalue().splitlines()[-1], out.getvalue()
