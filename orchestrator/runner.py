@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Callable, TextIO
 
+import numpy as np
 from ray import tune
 
 from trainer.config import UserError
@@ -72,12 +73,12 @@ class ProgressPrinter(tune.Callback):
         self.name, self.to_run, self.resolve, self.metric, self.mode = name, to_run, resolve, metric, mode
         self.best, self.out = best, out
         # Estimated compute seconds per pending trial (grid mode). Trials run small-to-large, so a
-        # count-based ETA promises minutes the wide trials take back; compute alone misses the fixed
-        # per-trial cost (start-up, data, evals) that dominates small trials. A trial's cost is
-        # its estimate plus the median overhead seen so far (observed duration - estimate).
+        # count-based ETA promises minutes the wide trials take back; the estimate alone misses the
+        # fixed per-trial cost (start-up, data, evals) and this machine's real speed. A trial's
+        # cost is a + b·estimate, fitted to the durations of the trials that ended.
         self.work = work or {}
         self.finished_work: list[str] = []      # hashes of ended trials
-        self.overheads: list[float] = []
+        self.durations: list[float] = []        # their observed durations, same order
         self.started: dict[str, float] = {}     # trial_id -> start time
         self.outcomes: dict[str, str] = {}
         self.running: set[str] = set()
@@ -99,10 +100,9 @@ class ProgressPrinter(tune.Callback):
         if done and self.started_at is not None and done < self.to_run:
             elapsed = time.time() - self.started_at
             if self.work and self.finished_work:
-                overhead = statistics.median(self.overheads) if self.overheads else 0.0
-                done_cost = sum(self.work.get(h, 0.0) + overhead for h in self.finished_work)
-                left = set(self.work) - set(self.finished_work)
-                left_cost = sum(self.work[h] + overhead for h in left)
+                a, b = self._cost_model()
+                done_cost = sum(a + b * self.work[h] for h in self.finished_work)
+                left_cost = sum(a + b * self.work[h] for h in set(self.work) - set(self.finished_work))
                 eta = _duration(elapsed / max(done_cost, 1e-9) * left_cost)
             else:
                 eta = _duration(elapsed / done * (self.to_run - done))
@@ -157,10 +157,20 @@ class ProgressPrinter(tune.Callback):
         trial_hash = self.resolve(trial.config).hash
         if trial.trial_id in self.outcomes or trial_hash not in self.work:  # once per trial
             return
-        self.finished_work.append(trial_hash)
         if trial.trial_id in self.started:
-            duration = time.time() - self.started[trial.trial_id]
-            self.overheads.append(max(0.0, duration - self.work[trial_hash]))
+            self.finished_work.append(trial_hash)
+            self.durations.append(time.time() - self.started[trial.trial_id])
+
+    def _cost_model(self) -> tuple[float, float]:
+        """(a, b) of duration ≈ a + b·estimate: fitted once the ended trials differ in size,
+        else the estimate plus their median overhead."""
+        estimates = [self.work[h] for h in self.finished_work]
+        if len(set(estimates)) >= 2:
+            b, a = np.polyfit(estimates, self.durations, 1)
+            if b > 0:
+                return max(a, 0.0), b
+        overhead = statistics.median(max(0.0, d - e) for d, e in zip(self.durations, estimates))
+        return overhead, 1.0
 
 
 def _duration(seconds: float) -> str:

@@ -195,3 +195,25 @@ def test_progress_eta_is_weighted_by_estimated_work(monkeypatch, work, eta):
     printer.on_trial_result(0, [], small, {"scalelab": {"metrics": {"final": True, "status": "finished",
                                                                     "final_val_loss": 2.0}}})
     assert eta in out.getvalue().splitlines()[-1], out.getvalue()
+
+
+def test_progress_eta_fits_overhead_and_speed_once_sizes_differ(monkeypatch):
+    """Estimates 10 s and 30 s took 6 s and 10 s: duration = 4 + 0.2·estimate, so the last
+    trial (estimate 90 s) costs 22 s against 16 s done in 16 s of wall time: ETA 22 s. The
+    median-overhead model (overheads clipped to 0) would say 16 × 90/40 = 36 s."""
+    import io
+
+    from orchestrator import runner
+
+    trials = {h: SimpleNamespace(hash=h, label=h) for h in "acb"}
+    out = io.StringIO()
+    clock = iter([1000.0, 1006.0, 1006.0, 1006.0, 1006.0, 1016.0, 1016.0])  # each start line reads it too
+    monkeypatch.setattr(runner.time, "time", lambda: next(clock))
+    printer = runner.ProgressPrinter("s", 3, lambda config: trials[config["h"]], "final_val_loss", "min",
+                                     out=out, work={"a": 10.0, "c": 30.0, "b": 90.0})
+    final = {"scalelab": {"metrics": {"final": True, "status": "finished", "final_val_loss": 2.0}}}
+    for trial_id, h in (("t1", "a"), ("t2", "c")):
+        trial = SimpleNamespace(trial_id=trial_id, config={"h": h})
+        printer.on_trial_start(0, [], trial)
+        printer.on_trial_result(0, [], trial, final)
+    assert "ETA 22s" in out.getvalue().splitlines()[-1], out.getvalue()
