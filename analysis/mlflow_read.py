@@ -60,11 +60,12 @@ def read_experiments(names: list[str], tracking_uri: str, *, history: bool = Tru
 def open_client(tracking_uri: str):
     from mlflow import MlflowClient
 
-    if tracking_uri.startswith("sqlite:///"):
-        db_path = tracking_uri[len("sqlite:///"):].split("?", 1)[0]
-        if not os.path.exists(db_path):  # MlflowClient would silently create an empty database
-            raise UserError(f"no MLflow database at {db_path} (tracking URI {tracking_uri}); run a sweep "
-                            "first, or pass --tracking-uri / set MLFLOW_TRACKING_URI to the one you used")
+    from orchestrator.from_study import sqlite_path
+
+    db_path = sqlite_path(tracking_uri)
+    if db_path is not None and not os.path.exists(db_path):  # MlflowClient would create an empty db
+        raise UserError(f"no MLflow database at {db_path} (tracking URI {tracking_uri}); run a sweep "
+                        "first, or pass --tracking-uri / set MLFLOW_TRACKING_URI to the one you used")
     return MlflowClient(tracking_uri)
 
 

@@ -250,10 +250,13 @@ class SweepTracker:
 def artifact_location_for(tracking_uri: str) -> str | None:
     """Artifacts of a SQLite-tracked experiment live next to the database file, not in the
     working directory of whoever created the experiment; servers choose their own."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    db_path = tracking_uri[len("sqlite:///"):].split("?", 1)[0]
     from pathlib import Path
+
+    from .from_study import sqlite_path
+
+    db_path = sqlite_path(tracking_uri)
+    if db_path is None:
+        return None
     return (Path(db_path).resolve().parent / "mlartifacts").as_uri()
 
 
