@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "trainer.cli",            # train, coord-check
     "orchestrator.plan_cli",  # validate, plan
     "orchestrator.run_cli",   # run, submit, status, logs
+    "orchestrator.migrate",   # migrate
     "analysis.cli",           # report, export
 )
 

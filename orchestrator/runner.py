@@ -22,7 +22,8 @@ from ray import tune
 from trainer.config import UserError
 
 from .tracking import MlflowTrackingCallback, SweepTracker
-from .tracking_query import DONE_OUTCOMES
+from .layout import DONE_OUTCOMES, TAG_ERROR, TAG_HASH, TAG_LABEL, TAG_OUTCOME
+from .tracking_query import finished_hashes
 from .trainable import FAULT_ENV, TrialContext, run_trial
 
 DEFAULT_STORAGE = ".scalelab"
@@ -245,6 +246,7 @@ class RunOptions:
 def run_sweep(spec, opts: RunOptions) -> SweepSummary:
     storage = os.path.abspath(os.path.expanduser(opts.storage))
     os.makedirs(storage, exist_ok=True)
+    done = finished_hashes(opts.tracking_uri, spec.experiment)  # also refuses runs of an older identity rule
     tracker = SweepTracker(opts.tracking_uri, spec.experiment, spec.name, spec.mode)
     summary = SweepSummary(spec.name, 0, parent_run_id=tracker.parent_id)
     print(f"[{spec.name}] tracking {opts.tracking_uri} (experiment {spec.experiment!r}, "
@@ -252,7 +254,7 @@ def run_sweep(spec, opts: RunOptions) -> SweepSummary:
     if spec.mode == "search":
         plan = _plan_search(spec, tracker, storage, opts)
     else:
-        plan = _plan_grid(spec, tracker, opts)
+        plan = _plan_grid(spec, tracker, done, opts)
     summary.total = plan.total
     if plan.to_run > 0:
         summary.interrupted = _execute(spec, plan, tracker, storage, opts)
@@ -284,11 +286,9 @@ class Plan:
     work: dict = field(default_factory=dict)      # grid: hash -> estimated compute seconds of pending trials
 
 
-def _plan_grid(spec, tracker: SweepTracker, opts: RunOptions) -> Plan:
-    from .tracking_query import finished_hashes
-
+def _plan_grid(spec, tracker: SweepTracker, done: dict[str, str], opts: RunOptions) -> Plan:
     trials = spec.trials()
-    done = dict(finished_hashes(opts.tracking_uri, spec.experiment))
+    done = dict(done)
     done.update({h: c.outcome for h, c in tracker.children.items() if c.outcome in DONE_OUTCOMES})
     pending = [t for t in trials if t.hash not in done]
     print(f"[{spec.name}] {len(trials)} trials: {len(trials) - len(pending)} already done, "
@@ -304,8 +304,8 @@ def _plan_search(spec, tracker: SweepTracker, storage: str, opts: RunOptions) ->
 
     _settle_search_storage(spec, opts.tracking_uri, storage)
     s = spec.search
-    done_runs = [r for r in tracker.child_runs() if r.data.tags.get("scalelab.outcome") in DONE_OUTCOMES]
-    known = {r.data.tags["scalelab.trial_hash"]: r.data.metrics.get(s.metric) for r in done_runs}
+    done_runs = [r for r in tracker.child_runs() if r.data.tags.get(TAG_OUTCOME) in DONE_OUTCOMES]
+    known = {r.data.tags[TAG_HASH]: r.data.metrics.get(s.metric) for r in done_runs}
     remaining = max(0, s.num_samples - len(known))
     searcher, note = None, ""
     if remaining:
@@ -401,10 +401,10 @@ def _best_before(tracker: SweepTracker, metric: str, mode: str) -> tuple[float, 
     best = None
     for run in tracker.child_runs():
         value = run.data.metrics.get(metric)
-        if run.data.tags.get("scalelab.outcome") != "finished" or value is None or not math.isfinite(value):
+        if run.data.tags.get(TAG_OUTCOME) != "finished" or value is None or not math.isfinite(value):
             continue
         if best is None or (value < best[0] if mode == "min" else value > best[0]):
-            best = (value, run.data.tags.get("scalelab.label", run.info.run_id))
+            best = (value, run.data.tags.get(TAG_LABEL, run.info.run_id))
     return best
 
 
@@ -424,7 +424,7 @@ def _fill_outcomes(summary: SweepSummary, spec, plan: Plan, tracker: SweepTracke
         labels = {}
     for run in tracker.child_runs():
         tags = run.data.tags
-        if tags.get("scalelab.outcome") == "failed" and tags.get("scalelab.trial_hash") in summary.outcomes:
-            error = (tags.get("scalelab.error") or "").strip().splitlines()
-            label = labels.get(tags["scalelab.trial_hash"], tags.get("scalelab.label", run.info.run_id))
+        if tags.get(TAG_OUTCOME) == "failed" and tags.get(TAG_HASH) in summary.outcomes:
+            error = (tags.get(TAG_ERROR) or "").strip().splitlines()
+            label = labels.get(tags[TAG_HASH], tags.get(TAG_LABEL, run.info.run_id))
             summary.errors[label] = error[-1] if error else "unknown error"

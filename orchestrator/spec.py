@@ -64,9 +64,21 @@ class SearchSpec:
     sampler_seed: int | None = None
 
 
+# Bump when the rule below changes; recorded on every trial run (`scalelab migrate` re-keys
+# runs recorded under an older rule).
+IDENTITY_VERSION = 2
+
+
 def trial_hash(cfg: TrainConfig) -> str:
-    """sha256 of the canonical JSON of the config (sorted keys), first 16 hex chars."""
-    text = json.dumps(cfg.model_dump(), sort_keys=True, separators=(",", ":"))
+    """sha256 of the canonical JSON (sorted keys) of `cfg.identity()` (experiment fields away
+    from their defaults), first 16 hex chars."""
+    text = json.dumps(cfg.identity(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def legacy_trial_hash(config: dict) -> str:
+    """Identity version 1: the hash of every field of the config as it was recorded."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 

@@ -25,26 +25,15 @@ from typing import Any, Callable, Iterable
 import yaml
 from ray import tune
 
-from .spec import parametrization_label
+from .layout import (MULTIPLIER_COLUMNS, TAG_CODE, TAG_ERROR, TAG_HASH, TAG_IDENTITY, TAG_KIND,
+                     TAG_LABEL, TAG_LOGGED_STEP, TAG_MODE, TAG_OUTCOME, TAG_PARENT, TAG_RUN_NAME, TAG_SWEEP,
+                     quote as _quote, search_all)
+from .spec import IDENTITY_VERSION, parametrization_label
 
 # MLflow's limits per log_batch call (mlflow.utils.validation).
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_TAGS_PER_BATCH = 100
 MAX_TAG_CHARS = 8000
-
-TAG_KIND = "scalelab.kind"
-TAG_SWEEP = "scalelab.sweep"
-TAG_HASH = "scalelab.trial_hash"
-TAG_CODE = "scalelab.code_version"
-TAG_OUTCOME = "scalelab.outcome"
-TAG_ERROR = "scalelab.error"
-TAG_MODE = "scalelab.mode"
-TAG_LABEL = "scalelab.label"
-TAG_LOGGED_STEP = "scalelab.logged_step"
-TAG_PARENT = "mlflow.parentRunId"
-TAG_RUN_NAME = "mlflow.runName"
-
-MULTIPLIER_COLUMNS = ("layer", "role", "block", "kind", "mean", "rms", "min", "max", "size")
 
 
 # --- small helpers ------------------------------------------------------------------------
@@ -88,10 +77,6 @@ def chunks(items: list, size: int) -> Iterable[list]:
         yield items[start:start + size]
 
 
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "\\'") + "'"
-
-
 @dataclass
 class ChildRun:
     run_id: str
@@ -126,14 +111,7 @@ class SweepTracker:
         return self.client.create_experiment(name, artifact_location=artifact_location_for(self.tracking_uri))
 
     def _search(self, filter_string: str, order_by: list[str] | None = None) -> list:
-        runs, token = [], None
-        while True:
-            page = self.client.search_runs([self.experiment_id], filter_string, max_results=1000,
-                                           order_by=order_by, page_token=token)
-            runs.extend(page)
-            token = page.token
-            if not token:
-                return runs
+        return list(search_all(self.client, self.experiment_id, filter_string, order_by))
 
     def _parent_run(self) -> str:
         found = self._search(f"tags.`{TAG_KIND}` = 'sweep' and tags.`{TAG_SWEEP}` = {_quote(self.sweep)}",
@@ -174,7 +152,8 @@ class SweepTracker:
             self.client.update_run(child.run_id, status="RUNNING")
         else:
             # One call creates the run with the tags that identify it: no half-identified runs.
-            tags = {TAG_PARENT: self.parent_id, TAG_KIND: "trial", TAG_HASH: trial.hash, TAG_SWEEP: self.sweep,
+            tags = {TAG_PARENT: self.parent_id, TAG_KIND: "trial", TAG_HASH: trial.hash,
+                    TAG_IDENTITY: str(IDENTITY_VERSION), TAG_SWEEP: self.sweep,
                     TAG_CODE: self.code_version, TAG_MODE: self.mode, TAG_LABEL: trial.label}
             run = self.client.create_run(self.experiment_id, run_name=trial.label, tags=tags)
             child = self.children[trial.hash] = ChildRun(run.info.run_id)

@@ -6,14 +6,16 @@ import os
 from trainer.config import UserError
 
 from .from_study import sqlite_path
-
-DONE_OUTCOMES = ("finished", "diverged")  # a diverged trial is a result too: do not rerun it
+from .layout import DONE_OUTCOMES, TAG_HASH, TAG_IDENTITY, TAG_KIND, TAG_OUTCOME, search_all
+from .spec import IDENTITY_VERSION
 
 
 def finished_hashes(tracking_uri: str, experiment: str) -> dict[str, str]:
     """{trial_hash: outcome} of the trial runs in `experiment` whose `scalelab.outcome` tag is
     finished or diverged (finished wins when both exist). A missing SQLite file or experiment
-    means nothing is done; the database is never created as a side effect."""
+    means nothing is done; the database is never created as a side effect. Runs recorded under
+    an older trial-identity rule are refused with the command that re-keys them: matching them
+    by hash would silently rerun every finished trial."""
     db = sqlite_path(tracking_uri)
     if db is not None and not os.path.isfile(db):
         return {}
@@ -26,22 +28,20 @@ def finished_hashes(tracking_uri: str, experiment: str) -> dict[str, str]:
         if found is None:
             return {}
         done: dict[str, str] = {}
-        for outcome in reversed(DONE_OUTCOMES):  # "finished" last, so it overwrites
-            for run in _all_runs(client, found.experiment_id, f"tags.`scalelab.outcome` = '{outcome}'"):
-                trial = run.data.tags.get("scalelab.trial_hash")
-                if trial:
-                    done[trial] = outcome
-        return done
+        legacy = 0
+        for run in search_all(client, found.experiment_id, f"tags.`{TAG_KIND}` = 'trial'"):
+            tags = run.data.tags
+            if tags.get(TAG_IDENTITY) != str(IDENTITY_VERSION):
+                legacy += 1
+            elif tags.get(TAG_HASH) and tags.get(TAG_OUTCOME) in DONE_OUTCOMES and done.get(tags[TAG_HASH]) != "finished":
+                done[tags[TAG_HASH]] = tags[TAG_OUTCOME]
     except MlflowException as err:
         raise UserError(f"cannot read MLflow at {tracking_uri}: {err.message}") from None
-
-
-def _all_runs(client, experiment_id: str, filter_string: str):
-    token = None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=filter_string,
-                                  max_results=1000, page_token=token)
-        yield from page
-        token = page.token
-        if not token:
-            return
+    if legacy:
+        raise UserError(
+            f"experiment {experiment!r} at {tracking_uri} holds {legacy} trial run(s) recorded under an older "
+            f"trial identity (before version {IDENTITY_VERSION}: runtime options such as threads or cache_dir "
+            f"were part of the hash), so finished trials would not be recognised. Re-key them once with "
+            f"`scalelab migrate {experiment} --tracking-uri {tracking_uri}` (add --storage DIR to carry "
+            "checkpoints along; --dry-run shows what changes), or use a new `experiment:` name")
+    return done

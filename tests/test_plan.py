@@ -11,7 +11,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
-from orchestrator.spec import load_sweep
+from orchestrator.layout import TAG_IDENTITY
+from orchestrator.spec import IDENTITY_VERSION, load_sweep
 from orchestrator.tracking_query import finished_hashes
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -52,7 +53,8 @@ def tracked(tmp_path_factory):
     def child(experiment, trial, outcome):
         run = client.create_run(experiment, tags={
             "mlflow.parentRunId": parent.info.run_id, "scalelab.kind": "trial",
-            "scalelab.trial_hash": trial.hash, "scalelab.outcome": outcome, "scalelab.mode": "grid"})
+            "scalelab.trial_hash": trial.hash, "scalelab.outcome": outcome, "scalelab.mode": "grid",
+            TAG_IDENTITY: str(IDENTITY_VERSION)})
         client.set_terminated(run.info.run_id, "FINISHED" if outcome != "failed" else "FAILED")
 
     child(exp, trials[0], "finished")

@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator.spec import (SweepSpec, load_sweep, load_sweep_text, parametrization_label,
                                trial_hash)
-from trainer.config import ConfigError, TrainConfig
+from trainer.config import RUNTIME_FIELDS, ConfigError, TrainConfig
 from trainer.estimate import estimate
 
 
@@ -275,12 +275,15 @@ def test_hash_is_stable_across_processes():
     assert out.stdout.strip() == trial_hash(cfg)
 
 
-def test_hash_changes_when_any_field_changes():
+def test_hash_changes_when_any_experiment_field_changes():
     base = TrainConfig()
     seen = {trial_hash(base)}
     for name, value in _one_change_per_field(base).items():
         changed = base.model_copy(update={name: value})
         h = trial_hash(changed)
+        if name in RUNTIME_FIELDS:
+            assert h == trial_hash(base), f"runtime option {name} must not change the trial's identity"
+            continue
         assert h not in seen, name
         seen.add(h)
 

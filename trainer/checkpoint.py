@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .config import UserError
+from .config import TrainConfig, UserError
 
 if TYPE_CHECKING:
     from .loop import Trainer
@@ -51,8 +51,9 @@ def load_checkpoint(path: str, t: "Trainer") -> None:
         raise UserError(f"no checkpoint at {path} (expected {file})")
     # Load on the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest.
     state = torch.load(file, map_location="cpu", weights_only=False)
-    if state["config"] != t.cfg.model_dump():
-        changed = sorted(k for k in state["config"] if state["config"][k] != t.cfg.model_dump().get(k))
+    saved, now = TrainConfig.build(state["config"], source=f"checkpoint {path}").identity(), t.cfg.identity()
+    if saved != now:  # runtime options (threads, device, ...) may change on resume
+        changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         raise UserError(f"checkpoint {path} was written with a different config (keys {changed}); "
                         "resume with the same config or start a new run")
     t.model.load_state_dict(state["model"])

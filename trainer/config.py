@@ -14,6 +14,13 @@ MATRIX_ROLES = ("embedding", "attn_q", "attn_k", "attn_v", "attn_o",
                 "mlp_up", "mlp_gate", "mlp_down", "head")
 MultiplierKind = Literal["none", "scalar", "row", "col", "vector"]
 
+# How and where a run executes, not what it computes: these fields are left out of a run's
+# identity (a trial's hash, a checkpoint's compatibility check). `device` and `compile` are
+# here on purpose: the same trial run on a CPU or a GPU, compiled or not, is one trial (its
+# precision follows the device, and the run records the device it used). Every other field
+# changes the trained model's numbers or what is measured of them, and is part of identity.
+RUNTIME_FIELDS = frozenset({"device", "compile", "threads", "peak_flops", "cache_dir", "record_activations"})
+
 
 class UserError(Exception):
     """An error the user can fix (bad file, key, value, missing corpus). The CLI prints its
@@ -149,6 +156,15 @@ class TrainConfig(BaseModel):
 
     def flat(self) -> dict[str, Any]:
         return self.model_dump()
+
+    def identity(self) -> dict[str, Any]:
+        """What defines this run's result: the experiment fields (not RUNTIME_FIELDS) whose value
+        differs from the field's default. Leaving defaults out means a field added in a later
+        version, at its default, does not change the identity of configs written before it
+        existed; tests pin the defaults, since changing one would change what old hashes mean."""
+        values = self.model_dump()
+        return {key: values[key] for key, field in type(self).model_fields.items()
+                if key not in RUNTIME_FIELDS and values[key] != field.get_default(call_default_factory=True)}
 
     @property
     def n_heads(self) -> int:
