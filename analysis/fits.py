@@ -3,7 +3,7 @@ its numbers, their intervals, how it treated diverged/failed runs and a `warning
 whose data is not there (no sqrt(η/λ) sweep, no multipliers, ...) is skipped with the reason.
 
 The fits themselves live in small modules; use them directly for custom analyses:
-    transfer.fit_transfer, multiplier_scaling.fit_multipliers, norms.fit_norms,
+    transfer.fit_transfer, multiplier_scaling.fit_multipliers, norms.fit_norms, freedom.fit_freedom,
     scaling.fit_scaling, comparison.compare, tuning.tuning_cost, coordcheck.coord_check
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ from trainer.config import UserError
 from . import frames
 from .comparison import compare
 from .coordcheck import coord_check
+from .freedom import fit_freedom
 from .multiplier_scaling import fit_multipliers
 from .norms import fit_norms
 from .scaling import fit_scaling
@@ -49,6 +50,7 @@ def analyses(tables: Tables, o: FitOptions) -> dict[str, Callable[[], dict]]:
         "transfer": lambda: fit_transfer(t, o.hp, o.size, o.loss, o.k, o.n_boot, o.level, o.seed, o.init_loss),
         "multipliers": lambda: fit_multipliers(t, o.size, o.hp, o.loss, o.level),
         "norms": lambda: fit_norms(t, o.size, o.loss, o.level),
+        "freedom": lambda: fit_freedom(t, o.loss, o.n_boot, o.level, o.seed),
         "scaling": lambda: fit_scaling(t, o.size, o.hp, o.loss, o.n_boot_scaling, o.level, o.seed),
         "tuning": lambda: tuning_cost(t, o.size, o.loss),
         "coord_check": lambda: coord_check(t, tables.history, o.size, o.hp, o.coord_steps, o.level),

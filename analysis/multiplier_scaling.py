@@ -8,7 +8,9 @@ paper's placement: its scale is then read from the final RMSNorm weight (norm/fi
 which acts as the head's column multiplier (REFERENCE.md §2).
 
 µP prediction (REFERENCE.md §5, for the total scale at fixed η and λ): d⁻¹ for the head's logit
-scale, d⁻² for the q·k product (attn_q × attn_k multipliers of the same block).
+scale, d⁻² for the q·k product (attn_q × attn_k multipliers of the same block). Beside them,
+the stored matrices' RMS (weight_rms) against width: the paper finds it roughly
+width-independent once the multipliers carry the scale.
 """
 from __future__ import annotations
 
@@ -78,6 +80,8 @@ def _fit_group(group: dict, runs: pd.DataFrame, size: str, level: float) -> dict
     if n_sizes < 2:
         result["note"] = f"one value of {size}: no width exponent"
         return result
+    result["matrix_norms"] = [{"role": role, **loglog_fit(widths, values, level), "points": _points(widths, values)}
+                              for role, values in role_values(runs, "weight_rms").items()]
     for name, values in role_series(runs).items():
         fit = loglog_fit(widths, values, level)
         role = name.split(" ")[0]

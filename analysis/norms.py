@@ -2,9 +2,12 @@
 the matrix RMS should follow S (log-log slope 1) while, with learnable multipliers, the
 effective scale (multiplier × matrix, eff_rms/...) stays flat (slope 0) and so does the loss.
 
-S is computed from the base `lr` and `weight_decay` columns (per-group LR/WD multipliers are
-the same for every run of a sweep at one width, so they only shift the intercept). Runs:
-finished grid runs; a sweep qualifies when it has ≥ 3 values of S at one width and one
+S is that of the hidden matrices: η = lr × lr_mult_hidden, λ = weight_decay × wd_mult_hidden
+(a sweep of the base lr and weight_decay moves every group alike; a sweep of the hidden
+multipliers moves the hidden matrices alone). Width factors (µP's 1/m) are fixed within one
+width, so they only shift the intercept. Each role is fitted against S only when its own
+group's η/λ moves with it: the embedding and head of a hidden-only sweep are left out.
+Runs: finished grid runs; a sweep qualifies when it has ≥ 3 values of S at one width and one
 sqrt(η·λ) (rounded to 1%).
 """
 from __future__ import annotations
@@ -15,11 +18,36 @@ import pandas as pd
 from trainer.config import UserError
 
 from . import frames
-from .layers import role_values
+from .layers import geometric_mean, layer_columns, role_values
 from .stats import loglog_fit
 
 MIN_S_VALUES = 3
 PREDICTED = {"weight_rms": 1.0, "eff_rms": 0.0}
+# The issue-8 replication criteria (sweeps/paper_norms.yaml states them too).
+WEIGHT_SLOPE_RANGE = (0.8, 1.2)   # without multipliers: log‖W‖ follows log S
+EFF_SLOPE_MAX = 0.3               # with multipliers: |slope| of the effective scale
+# The LR/WD multiplier columns of each role's parameter group (trainer/parametrization.py).
+GROUP_OF_ROLE = {"embedding": "emb", "head": "head"}   # every other matrix role: hidden
+POOLED = "all swept matrices"
+
+
+def group_ratio(runs: pd.DataFrame, group: str) -> np.ndarray:
+    """η/λ of a parameter group per run (NaN where λ = 0)."""
+    lr = _column(runs, "lr") * _column(runs, f"lr_mult_{group}", 1.0)
+    wd = _column(runs, "weight_decay") * _column(runs, f"wd_mult_{group}", 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(wd > 0, lr / wd, np.nan)
+
+
+def group_product(runs: pd.DataFrame, group: str) -> np.ndarray:
+    return (_column(runs, "lr") * _column(runs, f"lr_mult_{group}", 1.0)
+            * _column(runs, "weight_decay") * _column(runs, f"wd_mult_{group}", 1.0))
+
+
+def _column(runs: pd.DataFrame, name: str, default: float | None = None) -> np.ndarray:
+    if name not in runs.columns:
+        return np.full(len(runs), np.nan if default is None else default)
+    return pd.to_numeric(runs[name], errors="coerce").to_numpy(dtype=float)
 
 
 def fit_norms(trials: pd.DataFrame, size: str = "d_model", loss: str = "final_val_loss",
@@ -29,39 +57,86 @@ def fit_norms(trials: pd.DataFrame, size: str = "d_model", loss: str = "final_va
         raise UserError("equilibrium norms need weight_rms/<layer> metrics; the trials table has none")
     runs = frames.grid_runs(trials)
     runs = runs[runs["outcome"].eq("finished")].copy()
-    lr, wd = (pd.to_numeric(runs[c], errors="coerce").to_numpy(dtype=float) for c in ("lr", "weight_decay"))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        runs["_S"] = np.sqrt(lr / wd)
-        runs["_P"] = np.round(np.log(np.sqrt(lr * wd)) / np.log(1.01))  # sqrt(η·λ) to 1%
+    with np.errstate(invalid="ignore", divide="ignore"):
+        runs["_S"] = np.sqrt(group_ratio(runs, "hidden"))
+        runs["_P"] = np.round(np.log(np.sqrt(group_product(runs, "hidden"))) / np.log(1.01))  # sqrt(η·λ) to 1%
     runs = runs[np.isfinite(runs["_S"]) & np.isfinite(runs["_P"])]
     keys = frames.group_keys(runs) + [size, "_P"]
     sweeps = [_fit_sweep(group, sub, size, loss, level) for group, sub in frames.iter_groups(runs, keys)
               if sub["_S"].round(12).nunique() >= MIN_S_VALUES]
     if not sweeps:
-        raise UserError(f"equilibrium norms need a sqrt(η/λ) sweep: ≥ {MIN_S_VALUES} values of sqrt(lr/weight_decay) "
-                        f"at one width and one sqrt(lr·weight_decay) (REFERENCE.md §5); these runs have none")
-    return {"analysis": "norms", "x": "sqrt(lr / weight_decay)", "predicted_slopes": PREDICTED,
-            "selection": "finished grid runs; groups of one width and one sqrt(lr·weight_decay)",
-            "aggregation": "geometric mean over blocks", "ci_level": level,
-            "treatment": {"diverged": "excluded (no equilibrium)", "failed": "excluded"}, "sweeps": sweeps, "warnings": []}
+        raise UserError(f"equilibrium norms need a sqrt(η/λ) sweep: ≥ {MIN_S_VALUES} values of sqrt(η/λ) of the "
+                        f"hidden matrices (lr·lr_mult_hidden / weight_decay·wd_mult_hidden) at one width and one "
+                        f"sqrt(η·λ) (REFERENCE.md §5); these runs have none")
+    return {"analysis": "norms", "x": "S = sqrt(η/λ) of the hidden matrices", "predicted_slopes": PREDICTED,
+            "selection": "finished grid runs; groups of one width and one sqrt(η·λ) of the hidden matrices",
+            "aggregation": "geometric mean over blocks (pooled: over every swept matrix)", "ci_level": level,
+            "criteria": {"weight_slope_range": list(WEIGHT_SLOPE_RANGE), "eff_slope_max": EFF_SLOPE_MAX},
+            "treatment": {"diverged": "excluded (no equilibrium)", "failed": "excluded"}, "sweeps": sweeps,
+            "comparisons": _compare_spreads(sweeps, size), "warnings": []}
+
+
+def _swept_roles(runs: pd.DataFrame) -> list[str]:
+    """Roles whose own group's η/λ varies across the sweep (hidden roles always do)."""
+    roles = sorted(layer_columns(runs, "weight_rms"))
+    moving = {g: np.unique(np.round(np.log(group_ratio(runs, g)), 6)).size > 1 for g in ("emb", "head")}
+    return [r for r in roles if moving.get(GROUP_OF_ROLE.get(r), True)]
 
 
 def _fit_sweep(group: dict, runs: pd.DataFrame, size: str, loss: str, level: float) -> dict:
     S = runs["_S"].to_numpy()
-    product = float(np.sqrt((runs["lr"] * runs["weight_decay"]).median()))
+    product = float(np.sqrt(np.median(group_product(runs, "hidden"))))
     clean = {k: v for k, v in group.items() if k not in ("_P", size)}
+    swept = _swept_roles(runs)
     out = {"group": clean, "label": frames.group_label(clean), size: group[size], "sqrt_lr_wd": product,
            "S_values": sorted(set(np.round(S, 12).tolist())), "n_runs": len(runs), "lrm": frames.is_lrm(group["parametrization"]),
-           "series": [], "loss": _loss_profile(S, runs, loss)}
+           "swept_roles": swept, "series": [], "pooled": {}, "loss": _loss_profile(S, runs, loss)}
     for kind in ("weight_rms", "eff_rms"):
         if kind == "eff_rms" and not out["lrm"]:
             continue  # without multipliers eff_rms is weight_rms
         for role, values in role_values(runs, kind).items():
             fit = loglog_fit(S, values, level)
-            if fit["n_runs"] == 0:
+            if role not in swept or fit["n_runs"] == 0:
                 continue
             out["series"].append({"kind": kind, "role": role, **fit, "predicted": PREDICTED[kind],
                                   "points": _points(S, values)})
+        cols = [c for r, cs in layer_columns(runs, kind).items() if r in swept for c in cs]
+        if cols:  # every swept matrix at once: the number the criterion is read from
+            values = geometric_mean(runs[cols])
+            out["pooled"][kind] = {"role": POOLED, **loglog_fit(S, values, level), "predicted": PREDICTED[kind],
+                                   "points": _points(S, values)}
+    out["verdict"] = _verdict(out)
+    return out
+
+
+def _verdict(sweep: dict) -> dict:
+    """The pooled slope against its criterion: weight RMS for plain runs, effective RMS for LRM."""
+    kind = "eff_rms" if sweep["lrm"] else "weight_rms"
+    pooled = sweep["pooled"].get(kind)
+    slope = None if pooled is None else pooled["exponent"]
+    if kind == "weight_rms":
+        target = f"slope in [{WEIGHT_SLOPE_RANGE[0]}, {WEIGHT_SLOPE_RANGE[1]}]"
+        met = slope is not None and WEIGHT_SLOPE_RANGE[0] <= slope <= WEIGHT_SLOPE_RANGE[1]
+    else:
+        target = f"|slope| < {EFF_SLOPE_MAX}"
+        met = slope is not None and abs(slope) < EFF_SLOPE_MAX
+    return {"quantity": kind, "slope": slope, "slope_ci": None if pooled is None else pooled["exponent_ci"],
+            "target": target, "met": bool(met)}
+
+
+def _compare_spreads(sweeps: list[dict], size: str) -> list[dict]:
+    """Loss spread over S with multipliers vs without, at the same width and sqrt(η·λ)."""
+    out = []
+    for lrm in (s for s in sweeps if s["lrm"]):
+        for plain in (s for s in sweeps if not s["lrm"]):
+            same = (plain[size] == lrm[size] and np.isclose(plain["sqrt_lr_wd"], lrm["sqrt_lr_wd"], rtol=0.01)
+                    and {k: v for k, v in plain["group"].items() if k != "parametrization"}
+                    == {k: v for k, v in lrm["group"].items() if k != "parametrization"})
+            a, b = lrm["loss"]["spread"], plain["loss"]["spread"]
+            if same and a is not None and b is not None:
+                out.append({"with": lrm["label"], "without": plain["label"], size: lrm[size],
+                            "spread_with": a, "spread_without": b,
+                            "ratio": a / b if b > 0 else None, "smaller_with_multipliers": bool(a < b)})
     return out
 
 

@@ -258,14 +258,18 @@ def plot_gaps(result: dict) -> Figure:
 
 # ---- equilibrium norms -----------------------------------------------------------------------
 
+NORMS_X = "S = sqrt(η/λ) of the hidden matrices"
+
+
 def plot_norms(result: dict) -> Figure:
     sweeps = result["sweeps"][:MAX_PANELS // 2]
     fig, axes = _grid(2 * len(sweeps), ncols=2)
     losses = [p["loss_mean"] for sw in sweeps for p in sw["loss"]["points"]]
     for i, sweep in enumerate(sweeps):
         ax_n, ax_l = axes[2 * i], axes[2 * i + 1]
-        colours = _label_colours([s["role"] for s in sweep["series"]])
-        for s in sweep["series"]:
+        series = sweep["series"] + [{**p, "kind": k} for k, p in sweep.get("pooled", {}).items()]
+        colours = _label_colours([s["role"] for s in series])
+        for s in series:
             pts = s["points"]
             matrix = s["kind"] == "weight_rms"
             ax_n.plot([p["S"] for p in pts], [p["geo_mean"] for p in pts], "-" if matrix else "--", marker="o",
@@ -273,7 +277,7 @@ def plot_norms(result: dict) -> Figure:
         ax_n.set_xscale("log", base=2)
         ax_n.set_yscale("log")
         _plain_ticks(ax_n, "x")
-        ax_n.set_xlabel("S = sqrt(lr / weight_decay)")
+        ax_n.set_xlabel(NORMS_X)
         ax_n.set_ylabel("RMS (solid: matrix, dashed: effective)")
         ax_n.set_title(f"{sweep['label']}\nnorms vs S (slopes in report.md)", fontsize=9)
         ax_n.legend(fontsize=6, ncol=2)
@@ -284,11 +288,45 @@ def plot_norms(result: dict) -> Figure:
         if losses:  # one y range for every sweep, so a flat curve looks flat
             pad = 0.05 * (max(losses) - min(losses) or 0.01)
             ax_l.set_ylim(min(losses) - pad, max(losses) + pad)
-        ax_l.set_xlabel("S = sqrt(lr / weight_decay)")
+        ax_l.set_xlabel(NORMS_X)
         ax_l.set_ylabel("loss (nats/token)")
         ax_l.set_title(f"{sweep['label']}\nloss vs S (spread {_ci_text(sweep['loss']['spread'], None)} nats)",
                        fontsize=9)
     fig.suptitle("Equilibrium norms in a sqrt(η/λ) sweep at fixed sqrt(η·λ)")
+    return fig
+
+
+# ---- mis-set multipliers ---------------------------------------------------------------------
+
+def plot_freedom(result: dict) -> Figure:
+    """Per group: the penalty of each mis-set multiplier without (left bar) and with (right bar)
+    learnable multipliers, with intervals; a setting whose seeds all diverged is drawn as a
+    hatched bar reaching the top of the panel."""
+    groups = [g for g in result["groups"] if g["reliefs"]][:MAX_PANELS]
+    if not groups:
+        raise SkipFigure("no setting has runs both with and without learnable multipliers")
+    fig, axes = _grid(len(groups), ncols=1)
+    for ax, g in zip(axes, groups):
+        pen = {(x["parametrization"], x["setting"]): x for x in g["penalties"]}
+        finite = [x["penalty"] for x in g["penalties"] if x["penalty"] is not None and math.isfinite(x["penalty"])]
+        top = max(finite + [0.01]) * 1.15
+        for i, r in enumerate(g["reliefs"]):
+            for shift, label, colour in ((-0.2, r["without"], "tab:grey"), (0.2, r["with"], "tab:blue")):
+                x = pen[(label, r["setting"])]
+                kwargs = {"color": colour, "label": label if i == 0 else None, "width": 0.38}
+                if x["penalty"] is None or not math.isfinite(x["penalty"]):
+                    ax.bar(i + shift, top, hatch="//", alpha=0.4, **kwargs)
+                    ax.text(i + shift, top * 0.5, "diverged", rotation=90, ha="center", va="center", fontsize=7)
+                    continue
+                lo, hi = x["penalty_ci"]
+                err = None if lo is None else [[x["penalty"] - lo], [hi - x["penalty"]]]
+                ax.bar(i + shift, x["penalty"], yerr=err, capsize=3, **kwargs)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(range(len(g["reliefs"])), [r["setting"] for r in g["reliefs"]], fontsize=8, rotation=15)
+        ax.set_ylim(top=top)
+        ax.set_ylabel(f"{result['loss']} − default (nats)")
+        ax.set_title(f"{g['label']}: loss penalty of a mis-set fixed multiplier", fontsize=9)
+        ax.legend(fontsize=7)
     return fig
 
 
@@ -400,6 +438,8 @@ FIGURES: dict[str, tuple[str, tuple[str, ...], Callable]] = {
                  lambda r, t: plot_gaps(r["comparison"])),
     "equilibrium_norms": ("Matrix and effective RMS vs sqrt(η/λ), and the loss", ("norms",),
                           lambda r, t: plot_norms(r["norms"])),
+    "mis_set_penalty": ("Loss penalty of mis-set fixed multipliers with and without learnable multipliers",
+                        ("freedom",), lambda r, t: plot_freedom(r["freedom"])),
     "tuning_cost": ("Best loss so far vs cumulative compute", ("tuning",),
                     lambda r, t: plot_tuning(r["tuning"])),
     "training_curves": ("Validation loss vs tokens of each size's best runs", ("comparison",),

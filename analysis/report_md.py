@@ -135,22 +135,63 @@ def _multipliers(m: dict, s: dict) -> str:
         rows = [[x["name"], with_ci(x["exponent"], x["exponent_ci"], 3), num(x["prediction"]),
                  num(x["minus_prediction"], 3), x["n_runs"], x["source"]] for x in g["series"]]
         out += [f"### {g['label']}", table(["series", "exponent p [CI]", "µP prediction", "p − prediction", "runs", "source"], rows)]
+        norms = [[x["role"], with_ci(x["exponent"], x["exponent_ci"], 3), x["n_runs"]] for x in g.get("matrix_norms", [])
+                 if x["exponent"] is not None]
+        if norms:
+            out += [f"Matrix RMS (stored weights, weight_rms) vs {m['size']}: the paper finds it roughly "
+                    "width-independent (exponent ≈ 0) once multipliers carry the scale.",
+                    table(["matrix", "exponent [CI]", "runs"], norms)]
     out.append(_figure(s, "multipliers_vs_width"))
     return "\n\n".join(o for o in out if o)
 
 
 def _norms(n: dict, s: dict) -> str:
     out = ["## Equilibrium norms",
-           "Log-log slope against S = sqrt(lr/weight_decay): matrix RMS should follow S (slope 1); with learnable "
+           "Log-log slope against S = sqrt(η/λ) of the hidden matrices (lr·lr_mult_hidden / weight_decay·wd_mult_hidden): matrix RMS should follow S (slope 1); with learnable "
            "multipliers the effective RMS should stay flat (slope 0), and so should the loss."]
     for sw in n["sweeps"]:
         rows = [[x["kind"], x["role"], with_ci(x["exponent"], x["exponent_ci"], 3), num(x["predicted"]), x["n_runs"]]
-                for x in sw["series"]]
-        out += [f"### {sw['label']} (sqrt(η·λ) = {num(sw['sqrt_lr_wd'], 3)}, loss spread over S: "
-                f"{num(sw['loss']['spread'], 3)} nats)",
+                for x in sw["series"] + [{**p, "kind": k} for k, p in sw.get("pooled", {}).items()]]
+        v = sw["verdict"]
+        out += [f"### {sw['label']} (sqrt(η·λ) = {num(sw['sqrt_lr_wd'], 3)}, S from {num(min(sw['S_values']), 3)} to "
+                f"{num(max(sw['S_values']), 3)}, loss spread over S: {num(sw['loss']['spread'], 3)} nats)",
+                f"Criterion: pooled {v['quantity']} {v['target']}: slope {with_ci(v['slope'], v['slope_ci'], 3)} — "
+                f"**{'met' if v['met'] else 'not met'}**.",
                 table(["quantity", "role", "slope [CI]", "predicted", "runs"], rows)]
+    if n.get("comparisons"):
+        rows = [[c["with"], c["without"], num(c["spread_with"], 3), num(c["spread_without"], 3), num(c["ratio"], 3),
+                 "yes" if c["smaller_with_multipliers"] else "no"] for c in n["comparisons"]]
+        out += ["### Loss spread over S with and without multipliers (max − min of the mean loss over S)",
+                table(["with multipliers", "without", "spread with", "spread without", "ratio", "smaller with?"], rows)]
     out.append(_figure(s, "equilibrium_norms"))
     return "\n\n".join(out)
+
+
+def _freedom(f: dict, s: dict) -> str:
+    out = ["## Mis-set multipliers: does learning the scale remove the penalty?",
+           f"Penalty = mean {f['loss']} at a mis-set fixed multiplier − at the default setting (same parametrization); "
+           f"relief = penalty without learnable multipliers − penalty with them (positive: the learnable multipliers "
+           f"absorb the mis-set scale). Intervals: bootstrap over seeds ({f['n_boot']} replicates)."]
+    for g in f["groups"]:
+        pen = {(x["parametrization"], x["setting"]): x for x in g["penalties"]}
+        rows = []
+        for r in g["reliefs"]:
+            plain, lrm = pen[(r["without"], r["setting"])], pen[(r["with"], r["setting"])]
+            rows.append([r["setting"], _penalty(plain), _penalty(lrm), with_ci(r["relief"], r["relief_ci"], 3),
+                         "yes" if r["clearly_smaller_with_multipliers"] else "no"])
+        if rows:
+            head = ["setting", f"penalty without ({g['reliefs'][0]['without']})",
+                    f"penalty with ({g['reliefs'][0]['with']})", "relief [CI]", "clearly smaller with?"]
+            out += [f"### {g['label']}", table(head, rows)]
+    out.append(_figure(s, "mis_set_penalty"))
+    return "\n\n".join(o for o in out if o)
+
+
+def _penalty(x: dict) -> str:
+    if x["n_diverged"] == x["n"]:
+        return f"diverged ({x['n']}/{x['n']} seeds)"
+    text = with_ci(x["penalty"], x["penalty_ci"], 3) + f" (n={x['n']}"
+    return text + (f", {x['n_diverged']} diverged)" if x["n_diverged"] else ")")
 
 
 def _scaling(sc: dict, s: dict) -> str:
@@ -224,5 +265,5 @@ def _treatment(s: dict) -> str:
 
 
 SECTIONS = [("comparison", _comparison), ("transfer", _transfer), ("transfer_depth", _transfer_depth),
-            ("multipliers", _multipliers), ("norms", _norms), ("scaling", _scaling), ("tuning", _tuning),
+            ("multipliers", _multipliers), ("norms", _norms), ("freedom", _freedom), ("scaling", _scaling), ("tuning", _tuning),
             ("coord_check", _coord)]

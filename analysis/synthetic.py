@@ -81,6 +81,22 @@ class NormSpec:
 
 
 @dataclass
+class FreedomSpec:
+    """µP at its default multipliers and at mis-set ones, with and without learnable multipliers
+    (REFERENCE.md §5, first bullet): true loss penalty per (label, setting)."""
+    width: int = 128
+    seeds: int = 3
+    lr: float = 2 ** -7
+    penalties: dict = field(default_factory=lambda: {
+        ("mup", ()): 0.0, ("mup", (("alpha_emb", 1 / 16),)): 0.05, ("mup", (("wd_mult_hidden", 16.0),)): 0.03,
+        ("mup+vector", ()): 0.0, ("mup+vector", (("alpha_emb", 1 / 16),)): 0.005,
+        ("mup+vector", (("wd_mult_hidden", 16.0),)): 0.01})
+    noise: float = 0.003
+    sweep: str = "mis-set-multipliers"
+    experiment: str = "synthetic"
+
+
+@dataclass
 class TuningSpec:
     """A µP search sweep (mode 'search') with random LRs, for the tuning-cost curve."""
     label: str = "mup"
@@ -223,6 +239,22 @@ def norm_trials(spec: NormSpec, transfer: TransferSpec, rng: np.random.Generator
     return frame, truth
 
 
+# ---- mis-set multipliers ------------------------------------------------------------------
+
+def freedom_trials(spec: FreedomSpec, transfer: TransferSpec, rng: np.random.Generator) -> tuple[pd.DataFrame, dict]:
+    rows = [{"parametrization": label, "seed": seed, "alpha_emb": 1.0, "wd_mult_hidden": 1.0, **dict(setting),
+             "_penalty": penalty} for (label, setting), penalty in spec.penalties.items() for seed in range(spec.seeds)]
+    frame = pd.DataFrame(rows)
+    frame["d_model"], frame["n_layers"], frame["steps"], frame["lr"] = spec.width, 2, 300, spec.lr
+    for key, value in _label_columns(frame["parametrization"]).items():
+        frame[key] = value
+    N = n_params(np.full(len(frame), spec.width), 2)
+    loss = transfer.E + transfer.A * N ** -transfer.alpha + frame.pop("_penalty").to_numpy()
+    frame = _with_run_metrics(frame, N, loss + rng.normal(0, spec.noise, len(frame)), np.zeros(len(frame), bool), rng, 300)
+    frame["sweep"], frame["experiment"], frame["mode"] = spec.sweep, spec.experiment, "grid"
+    return frame, {"penalties": dict(spec.penalties)}
+
+
 # ---- a µP search (tuning) sweep -----------------------------------------------------------
 
 def tuning_trials(spec: TuningSpec, transfer: TransferSpec, rng: np.random.Generator) -> pd.DataFrame:
@@ -275,9 +307,10 @@ def _parent_runs(frame: pd.DataFrame, rng: np.random.Generator) -> tuple[pd.Data
 
 def synthetic_tables(seed: int = 0, transfer: TransferSpec | None = None,
                      norms: NormSpec | None = None, tuning: TuningSpec | None = None,
-                     history: bool = True, coord_steps: int = 5) -> tuple[Tables, dict]:
-    """A whole experiment: a transfer/width sweep, optionally a sqrt(η/λ) sweep and a µP
-    search sweep. Returns the tables and the ground truth."""
+                     history: bool = True, coord_steps: int = 5,
+                     freedom: FreedomSpec | None = None) -> tuple[Tables, dict]:
+    """A whole experiment: a transfer/width sweep, optionally a sqrt(η/λ) sweep, a µP search
+    sweep and a mis-set-multiplier sweep. Returns the tables and the ground truth."""
     rng = np.random.default_rng(seed)
     transfer = transfer or TransferSpec()
     parts, truth = [], {}
@@ -288,6 +321,9 @@ def synthetic_tables(seed: int = 0, transfer: TransferSpec | None = None,
         parts.append(frame)
     if tuning is not None:
         parts.append(tuning_trials(tuning, transfer, rng))
+    if freedom is not None:
+        frame, truth["freedom"] = freedom_trials(freedom, transfer, rng)
+        parts.append(frame)
     trials = _finish_trials(pd.concat(parts, ignore_index=True), rng)
     trials, sweeps = _parent_runs(trials, rng)
     params = list(config_defaults()) + ["parametrization"]

@@ -1,0 +1,124 @@
+""""Multipliers free the scale" (REFERENCE.md §5, first bullet): the loss penalty of a mis-set
+fixed multiplier (a µP forward multiplier α, or a WD / LR / init multiplier, off by a factor)
+with learnable multipliers and without.
+
+Runs: finished and diverged grid runs. The knobs are the multiplier columns of KNOBS that vary
+across the runs of a group; a run's setting is its knob values, named by their ratio to the
+config default ("alpha_emb ×1/16"). The reference setting is every knob at its default. Per
+parametrization and setting: penalty = mean loss(setting) − mean loss(reference) over seeds,
+with a bootstrap interval (seeds resampled per cell, independently). Then, per setting and
+LRM parametrization, the relief = penalty without multipliers − penalty with them: positive
+when the learnable multipliers absorb the mis-set scale. A setting where every seed diverged
+has an infinite penalty (reported as diverged, never averaged).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from trainer.config import TrainConfig, UserError
+
+from . import frames
+from .stats import bootstrap_means, percentile_ci
+
+KNOBS = ("alpha_emb", "alpha_out", "alpha_attn", "lr_mult_emb", "lr_mult_hidden", "lr_mult_head",
+         "wd_mult_emb", "wd_mult_hidden", "wd_mult_head", "init_std", "emb_init_std", "head_init_std")
+
+
+def default_of(knob: str) -> float:
+    return float(TrainConfig.model_fields[knob].default)
+
+
+def setting_name(knobs: list[str], values: tuple) -> str:
+    parts = []
+    for knob, value in zip(knobs, values):
+        ratio = value / default_of(knob) if default_of(knob) else math.inf
+        if not math.isclose(ratio, 1.0):
+            parts.append(f"{knob} ×{_ratio_text(ratio)}")
+    return ", ".join(parts) or "default"
+
+
+def _ratio_text(ratio: float) -> str:
+    if ratio >= 1:
+        return f"{ratio:g}"
+    return f"1/{1 / ratio:g}"
+
+
+def fit_freedom(trials: pd.DataFrame, loss: str = "final_val_loss", n_boot: int = 1000, level: float = 0.95,
+                seed: int = 0) -> dict:
+    frames.require_columns(trials, [loss, "parametrization", "outcome"], "mis-set multipliers")
+    runs = frames.usable(frames.grid_runs(trials))
+    knobs = [k for k in KNOBS if k in runs.columns and pd.to_numeric(runs[k], errors="coerce").nunique() > 1]
+    if not knobs or not runs["parametrization"].map(frames.is_lrm).any() \
+            or runs["parametrization"].map(frames.is_lrm).all():
+        raise UserError("mis-set multipliers need a grid that varies a fixed multiplier (one of "
+                        f"{', '.join(KNOBS)}) away from its default, with and without learnable multipliers")
+    rng = np.random.default_rng(seed)
+    groups, warnings = [], []
+    rest = [k for k in frames.group_keys(runs) if k != "parametrization"]
+    for group, sub in (frames.iter_groups(runs, rest) if rest else [({}, runs)]):
+        result = _fit_group(group, sub, knobs, loss, n_boot, level, rng)
+        warnings += result.pop("warnings")
+        groups.append(result)
+    return {"analysis": "freedom", "knobs": knobs, "loss": loss, "ci_level": level, "n_boot": n_boot,
+            "selection": "finished and diverged grid runs; reference = every knob at its config default",
+            "treatment": {"diverged": "loss +inf: a setting whose seeds all diverged has an infinite penalty",
+                          "failed": "excluded"},
+            "groups": groups, "warnings": warnings}
+
+
+def _fit_group(group: dict, runs: pd.DataFrame, knobs: list[str], loss: str, n_boot: int, level: float,
+               rng: np.random.Generator) -> dict:
+    runs = runs.assign(_loss=frames.losses(runs, loss))
+    runs = runs[~np.isnan(runs["_loss"])]
+    values = runs[knobs].apply(pd.to_numeric, errors="coerce")
+    runs = runs.assign(_setting=[setting_name(knobs, tuple(row)) for row in values.itertuples(index=False)])
+    samples = {(p, s): sub["_loss"].to_numpy() for (p, s), sub in runs.groupby(["parametrization", "_setting"])}
+    labels = sorted(runs["parametrization"].unique())
+    settings = sorted({s for _, s in samples} - {"default"})
+    warnings = [f"{p}: no run at the default setting; no penalties" for p in labels if (p, "default") not in samples]
+    penalties, boots = [], {}
+    for p in labels:
+        for s in settings:
+            if (p, s) not in samples or (p, "default") not in samples:
+                continue
+            mis, ref = samples[(p, s)], samples[(p, "default")]
+            boot = bootstrap_means([mis, ref], n_boot, rng)
+            boots[(p, s)] = boot[:, 0] - boot[:, 1]
+            penalties.append({"parametrization": p, "setting": s, **_difference(mis, ref, boots[(p, s)], level)})
+    reliefs = []
+    for lrm in (p for p in labels if frames.is_lrm(p)):
+        plain = lrm.split("+")[0]
+        for s in settings:
+            if (lrm, s) in boots and (plain, s) in boots:
+                pen = {x["parametrization"]: x for x in penalties if x["setting"] == s}
+                relief = boots[(plain, s)] - boots[(lrm, s)]
+                estimate = _minus(pen[plain]["penalty"], pen[lrm]["penalty"])
+                ci = percentile_ci(relief, level) if estimate is not None and math.isfinite(estimate) else [None, None]
+                reliefs.append({"setting": s, "with": lrm, "without": plain, "relief": estimate, "relief_ci": ci,
+                                "penalty_without": pen[plain]["penalty"], "penalty_with": pen[lrm]["penalty"],
+                                # every seed diverged without multipliers, and not with them: as clear as it gets
+                                "clearly_smaller_with_multipliers": bool(estimate == math.inf
+                                                                         or ci[0] is not None and ci[0] > 0)})
+    return {"group": group, "label": frames.group_label(group) if group else "all runs", "settings": settings,
+            "penalties": penalties, "reliefs": reliefs, "warnings": warnings}
+
+
+def _difference(mis: np.ndarray, ref: np.ndarray, boot: np.ndarray, level: float) -> dict:
+    finite_mis, finite_ref = mis[np.isfinite(mis)], ref[np.isfinite(ref)]
+    out = {"n": int(mis.size), "n_reference": int(ref.size), "n_diverged": int((~np.isfinite(mis)).sum()),
+           "loss_mean": float(finite_mis.mean()) if finite_mis.size else None,
+           "reference_mean": float(finite_ref.mean()) if finite_ref.size else None}
+    if not finite_mis.size:
+        return {**out, "penalty": math.inf, "penalty_ci": [None, None]}
+    small = min(finite_mis.size, finite_ref.size) < 2
+    penalty = float(finite_mis.mean() - finite_ref.mean()) if finite_ref.size else None
+    return {**out, "penalty": penalty, "penalty_ci": [None, None] if small else percentile_ci(boot, level)}
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or (math.isinf(a) and math.isinf(b)):
+        return None
+    return a - b
