@@ -102,7 +102,7 @@ def _fit_group(group: dict, runs: pd.DataFrame, knobs: list[str], loss: str, n_b
                                 # every seed diverged without multipliers, and not with them: as clear as it gets
                                 "clearly_smaller_with_multipliers": bool(estimate == math.inf
                                                                          or ci[0] is not None and ci[0] > 0)})
-    return {"group": group, "label": frames.group_label(group) if group else "all runs", "settings": settings,
+    return {"group": group, "label": ", ".join(f"{k}={v}" for k, v in group.items()) or "all runs", "settings": settings,
             "penalties": penalties, "reliefs": reliefs, "warnings": warnings}
 
 

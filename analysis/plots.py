@@ -325,7 +325,7 @@ def plot_freedom(result: dict) -> Figure:
         ax.set_xticks(range(len(g["reliefs"])), [r["setting"] for r in g["reliefs"]], fontsize=8, rotation=15)
         ax.set_ylim(top=top)
         ax.set_ylabel(f"{result['loss']} − default (nats)")
-        ax.set_title(f"{g['label']}: loss penalty of a mis-set fixed multiplier", fontsize=9)
+        ax.set_title(f"Loss penalty of a mis-set fixed multiplier\n({g['label']})", fontsize=9)
         ax.legend(fontsize=7)
     return fig
 
