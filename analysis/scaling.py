@@ -168,10 +168,18 @@ def fit_scaling(trials: pd.DataFrame, size: str = "d_model", hp: str = "lr", los
     return {"analysis": "scaling", "model": "L = E + A/N^alpha" + (" + B/D^beta" if with_d else ""),
             "method": "Huber (delta=1e-3) on log-loss residuals, L-BFGS-B from a grid of starts; intervals from "
                       "a smoothed residual bootstrap (one L-BFGS-B refit per replicate), t-scaled",
-            "loss": loss, "selection": f"finished grid runs at each size's best {hp}", "n_boot": n_boot,
+            "loss": loss, "selection": _selection(hp, tuned, with_d), "n_boot": n_boot,
             "ci_level": level, "tokens_vary": with_d,
             "treatment": {"diverged": "never the tuned point (mean loss +inf); excluded from the fit",
                           "failed": "excluded"}, "fits": fits, "warnings": warnings}
+
+
+def _selection(hp: str, tuned: bool, with_d: bool) -> str:
+    """What the points are: the tuned runs of each cell, or every run when there is no hp to tune."""
+    where = "each (N, D) cell" if with_d else "each model size (n_params)"
+    if tuned:
+        return f"finished grid runs at the best {hp} of {where}"
+    return f"every finished grid run at {where} (no {hp} column, so no tuned point)"
 
 
 def _fit_group(group: dict, points: pd.DataFrame, loss: str, with_d: bool, n_boot: int,

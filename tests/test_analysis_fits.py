@@ -287,6 +287,21 @@ def test_scaling_law_on_noise_free_points_gives_no_interval_and_says_why():
     assert any("do not vary" in w and "no interval" in w for w in result["warnings"])
 
 
+def test_scaling_law_selection_says_what_was_done():
+    N = np.geomspace(1e6, 1e9, 5)
+    L = 1.7 + 400 / N ** 0.34
+    untuned = fit_scaling(_one_run_per_size(L, N), n_boot=10)
+    assert "no lr column" in untuned["selection"] and "best lr" not in untuned["selection"]
+    tuned = fit_scaling(_one_run_per_size(L, N, lr=1e-3), n_boot=10)
+    assert tuned["selection"] == "finished grid runs at the best lr of each model size (n_params)"
+    rng = np.random.default_rng(0)
+    N2, D2 = np.repeat([1e6, 1e7, 1e8], 2), np.tile([1e8, 1e9], 3)
+    cells = pd.DataFrame({"parametrization": "mup", "outcome": "finished", "d_model": N2, "n_params": N2,
+                          "tokens": D2, "lr": 1e-3,
+                          "final_val_loss": (1.7 + 400 / N2 ** 0.34 + 2000 / D2 ** 0.28) * np.exp(rng.normal(0, 0.01, 6))})
+    assert "(N, D) cell" in fit_scaling(cells, n_boot=10)["selection"]
+
+
 def test_five_cells_with_varying_tokens_give_an_exact_fit_without_intervals():
     N, D = np.array([1e6, 1e7, 1e8, 1e6, 1e8]), np.array([1e8, 1e8, 1e8, 1e9, 1e9])
     trials = pd.DataFrame({"parametrization": "mup", "outcome": "finished", "d_model": N, "n_params": N,
