@@ -261,6 +261,57 @@ def test_scaling_law_with_varying_tokens_fits_the_data_term():
     assert fit["residual_rms"] < 0.005
 
 
+def _one_run_per_size(L: np.ndarray, N: np.ndarray, **extra) -> pd.DataFrame:
+    return pd.DataFrame({"parametrization": "mup", "outcome": "finished", "d_model": N, "n_params": N,
+                         "tokens": 1e9, "final_val_loss": L, **extra})
+
+
+def test_scaling_law_with_one_run_per_size_has_real_intervals():
+    """A single-seed (Chinchilla-style) sweep: resampling runs within cells would return the data
+    itself; the residual bootstrap must give intervals of non-zero width around the estimate."""
+    N = np.geomspace(1e6, 1e9, 7)
+    L = (1.7 + 400 / N ** 0.34) * np.exp(np.random.default_rng(4).normal(0, 0.01, N.size))
+    (fit,) = fit_scaling(_one_run_per_size(L, N), n_boot=40)["fits"]
+    for name in ("E", "A", "alpha"):
+        lo, hi = fit[f"{name}_ci"]
+        assert lo < fit[name] < hi, (name, fit[name], fit[f"{name}_ci"])
+        assert (hi - lo) / fit[name] > 0.01       # 1% noise: intervals of percents, not of rounding
+
+
+def test_scaling_law_on_noise_free_points_gives_no_interval_and_says_why():
+    N = np.geomspace(1e6, 1e9, 5)
+    result = fit_scaling(_one_run_per_size(1.7 + 400 / N ** 0.34, N), n_boot=20)
+    (fit,) = result["fits"]
+    assert fit["E"] == pytest.approx(1.7) and not fit["exact_fit"]
+    assert fit["E_ci"] == fit["A_ci"] == fit["alpha_ci"] == [None, None]
+    assert any("do not vary" in w and "no interval" in w for w in result["warnings"])
+
+
+def test_scaling_law_selection_says_what_was_done():
+    N = np.geomspace(1e6, 1e9, 5)
+    L = 1.7 + 400 / N ** 0.34
+    untuned = fit_scaling(_one_run_per_size(L, N), n_boot=10)
+    assert "no lr column" in untuned["selection"] and "best lr" not in untuned["selection"]
+    tuned = fit_scaling(_one_run_per_size(L, N, lr=1e-3), n_boot=10)
+    assert tuned["selection"] == "finished grid runs at the best lr of each model size (n_params)"
+    rng = np.random.default_rng(0)
+    N2, D2 = np.repeat([1e6, 1e7, 1e8], 2), np.tile([1e8, 1e9], 3)
+    cells = pd.DataFrame({"parametrization": "mup", "outcome": "finished", "d_model": N2, "n_params": N2,
+                          "tokens": D2, "lr": 1e-3,
+                          "final_val_loss": (1.7 + 400 / N2 ** 0.34 + 2000 / D2 ** 0.28) * np.exp(rng.normal(0, 0.01, 6))})
+    assert "(N, D) cell" in fit_scaling(cells, n_boot=10)["selection"]
+
+
+def test_five_cells_with_varying_tokens_give_an_exact_fit_without_intervals():
+    N, D = np.array([1e6, 1e7, 1e8, 1e6, 1e8]), np.array([1e8, 1e8, 1e8, 1e9, 1e9])
+    trials = pd.DataFrame({"parametrization": "mup", "outcome": "finished", "d_model": N, "n_params": N,
+                           "tokens": D, "final_val_loss": 1.7 + 400 / N ** 0.34 + 2000 / D ** 0.28 + [0, .01, 0, .01, 0]})
+    result = fit_scaling(trials, n_boot=10)
+    (fit,) = result["fits"]
+    assert fit["exact_fit"] and "beta_ci" not in fit
+    assert any("5 parameters" in w and "no interval" in w for w in result["warnings"])
+
+
 def test_scaling_needs_three_sizes():
     with pytest.raises(UserError, match="≥ 3 model sizes"):
         fit_scaling(_small(widths=(128, 256), seeds=2))
