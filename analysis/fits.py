@@ -50,7 +50,7 @@ def analyses(tables: Tables, o: FitOptions) -> dict[str, Callable[[], dict]]:
         "transfer": lambda: fit_transfer(t, o.hp, o.size, o.loss, o.k, o.n_boot, o.level, o.seed, o.init_loss),
         "multipliers": lambda: fit_multipliers(t, o.size, o.hp, o.loss, o.level),
         "norms": lambda: fit_norms(t, o.size, o.loss, o.level),
-        "freedom": lambda: fit_freedom(t, o.loss, o.n_boot, o.level, o.seed),
+        "freedom": lambda: fit_freedom(t, o.loss, o.level),
         "scaling": lambda: fit_scaling(t, o.size, o.hp, o.loss, o.n_boot_scaling, o.level, o.seed),
         "tuning": lambda: tuning_cost(t, o.size, o.loss),
         "coord_check": lambda: coord_check(t, tables.history, o.size, o.hp, o.coord_steps, o.level),

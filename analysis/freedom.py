@@ -6,9 +6,9 @@ Runs: finished and diverged grid runs. The knobs are the multiplier columns of K
 across the runs of a group; a run's setting is its knob values, named by their ratio to the
 config default ("alpha_emb ×1/16"). The reference setting is every knob at its default. Per
 parametrization and setting: penalty = mean loss(setting) − mean loss(reference) over seeds,
-with a bootstrap interval (seeds resampled per cell, independently). Then, per setting and
-LRM parametrization, the relief = penalty without multipliers − penalty with them: positive
-when the learnable multipliers absorb the mis-set scale. A setting where every seed diverged
+with a Welch t-interval. Then, per setting and LRM parametrization, the relief = penalty
+without multipliers − penalty with them (a contrast of four cell means, Welch–Satterthwaite
+interval): positive when the learnable multipliers absorb the mis-set scale. A setting where every seed diverged
 has an infinite penalty (reported as diverged, never averaged).
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pandas as pd
 from trainer.config import TrainConfig, UserError
 
 from . import frames
-from .stats import bootstrap_means, percentile_ci
+from .stats import welch_contrast
 
 KNOBS = ("alpha_emb", "alpha_out", "alpha_attn", "lr_mult_emb", "lr_mult_hidden", "lr_mult_head",
          "wd_mult_emb", "wd_mult_hidden", "wd_mult_head", "init_std", "emb_init_std", "head_init_std")
@@ -46,8 +46,7 @@ def _ratio_text(ratio: float) -> str:
     return f"1/{1 / ratio:g}"
 
 
-def fit_freedom(trials: pd.DataFrame, loss: str = "final_val_loss", n_boot: int = 1000, level: float = 0.95,
-                seed: int = 0) -> dict:
+def fit_freedom(trials: pd.DataFrame, loss: str = "final_val_loss", level: float = 0.95) -> dict:
     frames.require_columns(trials, [loss, "parametrization", "outcome"], "mis-set multipliers")
     runs = frames.usable(frames.grid_runs(trials))
     knobs = [k for k in KNOBS if k in runs.columns and pd.to_numeric(runs[k], errors="coerce").nunique() > 1]
@@ -55,22 +54,21 @@ def fit_freedom(trials: pd.DataFrame, loss: str = "final_val_loss", n_boot: int 
             or runs["parametrization"].map(frames.is_lrm).all():
         raise UserError("mis-set multipliers need a grid that varies a fixed multiplier (one of "
                         f"{', '.join(KNOBS)}) away from its default, with and without learnable multipliers")
-    rng = np.random.default_rng(seed)
     groups, warnings = [], []
     rest = [k for k in frames.group_keys(runs) if k != "parametrization"]
     for group, sub in (frames.iter_groups(runs, rest) if rest else [({}, runs)]):
-        result = _fit_group(group, sub, knobs, loss, n_boot, level, rng)
+        result = _fit_group(group, sub, knobs, loss, level)
         warnings += result.pop("warnings")
         groups.append(result)
-    return {"analysis": "freedom", "knobs": knobs, "loss": loss, "ci_level": level, "n_boot": n_boot,
+    return {"analysis": "freedom", "knobs": knobs, "loss": loss, "ci_level": level,
+            "ci_method": "Welch–Satterthwaite t-interval over seeds",
             "selection": "finished and diverged grid runs; reference = every knob at its config default",
             "treatment": {"diverged": "loss +inf: a setting whose seeds all diverged has an infinite penalty",
                           "failed": "excluded"},
             "groups": groups, "warnings": warnings}
 
 
-def _fit_group(group: dict, runs: pd.DataFrame, knobs: list[str], loss: str, n_boot: int, level: float,
-               rng: np.random.Generator) -> dict:
+def _fit_group(group: dict, runs: pd.DataFrame, knobs: list[str], loss: str, level: float) -> dict:
     runs = runs.assign(_loss=frames.losses(runs, loss))
     runs = runs[~np.isnan(runs["_loss"])]
     values = runs[knobs].apply(pd.to_numeric, errors="coerce")
@@ -79,46 +77,46 @@ def _fit_group(group: dict, runs: pd.DataFrame, knobs: list[str], loss: str, n_b
     labels = sorted(runs["parametrization"].unique())
     settings = sorted({s for _, s in samples} - {"default"})
     warnings = [f"{p}: no run at the default setting; no penalties" for p in labels if (p, "default") not in samples]
-    penalties, boots = [], {}
+    penalties = {}
     for p in labels:
         for s in settings:
-            if (p, s) not in samples or (p, "default") not in samples:
-                continue
-            mis, ref = samples[(p, s)], samples[(p, "default")]
-            boot = bootstrap_means([mis, ref], n_boot, rng)
-            boots[(p, s)] = boot[:, 0] - boot[:, 1]
-            penalties.append({"parametrization": p, "setting": s, **_difference(mis, ref, boots[(p, s)], level)})
+            if (p, s) in samples and (p, "default") in samples:
+                penalties[(p, s)] = {"parametrization": p, "setting": s,
+                                     **_penalty(samples[(p, s)], samples[(p, "default")], level)}
     reliefs = []
     for lrm in (p for p in labels if frames.is_lrm(p)):
         plain = lrm.split("+")[0]
         for s in settings:
-            if (lrm, s) in boots and (plain, s) in boots:
-                pen = {x["parametrization"]: x for x in penalties if x["setting"] == s}
-                relief = boots[(plain, s)] - boots[(lrm, s)]
-                estimate = _minus(pen[plain]["penalty"], pen[lrm]["penalty"])
-                ci = percentile_ci(relief, level) if estimate is not None and math.isfinite(estimate) else [None, None]
-                reliefs.append({"setting": s, "with": lrm, "without": plain, "relief": estimate, "relief_ci": ci,
-                                "penalty_without": pen[plain]["penalty"], "penalty_with": pen[lrm]["penalty"],
-                                # every seed diverged without multipliers, and not with them: as clear as it gets
-                                "clearly_smaller_with_multipliers": bool(estimate == math.inf
-                                                                         or ci[0] is not None and ci[0] > 0)})
-    return {"group": group, "label": ", ".join(f"{k}={v}" for k, v in group.items()) or "all runs", "settings": settings,
-            "penalties": penalties, "reliefs": reliefs, "warnings": warnings}
+            if (lrm, s) in penalties and (plain, s) in penalties:
+                reliefs.append(_relief(samples, plain, lrm, s, penalties, level))
+    return {"group": group, "label": ", ".join(f"{k}={v}" for k, v in group.items()) or "all runs",
+            "settings": settings, "penalties": list(penalties.values()), "reliefs": reliefs, "warnings": warnings}
 
 
-def _difference(mis: np.ndarray, ref: np.ndarray, boot: np.ndarray, level: float) -> dict:
-    finite_mis, finite_ref = mis[np.isfinite(mis)], ref[np.isfinite(ref)]
+def _finite(values: np.ndarray) -> np.ndarray:
+    return values[np.isfinite(values)]
+
+
+def _penalty(mis: np.ndarray, ref: np.ndarray, level: float) -> dict:
     out = {"n": int(mis.size), "n_reference": int(ref.size), "n_diverged": int((~np.isfinite(mis)).sum()),
-           "loss_mean": float(finite_mis.mean()) if finite_mis.size else None,
-           "reference_mean": float(finite_ref.mean()) if finite_ref.size else None}
-    if not finite_mis.size:
+           "loss_mean": float(_finite(mis).mean()) if _finite(mis).size else None,
+           "reference_mean": float(_finite(ref).mean()) if _finite(ref).size else None}
+    if not _finite(mis).size:
         return {**out, "penalty": math.inf, "penalty_ci": [None, None]}
-    small = min(finite_mis.size, finite_ref.size) < 2
-    penalty = float(finite_mis.mean() - finite_ref.mean()) if finite_ref.size else None
-    return {**out, "penalty": penalty, "penalty_ci": [None, None] if small else percentile_ci(boot, level)}
+    penalty, ci = welch_contrast([_finite(mis), _finite(ref)], [1.0, -1.0], level)
+    return {**out, "penalty": penalty, "penalty_ci": ci}
 
 
-def _minus(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None or (math.isinf(a) and math.isinf(b)):
-        return None
-    return a - b
+def _relief(samples: dict, plain: str, lrm: str, setting: str, penalties: dict, level: float) -> dict:
+    without, with_ = penalties[(plain, setting)]["penalty"], penalties[(lrm, setting)]["penalty"]
+    if without is None or with_ is None or math.isinf(with_):
+        estimate, ci = None, [None, None]
+    elif math.isinf(without):
+        estimate, ci = math.inf, [None, None]
+    else:
+        cells = [_finite(samples[k]) for k in ((plain, setting), (plain, "default"), (lrm, setting), (lrm, "default"))]
+        estimate, ci = welch_contrast(cells, [1.0, -1.0, -1.0, 1.0], level)
+    return {"setting": setting, "with": lrm, "without": plain, "relief": estimate, "relief_ci": ci,
+            "penalty_without": without, "penalty_with": with_,
+            # every seed diverged without multipliers, and not with them: as clear as it gets
+            "clearly_smaller_with_multipliers": bool(estimate == math.inf or ci[0] is not None and ci[0] > 0)}

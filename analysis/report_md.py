@@ -171,7 +171,7 @@ def _freedom(f: dict, s: dict) -> str:
     out = ["## Mis-set multipliers: does learning the scale remove the penalty?",
            f"Penalty = mean {f['loss']} at a mis-set fixed multiplier − at the default setting (same parametrization); "
            f"relief = penalty without learnable multipliers − penalty with them (positive: the learnable multipliers "
-           f"absorb the mis-set scale). Intervals: bootstrap over seeds ({f['n_boot']} replicates)."]
+           f"absorb the mis-set scale). Intervals: {f['ci_method']}."]
     for g in f["groups"]:
         pen = {(x["parametrization"], x["setting"]): x for x in g["penalties"]}
         rows = []

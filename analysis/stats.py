@@ -99,6 +99,26 @@ def stratified_indices(strata: np.ndarray, n_boot: int, rng: np.random.Generator
     return np.concatenate(columns, axis=1)
 
 
+def welch_contrast(groups: list[np.ndarray], weights: list[float], level: float) -> tuple[float | None, list]:
+    """Σ wᵢ·mean(groupᵢ) with its Welch–Satterthwaite t-interval: each group's own variance, the
+    degrees of freedom of the combined standard error. With two groups and weights (1, −1) this
+    is Welch's two-sample interval. Null interval when a group has < 2 values or nothing varies
+    (with the 2–8 seeds of a sweep, a seed bootstrap is too short: README, measured coverage)."""
+    groups = [np.asarray(g, float) for g in groups]
+    if any(g.size == 0 for g in groups):
+        return None, [None, None]
+    estimate = float(sum(w * g.mean() for w, g in zip(weights, groups)))
+    if any(g.size < 2 for g in groups):
+        return estimate, [None, None]
+    parts = np.array([w * w * g.var(ddof=1) / g.size for w, g in zip(weights, groups)])
+    se2 = float(parts.sum())
+    if se2 <= 0:
+        return estimate, [None, None]
+    dof = se2 ** 2 / float(sum(p * p / (g.size - 1) for p, g in zip(parts, groups) if p > 0))
+    half = float(sps.t.ppf(0.5 + level / 2, dof)) * math.sqrt(se2)
+    return estimate, [estimate - half, estimate + half]
+
+
 def loglog_fit(x: np.ndarray, y: np.ndarray, level: float) -> dict[str, Any]:
     """Power law y = C·x^p by OLS of log y on log x over individual runs, with the OLS
     t-interval of p (pooled residuals: better calibrated than a bootstrap with the 2-5 seeds

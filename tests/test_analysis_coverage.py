@@ -18,7 +18,7 @@ import pytest
 from analysis import synthetic as syn
 from analysis.comparison import compare
 from analysis.scaling import fit_scaling
-from analysis.stats import loglog_fit
+from analysis.stats import loglog_fit, welch_contrast
 from analysis.transfer import fit_transfer
 
 LEVEL = 0.95
@@ -84,6 +84,18 @@ def test_loss_gap_coverage():
     gaps = compare(tables.trials[COLUMNS], level=LEVEL)["gaps"]
     assert len(gaps) == 300
     assert 0.92 <= coverage([0.01] * len(gaps), [g["gap_ci"] for g in gaps]) <= 0.99
+
+
+def test_mis_set_relief_welch_contrast_coverage():
+    """The freedom analysis' relief: (plain mis-set − plain default) − (LRM mis-set − LRM default),
+    3 seeds a cell, the plain cells twice as noisy as the LRM cells."""
+    rng = np.random.default_rng(11)
+    mu, sd = np.array([0.06, 0.0, 0.01, 0.0]), np.array([0.004, 0.004, 0.002, 0.002])
+    truth = (mu[0] - mu[1]) - (mu[2] - mu[3])
+    intervals = [welch_contrast([rng.normal(m, s, 3) for m, s in zip(mu, sd)], [1, -1, -1, 1], LEVEL)[1]
+                 for _ in range(600)]
+    cov = coverage([truth] * len(intervals), intervals)
+    assert 0.92 <= cov <= 0.99, cov
 
 
 def test_loglog_ols_coverage():
