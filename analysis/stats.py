@@ -90,15 +90,6 @@ def t_interval(estimate: float, stderr: float, dof: int, level: float) -> list[f
     return [estimate - half, estimate + half]
 
 
-def stratified_indices(strata: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_boot, n) row indices: each stratum's rows resampled with replacement within it."""
-    columns = []
-    for value in np.unique(strata):
-        rows = np.flatnonzero(strata == value)
-        columns.append(rows[rng.integers(0, len(rows), (n_boot, len(rows)))])
-    return np.concatenate(columns, axis=1)
-
-
 def welch_contrast(groups: list[np.ndarray], weights: list[float], level: float) -> tuple[float | None, list]:
     """Σ wᵢ·mean(groupᵢ) with its Welch–Satterthwaite t-interval: each group's own variance, the
     degrees of freedom of the combined standard error. With two groups and weights (1, −1) this
