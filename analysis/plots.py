@@ -16,6 +16,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from .norms import POOLED
 from .scaling import predict
 
 FORMATS = ("png", "svg")
@@ -72,11 +73,14 @@ def _ci_text(value, ci, fmt: str = "{:.3g}") -> str:
 
 def _plain_ticks(ax, *axes: str) -> None:
     """Log-axis tick labels as plain numbers (128, 0.6) instead of 2^7 or 6×10^-1."""
-    fmt = FuncFormatter(lambda v, _pos: f"{v:g}")
+    # 3 digits below 1 (0.00391, not 0.00390625); whole numbers as they are (1024, not 1.02e+03)
+    fmt = FuncFormatter(lambda v, _pos: f"{v:g}" if abs(v) >= 1 or v == 0 else f"{v:.3g}")
     for name in axes:
         axis = ax.xaxis if name == "x" else ax.yaxis
         axis.set_major_formatter(fmt)
         axis.set_minor_formatter(fmt)
+        if name == "x":
+            ax.tick_params(axis="x", which="both", labelrotation=30)  # many log2 ticks would collide
 
 
 def _size_name(size: str) -> str:
@@ -269,11 +273,13 @@ def plot_norms(result: dict) -> Figure:
         ax_n, ax_l = axes[2 * i], axes[2 * i + 1]
         series = sweep["series"] + [{**p, "kind": k} for k, p in sweep.get("pooled", {}).items()]
         colours = _label_colours([s["role"] for s in series])
+        colours[POOLED] = "black"
         for s in series:
             pts = s["points"]
             matrix = s["kind"] == "weight_rms"
+            pooled = s["role"] == POOLED
             ax_n.plot([p["S"] for p in pts], [p["geo_mean"] for p in pts], "-" if matrix else "--", marker="o",
-                      ms=3, color=colours[s["role"]], label=s["role"] if matrix else None)
+                      ms=3, lw=2.2 if pooled else 1.2, color=colours[s["role"]], label=s["role"] if matrix else None)
         ax_n.set_xscale("log", base=2)
         ax_n.set_yscale("log")
         _plain_ticks(ax_n, "x")
