@@ -5,7 +5,9 @@ Runs: finished grid runs with learnable multipliers (labels with '+'); at each w
 at the swept hyperparameter value with the best mean loss (the tuned point of that width).
 Each run's value of a role is the geometric mean over blocks. The head has no multiplier in the
 paper's placement: its scale is then read from the final RMSNorm weight (norm/final_norm/mean),
-which acts as the head's column multiplier (REFERENCE.md §2).
+which acts as the head's column multiplier (REFERENCE.md §2). `head total` multiplies that by
+the head matrix's effective RMS: the head's whole scale, which is what µP's d⁻¹ is about when
+the stored head matrix does not stay width-independent.
 
 µP prediction (REFERENCE.md §5, for the total scale at fixed η and λ): d⁻¹ for the head's logit
 scale, d⁻² for the q·k product (attn_q × attn_k multipliers of the same block). Beside them,
@@ -25,6 +27,8 @@ from .stats import loglog_fit
 
 STATS = ("scalar", "row_rms", "col_rms", "row_mean", "col_mean")
 PREDICTIONS = {"head": -1.0, "attn_q·attn_k": -2.0}
+HEAD_TOTAL = "head total"   # final-norm weight × effective head RMS (multiplier × matrix)
+HEAD_TOTAL_COLUMNS = {"eff_rms/head", "norm/final_norm/mean"}
 
 
 def fit_multipliers(trials: pd.DataFrame, size: str = "d_model", hp: str = "lr", loss: str = "final_val_loss",
@@ -69,6 +73,11 @@ def role_series(frame: pd.DataFrame) -> dict[str, np.ndarray]:
                 series["attn_q·attn_k" + suffix] = qk
     if "head" not in series and "norm/final_norm/mean" in frame.columns:
         series["head"] = np.abs(frame["norm/final_norm/mean"].to_numpy(dtype=float))
+    if HEAD_TOTAL_COLUMNS <= set(frame.columns):
+        # µP's d⁻¹ is for the head's entries at a width-independent matrix scale: when the stored head
+        # matrix itself shrinks with width, only the product of all its scales compares with it
+        series[HEAD_TOTAL] = (np.abs(frame["norm/final_norm/mean"].to_numpy(dtype=float))
+                              * frame["eff_rms/head"].to_numpy(dtype=float))
     return {k: v for k, v in series.items() if np.isfinite(v).any()}
 
 
@@ -94,6 +103,8 @@ def _fit_group(group: dict, runs: pd.DataFrame, size: str, level: float) -> dict
 
 
 def _source(name: str, runs: pd.DataFrame) -> str:
+    if name == HEAD_TOTAL:
+        return "norm/final_norm/mean × eff_rms/head (the head's whole scale)"
     if name == "head" and not any(c.startswith("mult/head/") for c in runs.columns):
         return "norm/final_norm/mean (the head's column multiplier)"
     return "mult/... metrics"

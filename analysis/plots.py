@@ -75,10 +75,12 @@ def _plain_ticks(ax, *axes: str) -> None:
     """Log-axis tick labels as plain numbers (128, 0.6) instead of 2^7 or 6×10^-1."""
     # 3 digits below 1 (0.00391, not 0.00390625); whole numbers as they are (1024, not 1.02e+03)
     fmt = FuncFormatter(lambda v, _pos: f"{v:g}" if abs(v) >= 1 or v == 0 else f"{v:.3g}")
+    # minor ticks of a log axis: only 2 and 5 of each decade are labelled, or they overlap
+    minor = FuncFormatter(lambda v, _pos: fmt(v, _pos) if v > 0 and f"{v:.0e}"[0] in "25" else "")
     for name in axes:
         axis = ax.xaxis if name == "x" else ax.yaxis
         axis.set_major_formatter(fmt)
-        axis.set_minor_formatter(fmt)
+        axis.set_minor_formatter(minor if name == "y" else fmt)
         if name == "x":
             ax.tick_params(axis="x", which="both", labelrotation=30)  # many log2 ticks would collide
 
@@ -161,8 +163,9 @@ def plot_optima(result: dict) -> Figure:
 def plot_multipliers(result: dict) -> Figure:
     groups = [g for g in result["groups"] if g["series"]]
     # vector multipliers: the RMS of rows and columns (their means are in report.md)
+    # the series µP makes a prediction for first: with many roles the panels run out (MAX_PANELS)
     names = sorted({s["name"] for g in groups for s in g["series"] if not s["name"].endswith("_mean")},
-                   key=_series_order)
+                   key=lambda n: (n.split(" ")[0] not in result["predictions"], _series_order(n)))
     if not names:
         raise SkipFigure("no learned multipliers at ≥ 2 widths")
     fig, axes = _grid(len(names), ncols=4)
@@ -197,7 +200,9 @@ def _draw_power_law(ax, series: dict, colour, label: str, x_key: str) -> None:
     y = np.array([p["geo_mean"] for p in pts])
     err = None
     if "min" in pts[0]:
-        err = np.array([[max(0.0, yy - p["min"]) for yy, p in zip(y, pts)], [p["max"] - yy for yy, p in zip(y, pts)]])
+        # clipped at 0 both ways: a geometric mean of one run differs from it in the last bit
+        err = np.array([[max(0.0, yy - p["min"]) for yy, p in zip(y, pts)],
+                        [max(0.0, p["max"] - yy) for yy, p in zip(y, pts)]])
     text = f"{label}: p = {_ci_text(series['exponent'], series['exponent_ci'], '{:.2f}')}"
     ax.errorbar(x, y, yerr=err, marker="o", ls="none", ms=4, capsize=2, color=colour, label=text)
     if series["exponent"] is not None:
