@@ -7,6 +7,7 @@ import os
 import re
 import sys
 
+from orchestrator.layout import KIND_SWEEP, TAG_KIND, resolve_tracking_uri, tracking_uri_help
 from trainer.config import UserError
 
 REPORT_HELP = """\
@@ -54,8 +55,7 @@ def register(subparsers) -> None:
 
 
 def _tracking(parser) -> None:
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
-                        "else sqlite:///mlflow.db in the working directory)")
+    parser.add_argument("--tracking-uri", help=tracking_uri_help(sweep_file=False))
 
 
 def _say(command: str):
@@ -76,8 +76,6 @@ def is_snapshot(source: str) -> bool:
 
 
 def run_report(args) -> int:
-    from orchestrator.cli import tracking_uri_from
-
     from .fits import FitOptions
     from .report import build_report
     from .tables import Tables
@@ -93,7 +91,7 @@ def run_report(args) -> int:
         name = os.path.splitext(os.path.basename(snapshots[0]))[0]
     else:
         _quiet_mlflow_logs()
-        uri = tracking_uri_from(args.tracking_uri)
+        uri = resolve_tracking_uri(args.tracking_uri)
         tables = Tables.from_mlflow(args.source, uri, history=not args.no_history, progress=say)
         name = "+".join(args.source)
     out = args.out or os.path.join("reports", _safe(name))
@@ -127,7 +125,7 @@ def attach_report(tracking_uri: str, sweeps: list[dict], out_dir: str, say) -> l
     from mlflow import MlflowClient
 
     if not sweeps:
-        say("no sweep parent run (tag scalelab.kind=sweep) in these experiments: report not attached")
+        say(f"no sweep parent run (tag {TAG_KIND}={KIND_SWEEP}) in these experiments: report not attached")
         return []
     client = MlflowClient(tracking_uri)
     for sweep in sweeps:
@@ -137,15 +135,13 @@ def attach_report(tracking_uri: str, sweeps: list[dict], out_dir: str, say) -> l
 
 
 def run_export(args) -> int:
-    from orchestrator.cli import tracking_uri_from
-
     from .tables import Tables
 
     say = _say("export")
     if os.path.isdir(args.file):
         raise UserError(f"{args.file} is a directory; give a file name such as {args.file.rstrip('/')}/snapshot.parquet")
     _quiet_mlflow_logs()
-    uri = tracking_uri_from(args.tracking_uri)
+    uri = resolve_tracking_uri(args.tracking_uri)
     tables = Tables.from_mlflow(args.experiments, uri, history=not args.no_history,
                                 artifacts=not args.no_artifacts, progress=say)
     path = tables.save(args.file)

@@ -56,17 +56,5 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def tracking_uri_from(args_uri: str | None, sweep_uri: str | None = None) -> str:
-    """--tracking-uri, then MLFLOW_TRACKING_URI, then the sweep file's setting, then the
-    SQLite default in the working directory (absolute, so Ray workers agree on it)."""
-    if args_uri:
-        return args_uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    if sweep_uri:
-        return sweep_uri
-    return "sqlite:///" + os.path.abspath("mlflow.db")
-
-
 if __name__ == "__main__":
     sys.exit(main())

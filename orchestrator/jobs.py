@@ -98,11 +98,11 @@ def entrypoint(sweep_rel: str, tracking_uri: str, storage: str | None, max_concu
 
 def submit_sweep(sweep: str, address: str | None, tracking_uri: str | None = None, storage: str | None = None,
                  max_concurrent: int | None = None, working_dir: str = ".") -> str:
-    from .cli import tracking_uri_from
+    from .layout import resolve_tracking_uri
     from .spec import load_sweep
 
     spec = load_sweep(sweep)  # fail here, not on the cluster
-    uri = tracking_uri_from(tracking_uri, spec.tracking_uri)
+    uri = resolve_tracking_uri(tracking_uri, spec.tracking_uri)
     check_remote_tracking(uri)
     wd = Path(working_dir).resolve()
     sweep_path = Path(sweep).resolve()

@@ -17,7 +17,8 @@ import yaml
 
 from trainer.config import TrainConfig, UserError
 
-from .layout import TAG_HASH, TAG_IDENTITY, TAG_KIND, TAG_PREVIOUS_HASH, search_all
+from .layout import (KIND_TRIAL, TAG_HASH, TAG_IDENTITY, TAG_KIND, TAG_PREVIOUS_HASH, quote, search_all,
+                     resolve_tracking_uri, tracking_uri_help)
 from .spec import IDENTITY_VERSION, trial_hash
 
 
@@ -47,7 +48,7 @@ def migrate_experiment(tracking_uri: str, experiment: str, storage: str | None =
                         "(`experiment:` of the sweep file, or its `name:`)")
     result = Migration()
     trials_root = os.path.join(os.path.abspath(os.path.expanduser(storage)), "trials", experiment) if storage else None
-    for run in search_all(client, found.experiment_id, f"tags.`{TAG_KIND}` = 'trial'"):
+    for run in search_all(client, found.experiment_id, f"tags.`{TAG_KIND}` = {quote(KIND_TRIAL)}"):
         tags, run_id = run.data.tags, run.info.run_id
         if tags.get(TAG_IDENTITY) == str(IDENTITY_VERSION):
             result.current += 1
@@ -96,8 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "`scalelab run` recognises finished trials again. Old hashes are kept in the tag "
                     f"{TAG_PREVIOUS_HASH}. Safe to repeat.")
     cmd.add_argument("experiment", help="MLflow experiment name (the sweep's `experiment:`, default its name)")
-    cmd.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
-                     "then sqlite:///mlflow.db in the working directory)")
+    cmd.add_argument("--tracking-uri", default=None, help=tracking_uri_help(sweep_file=False))
     cmd.add_argument("--storage", default=None, help="the sweep storage directory (e.g. .scalelab) whose "
                      "trial checkpoint directories are renamed along (default: leave checkpoints alone)")
     cmd.add_argument("--dry-run", action="store_true", help="show what would change; change nothing")
@@ -105,9 +105,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from .cli import tracking_uri_from
-
-    uri = tracking_uri_from(args.tracking_uri)
+    uri = resolve_tracking_uri(args.tracking_uri)
     result = migrate_experiment(uri, args.experiment, args.storage, args.dry_run)
     verb = "would re-key" if args.dry_run else "re-keyed"
     print(f"{args.experiment}: {verb} {len(result.rekeyed)} trial run(s); {result.current} already at identity "

@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from .layout import tracking_uri_help
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     validate = subparsers.add_parser(
@@ -20,9 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "and which are already finished in MLflow (read-only; no database is created).")
     plan.add_argument("sweep", metavar="SWEEP.yaml")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON (for scripts)")
-    plan.add_argument("--tracking-uri", default=None,
-                      help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, then the sweep's "
-                           "tracking_uri, then sqlite:///mlflow.db in the working directory)")
+    plan.add_argument("--tracking-uri", default=None, help=tracking_uri_help())
     plan.set_defaults(func=run_plan)
 
 
@@ -39,13 +39,13 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    from .cli import tracking_uri_from
+    from .layout import resolve_tracking_uri
     from .plan import build_plan, format_plan
     from .spec import load_sweep
     from .tracking_query import finished_hashes
 
     spec = load_sweep(args.sweep)
-    uri = tracking_uri_from(args.tracking_uri, spec.tracking_uri)
+    uri = resolve_tracking_uri(args.tracking_uri, spec.tracking_uri)
     if not args.json:
         print(f"checking MLflow at {uri} for finished trials ...", file=sys.stderr)
     plan = build_plan(spec, uri, finished_hashes(uri, spec.experiment))
