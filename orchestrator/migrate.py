@@ -19,6 +19,7 @@ from trainer.config import TrainConfig, UserError
 
 from .layout import (KIND_TRIAL, TAG_HASH, TAG_IDENTITY, TAG_KIND, TAG_PREVIOUS_HASH, quote, search_all,
                      resolve_tracking_uri, tracking_uri_help)
+from .locations import storage_dir, trials_root
 from .spec import IDENTITY_VERSION, trial_hash
 
 
@@ -47,7 +48,7 @@ def migrate_experiment(tracking_uri: str, experiment: str, storage: str | None =
         raise UserError(f"no MLflow experiment {experiment!r} at {tracking_uri}; check the name "
                         "(`experiment:` of the sweep file, or its `name:`)")
     result = Migration()
-    trials_root = os.path.join(os.path.abspath(os.path.expanduser(storage)), "trials", experiment) if storage else None
+    trials_dir = trials_root(storage_dir(storage), experiment) if storage else None
     for run in search_all(client, found.experiment_id, f"tags.`{TAG_KIND}` = {quote(KIND_TRIAL)}"):
         tags, run_id = run.data.tags, run.info.run_id
         if tags.get(TAG_IDENTITY) == str(IDENTITY_VERSION):
@@ -60,7 +61,7 @@ def migrate_experiment(tracking_uri: str, experiment: str, storage: str | None =
             continue
         old, new = tags.get(TAG_HASH, ""), trial_hash(cfg)
         result.rekeyed[run_id] = (old, new)
-        if trials_root and old and _move_checkpoints(trials_root, old, new, dry_run):
+        if trials_dir and old and _move_checkpoints(trials_dir, old, new, dry_run):
             result.moved.append(f"{old} -> {new}")
         if not dry_run:
             client.set_tag(run_id, TAG_PREVIOUS_HASH, old)
@@ -80,8 +81,8 @@ def _recorded_config(client, run_id: str) -> dict:
             return yaml.safe_load(fh) or {}
 
 
-def _move_checkpoints(trials_root: str, old: str, new: str, dry_run: bool) -> bool:
-    src, dst = os.path.join(trials_root, old), os.path.join(trials_root, new)
+def _move_checkpoints(trials_dir: str, old: str, new: str, dry_run: bool) -> bool:
+    src, dst = os.path.join(trials_dir, old), os.path.join(trials_dir, new)
     if old == new or not os.path.isdir(src) or os.path.exists(dst):
         return False
     if not dry_run:

@@ -8,6 +8,7 @@ import sys
 from trainer.config import UserError
 
 from .layout import tracking_uri_help
+from .locations import STORAGE_HELP
 
 RUN_HELP = "run a sweep: local embedded Ray by default, or an existing cluster with --address"
 
@@ -20,9 +21,7 @@ def register(subparsers) -> None:
     run.add_argument("--tracking-uri", help=tracking_uri_help())
     run.add_argument("--address", help="Ray cluster to use ('auto' inside a Ray Job, or ray://HOST:10001); "
                      "default: start a local Ray for this command")
-    run.add_argument("--storage", default=None, help="directory for checkpoints, Tune state and the default "
-                     "Optuna study (default: ./.scalelab, or ~/.scalelab with --address; on a multi-node "
-                     "cluster use a shared filesystem)")
+    run.add_argument("--storage", default=None, help=STORAGE_HELP)
     run.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once "
                      "(default: the sweep's concurrency, else as many as the CPUs/GPUs allow)")
     run.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
@@ -65,16 +64,13 @@ def _positive(value: int | None, flag: str) -> None:
 
 
 def cmd_run(args) -> int:
-    from .layout import resolve_tracking_uri
-    from .runner import CLUSTER_STORAGE, DEFAULT_STORAGE, RunOptions, run_sweep
+    from .runner import RunOptions, run_sweep
     from .spec import load_sweep
 
     _positive(args.max_concurrent, "--max-concurrent")
     _positive(args.num_cpus, "--num-cpus")
     spec = load_sweep(args.sweep)
-    opts = RunOptions(tracking_uri=resolve_tracking_uri(args.tracking_uri, spec.tracking_uri),
-                      storage=args.storage or (CLUSTER_STORAGE if args.address else DEFAULT_STORAGE),
-                      address=args.address,
+    opts = RunOptions(tracking_uri=args.tracking_uri, storage=args.storage, address=args.address,
                       max_concurrent=args.max_concurrent, num_cpus=args.num_cpus)
     from mlflow.exceptions import MlflowException
     from ray.exceptions import RayError
