@@ -32,8 +32,8 @@ def build_plan(spec: SweepSpec, where: Locations, done: dict[str, str]) -> dict[
     """The whole plan as plain data (what `plan --json` prints)."""
     plan: dict[str, Any] = {
         "sweep": spec.name, "file": spec.source, "experiment": spec.experiment,
-        "tracking_uri": where.tracking_uri, "storage": where.storage, "mode": spec.mode, "concurrency": spec.concurrency,
-        "retries": spec.retries, "seeds": spec.seeds, "from_study": spec.from_study,
+        "tracking_uri": where.tracking_uri, "storage": where.storage, "mode": spec.mode,
+        "concurrency": spec.concurrency, "retries": spec.retries, "seeds": spec.seeds, "from_study": spec.from_study,
     }
     if spec.mode == "grid":
         rows = [trial_row(t, done) for t in spec.trials()]

@@ -5,7 +5,8 @@ import os
 
 from trainer.config import UserError
 
-from .layout import DONE_OUTCOMES, KIND_TRIAL, TAG_HASH, TAG_IDENTITY, TAG_KIND, TAG_OUTCOME, quote, search_all, sqlite_path
+from .layout import (DONE_OUTCOMES, KIND_TRIAL, TAG_HASH, TAG_IDENTITY, TAG_KIND, TAG_OUTCOME, quote, search_all,
+                     sqlite_path)
 from .spec import IDENTITY_VERSION
 
 

@@ -168,6 +168,15 @@ def test_derived_helpers(tmp_path):
     assert (cfg.n_layers, cfg.lr, cfg.alpha_out) == (4, 1e-2 / 4, 4.0)
 
 
+def test_derived_helpers_are_the_configs_own_quantities():
+    from orchestrator import derive
+
+    cfg = TrainConfig(d_model=192, head_dim=32, base_width=64, mlp_ratio=2.5, n_layers=3, base_depth=2)
+    for name, helper in derive.HELPERS.items():
+        expected = estimate(cfg)[name] if name.startswith("n_params") else getattr(cfg, name)
+        assert helper(cfg) == expected, name
+
+
 @pytest.mark.parametrize("expr, fragment", [
     ("__import__('os')", "unknown function '__import__'"),
     ("__import__('os').system('true')", "unknown function"),

@@ -10,8 +10,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-MATRIX_ROLES = ("embedding", "attn_q", "attn_k", "attn_v", "attn_o",
-                "mlp_up", "mlp_gate", "mlp_down", "head")
+# The matrices of the model by role, in the order the model holds them: every block has the
+# attention and MLP matrices (the hidden ones, µP's "hidden weights").
+ATTENTION_ROLES = ("attn_q", "attn_k", "attn_v", "attn_o")
+MLP_ROLES = ("mlp_up", "mlp_gate", "mlp_down")
+HIDDEN_ROLES = ATTENTION_ROLES + MLP_ROLES
+MATRIX_ROLES = ("embedding", *HIDDEN_ROLES, "head")
 MultiplierKind = Literal["none", "scalar", "row", "col", "vector"]
 
 # How and where a run executes, not what it computes: these fields are left out of a run's
@@ -185,6 +189,13 @@ class TrainConfig(BaseModel):
     @property
     def tokens_per_step(self) -> int:
         return self.batch_size * self.seq_len
+
+    def matrix_shape(self, role: str) -> tuple[int, int]:
+        """(d_in, d_out) of the matrices of `role` (one of MATRIX_ROLES)."""
+        d, h = self.d_model, self.mlp_hidden
+        shapes = {"embedding": (self.vocab_size, d), **dict.fromkeys(ATTENTION_ROLES, (d, d)),
+                  "mlp_up": (d, h), "mlp_gate": (d, h), "mlp_down": (h, d), "head": (d, self.vocab_size)}
+        return shapes[role]
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:

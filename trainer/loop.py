@@ -14,15 +14,12 @@ import torch
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, UserError
 from .data import Batches
-from .estimate import flops_per_token
+from .estimate import PEAK_FLOPS, flops_per_token
 from .model import GPT
 from .optim import Optimizers, lr_factor
 from .stats import layer_stats, multiplier_table
 
 Report = Callable[[dict, "str | None"], None]
-
-# Dense bf16 peak FLOP/s of common accelerators, for MFU (set `peak_flops` for others).
-PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "L4": 121e12}
 
 
 @dataclass
