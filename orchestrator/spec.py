@@ -23,13 +23,13 @@ from pydantic import TypeAdapter, ValidationError
 
 from trainer.config import ConfigError, TrainConfig
 from trainer.estimate import estimate
+from trainer.yaml_lines import KeyPath, LoadedYaml, load_yaml_file, load_yaml_text
 
 from . import derive, search_space
 from .from_study import best_params
 from .locations import absolute_sqlite, default_study_url
 from .problems import Problems, brief, unknown_key
 from .spec_schema import ALLOWED_KEYS, FromStudyFile, SweepFile
-from .yaml_lines import KeyPath, LoadedYaml, load_yaml_file, load_yaml_text
 
 GPU_FRACTIONS = (0.125, 0.25, 0.5, 1.0)
 MAX_TRIALS = 100_000  # a typo like `seeds: 100000000` should fail fast, not fill memory

@@ -5,10 +5,13 @@ combinations raise ConfigError with the key and what is allowed, never a bare tr
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError, DataError, UserError  # noqa: F401 - public here (docs/CONTRACTS.md)
+from .yaml_lines import LoadedYaml, load_yaml_file, parse_yaml_value
 
 # The matrices of the model by role, in the order the model holds them: every block has the
 # attention and MLP matrices (the hidden ones, µP's "hidden weights").
@@ -24,19 +27,6 @@ MultiplierKind = Literal["none", "scalar", "row", "col", "vector"]
 # precision follows the device, and the run records the device it used). Every other field
 # changes the trained model's numbers or what is measured of them, and is part of identity.
 RUNTIME_FIELDS = frozenset({"device", "compile", "threads", "peak_flops", "cache_dir", "record_activations"})
-
-
-class UserError(Exception):
-    """An error the user can fix (bad file, key, value, missing corpus). The CLI prints its
-    message alone, without a traceback, and exits with status 2."""
-
-
-class ConfigError(UserError, ValueError):
-    """Bad config input (file, key, value); the message says where and how to fix it."""
-
-
-class DataError(UserError):
-    """Missing, empty or unreadable corpus; the message names the path."""
 
 
 class TrainConfig(BaseModel):
@@ -143,20 +133,26 @@ class TrainConfig(BaseModel):
 
     # --- construction helpers -------------------------------------------------------------
     @classmethod
-    def build(cls, values: dict[str, Any] | None = None, source: str = "config") -> "TrainConfig":
-        """Validate a mapping; raise ConfigError naming `source` and each bad key."""
+    def build(cls, values: dict[str, Any] | None = None, source: str = "config",
+              loaded: LoadedYaml | None = None) -> "TrainConfig":
+        """Validate a mapping; raise ConfigError naming `source` and each bad key (with its line
+        when `loaded`, the file the values came from, has one)."""
         try:
             return cls(**(values or {}))
         except ValidationError as err:
-            raise ConfigError(format_validation_error(err, source)) from None
+            raise ConfigError(format_validation_error(err, source, loaded)) from None
         except TypeError as err:
             raise ConfigError(f"{source}: {err}") from None
 
     @classmethod
     def from_sources(cls, path: str | None = None, overrides: list[str] | None = None) -> "TrainConfig":
-        values: dict[str, Any] = load_yaml_mapping(path) if path else {}
-        values.update(parse_overrides(overrides or []))
-        return cls.build(values, source=path or "command line")
+        """A YAML file of config keys, then key=value overrides (which replace the file's)."""
+        loaded = load_yaml_mapping(path) if path else None
+        given = parse_overrides(overrides or [])
+        if loaded is not None:  # an overridden key's line no longer tells where its value is
+            loaded = replace(loaded, lines={p: n for p, n in loaded.lines.items() if p[0] not in given})
+        values = {**(loaded.data if loaded else {}), **given}
+        return cls.build(values, source=path or "command line", loaded=loaded)
 
     def flat(self) -> dict[str, Any]:
         return self.model_dump()
@@ -198,10 +194,12 @@ class TrainConfig(BaseModel):
         return shapes[role]
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str, loaded: LoadedYaml | None = None) -> str:
     lines = [f"{source}: invalid training config ({err.error_count()} problem(s)):"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        line = loaded.line(e["loc"]) if loaded is not None and e["loc"] else None
+        key += f" (line {line})" if line else ""
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             import difflib
@@ -213,19 +211,15 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_yaml_mapping(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys at the top level, got {type(data).__name__}")
-    return data
+def load_yaml_mapping(path: str) -> LoadedYaml:
+    """The file's keys and values (`data`, a dict) with the line of each key."""
+    loaded = load_yaml_file(path, what="config file")
+    if loaded.data is None:
+        loaded.data = {}
+    if not isinstance(loaded.data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level, "
+                          f"got {type(loaded.data).__name__}")
+    return loaded
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -235,9 +229,5 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. lr=1e-3)")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        out[key.strip()] = value
+        out[key.strip()] = parse_yaml_value(raw) if raw != "" else ""
     return out
