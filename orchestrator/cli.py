@@ -12,11 +12,11 @@ from trainer.config import UserError
 
 # module -> registers its subcommands
 COMMAND_MODULES = (
-    "trainer.cli",            # train, coord-check
+    "trainer.cli",            # train
     "orchestrator.plan_cli",  # validate, plan
     "orchestrator.run_cli",   # run, submit, status, logs
     "orchestrator.migrate",   # migrate
-    "analysis.cli",           # report, export
+    "analysis.cli",           # report, export, coord-check
 )
 
 
