@@ -13,9 +13,12 @@ from pathlib import Path
 
 from trainer.config import UserError
 
+from .layout import ARTIFACT_DIR, DEFAULT_TRACKING_DB
+from .locations import DEFAULT_STORAGE, STUDY_FILE
+
 # Never uploaded: environments, local tracking/storage, outputs, VCS data.
-EXCLUDES = [".venv", "venv", ".git", "mlflow.db", "mlruns", "mlartifacts", ".scalelab", "reports",
-            "scalelab_out", "__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "*.egg-info", "optuna.db"]
+EXCLUDES = [".venv", "venv", ".git", DEFAULT_TRACKING_DB, "mlruns", ARTIFACT_DIR, DEFAULT_STORAGE, "reports",
+            "scalelab_out", "__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "*.egg-info", STUDY_FILE]
 PACKAGES = ("trainer", "orchestrator", "analysis")
 LOCAL_SCHEMES = ("sqlite", "file")
 

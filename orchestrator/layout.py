@@ -33,6 +33,7 @@ MULTIPLIER_COLUMNS = ("layer", "role", "block", "kind", "mean", "rms", "min", "m
 # --- where runs are tracked ----------------------------------------------------------------
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 DEFAULT_TRACKING_DB = "mlflow.db"
+ARTIFACT_DIR = "mlartifacts"  # next to an SQLite database: its experiments' artifacts
 
 
 def resolve_tracking_uri(flag: str | None, sweep_uri: str | None = None) -> str:

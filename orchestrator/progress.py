@@ -13,6 +13,7 @@ from ray import tune
 
 from .layout import TAG_LABEL, TAG_OUTCOME
 from .plan import duration
+from .trainable import REPORT_KEY
 
 
 def better(value: float, best: tuple[float, str] | None, mode: str) -> bool:
@@ -85,7 +86,7 @@ class ProgressPrinter(tune.Callback):
         self._line(f"started {self.resolve(trial.config).label}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        payload = result.get("scalelab") or {}
+        payload = result.get(REPORT_KEY) or {}
         if payload.get("skipped"):
             self.outcomes[trial.trial_id] = "finished"
             return

@@ -25,10 +25,11 @@ from typing import Any, Callable, Iterable
 import yaml
 from ray import tune
 
-from .layout import (KIND_SWEEP, KIND_TRIAL, MULTIPLIER_COLUMNS, TAG_CODE, TAG_ERROR, TAG_HASH,
+from .layout import (ARTIFACT_DIR, KIND_SWEEP, KIND_TRIAL, MULTIPLIER_COLUMNS, TAG_CODE, TAG_ERROR, TAG_HASH,
                      TAG_IDENTITY, TAG_KIND, TAG_LABEL, TAG_LOGGED_STEP, TAG_MODE, TAG_OUTCOME, TAG_PARENT,
                      TAG_SWEEP, quote as _quote, search_all, sqlite_path)
 from .spec import IDENTITY_VERSION, parametrization_label
+from .trainable import REPORT_KEY
 
 # MLflow's limits per log_batch call (mlflow.utils.validation).
 MAX_METRICS_PER_BATCH = 1000
@@ -234,7 +235,7 @@ def artifact_location_for(tracking_uri: str) -> str | None:
     db_path = sqlite_path(tracking_uri)
     if db_path is None:
         return None
-    return (Path(db_path).resolve().parent / "mlartifacts").as_uri()
+    return (Path(db_path).resolve().parent / ARTIFACT_DIR).as_uri()
 
 
 def multipliers_csv(rows: list[dict]) -> str:
@@ -285,7 +286,7 @@ class MlflowTrackingCallback(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         rec = self.record(trial)
-        payload = result.get("scalelab") or {}
+        payload = result.get(REPORT_KEY) or {}
         if rec.child is None or "metrics" not in payload:
             return
         self.tracker.log_report(rec.child, payload["metrics"], int(payload["ts"]))

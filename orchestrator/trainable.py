@@ -24,6 +24,7 @@ from typing import Any
 FAULT_ENV = "SCALELAB_FAULT_INJECT"
 GRID_TRIAL_KEY = "scalelab_trial"  # a grid sweep's Tune config: {GRID_TRIAL_KEY: Trial.to_payload()}
 OBJECTIVE_KEY = "objective"        # the value of each report that Tune's searcher optimises
+REPORT_KEY = "scalelab"            # each report carries its journal entry under this key
 
 
 @dataclass
@@ -128,7 +129,7 @@ def payload(entry: dict, ctx: TrialContext, replay: bool, resumed_from: int | No
     """What one `tune.report` carries: the objective for Tune's searcher at the top level, the
     journal entry (trainer metrics, timestamp, multiplier table at the end) under `scalelab`."""
     return {OBJECTIVE_KEY: objective_value(entry["metrics"], ctx),
-            "scalelab": {**entry, "replay": replay, "resumed_from": resumed_from}}
+            REPORT_KEY: {**entry, "replay": replay, "resumed_from": resumed_from}}
 
 
 def trial_from_config(config: dict, ctx: TrialContext):
@@ -155,7 +156,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     if trial.hash in ctx.known:  # a sampled point already trained: hand back its known result
         value = ctx.known[trial.hash]
         tune.report({OBJECTIVE_KEY: value if value is not None else objective_value({}, ctx),
-                     "scalelab": {"skipped": True, "hash": trial.hash}})
+                     REPORT_KEY: {"skipped": True, "hash": trial.hash}})
         return
     trial_dir = Path(ctx.trials_root) / trial.hash
     (trial_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
