@@ -57,7 +57,6 @@ class SampledTrials:
 class GridSweep:
     """Every trial of `spec.trials()` without a result in the experiment, as one grid_search axis."""
 
-    mode = "grid"
     objective = ("final_val_loss", "min")  # what "best so far" means for a grid sweep
     num_samples = 1
     searcher = None
@@ -81,6 +80,7 @@ class GridSweep:
         return len(self.pending)
 
     def plan_run(self, tracker, done: dict[str, str], out: TextIO) -> None:
+        """Owed: the trials with no result in the experiment (`done`, any sweep) or this sweep."""
         done = dict(done)
         done.update({h: c.outcome for h, c in tracker.children.items() if c.outcome in DONE_OUTCOMES})
         self.pending = [t for t in self.trials if t.hash not in done]
@@ -116,8 +116,6 @@ class SearchSweep:
     """Optuna samples the points through Tune's OptunaSearch; the study persists at `study_url`,
     so a rerun runs only the samples still owed."""
 
-    mode = "search"
-
     def __init__(self, spec, study_url: str):
         self.name, self.search, self.study_url = spec.name, spec.search, study_url
         self.lookup = SampledTrials(spec)
@@ -138,6 +136,8 @@ class SearchSweep:
         return self.to_run
 
     def plan_run(self, tracker, done: dict[str, str], out: TextIO) -> None:
+        """Owed: num_samples minus this sweep's samples with a result (`done` does not count:
+        other sweeps' runs were not drawn by this study)."""
         s = self.search
         done_runs = [r for r in tracker.child_runs() if r.data.tags.get(TAG_OUTCOME) in DONE_OUTCOMES]
         self.known = {r.data.tags[TAG_HASH]: r.data.metrics.get(s.metric) for r in done_runs}
