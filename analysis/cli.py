@@ -1,5 +1,5 @@
-"""`scalelab report` and `scalelab export`. Heavy modules (pandas, matplotlib, mlflow) are
-imported inside the handlers so `scalelab --help` stays fast."""
+"""`scalelab report`, `scalelab export` and `scalelab coord-check`. Heavy modules (pandas,
+matplotlib, mlflow, torch) are imported inside the handlers so `scalelab --help` stays fast."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,8 @@ import os
 import re
 import sys
 
-from trainer.config import UserError
+from orchestrator.layout import KIND_SWEEP, TAG_KIND, resolve_tracking_uri, tracking_uri_help
+from trainer.config import TrainConfig, UserError
 
 REPORT_HELP = """\
 Fit and plot a sweep: hyperparameter transfer (optima, γ, drift, LR sensitivity), learned
@@ -52,10 +53,19 @@ def register(subparsers) -> None:
     export.add_argument("--no-artifacts", action="store_true", help="leave out multipliers.csv tables")
     export.set_defaults(func=run_export)
 
+    c = subparsers.add_parser("coord-check",
+                              help="coordinate check: mean |activation| vs width for sp, mup, mup+LRM")
+    c.add_argument("overrides", nargs="*", metavar="key=value", help="base config overrides (e.g. lr=3e-2)")
+    c.add_argument("--widths", default="64,128,256,512", help="comma-separated widths (default 64,128,256,512)")
+    c.add_argument("--schemes", default="sp,mup,mup+vector", help="comma-separated: sp, mup, mup+vector")
+    c.add_argument("--steps", type=int, default=5, help="training steps recorded (default 5)")
+    c.add_argument("--seeds", type=int, default=2, help="seeds averaged per point (default 2)")
+    c.add_argument("--out", default="coord_check", help="output directory (default ./coord_check)")
+    c.set_defaults(func=run_coord_check)
+
 
 def _tracking(parser) -> None:
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
-                        "else sqlite:///mlflow.db in the working directory)")
+    parser.add_argument("--tracking-uri", help=tracking_uri_help(sweep_file=False))
 
 
 def _say(command: str):
@@ -76,8 +86,6 @@ def is_snapshot(source: str) -> bool:
 
 
 def run_report(args) -> int:
-    from orchestrator.cli import tracking_uri_from
-
     from .fits import FitOptions
     from .report import build_report
     from .tables import Tables
@@ -93,7 +101,7 @@ def run_report(args) -> int:
         name = os.path.splitext(os.path.basename(snapshots[0]))[0]
     else:
         _quiet_mlflow_logs()
-        uri = tracking_uri_from(args.tracking_uri)
+        uri = resolve_tracking_uri(args.tracking_uri)
         tables = Tables.from_mlflow(args.source, uri, history=not args.no_history, progress=say)
         name = "+".join(args.source)
     out = args.out or os.path.join("reports", _safe(name))
@@ -127,7 +135,7 @@ def attach_report(tracking_uri: str, sweeps: list[dict], out_dir: str, say) -> l
     from mlflow import MlflowClient
 
     if not sweeps:
-        say("no sweep parent run (tag scalelab.kind=sweep) in these experiments: report not attached")
+        say(f"no sweep parent run (tag {TAG_KIND}={KIND_SWEEP}) in these experiments: report not attached")
         return []
     client = MlflowClient(tracking_uri)
     for sweep in sweeps:
@@ -137,18 +145,46 @@ def attach_report(tracking_uri: str, sweeps: list[dict], out_dir: str, say) -> l
 
 
 def run_export(args) -> int:
-    from orchestrator.cli import tracking_uri_from
-
     from .tables import Tables
 
     say = _say("export")
     if os.path.isdir(args.file):
         raise UserError(f"{args.file} is a directory; give a file name such as {args.file.rstrip('/')}/snapshot.parquet")
     _quiet_mlflow_logs()
-    uri = tracking_uri_from(args.tracking_uri)
+    uri = resolve_tracking_uri(args.tracking_uri)
     tables = Tables.from_mlflow(args.experiments, uri, history=not args.no_history,
                                 artifacts=not args.no_artifacts, progress=say)
     path = tables.save(args.file)
     say(f"wrote {path}: {len(tables.trials)} trials, {len(tables.history)} history points, "
         f"{len(tables.multipliers)} multiplier rows")
+    return 0
+
+
+def run_coord_check(args) -> int:
+    """Train sp, mup and mup+vector for a few steps at each width (trainer.coordcheck), then
+    write the figure and data (coord_figure) and print the slopes."""
+    from trainer import coordcheck
+
+    from .coord_figure import write_coord_check
+
+    try:
+        widths = [int(w) for w in args.widths.split(",")]
+    except ValueError:
+        raise UserError(f"--widths {args.widths!r}: give comma-separated integers, e.g. 64,128,256") from None
+    schemes = [s.strip() for s in args.schemes.split(",")]
+    unknown = [s for s in schemes if s not in coordcheck.SCHEMES]
+    if unknown:
+        raise UserError(f"--schemes: unknown {unknown}; choose from {list(coordcheck.SCHEMES)}")
+    values = {**coordcheck.DEFAULTS, **TrainConfig.from_sources(None, args.overrides).model_dump(exclude_unset=True)}
+    base = TrainConfig.build(values, source="coord-check")
+    print(f"coord-check: {len(schemes)} schemes × {len(widths)} widths × {args.seeds} seeds, {args.steps} steps",
+          file=sys.stderr)
+    rows = coordcheck.run(base, widths, schemes, args.steps, args.seeds)
+    paths = write_coord_check(rows, args.out)
+    slopes = coordcheck.slopes(rows)
+    print("slope of log2 mean|act| vs log2 width at the last step (0 = flat):")
+    for (scheme, layer, step), s in sorted(slopes.items()):
+        if step == args.steps:
+            print(f"  {scheme:12s} {layer:10s} {s:+.2f}")
+    print(f"wrote {paths['png']}, {paths['svg']}, {paths['csv']}")
     return 0

@@ -14,7 +14,7 @@ import pandas as pd
 
 from trainer.config import UserError
 
-from .tables import IDENTITY_COLUMNS
+from .columns import IDENTITY_COLUMNS
 
 # Run-level metric columns of the trials table (CONTRACTS.md report keys and final metrics).
 METRIC_COLUMNS = {"step", "tokens", "train_loss", "val_loss", "grad_norm", "mult_grad_norm", "tokens_per_s",

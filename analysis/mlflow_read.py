@@ -1,4 +1,5 @@
-"""Read MLflow experiments (the layout of docs/CONTRACTS.md) into `Tables`.
+"""Read MLflow experiments (the layout of docs/CONTRACTS.md, names from orchestrator/layout.py)
+into the frames of `Tables`.
 
 Runs come from `MlflowClient.search_runs` (paged); their latest metric values are the
 trials' final metrics. Histories come from one bulk query per chunk of runs when the
@@ -16,23 +17,22 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
+from orchestrator.layout import (KIND_SWEEP, KIND_TRIAL, TAG_COLUMNS, TAG_KIND, TAG_PARENT, TAG_SWEEP,
+                                 search_all, sqlite_path)
 from trainer.config import UserError
 
-from .tables import IDENTITY_COLUMNS, Tables, empty_history, empty_multipliers, order_columns
+from .columns import (HISTORY_COLUMNS, IDENTITY_COLUMNS, MULTIPLIER_NUMBERS, empty_history,
+                      empty_multipliers, order_columns)
 
-PAGE_SIZE = 1000
 SQL_CHUNK = 500      # run ids per IN (...) clause
 THREADS = 8          # REST calls and artifact downloads wait on I/O, so threads help
-TAG_COLUMNS = {"scalelab.sweep": "sweep", "scalelab.trial_hash": "trial_hash",
-               "scalelab.outcome": "outcome", "scalelab.mode": "mode", "scalelab.error": "error",
-               "scalelab.code_version": "code_version", "scalelab.label": "label",
-               "mlflow.parentRunId": "parent_run_id"}
 
 Progress = Callable[[str], None]
 
 
 def read_experiments(names: list[str], tracking_uri: str, *, history: bool = True,
-                     artifacts: bool = True, progress: Progress | None = None) -> Tables:
+                     artifacts: bool = True, progress: Progress | None = None) -> dict:
+    """The fields of `Tables` (trials, history, multipliers, meta) read from the experiments."""
     say = progress or (lambda _msg: None)
     client = open_client(tracking_uri)
     try:
@@ -43,8 +43,8 @@ def read_experiments(names: list[str], tracking_uri: str, *, history: bool = Tru
         raise UserError(f"cannot read the MLflow store at {tracking_uri}: {type(err).__name__}: "
                         f"{str(err).splitlines()[0][:300] if str(err) else ''}") from None
     runs = search_all_runs(client, list(experiments), say)
-    trial_runs = [r for r in runs if _kind(r) == "trial"]
-    sweep_runs = [r for r in runs if _kind(r) == "sweep"]
+    trial_runs = [r for r in runs if _kind(r) == KIND_TRIAL]
+    sweep_runs = [r for r in runs if _kind(r) == KIND_SWEEP]
     say(f"read {len(trial_runs)} trial run(s) and {len(sweep_runs)} sweep run(s) "
         f"from {', '.join(names)}")
     trials, param_columns = trials_frame(trial_runs, experiments)
@@ -54,13 +54,11 @@ def read_experiments(names: list[str], tracking_uri: str, *, history: bool = Tru
     meta = {"source": "mlflow", "experiments": list(names), "param_columns": param_columns,
             "sweeps": [_sweep_info(r, experiments) for r in sweep_runs],
             "ignored_runs": len(runs) - len(trial_runs) - len(sweep_runs)}
-    return Tables(trials=trials, history=hist, multipliers=mults, meta=meta)
+    return {"trials": trials, "history": hist, "multipliers": mults, "meta": meta}
 
 
 def open_client(tracking_uri: str):
     from mlflow import MlflowClient
-
-    from orchestrator.from_study import sqlite_path
 
     db_path = sqlite_path(tracking_uri)
     if db_path is not None and not os.path.exists(db_path):  # MlflowClient would create an empty db
@@ -80,28 +78,21 @@ def find_experiment(client, name: str, tracking_uri: str):
 
 
 def search_all_runs(client, experiment_ids: list[str], say: Progress | None = None) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs(experiment_ids, max_results=PAGE_SIZE, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-        if say:
-            say(f"  searched {len(runs)} runs ...")
+    on_page = (lambda n: say(f"  searched {n} runs ...")) if say else None
+    return list(search_all(client, experiment_ids, on_page=on_page))
 
 
 def _kind(run) -> str:
     tags = run.data.tags
-    kind = tags.get("scalelab.kind")
+    kind = tags.get(TAG_KIND)
     if kind:
         return kind
-    return "trial" if "mlflow.parentRunId" in tags else "other"
+    return KIND_TRIAL if TAG_PARENT in tags else "other"
 
 
 def _sweep_info(run, experiments: dict[str, str]) -> dict:
     return {"experiment": experiments.get(run.info.experiment_id), "run_id": run.info.run_id,
-            "sweep": run.data.tags.get("scalelab.sweep"), "run_name": run.info.run_name}
+            "sweep": run.data.tags.get(TAG_SWEEP), "run_name": run.info.run_name}
 
 
 # ---- trials ------------------------------------------------------------------------------
@@ -194,7 +185,7 @@ def read_history(client, runs: list, hashes: dict, say: Progress) -> pd.DataFram
     frame = (frame.sort_values(["run_id", "key", "step", "timestamp"], kind="stable")
              .drop_duplicates(["run_id", "key", "step"], keep="last"))  # a step re-logged after a restore
     frame.insert(1, "trial_hash", frame["run_id"].map(hashes))
-    return frame[["run_id", "trial_hash", "key", "step", "value"]].reset_index(drop=True)
+    return frame[HISTORY_COLUMNS].reset_index(drop=True)
 
 
 def _history_from_sql_store(client, run_ids: list[str], say: Progress | None = None) -> pd.DataFrame | None:
@@ -271,7 +262,7 @@ def read_multipliers(tracking_uri: str, runs: list, hashes: dict, say: Progress)
     if not parts:
         return empty_multipliers()
     frame = pd.concat(parts, ignore_index=True)
-    for col in ("mean", "rms", "min", "max", "size", "block"):
+    for col in (*MULTIPLIER_NUMBERS, "block"):
         if col in frame.columns:
             frame[col] = pd.to_numeric(frame[col], errors="coerce")
     return frame

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from trainer.config import TrainConfig
+from trainer.config import HIDDEN_ROLES, TrainConfig
 
-from .tables import Tables, empty_history, empty_multipliers, order_columns
+from .columns import empty_history, empty_multipliers, order_columns
+from .tables import Tables
 
-HIDDEN_ROLES = ("attn_q", "attn_k", "attn_v", "attn_o", "mlp_up", "mlp_gate", "mlp_down")
 LN_VOCAB = math.log(256)
 
 

@@ -28,40 +28,11 @@ import pandas as pd
 
 from trainer.config import UserError
 
+from .columns import IDENTITY_COLUMNS, empty_history, empty_multipliers
+
 TABLE_NAMES = ("trials", "history", "multipliers")
-HISTORY_COLUMNS = ["run_id", "trial_hash", "key", "step", "value"]
-MULTIPLIER_COLUMNS = ["run_id", "trial_hash", "layer", "role", "block", "kind",
-                      "mean", "rms", "min", "max", "size"]
-# Columns of `trials` that describe the run rather than its config or its metrics.
-IDENTITY_COLUMNS = ["run_id", "experiment", "sweep", "trial_hash", "parametrization", "label", "outcome",
-                    "mode", "error", "code_version", "parent_run_id", "run_status",
-                    "start_time", "end_time"]
 METADATA_KEY = b"scalelab.tables"
 FORMAT_VERSION = 1
-
-
-def empty_history() -> pd.DataFrame:
-    return pd.DataFrame({"run_id": pd.Series(dtype="str"), "trial_hash": pd.Series(dtype="str"),
-                         "key": pd.Series(dtype="str"), "step": pd.Series(dtype="int64"),
-                         "value": pd.Series(dtype="float64")})
-
-
-def empty_multipliers() -> pd.DataFrame:
-    cols: dict[str, pd.Series] = {c: pd.Series(dtype="str") for c in MULTIPLIER_COLUMNS[:4]}
-    cols["block"] = pd.Series(dtype="float64")
-    cols["kind"] = pd.Series(dtype="str")
-    cols.update({c: pd.Series(dtype="float64") for c in ("mean", "rms", "min", "max", "size")})
-    return pd.DataFrame(cols)
-
-
-def order_columns(frame: pd.DataFrame, params: list[str]) -> pd.DataFrame:
-    """Identity columns, then params, then run-level metrics, then per-layer metrics."""
-    ident = [c for c in IDENTITY_COLUMNS if c in frame.columns]
-    param_cols = [c for c in params if c in frame.columns and c not in ident]
-    rest = [c for c in frame.columns if c not in ident and c not in param_cols]
-    final = sorted(c for c in rest if "/" not in c)
-    layered = sorted(c for c in rest if "/" in c)
-    return frame[ident + param_cols + final + layered]
 
 
 @dataclass
@@ -88,8 +59,8 @@ class Tables:
     def from_mlflow(cls, experiments: list[str], tracking_uri: str, *, history: bool = True,
                     artifacts: bool = True, progress: Callable[[str], None] | None = None) -> "Tables":
         from .mlflow_read import read_experiments  # mlflow is heavy: import on use
-        return read_experiments(experiments, tracking_uri, history=history,
-                                artifacts=artifacts, progress=progress)
+        return cls(**read_experiments(experiments, tracking_uri, history=history,
+                                      artifacts=artifacts, progress=progress))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the snapshot atomically (a temp file renamed into place)."""

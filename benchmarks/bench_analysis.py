@@ -100,6 +100,7 @@ def bench_history(n_runs: int, out: Path) -> None:
     from mlflow.entities import Metric
 
     from analysis import mlflow_read
+    from orchestrator.layout import KIND_TRIAL, TAG_KIND
 
     uri = f"sqlite:///{out}/bench_mlflow.db"
     client = MlflowClient(uri)
@@ -107,7 +108,7 @@ def bench_history(n_runs: int, out: Path) -> None:
     keys = ["val_loss", "train_loss", "tokens", "lr"] + [f"weight_rms/attn_q.{i}" for i in range(8)] + \
            [f"mult/attn_q.{i}/scalar" for i in range(8)] + [f"act/block.{i}" for i in range(4)]
     for r in range(n_runs):
-        run_id = client.create_run(exp, tags={"scalelab.kind": "trial"}).info.run_id
+        run_id = client.create_run(exp, tags={TAG_KIND: KIND_TRIAL}).info.run_id
         client.log_batch(run_id, metrics=[Metric(k, float(r + s), 0, s) for k in keys for s in range(0, 301, 50)])
     runs = mlflow_read.search_all_runs(client, [exp])
     ids = [r.info.run_id for r in runs]

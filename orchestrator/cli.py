@@ -12,11 +12,11 @@ from trainer.config import UserError
 
 # module -> registers its subcommands
 COMMAND_MODULES = (
-    "trainer.cli",            # train, coord-check
+    "trainer.cli",            # train
     "orchestrator.plan_cli",  # validate, plan
     "orchestrator.run_cli",   # run, submit, status, logs
     "orchestrator.migrate",   # migrate
-    "analysis.cli",           # report, export
+    "analysis.cli",           # report, export, coord-check
 )
 
 
@@ -54,18 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"scalelab {args.command}: interrupted", file=sys.stderr)
         return 130
-
-
-def tracking_uri_from(args_uri: str | None, sweep_uri: str | None = None) -> str:
-    """--tracking-uri, then MLFLOW_TRACKING_URI, then the sweep file's setting, then the
-    SQLite default in the working directory (absolute, so Ray workers agree on it)."""
-    if args_uri:
-        return args_uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    if sweep_uri:
-        return sweep_uri
-    return "sqlite:///" + os.path.abspath("mlflow.db")
 
 
 if __name__ == "__main__":

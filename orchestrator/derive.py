@@ -22,15 +22,13 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "log2": math.log2, "log": math.log, "sqrt": math.sqrt, "exp": math.exp,
     "ceil": math.ceil, "floor": math.floor,
 }
-# Quantities computed from the whole config (not fields themselves).
+# Quantities computed from the whole config (not fields themselves): the trainer's estimate,
+# and the config's own properties.
 HELPERS: dict[str, Callable[[TrainConfig], Any]] = {
     "n_params": lambda cfg: estimate(cfg)["n_params"],
     "n_params_nonembedding": lambda cfg: estimate(cfg)["n_params_nonembedding"],
-    "n_heads": lambda cfg: cfg.d_model // cfg.head_dim,
-    "tokens_per_step": lambda cfg: cfg.batch_size * cfg.seq_len,
-    "width_mult": lambda cfg: cfg.d_model / cfg.base_width,
-    "depth_mult": lambda cfg: cfg.n_layers / cfg.base_depth,
-    "mlp_hidden": lambda cfg: int(round(cfg.mlp_ratio * cfg.d_model)),
+    **{name: operator.attrgetter(name)
+       for name in ("n_heads", "tokens_per_step", "width_mult", "depth_mult", "mlp_hidden")},
 }
 BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
           ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,

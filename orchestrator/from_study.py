@@ -8,13 +8,7 @@ from typing import Any
 
 from trainer.config import ConfigError
 
-
-def sqlite_path(url: str) -> str | None:
-    """The file behind an SQLite URL (relative paths are relative to the working directory),
-    or None for other databases."""
-    if not url.startswith("sqlite:///"):
-        return None
-    return url[len("sqlite:///"):].split("?", 1)[0]
+from .layout import sqlite_path
 
 
 def best_params(storage: str, study: str, keys: list[str] | None, where: str) -> dict[str, Any]:

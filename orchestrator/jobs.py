@@ -13,9 +13,12 @@ from pathlib import Path
 
 from trainer.config import UserError
 
+from .layout import ARTIFACT_DIR, DEFAULT_TRACKING_DB
+from .locations import DEFAULT_STORAGE, STUDY_FILE
+
 # Never uploaded: environments, local tracking/storage, outputs, VCS data.
-EXCLUDES = [".venv", "venv", ".git", "mlflow.db", "mlruns", "mlartifacts", ".scalelab", "reports",
-            "scalelab_out", "__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "*.egg-info", "optuna.db"]
+EXCLUDES = [".venv", "venv", ".git", DEFAULT_TRACKING_DB, "mlruns", ARTIFACT_DIR, DEFAULT_STORAGE, "reports",
+            "scalelab_out", "__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "*.egg-info", STUDY_FILE]
 PACKAGES = ("trainer", "orchestrator", "analysis")
 LOCAL_SCHEMES = ("sqlite", "file")
 
@@ -98,11 +101,11 @@ def entrypoint(sweep_rel: str, tracking_uri: str, storage: str | None, max_concu
 
 def submit_sweep(sweep: str, address: str | None, tracking_uri: str | None = None, storage: str | None = None,
                  max_concurrent: int | None = None, working_dir: str = ".") -> str:
-    from .cli import tracking_uri_from
+    from .layout import resolve_tracking_uri
     from .spec import load_sweep
 
     spec = load_sweep(sweep)  # fail here, not on the cluster
-    uri = tracking_uri_from(tracking_uri, spec.tracking_uri)
+    uri = resolve_tracking_uri(tracking_uri, spec.tracking_uri)
     check_remote_tracking(uri)
     wd = Path(working_dir).resolve()
     sweep_path = Path(sweep).resolve()

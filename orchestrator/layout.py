@@ -1,9 +1,13 @@
-"""The MLflow layout of a sweep (docs/CONTRACTS.md, "MLflow layout"): tag names, outcomes and
-artifact columns, in one place for the writer (orchestrator) and the readers (plan, analysis).
-No heavy imports: `scalelab plan` and the analysis load this without Ray."""
+"""The MLflow layout of a sweep (docs/CONTRACTS.md, "MLflow layout"): where runs are tracked, tag
+names, outcomes, artifact columns and the paged run search, in one place for the writer
+(orchestrator) and the readers (plan, analysis). No heavy imports: `scalelab plan` and the
+analysis load this without Ray or MLflow."""
 from __future__ import annotations
 
-TAG_KIND = "scalelab.kind"                    # "sweep" (parent run) | "trial" (child run)
+import os
+from typing import Callable
+
+TAG_KIND = "scalelab.kind"                    # KIND_SWEEP (parent run) | KIND_TRIAL (child run)
 TAG_SWEEP = "scalelab.sweep"
 TAG_HASH = "scalelab.trial_hash"
 TAG_IDENTITY = "scalelab.identity_version"    # the trial-identity rule TAG_HASH was computed with
@@ -17,9 +21,48 @@ TAG_LOGGED_STEP = "scalelab.logged_step"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 
+KIND_SWEEP, KIND_TRIAL = "sweep", "trial"
 DONE_OUTCOMES = ("finished", "diverged")  # a diverged trial is a result too: do not rerun it
 
-MULTIPLIER_COLUMNS = ("layer", "role", "block", "kind", "mean", "rms", "min", "max", "size")
+# Tags the analysis reads into columns of its trials table.
+TAG_COLUMNS = {TAG_SWEEP: "sweep", TAG_HASH: "trial_hash", TAG_OUTCOME: "outcome", TAG_MODE: "mode",
+               TAG_ERROR: "error", TAG_CODE: "code_version", TAG_LABEL: "label", TAG_PARENT: "parent_run_id"}
+
+MULTIPLIER_COLUMNS = ("layer", "role", "block", "kind", "mean", "rms", "min", "max", "size")  # multipliers.csv
+
+# --- where runs are tracked ----------------------------------------------------------------
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+DEFAULT_TRACKING_DB = "mlflow.db"
+ARTIFACT_DIR = "mlartifacts"  # next to an SQLite database: its experiments' artifacts
+
+
+def resolve_tracking_uri(flag: str | None, sweep_uri: str | None = None) -> str:
+    """First match wins: --tracking-uri, $MLFLOW_TRACKING_URI, the sweep file's `tracking_uri`,
+    the SQLite default in the working directory (absolute, so Ray workers agree on it).
+    `tracking_uri_help` says the same in words."""
+    for uri in (flag, os.environ.get(TRACKING_URI_ENV), sweep_uri):
+        if uri:
+            return uri
+    return "sqlite:///" + os.path.abspath(DEFAULT_TRACKING_DB)
+
+
+def tracking_uri_help(sweep_file: bool = True) -> str:
+    """The --tracking-uri help of every command, in the order `resolve_tracking_uri` applies."""
+    sweep = "then the sweep's tracking_uri, " if sweep_file else ""
+    return (f"MLflow tracking URI (default: ${TRACKING_URI_ENV}, {sweep}"
+            f"then sqlite:///{DEFAULT_TRACKING_DB} in the working directory)")
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file behind an SQLite URL (relative paths are relative to the working directory),
+    or None for other databases."""
+    if not url.startswith("sqlite:///"):
+        return None
+    return url[len("sqlite:///"):].split("?", 1)[0]
+
+
+# --- reading runs --------------------------------------------------------------------------
+PAGE_SIZE = 1000
 
 
 def quote(value: str) -> str:
@@ -27,13 +70,19 @@ def quote(value: str) -> str:
     return "'" + value.replace("'", "\\'") + "'"
 
 
-def search_all(client, experiment_id: str, filter_string: str, order_by: list[str] | None = None):
-    """Every run matching the filter, through MLflow's pages."""
-    token = None
+def search_all(client, experiment_ids: str | list[str], filter_string: str = "",
+               order_by: list[str] | None = None, on_page: Callable[[int], None] | None = None):
+    """Every run matching the filter, through MLflow's pages; `on_page(runs so far)` after each
+    page but the last."""
+    ids = [experiment_ids] if isinstance(experiment_ids, str) else list(experiment_ids)
+    token, seen = None, 0
     while True:
-        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000,
+        page = client.search_runs(ids, filter_string=filter_string, max_results=PAGE_SIZE,
                                   order_by=order_by, page_token=token)
         yield from page
+        seen += len(page)
         token = page.token
         if not token:
             return
+        if on_page:
+            on_page(seen)

@@ -17,7 +17,9 @@ import yaml
 
 from trainer.config import TrainConfig, UserError
 
-from .layout import TAG_HASH, TAG_IDENTITY, TAG_KIND, TAG_PREVIOUS_HASH, search_all
+from .layout import (KIND_TRIAL, TAG_HASH, TAG_IDENTITY, TAG_KIND, TAG_PREVIOUS_HASH, quote, search_all,
+                     resolve_tracking_uri, tracking_uri_help)
+from .locations import storage_dir, trials_root
 from .spec import IDENTITY_VERSION, trial_hash
 
 
@@ -46,8 +48,8 @@ def migrate_experiment(tracking_uri: str, experiment: str, storage: str | None =
         raise UserError(f"no MLflow experiment {experiment!r} at {tracking_uri}; check the name "
                         "(`experiment:` of the sweep file, or its `name:`)")
     result = Migration()
-    trials_root = os.path.join(os.path.abspath(os.path.expanduser(storage)), "trials", experiment) if storage else None
-    for run in search_all(client, found.experiment_id, f"tags.`{TAG_KIND}` = 'trial'"):
+    trials_dir = trials_root(storage_dir(storage), experiment) if storage else None
+    for run in search_all(client, found.experiment_id, f"tags.`{TAG_KIND}` = {quote(KIND_TRIAL)}"):
         tags, run_id = run.data.tags, run.info.run_id
         if tags.get(TAG_IDENTITY) == str(IDENTITY_VERSION):
             result.current += 1
@@ -59,7 +61,7 @@ def migrate_experiment(tracking_uri: str, experiment: str, storage: str | None =
             continue
         old, new = tags.get(TAG_HASH, ""), trial_hash(cfg)
         result.rekeyed[run_id] = (old, new)
-        if trials_root and old and _move_checkpoints(trials_root, old, new, dry_run):
+        if trials_dir and old and _move_checkpoints(trials_dir, old, new, dry_run):
             result.moved.append(f"{old} -> {new}")
         if not dry_run:
             client.set_tag(run_id, TAG_PREVIOUS_HASH, old)
@@ -79,8 +81,8 @@ def _recorded_config(client, run_id: str) -> dict:
             return yaml.safe_load(fh) or {}
 
 
-def _move_checkpoints(trials_root: str, old: str, new: str, dry_run: bool) -> bool:
-    src, dst = os.path.join(trials_root, old), os.path.join(trials_root, new)
+def _move_checkpoints(trials_dir: str, old: str, new: str, dry_run: bool) -> bool:
+    src, dst = os.path.join(trials_dir, old), os.path.join(trials_dir, new)
     if old == new or not os.path.isdir(src) or os.path.exists(dst):
         return False
     if not dry_run:
@@ -96,8 +98,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "`scalelab run` recognises finished trials again. Old hashes are kept in the tag "
                     f"{TAG_PREVIOUS_HASH}. Safe to repeat.")
     cmd.add_argument("experiment", help="MLflow experiment name (the sweep's `experiment:`, default its name)")
-    cmd.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
-                     "then sqlite:///mlflow.db in the working directory)")
+    cmd.add_argument("--tracking-uri", default=None, help=tracking_uri_help(sweep_file=False))
     cmd.add_argument("--storage", default=None, help="the sweep storage directory (e.g. .scalelab) whose "
                      "trial checkpoint directories are renamed along (default: leave checkpoints alone)")
     cmd.add_argument("--dry-run", action="store_true", help="show what would change; change nothing")
@@ -105,9 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from .cli import tracking_uri_from
-
-    uri = tracking_uri_from(args.tracking_uri)
+    uri = resolve_tracking_uri(args.tracking_uri)
     result = migrate_experiment(uri, args.experiment, args.storage, args.dry_run)
     verb = "would re-key" if args.dry_run else "re-keyed"
     print(f"{args.experiment}: {verb} {len(result.rekeyed)} trial run(s); {result.current} already at identity "

@@ -6,6 +6,7 @@ from typing import Any
 
 from trainer.estimate import estimate
 
+from .locations import Locations
 from .spec import SweepSpec, Trial
 
 
@@ -27,19 +28,19 @@ def trial_row(trial: Trial, done: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def build_plan(spec: SweepSpec, tracking_uri: str, done: dict[str, str]) -> dict[str, Any]:
+def build_plan(spec: SweepSpec, where: Locations, done: dict[str, str]) -> dict[str, Any]:
     """The whole plan as plain data (what `plan --json` prints)."""
     plan: dict[str, Any] = {
         "sweep": spec.name, "file": spec.source, "experiment": spec.experiment,
-        "tracking_uri": tracking_uri, "mode": spec.mode, "concurrency": spec.concurrency,
-        "retries": spec.retries, "seeds": spec.seeds, "from_study": spec.from_study,
+        "tracking_uri": where.tracking_uri, "storage": where.storage, "mode": spec.mode,
+        "concurrency": spec.concurrency, "retries": spec.retries, "seeds": spec.seeds, "from_study": spec.from_study,
     }
     if spec.mode == "grid":
         rows = [trial_row(t, done) for t in spec.trials()]
         plan["trials"] = rows
         plan["totals"] = _totals(rows, spec.concurrency)
     else:
-        plan.update(_search_plan(spec, done))
+        plan.update(_search_plan(spec, where.study_url, done))
     return plan
 
 
@@ -56,7 +57,7 @@ def _totals(rows: list[dict[str, Any]], concurrency: int | None) -> dict[str, An
     }
 
 
-def _search_plan(spec: SweepSpec, done: dict[str, str]) -> dict[str, Any]:
+def _search_plan(spec: SweepSpec, study_url: str, done: dict[str, str]) -> dict[str, Any]:
     s = spec.search
     base = trial_row(spec.resolve({}), {})  # cost of one sample at the base values
     samples = s.num_samples  # one seed per sampled point
@@ -64,7 +65,7 @@ def _search_plan(spec: SweepSpec, done: dict[str, str]) -> dict[str, Any]:
     seconds = base["seconds"] * remaining
     return {
         "search": {"metric": s.metric, "direction": s.mode, "num_samples": s.num_samples,
-                   "storage": s.storage, "study_name": s.study_name, "space": s.space_text},
+                   "storage": study_url, "study_name": s.study_name, "space": s.space_text},
         "per_sample_at_base": base,
         "trials": [],
         "totals": {

@@ -5,6 +5,9 @@ import argparse
 import json
 import sys
 
+from .layout import tracking_uri_help
+from .locations import STORAGE_HELP, Locations
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     validate = subparsers.add_parser(
@@ -20,9 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "and which are already finished in MLflow (read-only; no database is created).")
     plan.add_argument("sweep", metavar="SWEEP.yaml")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON (for scripts)")
-    plan.add_argument("--tracking-uri", default=None,
-                      help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, then the sweep's "
-                           "tracking_uri, then sqlite:///mlflow.db in the working directory)")
+    plan.add_argument("--tracking-uri", default=None, help=tracking_uri_help())
+    plan.add_argument("--storage", default=None, help=STORAGE_HELP + "; as given to `scalelab run`")
     plan.set_defaults(func=run_plan)
 
 
@@ -31,7 +33,7 @@ def run_validate(args: argparse.Namespace) -> int:
 
     for path in args.sweeps:
         spec = load_sweep(path)  # ConfigError -> the CLI prints it, exit 2
-        print(f"OK: {spec.summary()} — {path}")
+        print(f"OK: {spec.summary(Locations.resolve(spec).study_url)} — {path}")
         if spec.from_study:
             taken = ", ".join(f"{k}={v!r}" for k, v in spec.from_study["params"].items())
             print(f"    from study {spec.from_study['study']!r}: {taken}")
@@ -39,16 +41,15 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    from .cli import tracking_uri_from
     from .plan import build_plan, format_plan
     from .spec import load_sweep
     from .tracking_query import finished_hashes
 
     spec = load_sweep(args.sweep)
-    uri = tracking_uri_from(args.tracking_uri, spec.tracking_uri)
+    where = Locations.resolve(spec, args.tracking_uri, args.storage)
     if not args.json:
-        print(f"checking MLflow at {uri} for finished trials ...", file=sys.stderr)
-    plan = build_plan(spec, uri, finished_hashes(uri, spec.experiment))
+        print(f"checking MLflow at {where.tracking_uri} for finished trials ...", file=sys.stderr)
+    plan = build_plan(spec, where, finished_hashes(where.tracking_uri, spec.experiment))
     if args.json:
         json.dump(plan, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")

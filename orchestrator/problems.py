@@ -9,8 +9,7 @@ from typing import Any, Iterable
 from pydantic import ValidationError
 
 from trainer.config import ConfigError
-
-from .yaml_lines import KeyPath, LoadedYaml
+from trainer.yaml_lines import KeyPath, LoadedYaml
 
 MAX_LISTED = 12  # a file with 500 bad grid points should not print 500 lines
 _REPR = reprlib.Repr()  # keyword arguments need Python 3.12

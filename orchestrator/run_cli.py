@@ -7,6 +7,9 @@ import sys
 
 from trainer.config import UserError
 
+from .layout import tracking_uri_help
+from .locations import STORAGE_HELP
+
 RUN_HELP = "run a sweep: local embedded Ray by default, or an existing cluster with --address"
 
 
@@ -15,13 +18,10 @@ def register(subparsers) -> None:
                                 "finished or diverged in the experiment are skipped; interrupted ones "
                                 "resume from their last checkpoint.")
     run.add_argument("sweep", help="sweep YAML file")
-    run.add_argument("--tracking-uri", help="MLflow tracking URI (default: the sweep's tracking_uri, "
-                     "MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory)")
+    run.add_argument("--tracking-uri", help=tracking_uri_help())
     run.add_argument("--address", help="Ray cluster to use ('auto' inside a Ray Job, or ray://HOST:10001); "
                      "default: start a local Ray for this command")
-    run.add_argument("--storage", default=None, help="directory for checkpoints, Tune state and the default "
-                     "Optuna study (default: ./.scalelab, or ~/.scalelab with --address; on a multi-node "
-                     "cluster use a shared filesystem)")
+    run.add_argument("--storage", default=None, help=STORAGE_HELP)
     run.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once "
                      "(default: the sweep's concurrency, else as many as the CPUs/GPUs allow)")
     run.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
@@ -33,8 +33,8 @@ def register(subparsers) -> None:
                                    ".scalelab, reports). Tracking must be an MLflow server (http://...).")
     submit.add_argument("sweep", help="sweep YAML file (inside the working directory)")
     _address_arg(submit)
-    submit.add_argument("--tracking-uri", help="MLflow server URI reachable from the cluster, e.g. "
-                        "http://HOST:5000 (default: the sweep's tracking_uri or MLFLOW_TRACKING_URI)")
+    submit.add_argument("--tracking-uri", help="an MLflow server reachable from the cluster, e.g. "
+                        "http://HOST:5000; " + tracking_uri_help())
     submit.add_argument("--storage", default=None, help="storage directory on the cluster (a shared "
                         "filesystem for multi-node clusters; default: ~/.scalelab on the driver node)")
     submit.add_argument("--max-concurrent", type=int, default=None, help="passed on to `scalelab run`")
@@ -64,16 +64,13 @@ def _positive(value: int | None, flag: str) -> None:
 
 
 def cmd_run(args) -> int:
-    from .cli import tracking_uri_from
-    from .runner import CLUSTER_STORAGE, DEFAULT_STORAGE, RunOptions, run_sweep
+    from .runner import RunOptions, run_sweep
     from .spec import load_sweep
 
     _positive(args.max_concurrent, "--max-concurrent")
     _positive(args.num_cpus, "--num-cpus")
     spec = load_sweep(args.sweep)
-    opts = RunOptions(tracking_uri=tracking_uri_from(args.tracking_uri, spec.tracking_uri),
-                      storage=args.storage or (CLUSTER_STORAGE if args.address else DEFAULT_STORAGE),
-                      address=args.address,
+    opts = RunOptions(tracking_uri=args.tracking_uri, storage=args.storage, address=args.address,
                       max_concurrent=args.max_concurrent, num_cpus=args.num_cpus)
     from mlflow.exceptions import MlflowException
     from ray.exceptions import RayError

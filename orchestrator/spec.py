@@ -23,12 +23,13 @@ from pydantic import TypeAdapter, ValidationError
 
 from trainer.config import ConfigError, TrainConfig
 from trainer.estimate import estimate
+from trainer.yaml_lines import KeyPath, LoadedYaml, load_yaml_file, load_yaml_text
 
 from . import derive, search_space
-from .from_study import best_params, sqlite_path
+from .from_study import best_params
+from .locations import absolute_sqlite, default_study_url
 from .problems import Problems, brief, unknown_key
 from .spec_schema import ALLOWED_KEYS, FromStudyFile, SweepFile
-from .yaml_lines import KeyPath, LoadedYaml, load_yaml_file, load_yaml_text
 
 GPU_FRACTIONS = (0.125, 0.25, 0.5, 1.0)
 MAX_TRIALS = 100_000  # a typo like `seeds: 100000000` should fail fast, not fill memory
@@ -50,17 +51,28 @@ class Trial:
     resources: dict[str, float]  # {"cpu": float, "gpu": float}
     label: str                 # e.g. "mup+vector d=256 lr=3e-3 s=0"
 
+    def to_payload(self) -> dict[str, Any]:
+        """Plain data (JSON types) for Tune's config; `from_payload` gives the trial back."""
+        return {"hash": self.hash, "label": self.label, "resources": dict(self.resources),
+                "overrides": dict(self.overrides), "config": self.config.model_dump()}
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> "Trial":
+        config = TrainConfig.build(payload["config"], source=f"trial {payload['hash']}")
+        return cls(hash=payload["hash"], config=config, overrides=dict(payload["overrides"]),
+                   resources=dict(payload["resources"]), label=payload["label"])
+
 
 @dataclass(frozen=True)
 class SearchSpec:
     metric: str
     mode: Literal["min", "max"]
     num_samples: int
-    storage: str               # optuna RDB URL
+    storage: str               # optuna RDB URL (a default one is provisional: see storage_is_default)
     study_name: str
     space: dict[str, Any]      # key -> optuna.distributions.BaseDistribution
     space_text: dict[str, str] = field(default_factory=dict)  # key -> "log_uniform[1e-4, 1e-2]"
-    storage_is_default: bool = False  # the runner may re-derive it from the effective tracking URI
+    storage_is_default: bool = False  # Locations.resolve then places the study by the effective tracking URI
     sampler_seed: int | None = None
 
 
@@ -85,23 +97,6 @@ def legacy_trial_hash(config: dict) -> str:
 def parametrization_label(cfg: TrainConfig) -> str:
     """`sp`, `mup`, `mup+vector`, ... (CONTRACTS.md, Labels)."""
     return cfg.scheme + ("" if cfg.multipliers == "none" else f"+{cfg.multipliers}")
-
-
-def default_optuna_storage(tracking_uri: str | None) -> str:
-    """optuna.db next to the MLflow SQLite db, else in the working directory (absolute, so Ray
-    workers started elsewhere agree)."""
-    db = sqlite_path(tracking_uri) if tracking_uri else None
-    folder = os.path.dirname(os.path.abspath(db)) if db else os.getcwd()
-    return "sqlite:///" + os.path.join(folder, "optuna.db")
-
-
-def _absolute_sqlite(url: str) -> str:
-    """Relative SQLite paths are relative to the working directory: pin them now, so the
-    driver and any worker agree."""
-    db = sqlite_path(url)
-    if db is None or os.path.isabs(db) or db == ":memory:" or db == "":
-        return url
-    return "sqlite:///" + os.path.abspath(db) + url[len("sqlite:///") + len(db):]
 
 
 def load_sweep(path: str) -> "SweepSpec":
@@ -183,13 +178,14 @@ class SweepSpec:
         except _PointError as err:
             raise ConfigError(f"{self.source}: {err}") from None
 
-    def summary(self) -> str:
-        """'27 trials (grid: scheme 3 × d_model 3 × lr 3; 1 seed)' — for `scalelab validate`."""
+    def summary(self, study_url: str | None = None) -> str:
+        """'27 trials (grid: scheme 3 × d_model 3 × lr 3; 1 seed)' — for `scalelab validate`.
+        `study_url`: where the search study is (Locations.resolve), else `search.storage`."""
         seeds = f"{len(self.seeds)} seed" + ("s" if len(self.seeds) != 1 else "")
         if self.mode == "search":
             s = self.search
             return (f"search: {s.num_samples} samples (seed {self.seeds[0]}) over {', '.join(s.space)}; "
-                    f"{s.mode} {s.metric}; study {s.study_name!r} at {s.storage}")
+                    f"{s.mode} {s.metric}; study {s.study_name!r} at {study_url or s.storage}")
         parts = []
         if self.grid:
             parts.append("grid: " + " × ".join(f"{k} {len(v)}" for k, v in self.grid.items()))
@@ -327,7 +323,9 @@ class SweepSpec:
                 space[key] = entry
                 text[key] = search_space.describe(entry)
         problems.raise_if_any()
-        storage = _absolute_sqlite(s.storage) if s.storage else default_optuna_storage(self.tracking_uri)
+        # Without flags or environment at hand, the default is placed by the file's tracking_uri
+        # (or the working directory); commands use Locations.resolve's study_url.
+        storage = absolute_sqlite(s.storage) if s.storage else default_study_url(self.tracking_uri, os.getcwd())
         self.search = SearchSpec(
             metric=s.metric, mode=s.mode, num_samples=s.num_samples, storage=storage,
             study_name=s.study_name or self.name,
@@ -476,4 +474,4 @@ def _point_text(overrides: dict[str, Any]) -> str:
 
 
 __all__ = ["load_sweep", "load_sweep_text", "SweepSpec", "SearchSpec", "Trial", "trial_hash",
-           "parametrization_label", "default_optuna_storage"]
+           "parametrization_label"]

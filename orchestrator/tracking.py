@@ -25,10 +25,11 @@ from typing import Any, Callable, Iterable
 import yaml
 from ray import tune
 
-from .layout import (MULTIPLIER_COLUMNS, TAG_CODE, TAG_ERROR, TAG_HASH, TAG_IDENTITY, TAG_KIND,
-                     TAG_LABEL, TAG_LOGGED_STEP, TAG_MODE, TAG_OUTCOME, TAG_PARENT, TAG_RUN_NAME, TAG_SWEEP,
-                     quote as _quote, search_all)
+from .layout import (ARTIFACT_DIR, KIND_SWEEP, KIND_TRIAL, MULTIPLIER_COLUMNS, TAG_CODE, TAG_ERROR, TAG_HASH,
+                     TAG_IDENTITY, TAG_KIND, TAG_LABEL, TAG_LOGGED_STEP, TAG_MODE, TAG_OUTCOME, TAG_PARENT,
+                     TAG_SWEEP, quote as _quote, search_all, sqlite_path)
 from .spec import IDENTITY_VERSION, parametrization_label
+from .trainable import REPORT_KEY
 
 # MLflow's limits per log_batch call (mlflow.utils.validation).
 MAX_METRICS_PER_BATCH = 1000
@@ -114,7 +115,7 @@ class SweepTracker:
         return list(search_all(self.client, self.experiment_id, filter_string, order_by))
 
     def _parent_run(self) -> str:
-        found = self._search(f"tags.`{TAG_KIND}` = 'sweep' and tags.`{TAG_SWEEP}` = {_quote(self.sweep)}",
+        found = self._search(f"tags.`{TAG_KIND}` = {_quote(KIND_SWEEP)} and tags.`{TAG_SWEEP}` = {_quote(self.sweep)}",
                              order_by=["attributes.start_time ASC"])
         if found:
             run_id = found[0].info.run_id
@@ -122,7 +123,7 @@ class SweepTracker:
             self.client.set_tag(run_id, TAG_CODE, self.code_version)
             return run_id
         run = self.client.create_run(self.experiment_id, run_name=self.sweep, tags={
-            TAG_KIND: "sweep", TAG_SWEEP: self.sweep, TAG_MODE: self.mode, TAG_CODE: self.code_version})
+            TAG_KIND: KIND_SWEEP, TAG_SWEEP: self.sweep, TAG_MODE: self.mode, TAG_CODE: self.code_version})
         return run.info.run_id
 
     def _load_children(self) -> dict[str, ChildRun]:
@@ -152,7 +153,7 @@ class SweepTracker:
             self.client.update_run(child.run_id, status="RUNNING")
         else:
             # One call creates the run with the tags that identify it: no half-identified runs.
-            tags = {TAG_PARENT: self.parent_id, TAG_KIND: "trial", TAG_HASH: trial.hash,
+            tags = {TAG_PARENT: self.parent_id, TAG_KIND: KIND_TRIAL, TAG_HASH: trial.hash,
                     TAG_IDENTITY: str(IDENTITY_VERSION), TAG_SWEEP: self.sweep,
                     TAG_CODE: self.code_version, TAG_MODE: self.mode, TAG_LABEL: trial.label}
             run = self.client.create_run(self.experiment_id, run_name=trial.label, tags=tags)
@@ -231,12 +232,10 @@ def artifact_location_for(tracking_uri: str) -> str | None:
     working directory of whoever created the experiment; servers choose their own."""
     from pathlib import Path
 
-    from .from_study import sqlite_path
-
     db_path = sqlite_path(tracking_uri)
     if db_path is None:
         return None
-    return (Path(db_path).resolve().parent / "mlartifacts").as_uri()
+    return (Path(db_path).resolve().parent / ARTIFACT_DIR).as_uri()
 
 
 def multipliers_csv(rows: list[dict]) -> str:
@@ -287,7 +286,7 @@ class MlflowTrackingCallback(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         rec = self.record(trial)
-        payload = result.get("scalelab") or {}
+        payload = result.get(REPORT_KEY) or {}
         if rec.child is None or "metrics" not in payload:
             return
         self.tracker.log_report(rec.child, payload["metrics"], int(payload["ts"]))

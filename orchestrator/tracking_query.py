@@ -5,8 +5,8 @@ import os
 
 from trainer.config import UserError
 
-from .from_study import sqlite_path
-from .layout import DONE_OUTCOMES, TAG_HASH, TAG_IDENTITY, TAG_KIND, TAG_OUTCOME, search_all
+from .layout import (DONE_OUTCOMES, KIND_TRIAL, TAG_HASH, TAG_IDENTITY, TAG_KIND, TAG_OUTCOME, quote, search_all,
+                     sqlite_path)
 from .spec import IDENTITY_VERSION
 
 
@@ -29,7 +29,7 @@ def finished_hashes(tracking_uri: str, experiment: str) -> dict[str, str]:
             return {}
         done: dict[str, str] = {}
         legacy = 0
-        for run in search_all(client, found.experiment_id, f"tags.`{TAG_KIND}` = 'trial'"):
+        for run in search_all(client, found.experiment_id, f"tags.`{TAG_KIND}` = {quote(KIND_TRIAL)}"):
             tags = run.data.tags
             if tags.get(TAG_IDENTITY) != str(IDENTITY_VERSION):
                 legacy += 1

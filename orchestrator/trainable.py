@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 FAULT_ENV = "SCALELAB_FAULT_INJECT"
+GRID_TRIAL_KEY = "scalelab_trial"  # a grid sweep's Tune config: {GRID_TRIAL_KEY: Trial.to_payload()}
+OBJECTIVE_KEY = "objective"        # the value of each report that Tune's searcher optimises
+REPORT_KEY = "scalelab"            # each report carries its journal entry under this key
 
 
 @dataclass
@@ -125,18 +128,15 @@ def objective_value(metrics: dict, ctx: TrialContext) -> float:
 def payload(entry: dict, ctx: TrialContext, replay: bool, resumed_from: int | None = None) -> dict:
     """What one `tune.report` carries: the objective for Tune's searcher at the top level, the
     journal entry (trainer metrics, timestamp, multiplier table at the end) under `scalelab`."""
-    return {"objective": objective_value(entry["metrics"], ctx),
-            "scalelab": {**entry, "replay": replay, "resumed_from": resumed_from}}
+    return {OBJECTIVE_KEY: objective_value(entry["metrics"], ctx),
+            REPORT_KEY: {**entry, "replay": replay, "resumed_from": resumed_from}}
 
 
 def trial_from_config(config: dict, ctx: TrialContext):
     """Grid mode ships the resolved trial; search mode ships the sampled values."""
-    if "scalelab_trial" in config:
-        from trainer.config import TrainConfig
-        from types import SimpleNamespace
-        t = config["scalelab_trial"]
-        return SimpleNamespace(hash=t["hash"], label=t["label"], resources=t["resources"],
-                               config=TrainConfig.build(t["config"], source=f"trial {t['hash']}"))
+    if GRID_TRIAL_KEY in config:
+        from .spec import Trial
+        return Trial.from_payload(config[GRID_TRIAL_KEY])
     return ctx.spec.resolve(dict(config))
 
 
@@ -155,8 +155,8 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     trial = trial_from_config(config, ctx)
     if trial.hash in ctx.known:  # a sampled point already trained: hand back its known result
         value = ctx.known[trial.hash]
-        tune.report({"objective": value if value is not None else objective_value({}, ctx),
-                     "scalelab": {"skipped": True, "hash": trial.hash}})
+        tune.report({OBJECTIVE_KEY: value if value is not None else objective_value({}, ctx),
+                     REPORT_KEY: {"skipped": True, "hash": trial.hash}})
         return
     trial_dir = Path(ctx.trials_root) / trial.hash
     (trial_dir / "checkpoints").mkdir(parents=True, exist_ok=True)

@@ -84,3 +84,21 @@ def test_empty_or_unlabelled_tables_are_user_errors():
         run_fits(Tables(trials=tables.trials.iloc[:0]))
     with pytest.raises(UserError, match=r"\['parametrization'\]"):
         run_fits(Tables(trials=tables.trials.drop(columns=["parametrization"])))
+
+
+def test_coord_check_figure_is_drawn_without_pyplot(tmp_path):
+    """`scalelab coord-check` draws on the analysis side with a plain Figure (no pyplot state)."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    code = ("import sys; from analysis.coord_figure import write_coord_check\n"
+            "rows = [dict(scheme=s, width=w, seed=0, step=t, layer='block.0', value=w * (t + 1.0))\n"
+            "        for s in ('sp', 'mup') for w in (64, 128) for t in (0, 1)]\n"
+            f"paths = write_coord_check(rows, {str(tmp_path)!r})\n"
+            "print(sorted(paths), 'matplotlib.pyplot' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["['csv',", "'png',", "'svg']", "False"]
+    assert (tmp_path / "coord_check.png").read_bytes().startswith(PNG_MAGIC)
+    assert len(pd.read_csv(tmp_path / "coord_check.csv")) == 8

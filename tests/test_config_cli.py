@@ -37,6 +37,30 @@ def test_train_cli_bad_input_exits_2_without_traceback(tmp_path, capsys):
     assert "none.txt does not exist" in capsys.readouterr().err
 
 
+def test_train_config_file_errors_name_file_key_and_line(tmp_path, capsys):
+    """`scalelab train my.yaml` reads the file with the sweep files' loader: each bad key is
+    named with its line; a key given again on the command line is the command line's."""
+    bad = tmp_path / "my.yaml"
+    bad.write_text("d_model: 64\nn_layer: 4\nlr: fast\nmultiplier_overrides:\n  bias: scalar\n")
+    assert main(["train", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: invalid training config" in err and "Traceback" not in err
+    assert "n_layer (line 2): unknown key; did you mean 'n_layers'" in err
+    assert "lr (line 3): Input should be a valid number" in err
+    assert main(["train", str(bad), "lr=slow", "n_layers=2"]) == 2
+    err = capsys.readouterr().err
+    assert "  - lr: Input should be a valid number" in err and "lr (line" not in err
+    assert "n_layer (line 2)" in err
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("lr: 1e-3\nsteps: 5\nlr: 2e-3\n")
+    assert main(["train", str(twice)]) == 2
+    assert "lr (line 3): duplicate key; it is already set on line 1" in capsys.readouterr().err
+    number = tmp_path / "number.yaml"
+    number.write_text("lr: 1e-3\nseed: 1e3\n")
+    cfg = TrainConfig.from_sources(str(number), ["warmup_steps=1e1"])
+    assert (cfg.lr, cfg.seed, cfg.warmup_steps) == (1e-3, 1000, 10)
+
+
 def test_train_cli_yaml_overrides_and_json(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("d_model: 32\nhead_dim: 16\nn_layers: 1\nseq_len: 32\nbatch_size: 4\nsteps: 10\n"

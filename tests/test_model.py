@@ -153,3 +153,17 @@ def test_schedules():
     c = [lr_factor(s, cos) for s in range(100)]
     assert c[0] == 1.0 and c[50] == pytest.approx(0.55, abs=0.02) and c[99] == pytest.approx(0.1, abs=0.01)
     assert lr_factor(50, TrainConfig(steps=100, schedule="constant")) == 1.0
+
+
+def test_model_matrices_follow_the_roles_and_shapes_of_the_config():
+    """One list of roles and one shape per role: the model holds exactly the matrices that
+    `estimate` counts, in the same order."""
+    from trainer.config import HIDDEN_ROLES, MATRIX_ROLES
+    from trainer.estimate import matrix_shapes
+
+    cfg = TrainConfig(**{**TINY, "mlp_ratio": 3.0})
+    layers = GPT(cfg).matrices()
+    assert [(layer.role, layer.weight.shape[1], layer.weight.shape[0]) for layer in layers.values()] == \
+        matrix_shapes(cfg)
+    assert list(layers)[1:1 + len(HIDDEN_ROLES)] == [f"{role}.0" for role in HIDDEN_ROLES]
+    assert {layer.role for layer in layers.values()} == set(MATRIX_ROLES)

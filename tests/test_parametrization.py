@@ -104,3 +104,13 @@ def test_model_applies_rules():
 def test_unknown_role_is_an_error():
     with pytest.raises(ValueError, match="unknown parameter role"):
         param_rule("bias", 1, 1, "mup", Tunables(), 128)
+
+
+def test_tunables_take_the_config_defaults():
+    """Tunables is the TrainConfig fields the rules read, with the config's defaults."""
+    from trainer.parametrization import TUNABLE_FIELDS
+
+    assert set(TUNABLE_FIELDS) <= set(TrainConfig.model_fields)
+    assert Tunables() == Tunables.from_config(TrainConfig())
+    cfg = TrainConfig(scheme="mup", width_recipe="lr_wd", alpha_out=3.0)
+    assert Tunables.from_config(cfg) == Tunables(width_recipe="lr_wd", alpha_out=3.0)

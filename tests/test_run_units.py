@@ -182,14 +182,14 @@ def test_progress_eta_is_weighted_by_estimated_work(monkeypatch, work, eta):
     per-trial overhead observed so far."""
     import io
 
-    from orchestrator import runner
+    from orchestrator import progress
 
     trials = {"a": SimpleNamespace(hash="a", label="small"), "b": SimpleNamespace(hash="b", label="wide")}
     out = io.StringIO()
     clock = iter([1000.0, 1010.0, 1010.0, 1010.0])
-    monkeypatch.setattr(runner.time, "time", lambda: next(clock))
-    printer = runner.ProgressPrinter("s", 2, lambda config: trials[config["h"]], "final_val_loss", "min",
-                                     out=out, work=work)
+    monkeypatch.setattr(progress.time, "time", lambda: next(clock))
+    printer = progress.ProgressPrinter("s", 2, lambda config: trials[config["h"]], "final_val_loss", "min",
+                                       out=out, work=work)
     small = SimpleNamespace(trial_id="t1", config={"h": "a"})
     printer.on_trial_start(0, [], small)
     printer.on_trial_result(0, [], small, {"scalelab": {"metrics": {"final": True, "status": "finished",
@@ -203,14 +203,14 @@ def test_progress_eta_fits_overhead_and_speed_once_sizes_differ(monkeypatch):
     median-overhead model (overheads clipped to 0) would say 16 × 90/40 = 36 s."""
     import io
 
-    from orchestrator import runner
+    from orchestrator import progress
 
     trials = {h: SimpleNamespace(hash=h, label=h) for h in "acb"}
     out = io.StringIO()
     clock = iter([1000.0, 1006.0, 1006.0, 1006.0, 1006.0, 1016.0, 1016.0])  # each start line reads it too
-    monkeypatch.setattr(runner.time, "time", lambda: next(clock))
-    printer = runner.ProgressPrinter("s", 3, lambda config: trials[config["h"]], "final_val_loss", "min",
-                                     out=out, work={"a": 10.0, "c": 30.0, "b": 90.0})
+    monkeypatch.setattr(progress.time, "time", lambda: next(clock))
+    printer = progress.ProgressPrinter("s", 3, lambda config: trials[config["h"]], "final_val_loss", "min",
+                                       out=out, work={"a": 10.0, "c": 30.0, "b": 90.0})
     final = {"scalelab": {"metrics": {"final": True, "status": "finished", "final_val_loss": 2.0}}}
     for trial_id, h in (("t1", "a"), ("t2", "c")):
         trial = SimpleNamespace(trial_id=trial_id, config={"h": h})

@@ -72,6 +72,28 @@ def test_trial_fields_follow_the_contract(tmp_path):
     assert mup.label.startswith("mup+vector d=")
 
 
+def test_trial_payload_round_trip(tmp_path):
+    """A grid trial travels to its Ray worker as plain data in Tune's config and comes back the
+    same Trial (config, overrides with lists and dicts, resources, label, hash)."""
+    from orchestrator.spec import Trial
+    from orchestrator.trainable import GRID_TRIAL_KEY, TrialContext, trial_from_config
+
+    spec = load(tmp_path, """
+        name: payload
+        base: {n_layers: 1, steps: 10, warmup_steps: 2, scheme: mup, multipliers: scalar}
+        grid:
+          multiplier_overrides: [{head: scalar}, {}]
+          corpus: [kjv, [kjv]]
+        resources: {cpu: 2, gpu: 0.5}
+    """)
+    trials = spec.trials()
+    assert len(trials) == 4 and trials[0].overrides["multiplier_overrides"] == {"head": "scalar"}
+    for trial in trials:
+        payload = json.loads(json.dumps(trial.to_payload()))
+        assert Trial.from_payload(payload) == trial
+        assert trial_from_config({GRID_TRIAL_KEY: payload}, TrialContext(trials_root="unused")) == trial
+
+
 def test_seed_major_order_runs_seed_zero_of_every_point_first(tmp_path):
     seeds = [t.config.seed for t in load(tmp_path, SMALL).trials()]
     assert seeds == sorted(seeds)
@@ -144,6 +166,15 @@ def test_derived_helpers(tmp_path):
     """)
     cfg = spec.trials()[0].config
     assert (cfg.n_layers, cfg.lr, cfg.alpha_out) == (4, 1e-2 / 4, 4.0)
+
+
+def test_derived_helpers_are_the_configs_own_quantities():
+    from orchestrator import derive
+
+    cfg = TrainConfig(d_model=192, head_dim=32, base_width=64, mlp_ratio=2.5, n_layers=3, base_depth=2)
+    for name, helper in derive.HELPERS.items():
+        expected = estimate(cfg)[name] if name.startswith("n_params") else getattr(cfg, name)
+        assert helper(cfg) == expected, name
 
 
 @pytest.mark.parametrize("expr, fragment", [

@@ -1,9 +1,8 @@
-"""`scalelab train` and `scalelab coord-check`."""
+"""`scalelab train` (`scalelab coord-check` is in analysis/cli.py: it draws)."""
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from .config import TrainConfig, UserError
@@ -21,15 +20,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no per-eval progress lines")
     p.add_argument("--help-config", action="store_true", help="list every config key with its default and meaning")
     p.set_defaults(func=cmd_train)
-
-    c = sub.add_parser("coord-check", help="coordinate check: mean |activation| vs width for sp, mup, mup+LRM")
-    c.add_argument("overrides", nargs="*", metavar="key=value", help="base config overrides (e.g. lr=3e-2)")
-    c.add_argument("--widths", default="64,128,256,512", help="comma-separated widths (default 64,128,256,512)")
-    c.add_argument("--schemes", default="sp,mup,mup+vector", help="comma-separated: sp, mup, mup+vector")
-    c.add_argument("--steps", type=int, default=5, help="training steps recorded (default 5)")
-    c.add_argument("--seeds", type=int, default=2, help="seeds averaged per point (default 2)")
-    c.add_argument("--out", default="coord_check", help="output directory (default ./coord_check)")
-    c.set_defaults(func=cmd_coord_check)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -57,30 +47,4 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"status": result.status, "config": cfg.model_dump(),
                                                "metrics": m, "multipliers": result.multipliers}, indent=1))
-    return 0
-
-
-def cmd_coord_check(args: argparse.Namespace) -> int:
-    from . import coordcheck
-
-    try:
-        widths = [int(w) for w in args.widths.split(",")]
-    except ValueError:
-        raise UserError(f"--widths {args.widths!r}: give comma-separated integers, e.g. 64,128,256") from None
-    schemes = [s.strip() for s in args.schemes.split(",")]
-    unknown = [s for s in schemes if s not in coordcheck.SCHEMES]
-    if unknown:
-        raise UserError(f"--schemes: unknown {unknown}; choose from {list(coordcheck.SCHEMES)}")
-    values = {**coordcheck.DEFAULTS, **TrainConfig.from_sources(None, args.overrides).model_dump(exclude_unset=True)}
-    base = TrainConfig.build(values, source="coord-check")
-    print(f"coord-check: {len(schemes)} schemes × {len(widths)} widths × {args.seeds} seeds, {args.steps} steps",
-          file=sys.stderr)
-    rows = coordcheck.run(base, widths, schemes, args.steps, args.seeds)
-    paths = coordcheck.write(rows, args.out)
-    slopes = coordcheck.slopes(rows)
-    print("slope of log2 mean|act| vs log2 width at the last step (0 = flat):")
-    for (scheme, layer, step), s in sorted(slopes.items()):
-        if step == args.steps:
-            print(f"  {scheme:12s} {layer:10s} {s:+.2f}")
-    print(f"wrote {paths['png']}, {paths['svg']}, {paths['csv']}")
     return 0

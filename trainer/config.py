@@ -5,13 +5,20 @@ combinations raise ConfigError with the key and what is allowed, never a bare tr
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-MATRIX_ROLES = ("embedding", "attn_q", "attn_k", "attn_v", "attn_o",
-                "mlp_up", "mlp_gate", "mlp_down", "head")
+from .errors import ConfigError, DataError, UserError  # noqa: F401 - public here (docs/CONTRACTS.md)
+from .yaml_lines import LoadedYaml, load_yaml_file, parse_yaml_value
+
+# The matrices of the model by role, in the order the model holds them: every block has the
+# attention and MLP matrices (the hidden ones, µP's "hidden weights").
+ATTENTION_ROLES = ("attn_q", "attn_k", "attn_v", "attn_o")
+MLP_ROLES = ("mlp_up", "mlp_gate", "mlp_down")
+HIDDEN_ROLES = ATTENTION_ROLES + MLP_ROLES
+MATRIX_ROLES = ("embedding", *HIDDEN_ROLES, "head")
 MultiplierKind = Literal["none", "scalar", "row", "col", "vector"]
 
 # How and where a run executes, not what it computes: these fields are left out of a run's
@@ -20,19 +27,6 @@ MultiplierKind = Literal["none", "scalar", "row", "col", "vector"]
 # precision follows the device, and the run records the device it used). Every other field
 # changes the trained model's numbers or what is measured of them, and is part of identity.
 RUNTIME_FIELDS = frozenset({"device", "compile", "threads", "peak_flops", "cache_dir", "record_activations"})
-
-
-class UserError(Exception):
-    """An error the user can fix (bad file, key, value, missing corpus). The CLI prints its
-    message alone, without a traceback, and exits with status 2."""
-
-
-class ConfigError(UserError, ValueError):
-    """Bad config input (file, key, value); the message says where and how to fix it."""
-
-
-class DataError(UserError):
-    """Missing, empty or unreadable corpus; the message names the path."""
 
 
 class TrainConfig(BaseModel):
@@ -139,20 +133,26 @@ class TrainConfig(BaseModel):
 
     # --- construction helpers -------------------------------------------------------------
     @classmethod
-    def build(cls, values: dict[str, Any] | None = None, source: str = "config") -> "TrainConfig":
-        """Validate a mapping; raise ConfigError naming `source` and each bad key."""
+    def build(cls, values: dict[str, Any] | None = None, source: str = "config",
+              loaded: LoadedYaml | None = None) -> "TrainConfig":
+        """Validate a mapping; raise ConfigError naming `source` and each bad key (with its line
+        when `loaded`, the file the values came from, has one)."""
         try:
             return cls(**(values or {}))
         except ValidationError as err:
-            raise ConfigError(format_validation_error(err, source)) from None
+            raise ConfigError(format_validation_error(err, source, loaded)) from None
         except TypeError as err:
             raise ConfigError(f"{source}: {err}") from None
 
     @classmethod
     def from_sources(cls, path: str | None = None, overrides: list[str] | None = None) -> "TrainConfig":
-        values: dict[str, Any] = load_yaml_mapping(path) if path else {}
-        values.update(parse_overrides(overrides or []))
-        return cls.build(values, source=path or "command line")
+        """A YAML file of config keys, then key=value overrides (which replace the file's)."""
+        loaded = load_yaml_mapping(path) if path else None
+        given = parse_overrides(overrides or [])
+        if loaded is not None:  # an overridden key's line no longer tells where its value is
+            loaded = replace(loaded, lines={p: n for p, n in loaded.lines.items() if p[0] not in given})
+        values = {**(loaded.data if loaded else {}), **given}
+        return cls.build(values, source=path or "command line", loaded=loaded)
 
     def flat(self) -> dict[str, Any]:
         return self.model_dump()
@@ -186,11 +186,20 @@ class TrainConfig(BaseModel):
     def tokens_per_step(self) -> int:
         return self.batch_size * self.seq_len
 
+    def matrix_shape(self, role: str) -> tuple[int, int]:
+        """(d_in, d_out) of the matrices of `role` (one of MATRIX_ROLES)."""
+        d, h = self.d_model, self.mlp_hidden
+        shapes = {"embedding": (self.vocab_size, d), **dict.fromkeys(ATTENTION_ROLES, (d, d)),
+                  "mlp_up": (d, h), "mlp_gate": (d, h), "mlp_down": (h, d), "head": (d, self.vocab_size)}
+        return shapes[role]
 
-def format_validation_error(err: ValidationError, source: str) -> str:
+
+def format_validation_error(err: ValidationError, source: str, loaded: LoadedYaml | None = None) -> str:
     lines = [f"{source}: invalid training config ({err.error_count()} problem(s)):"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        line = loaded.line(e["loc"]) if loaded is not None and e["loc"] else None
+        key += f" (line {line})" if line else ""
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             import difflib
@@ -202,19 +211,15 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_yaml_mapping(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys at the top level, got {type(data).__name__}")
-    return data
+def load_yaml_mapping(path: str) -> LoadedYaml:
+    """The file's keys and values (`data`, a dict) with the line of each key."""
+    loaded = load_yaml_file(path, what="config file")
+    if loaded.data is None:
+        loaded.data = {}
+    if not isinstance(loaded.data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level, "
+                          f"got {type(loaded.data).__name__}")
+    return loaded
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -224,9 +229,5 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. lr=1e-3)")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        out[key.strip()] = value
+        out[key.strip()] = parse_yaml_value(raw) if raw != "" else ""
     return out

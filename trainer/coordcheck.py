@@ -1,9 +1,9 @@
 """Coordinate check (microsoft/mup; REFERENCE.md §6): mean |activation| per layer against
-width over the first few training steps. Flat in width under µP, growing under SP."""
+width over the first few training steps. Flat in width under µP, growing under SP. The
+numbers only: analysis/coord_figure.py draws them for `scalelab coord-check`."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 
@@ -55,45 +55,3 @@ def slopes(rows: list[dict]) -> dict[tuple[str, str, int], float]:
         y = np.log2([np.mean(by_width[w]) for w in widths])
         out[key] = float(np.polyfit(x, y, 1)[0]) if len(widths) > 1 else math.nan
     return out
-
-
-def write(rows: list[dict], out_dir: str) -> dict[str, str]:
-    """Write coord_check.csv and coord_check.png/.svg (rows: schemes; columns: layers; x: width;
-    one line per step)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame(rows)
-    df.to_csv(out / "coord_check.csv", index=False)
-    mean = df.groupby(["scheme", "layer", "step", "width"], sort=False)["value"].mean().reset_index()
-    schemes, layers = list(dict.fromkeys(df["scheme"])), list(dict.fromkeys(df["layer"]))
-    steps = sorted(df["step"].unique())
-    fig, axes = plt.subplots(len(schemes), len(layers), figsize=(3.2 * len(layers), 2.8 * len(schemes)),
-                             squeeze=False, sharex=True)
-    cmap = plt.get_cmap("viridis")
-    for i, scheme in enumerate(schemes):
-        for j, layer in enumerate(layers):
-            ax = axes[i][j]
-            for k, step in enumerate(steps):
-                sel = mean[(mean.scheme == scheme) & (mean.layer == layer) & (mean.step == step)]
-                ax.plot(sel.width, sel.value, "o-", ms=3, color=cmap(k / max(1, len(steps) - 1)), label=f"step {step}")
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_title(f"{scheme}: {layer}", fontsize=9)
-            if i == len(schemes) - 1:
-                ax.set_xlabel("width d_model")
-            if j == 0:
-                ax.set_ylabel("mean |activation|")
-    axes[0][-1].legend(fontsize=7, loc="best")
-    fig.suptitle("Coordinate check: flat lines = width-independent activations (µP); rising = blow-up (SP)")
-    fig.tight_layout()
-    paths = {"csv": str(out / "coord_check.csv")}
-    for ext in ("png", "svg"):
-        fig.savefig(out / f"coord_check.{ext}", dpi=120)
-        paths[ext] = str(out / f"coord_check.{ext}")
-    plt.close(fig)
-    return paths

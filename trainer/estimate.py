@@ -2,12 +2,14 @@
 Used by `scalelab plan` and for GPU fractions; the tests check it against the real model."""
 from __future__ import annotations
 
-from .config import TrainConfig
+from .config import HIDDEN_ROLES, TrainConfig
 from .parametrization import multiplier_placement
 
+# Dense bf16 peak FLOP/s of common accelerators, for MFU (set `peak_flops` for others).
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "L4": 121e12}
 # Effective throughput assumed for time estimates (FLOP/s of useful training work per trial).
 CPU_FLOPS_PER_THREAD = 4e10  # measured ~4.5-5.5e10 at widths 128-256 on this class of CPU
-GPU_FLOPS = 989e12 * 0.35  # H100 bf16 dense peak at a typical small-model MFU
+GPU_FLOPS = PEAK_FLOPS["H100"] * 0.35  # at a typical small-model MFU
 
 
 def _multiplier_count(kind: str, d_in: int, d_out: int) -> int:
@@ -16,10 +18,8 @@ def _multiplier_count(kind: str, d_in: int, d_out: int) -> int:
 
 def matrix_shapes(cfg: TrainConfig) -> list[tuple[str, int, int]]:
     """(role, d_in, d_out) of every matrix of the model."""
-    d, h = cfg.d_model, cfg.mlp_hidden
-    block = [("attn_q", d, d), ("attn_k", d, d), ("attn_v", d, d), ("attn_o", d, d),
-             ("mlp_up", d, h), ("mlp_gate", d, h), ("mlp_down", h, d)]
-    return [("embedding", cfg.vocab_size, d)] + block * cfg.n_layers + [("head", d, cfg.vocab_size)]
+    roles = ["embedding", *HIDDEN_ROLES * cfg.n_layers, "head"]
+    return [(role, *cfg.matrix_shape(role)) for role in roles]
 
 
 def flops_per_token(cfg: TrainConfig) -> float:

@@ -4,25 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, UserError
 from .data import Batches
-from .estimate import flops_per_token
+from .estimate import PEAK_FLOPS, flops_per_token
 from .model import GPT
 from .optim import Optimizers, lr_factor
 from .stats import layer_stats, multiplier_table
 
 Report = Callable[[dict, "str | None"], None]
-
-# Dense bf16 peak FLOP/s of common accelerators, for MFU (set `peak_flops` for others).
-PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "L4": 121e12}
 
 
 @dataclass
@@ -100,6 +99,28 @@ class Trainer:
             losses.append(loss.item())
         return sum(losses) / len(losses), record
 
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs to continue exactly (RNG states included)."""
+        return {
+            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "step": self.step,
+            "initial_loss": self.initial_loss, "history": self.history, "elapsed": self.elapsed,
+            "config": self.cfg.model_dump(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.step, self.initial_loss = state["step"], state["initial_loss"]
+        self.history, self.elapsed = state["history"], state["elapsed"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
 
 def train(cfg: TrainConfig, report: Report | None = None, checkpoint_dir: str | None = None,
           resume_from: str | None = None, progress: bool = False) -> TrainResult:
@@ -109,7 +130,7 @@ def train(cfg: TrainConfig, report: Report | None = None, checkpoint_dir: str | 
     if resume_from == "latest":
         resume_from = latest_checkpoint(checkpoint_dir) if checkpoint_dir else None
     if resume_from:
-        load_checkpoint(resume_from, t)
+        t.load_state_dict(load_checkpoint(resume_from, cfg))
     cfg = t.cfg
     segment_start = time.perf_counter()
     interval_losses: list[float] = []
@@ -149,7 +170,7 @@ def train(cfg: TrainConfig, report: Report | None = None, checkpoint_dir: str | 
             if checkpoint_dir and status != "diverged":
                 t.elapsed = metrics["elapsed_s"]
                 segment_start = time.perf_counter()
-                path = save_checkpoint(checkpoint_dir, t)
+                path = save_checkpoint(checkpoint_dir, t.step, t.state_dict())
             if progress:
                 _print_progress(metrics, cfg)
             if report:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import TrainConfig
+from .config import ATTENTION_ROLES, MLP_ROLES, TrainConfig
 from .layers import Embedding, Linear, MultipliedMatrix, RMSNorm
 from .parametrization import ParamRule, multiplier_placement, rules_for_config
 
@@ -36,9 +36,8 @@ class Rotary(nn.Module):
 class Attention(nn.Module):
     def __init__(self, cfg: TrainConfig, make: "LayerFactory", rotary: Rotary):
         super().__init__()
-        d = cfg.d_model
         self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
-        self.q, self.k, self.v, self.o = (make(d, d, role) for role in ("attn_q", "attn_k", "attn_v", "attn_o"))
+        self.q, self.k, self.v, self.o = (make(role) for role in ATTENTION_ROLES)
         self.logit_scale = make.rules["attn_logits"].forward_mult  # α_attn/d_head (µP) or 1/sqrt(d_head)
         self.rotary = rotary
 
@@ -54,8 +53,7 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: TrainConfig, make: "LayerFactory"):
         super().__init__()
-        d, h = cfg.d_model, cfg.mlp_hidden
-        self.up, self.gate, self.down = make(d, h, "mlp_up"), make(d, h, "mlp_gate"), make(h, d, "mlp_down")
+        self.up, self.gate, self.down = (make(role) for role in MLP_ROLES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(F.silu(self.gate(x)) * self.up(x))  # SwiGLU
@@ -79,11 +77,13 @@ class LayerFactory:
     """Builds each matrix with its rule's init and forward multiplier and its multiplier kind."""
 
     def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
         self.rules: dict[str, ParamRule] = rules_for_config(cfg)
         self.kinds = multiplier_placement(cfg.multipliers, cfg.multiplier_placement, cfg.multiplier_overrides)
         self.mult_at_forward = cfg.multiplier_init == "forward"
 
-    def __call__(self, d_in: int, d_out: int, role: str, cls=Linear) -> MultipliedMatrix:
+    def __call__(self, role: str, cls=Linear) -> MultipliedMatrix:
+        d_in, d_out = self.cfg.matrix_shape(role)
         rule, kind = self.rules[role], self.kinds[role]
         fwd, mult_init = rule.forward_mult, 1.0
         if kind != "none" and self.mult_at_forward:
@@ -100,10 +100,10 @@ class GPT(nn.Module):
         self.cfg = cfg
         make = LayerFactory(cfg)
         rotary = Rotary(cfg.head_dim, cfg.seq_len)
-        self.embedding = make(cfg.vocab_size, cfg.d_model, "embedding", cls=Embedding)
+        self.embedding = make("embedding", cls=Embedding)
         self.blocks = nn.ModuleList(Block(cfg, make, rotary) for _ in range(cfg.n_layers))
         self.final_norm = RMSNorm(cfg.d_model, frozen=cfg.freeze_norms)
-        self.head = make(cfg.d_model, cfg.vocab_size, "head")
+        self.head = make("head")
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 record: dict[str, float] | None = None):
@@ -128,9 +128,9 @@ class GPT(nn.Module):
         """Layer name (`<role>` or `<role>.<block>`) → matrix layer."""
         out: dict[str, MultipliedMatrix] = {"embedding": self.embedding}
         for i, block in enumerate(self.blocks):
-            for layer in (block.attn.q, block.attn.k, block.attn.v, block.attn.o,
-                          block.mlp.up, block.mlp.gate, block.mlp.down):
-                out[f"{layer.role}.{i}"] = layer
+            for layer in block.modules():  # attention then MLP: HIDDEN_ROLES order
+                if isinstance(layer, MultipliedMatrix):
+                    out[f"{layer.role}.{i}"] = layer
         out["head"] = self.head
         return out
 

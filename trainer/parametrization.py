@@ -8,11 +8,10 @@ can be checked line by line against the table. Nothing here touches torch.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, make_dataclass
 
-from .config import MATRIX_ROLES, TrainConfig
+from .config import HIDDEN_ROLES, MATRIX_ROLES, TrainConfig
 
-HIDDEN_ROLES = ("attn_q", "attn_k", "attn_v", "attn_o", "mlp_up", "mlp_gate", "mlp_down")
 # Roles that are not matrices: RMSNorm weights, learnable multipliers, the attention-logit
 # scale and the residual-branch scale (forward multipliers only).
 OTHER_ROLES = ("norm", "multiplier", "attn_logits", "residual")
@@ -27,33 +26,22 @@ class ParamRule:
     forward_mult: float  # fixed factor in the forward pass
 
 
-@dataclass(frozen=True)
-class Tunables:
-    """The knobs of TrainConfig the rules read (µP's tunable multipliers and base shapes)."""
-    width_recipe: str = "lr"
-    depth_scaling: str = "none"
-    head_dim: int = 32
-    base_width: int = 128
-    init_std: float = 1.0
-    emb_init_std: float = 1.0
-    head_init_std: float = 1.0
-    alpha_emb: float = 1.0
-    alpha_out: float = 1.0
-    alpha_attn: float = 1.0
-    lr_mult_emb: float = 1.0
-    lr_mult_hidden: float = 1.0
-    lr_mult_head: float = 1.0
-    lr_mult_vector: float = 1.0
-    lr_mult_multiplier: float = 1.0
-    multiplier_lr_width_exponent: float = 0.0
-    wd_mult_emb: float = 1.0
-    wd_mult_hidden: float = 1.0
-    wd_mult_head: float = 1.0
-    wd_mult_vector: float = 0.0
+# The knobs of TrainConfig the rules read (µP's tunable multipliers and base shapes).
+TUNABLE_FIELDS = ("width_recipe", "depth_scaling", "head_dim", "base_width",
+                  "init_std", "emb_init_std", "head_init_std", "alpha_emb", "alpha_out", "alpha_attn",
+                  "lr_mult_emb", "lr_mult_hidden", "lr_mult_head", "lr_mult_vector", "lr_mult_multiplier",
+                  "multiplier_lr_width_exponent", "wd_mult_emb", "wd_mult_hidden", "wd_mult_head", "wd_mult_vector")
 
-    @classmethod
-    def from_config(cls, cfg: TrainConfig) -> "Tunables":
-        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
+
+def _from_config(cls, cfg: TrainConfig) -> "Tunables":
+    return cls(**{name: getattr(cfg, name) for name in TUNABLE_FIELDS})
+
+
+_FIELDS = TrainConfig.model_fields
+Tunables = make_dataclass(
+    "Tunables", [(name, _FIELDS[name].annotation, field(default=_FIELDS[name].default)) for name in TUNABLE_FIELDS],
+    frozen=True, namespace={"__module__": __name__, "from_config": classmethod(_from_config),
+                            "__doc__": "TUNABLE_FIELDS with TrainConfig's types and defaults (one source of both)."})
 
 
 DEPTH_ALPHA = {"completep": 1.0, "depth_mup": 0.5}
@@ -122,9 +110,7 @@ def param_rule(role: str, width_mult: float, depth_mult: float, scheme: str,
 def rules_for_config(cfg: TrainConfig) -> dict[str, ParamRule]:
     """Every role's rule for one config (fan-in from the model shape)."""
     tun = Tunables.from_config(cfg)
-    fan_in = {role: cfg.d_model for role in ALL_ROLES}
-    fan_in["mlp_down"] = cfg.mlp_hidden
-    fan_in["embedding"] = cfg.vocab_size
+    fan_in = {role: cfg.matrix_shape(role)[0] if role in MATRIX_ROLES else cfg.d_model for role in ALL_ROLES}
     return {role: param_rule(role, cfg.width_mult, cfg.depth_mult, cfg.scheme, tun, fan_in[role])
             for role in ALL_ROLES}
 

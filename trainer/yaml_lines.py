@@ -1,4 +1,5 @@
-"""Read a YAML file into plain data plus a map from key paths to line numbers.
+"""Read a YAML file (a sweep, a training config) into plain data plus a map from key paths to
+line numbers, with one rule for numbers.
 
 PyYAML's `safe_load` forgets where each value came from; error messages need "grid.lr[2] (line 12)".
 So we compose the node tree once, construct the data from that same tree and walk it for
@@ -12,17 +13,17 @@ from typing import Any
 
 import yaml
 
-from trainer.config import ConfigError
+from .errors import ConfigError
 
 KeyPath = tuple  # of str (mapping keys) and int (list indices)
 
 
-class SweepLoader(yaml.SafeLoader):
+class NumberLoader(yaml.SafeLoader):
     """SafeLoader that reads `1e-3` as a number. PyYAML follows YAML 1.1, whose float syntax
     needs a dot (`1.0e-3`), so `lr: 1e-3` would otherwise be the string '1e-3'."""
 
 
-SweepLoader.add_implicit_resolver(
+NumberLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789"))
@@ -60,12 +61,20 @@ def format_path(path: KeyPath) -> str:
     return out or "(top level)"
 
 
-def load_yaml_file(path: str) -> LoadedYaml:
+def parse_yaml_value(text: str) -> Any:
+    """One value written as YAML (`1e-3`, `[a.txt, b.txt]`); text that is not YAML stays text."""
+    try:
+        return yaml.load(text, Loader=NumberLoader)
+    except yaml.YAMLError:
+        return text
+
+
+def load_yaml_file(path: str, what: str = "file") -> LoadedYaml:
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
+        raise ConfigError(f"{path}: {what} not found") from None
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
     except OSError as err:
@@ -76,7 +85,7 @@ def load_yaml_file(path: str) -> LoadedYaml:
 def load_yaml_text(text: str, source: str = "<string>") -> LoadedYaml:
     loader = None
     try:
-        loader = SweepLoader(text)  # the reader rejects unprintable characters here
+        loader = NumberLoader(text)  # the reader rejects unprintable characters here
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as err:

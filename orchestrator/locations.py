@@ -1,0 +1,68 @@
+"""Where a sweep's results live: the MLflow tracking URI, the storage directory (checkpoints,
+report journals, Tune state) and a search sweep's Optuna study. `Locations.resolve` decides all
+three once per command from flags, environment and the sweep file; `plan`, `validate` and
+`run` all call it, so they name the same places."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .layout import resolve_tracking_uri, sqlite_path
+
+DEFAULT_STORAGE = ".scalelab"
+# On a cluster the driver's working directory is a Ray Job's throwaway copy: keep state in home.
+CLUSTER_STORAGE = os.path.join("~", ".scalelab")
+STUDY_FILE = "optuna.db"
+STORAGE_HELP = (f"directory for checkpoints, Tune state and the default Optuna study (default: ./{DEFAULT_STORAGE}, "
+                f"or {CLUSTER_STORAGE} with --address; on a multi-node cluster use a shared filesystem)")
+
+
+@dataclass(frozen=True)
+class Locations:
+    tracking_uri: str
+    storage: str                  # absolute
+    study_url: str | None = None  # search sweeps: the Optuna storage URL of the study
+
+    @classmethod
+    def resolve(cls, spec, tracking_uri: str | None = None, storage: str | None = None,
+                on_cluster: bool = False) -> "Locations":
+        """`tracking_uri` and `storage` are the flags (None: not given)."""
+        uri = resolve_tracking_uri(tracking_uri, spec.tracking_uri)
+        folder = storage_dir(storage, on_cluster)
+        study = None
+        if spec.search is not None:
+            study = default_study_url(uri, folder) if spec.search.storage_is_default else spec.search.storage
+        return cls(uri, folder, study)
+
+    def trials_root(self, experiment: str) -> str:
+        return trials_root(self.storage, experiment)
+
+    @property
+    def tune_dir(self) -> str:
+        return os.path.join(self.storage, "tune")
+
+
+def storage_dir(flag: str | None, on_cluster: bool = False) -> str:
+    return os.path.abspath(os.path.expanduser(flag or (CLUSTER_STORAGE if on_cluster else DEFAULT_STORAGE)))
+
+
+def trials_root(storage: str, experiment: str) -> str:
+    """One directory per trial below it, named by trial hash (checkpoints, report journal)."""
+    return os.path.join(storage, "trials", experiment)
+
+
+def default_study_url(tracking_uri: str | None, folder: str) -> str:
+    """optuna.db next to an SQLite MLflow database, else in `folder` (never in a Ray Job's
+    throwaway working directory); absolute, so Ray workers started elsewhere agree."""
+    db = sqlite_path(tracking_uri) if tracking_uri else None
+    folder = os.path.dirname(os.path.abspath(db)) if db else os.path.abspath(folder)
+    return "sqlite:///" + os.path.join(folder, STUDY_FILE)
+
+
+def absolute_sqlite(url: str) -> str:
+    """Relative SQLite paths are relative to the working directory: pin them now, so the
+    driver and any worker agree."""
+    db = sqlite_path(url)
+    if db is None or os.path.isabs(db) or db == ":memory:" or db == "":
+        return url
+    return "sqlite:///" + os.path.abspath(db) + url[len("sqlite:///") + len(db):]

@@ -1,0 +1,137 @@
+"""`scalelab run`'s progress: one compact line per change of the sweep (done / running / failed /
+diverged, best so far, ETA), from Ray Tune's callbacks on the driver."""
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+import time
+from typing import Any, Callable, TextIO
+
+import numpy as np
+from ray import tune
+
+from .layout import TAG_LABEL, TAG_OUTCOME
+from .plan import duration
+from .trainable import REPORT_KEY
+
+
+def better(value: float, best: tuple[float, str] | None, mode: str) -> bool:
+    """Whether a finite `value` beats the best so far ((value, label), or None) in direction `mode`."""
+    if not math.isfinite(value):
+        return False
+    if best is None:
+        return True
+    return value < best[0] if mode == "min" else value > best[0]
+
+
+def best_so_far(child_runs: list, metric: str, mode: str) -> tuple[float, str] | None:
+    """(value, label) of the best finished trial run recorded before this run."""
+    best = None
+    for run in child_runs:
+        value = run.data.metrics.get(metric)
+        if run.data.tags.get(TAG_OUTCOME) == "finished" and value is not None and better(value, best, mode):
+            best = (value, run.data.tags.get(TAG_LABEL, run.info.run_id))
+    return best
+
+
+class ProgressPrinter(tune.Callback):
+    """One compact line per change: done / running / failed / diverged, best so far, ETA."""
+
+    def __init__(self, name: str, to_run: int, resolve: Callable[[dict], Any], metric: str, mode: str,
+                 best: tuple[float, str] | None = None, out: TextIO = sys.stdout,
+                 work: dict[str, float] | None = None):
+        self.name, self.to_run, self.resolve, self.metric, self.mode = name, to_run, resolve, metric, mode
+        self.best, self.out = best, out
+        # Estimated compute seconds per pending trial (grid mode). Trials run small-to-large, so a
+        # count-based ETA promises minutes the wide trials take back; the estimate alone misses the
+        # fixed per-trial cost (start-up, data, evals) and this machine's real speed. A trial's
+        # cost is a + b·estimate, fitted to the durations of the trials that ended.
+        self.work = work or {}
+        self.finished_work: list[str] = []      # hashes of ended trials
+        self.durations: list[float] = []        # their observed durations, same order
+        self.started: dict[str, float] = {}     # trial_id -> start time
+        self.outcomes: dict[str, str] = {}
+        self.running: set[str] = set()
+        self.announced: set[str] = set()   # trials whose resume was reported in this attempt
+        self.started_at: float | None = None
+
+    def _line(self, note: str = "") -> None:
+        done = len(self.outcomes)
+        count = {o: sum(1 for v in self.outcomes.values() if v == o) for o in ("finished", "diverged", "failed")}
+        best = f"best {self.metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else "best -"
+        eta = "-"
+        if done and self.started_at is not None and done < self.to_run:
+            elapsed = time.time() - self.started_at
+            if self.work and self.finished_work:
+                a, b = self._cost_model()
+                done_cost = sum(a + b * self.work[h] for h in self.finished_work)
+                left_cost = sum(a + b * self.work[h] for h in set(self.work) - set(self.finished_work))
+                eta = duration(elapsed / max(done_cost, 1e-9) * left_cost)
+            else:
+                eta = duration(elapsed / done * (self.to_run - done))
+        elif done >= self.to_run:
+            eta = "0s"
+        print(f"[{self.name}] {done}/{self.to_run} done ({count['finished']} finished, "
+              f"{count['diverged']} diverged, {count['failed']} failed), {len(self.running)} running | "
+              f"{best} | ETA {eta}" + (f" | {note}" if note else ""), file=self.out, flush=True)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        now = time.time()
+        if self.started_at is None:
+            self.started_at = now
+        self.started.setdefault(trial.trial_id, now)
+        self.running.add(trial.trial_id)
+        self.announced.discard(trial.trial_id)
+        self._line(f"started {self.resolve(trial.config).label}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        payload = result.get(REPORT_KEY) or {}
+        if payload.get("skipped"):
+            self.outcomes[trial.trial_id] = "finished"
+            return
+        if payload.get("resumed_from") is not None and trial.trial_id not in self.announced:
+            self.announced.add(trial.trial_id)
+            self._line(f"resumed {self.resolve(trial.config).label} from step {payload['resumed_from']}")
+        metrics = payload.get("metrics") or {}
+        if not metrics.get("final"):
+            return
+        self._count_work(trial)
+        self.outcomes[trial.trial_id] = metrics.get("status", "finished")
+        value = metrics.get(self.metric)
+        label = self.resolve(trial.config).label
+        if isinstance(value, (int, float)) and better(float(value), self.best, self.mode):
+            self.best = (float(value), label)
+        self.running.discard(trial.trial_id)
+        self._line(f"{self.outcomes[trial.trial_id]} {label}")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._line(f"retrying {self.resolve(trial.config).label} from its last checkpoint")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._count_work(trial)
+        self.outcomes[trial.trial_id] = "failed"
+        self.running.discard(trial.trial_id)
+        self._line(f"failed {self.resolve(trial.config).label}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.running.discard(trial.trial_id)
+
+    def _count_work(self, trial) -> None:
+        trial_hash = self.resolve(trial.config).hash
+        if trial.trial_id in self.outcomes or trial_hash not in self.work:  # once per trial
+            return
+        if trial.trial_id in self.started:
+            self.finished_work.append(trial_hash)
+            self.durations.append(time.time() - self.started[trial.trial_id])
+
+    def _cost_model(self) -> tuple[float, float]:
+        """(a, b) of duration ≈ a + b·estimate: fitted once the ended trials differ in size,
+        else the estimate plus their median overhead."""
+        estimates = [self.work[h] for h in self.finished_work]
+        if len(set(estimates)) >= 2:
+            b, a = np.polyfit(estimates, self.durations, 1)
+            if b > 0:
+                return max(a, 0.0), b
+        overhead = statistics.median(max(0.0, d - e) for d, e in zip(self.durations, estimates))
+        return overhead, 1.0

@@ -1,0 +1,174 @@
+"""Grid and search sweeps: the two ways `scalelab run` hands a sweep to Ray Tune.
+
+Each mode owns what differs between them: its plan (what this run still owes), the way back
+from a Tune trial's config to a scalelab Trial, the Tune setup (param space, searcher, samples,
+each trial's folder name) and the sweep's outcomes after a run. `runner.run_sweep` drives either.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any, TextIO
+
+from ray import tune
+
+from trainer.config import UserError
+
+from .layout import DONE_OUTCOMES, TAG_HASH, TAG_OUTCOME
+from .trainable import GRID_TRIAL_KEY
+
+
+class GridTrials:
+    """Tune config -> Trial of a grid sweep: each config carries its resolved trial."""
+
+    def __init__(self, trials: list):
+        self.by_hash = {t.hash: t for t in trials}
+
+    def __call__(self, config: dict):
+        return self.by_hash[config[GRID_TRIAL_KEY]["hash"]]
+
+    @staticmethod
+    def resources(config: dict) -> dict:
+        # Read from the config itself: Tune pickles this function, so it carries no trial list.
+        return config[GRID_TRIAL_KEY]["resources"]
+
+
+class SampledTrials:
+    """Tune config (sampled values) -> Trial of a search sweep, through `spec.resolve` (cached)."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self._cache: dict[str, Any] = {}
+
+    def __call__(self, config: dict):
+        key = repr(sorted(config.items()))
+        if key not in self._cache:
+            try:
+                self._cache[key] = self.spec.resolve(dict(config))
+            except UserError as err:  # a sampled point the config rejects: that trial fails, not the sweep
+                self._cache[key] = SimpleNamespace(
+                    hash=None, config=None, label=f"invalid point {dict(config)} ({err})",
+                    resources={"cpu": self.spec.resources["cpu"], "gpu": 0.0})
+        return self._cache[key]
+
+    def resources(self, config: dict) -> dict:
+        return self(config).resources
+
+
+class GridSweep:
+    """Every trial of `spec.trials()` without a result in the experiment, as one grid_search axis."""
+
+    objective = ("final_val_loss", "min")  # what "best so far" means for a grid sweep
+    num_samples = 1
+    searcher = None
+    worker_spec = None   # workers get each resolved trial in its config
+
+    def __init__(self, spec):
+        self.name = spec.name
+        self.trials = spec.trials()
+        self.lookup = GridTrials(self.trials)
+        self.pending: list = []
+        self.done_before: dict[str, str] = {}
+        self.known: dict[str, float | None] = {}
+        self.work: dict[str, float] = {}   # hash -> estimated compute seconds of pending trials
+
+    @property
+    def total(self) -> int:
+        return len(self.trials)
+
+    @property
+    def to_run(self) -> int:
+        return len(self.pending)
+
+    def plan_run(self, tracker, done: dict[str, str], out: TextIO) -> None:
+        """Owed: the trials with no result in the experiment (`done`, any sweep) or this sweep."""
+        done = dict(done)
+        done.update({h: c.outcome for h, c in tracker.children.items() if c.outcome in DONE_OUTCOMES})
+        self.pending = [t for t in self.trials if t.hash not in done]
+        self.done_before = {t.hash: done[t.hash] for t in self.trials if t.hash in done}
+        self.work = {t.hash: estimated_seconds(t) for t in self.pending}
+        print(f"[{self.name}] {self.total} trials: {self.total - self.to_run} already done, "
+              f"{self.to_run} to run", file=out, flush=True)
+
+    @property
+    def param_space(self) -> dict:
+        return {GRID_TRIAL_KEY: tune.grid_search([t.to_payload() for t in self.pending])} if self.pending else {}
+
+    @staticmethod
+    def trial_dirname(tune_trial) -> str:
+        return tune_trial.config[GRID_TRIAL_KEY]["hash"]
+
+    def outcomes(self, tracker) -> dict[str, str]:
+        """hash -> outcome of every trial of the sweep that has one (not only what ran now)."""
+        out = {}
+        for trial in self.trials:
+            child = tracker.children.get(trial.hash)
+            outcome = child.outcome if child and child.outcome else self.done_before.get(trial.hash)
+            if outcome:
+                out[trial.hash] = outcome
+        return out
+
+    def label(self, trial_hash: str) -> str | None:
+        trial = self.lookup.by_hash.get(trial_hash)
+        return trial.label if trial else None
+
+
+class SearchSweep:
+    """Optuna samples the points through Tune's OptunaSearch; the study persists at `study_url`,
+    so a rerun runs only the samples still owed."""
+
+    def __init__(self, spec, study_url: str):
+        self.name, self.search, self.study_url = spec.name, spec.search, study_url
+        self.lookup = SampledTrials(spec)
+        self.worker_spec = spec   # workers resolve the sampled values themselves
+        self.objective = (spec.search.metric, spec.search.mode)
+        self.known: dict[str, float | None] = {}   # hash -> objective of done samples (replayed, not rerun)
+        self.searcher = None
+        self.to_run = 0
+        self.param_space: dict = {}   # OptunaSearch proposes every point
+        self.work: dict = {}          # points are unknown until Optuna proposes them: ETA by count
+
+    @property
+    def total(self) -> int:
+        return self.search.num_samples
+
+    @property
+    def num_samples(self) -> int:
+        return self.to_run
+
+    def plan_run(self, tracker, done: dict[str, str], out: TextIO) -> None:
+        """Owed: num_samples minus this sweep's samples with a result (`done` does not count:
+        other sweeps' runs were not drawn by this study)."""
+        s = self.search
+        done_runs = [r for r in tracker.child_runs() if r.data.tags.get(TAG_OUTCOME) in DONE_OUTCOMES]
+        self.known = {r.data.tags[TAG_HASH]: r.data.metrics.get(s.metric) for r in done_runs}
+        self.to_run = max(0, s.num_samples - len(self.known))
+        note = ""
+        if self.to_run:
+            from .search import make_searcher
+
+            self.searcher, requeued = make_searcher(s, self.study_url)
+            note = f", {requeued} interrupted sample(s) re-queued" if requeued else ""
+        print(f"[{self.name}] search: {len(self.known)} of {s.num_samples} samples done, {self.to_run} to run "
+              f"(study {s.study_name!r} at {self.study_url}{note})", file=out, flush=True)
+
+    @staticmethod
+    def trial_dirname(tune_trial) -> str:
+        return tune_trial.trial_id
+
+    def outcomes(self, tracker) -> dict[str, str]:
+        return {h: child.outcome for h, child in tracker.children.items() if child.outcome}
+
+    def label(self, trial_hash: str) -> str | None:
+        return None  # samples are labelled by their runs
+
+
+def sweep_mode(spec, study_url: str | None = None):
+    return SearchSweep(spec, study_url) if spec.mode == "search" else GridSweep(spec)
+
+
+def estimated_seconds(trial) -> float:
+    """Compute time of a trial from the trainer's estimate, on the device it will use."""
+    from trainer.estimate import estimate
+
+    cost = estimate(trial.config)
+    return cost["seconds_gpu"] if trial.resources.get("gpu") else cost["seconds_cpu"]
