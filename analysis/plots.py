@@ -319,8 +319,9 @@ def plot_freedom(result: dict) -> Figure:
     fig, axes = _grid(len(groups), ncols=1)
     for ax, g in zip(axes, groups):
         pen = {(x["parametrization"], x["setting"]): x for x in g["penalties"]}
-        finite = [x["penalty"] for x in g["penalties"] if x["penalty"] is not None and math.isfinite(x["penalty"])]
-        top = max(finite + [0.01]) * 1.15
+        finite = [v for x in g["penalties"] for v in [x["penalty"], x["penalty_ci"][1]]
+                  if v is not None and math.isfinite(v)]
+        top = max(finite + [0.01]) * 1.15   # room for the intervals, and the height of a 'diverged' bar
         for i, r in enumerate(g["reliefs"]):
             for shift, label, colour in ((-0.2, r["without"], "tab:grey"), (0.2, r["with"], "tab:blue")):
                 x = pen[(label, r["setting"])]
