@@ -15,7 +15,7 @@ from . import frames
 from .stats import welch_contrast
 
 
-def compare(trials: pd.DataFrame, size: str = "d_model", hp: str = "lr", loss: str = "final_val_loss",
+def compare(trials: pd.DataFrame, *, size: str = "d_model", hp: str = "lr", loss: str = "final_val_loss",
             reference: str | None = None, n_boot: int = 200, level: float = 0.95, seed: int = 0) -> dict:
     """n_boot and seed are unused since gap_ci became a Welch interval (no resampling); they are
     kept so that callers passing the shared bootstrap options keep working."""

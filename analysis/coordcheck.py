@@ -18,7 +18,7 @@ from . import frames
 from .stats import loglog_fit
 
 
-def coord_check(trials: pd.DataFrame, history: pd.DataFrame, size: str = "d_model", hp: str = "lr",
+def coord_check(trials: pd.DataFrame, history: pd.DataFrame, *, size: str = "d_model", hp: str = "lr",
                 max_steps: int = 5, level: float = 0.95) -> dict:
     frames.require_columns(trials, [size, "parametrization", "outcome", "run_id"], "the coordinate check")
     acts = history[history["key"].str.startswith("act/")] if len(history) else history

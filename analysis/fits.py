@@ -45,19 +45,23 @@ class FitOptions:
 
 def analyses(tables: Tables, o: FitOptions) -> dict[str, Callable[[], dict]]:
     t = tables.trials
+    # keyword calls: the fits do not share one argument order (transfer takes hp before size)
+    common = {"loss": o.loss, "level": o.level}
     out = {
-        "comparison": lambda: compare(t, o.size, o.hp, o.loss, o.reference, o.n_boot, o.level, o.seed),
-        "transfer": lambda: fit_transfer(t, o.hp, o.size, o.loss, o.k, o.n_boot, o.level, o.seed, o.init_loss),
-        "multipliers": lambda: fit_multipliers(t, o.size, o.hp, o.loss, o.level),
-        "norms": lambda: fit_norms(t, o.size, o.loss, o.level),
-        "freedom": lambda: fit_freedom(t, o.loss, o.level),
-        "scaling": lambda: fit_scaling(t, o.size, o.hp, o.loss, o.n_boot_scaling, o.level, o.seed),
-        "tuning": lambda: tuning_cost(t, o.size, o.loss),
-        "coord_check": lambda: coord_check(t, tables.history, o.size, o.hp, o.coord_steps, o.level),
+        "comparison": lambda: compare(t, size=o.size, hp=o.hp, reference=o.reference, **common),
+        "transfer": lambda: fit_transfer(t, hp=o.hp, size=o.size, k=o.k, n_boot=o.n_boot, seed=o.seed,
+                                         init_loss=o.init_loss, **common),
+        "multipliers": lambda: fit_multipliers(t, size=o.size, hp=o.hp, **common),
+        "norms": lambda: fit_norms(t, size=o.size, **common),
+        "freedom": lambda: fit_freedom(t, **common),
+        "scaling": lambda: fit_scaling(t, size=o.size, hp=o.hp, n_boot=o.n_boot_scaling, seed=o.seed, **common),
+        "tuning": lambda: tuning_cost(t, size=o.size, loss=o.loss),
+        "coord_check": lambda: coord_check(t, tables.history, size=o.size, hp=o.hp, max_steps=o.coord_steps,
+                                           level=o.level),
     }
     if o.size == "d_model" and _varies(frames.grid_runs(t), "n_layers"):
-        out["transfer_depth"] = lambda: fit_transfer(t, o.hp, "n_layers", o.loss, o.k, o.n_boot, o.level,
-                                                     o.seed, o.init_loss)
+        out["transfer_depth"] = lambda: fit_transfer(t, hp=o.hp, size="n_layers", k=o.k, n_boot=o.n_boot,
+                                                     seed=o.seed, init_loss=o.init_loss, **common)
     return out
 
 

@@ -46,7 +46,7 @@ def _ratio_text(ratio: float) -> str:
     return f"1/{1 / ratio:g}"
 
 
-def fit_freedom(trials: pd.DataFrame, loss: str = "final_val_loss", level: float = 0.95) -> dict:
+def fit_freedom(trials: pd.DataFrame, *, loss: str = "final_val_loss", level: float = 0.95) -> dict:
     frames.require_columns(trials, [loss, "parametrization", "outcome"], "mis-set multipliers")
     runs = frames.usable(frames.grid_runs(trials))
     knobs = [k for k in KNOBS if k in runs.columns and pd.to_numeric(runs[k], errors="coerce").nunique() > 1]

@@ -31,7 +31,7 @@ HEAD_TOTAL = "head total"   # final-norm weight × effective head RMS (multiplie
 HEAD_TOTAL_COLUMNS = {"eff_rms/head", "norm/final_norm/mean"}
 
 
-def fit_multipliers(trials: pd.DataFrame, size: str = "d_model", hp: str = "lr", loss: str = "final_val_loss",
+def fit_multipliers(trials: pd.DataFrame, *, size: str = "d_model", hp: str = "lr", loss: str = "final_val_loss",
                     level: float = 0.95) -> dict:
     frames.require_columns(trials, [size, "parametrization", "outcome"], "learned multipliers vs width")
     frames.require_numeric(trials, [size], "learned multipliers vs width")

@@ -50,7 +50,7 @@ def _column(runs: pd.DataFrame, name: str, default: float | None = None) -> np.n
     return pd.to_numeric(runs[name], errors="coerce").to_numpy(dtype=float)
 
 
-def fit_norms(trials: pd.DataFrame, size: str = "d_model", loss: str = "final_val_loss",
+def fit_norms(trials: pd.DataFrame, *, size: str = "d_model", loss: str = "final_val_loss",
               level: float = 0.95) -> dict:
     frames.require_columns(trials, ["lr", "weight_decay", size, "parametrization", "outcome"], "equilibrium norms")
     if not any(c.startswith("weight_rms/") for c in trials.columns):

@@ -147,7 +147,7 @@ def _fit_lse(model: LSEModel, extra_starts) -> np.ndarray:
     return best
 
 
-def fit_scaling(trials: pd.DataFrame, size: str = "d_model", hp: str = "lr", loss: str = "final_val_loss",
+def fit_scaling(trials: pd.DataFrame, *, size: str = "d_model", hp: str = "lr", loss: str = "final_val_loss",
                 n_boot: int = 100, level: float = 0.95, seed: int = 0) -> dict:
     frames.require_columns(trials, [size, "n_params", loss, "parametrization", "outcome"], "the scaling-law fit")
     runs = frames.grid_runs(trials)

@@ -81,7 +81,7 @@ class Curve:
     n_nan: int
 
 
-def fit_transfer(trials: pd.DataFrame, hp: str = "lr", size: str = "d_model", loss: str = "final_val_loss",
+def fit_transfer(trials: pd.DataFrame, *, hp: str = "lr", size: str = "d_model", loss: str = "final_val_loss",
                  k: int = 2, n_boot: int = 200, level: float = 0.95, seed: int = 0,
                  init_loss: float | None = None, hp_range: tuple[float, float] | None = None) -> dict:
     if k < 1:

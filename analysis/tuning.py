@@ -16,7 +16,7 @@ from trainer.config import UserError
 from . import frames
 
 
-def tuning_cost(trials: pd.DataFrame, size: str = "d_model", loss: str = "final_val_loss",
+def tuning_cost(trials: pd.DataFrame, *, size: str = "d_model", loss: str = "final_val_loss",
                 compute: str = "flops") -> dict:
     frames.require_columns(trials, [loss, "parametrization", "outcome"], "the tuning-cost curve")
     warnings: list[str] = []
