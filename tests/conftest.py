@@ -112,6 +112,27 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> No
     raise RuntimeError(f"{url} did not answer within {timeout}s:\n{log.read_text()[-3000:]}")
 
 
+def wait_job_agent(dashboard: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
+    """The dashboard answers before the head node's job agent has registered, and the head gives
+    a submission only 10 s to find one (ray.dashboard.consts.WAIT_AVAILABLE_AGENT_TIMEOUT): on a
+    loaded machine the first submit then fails with "No available agent". Submit a no-op job
+    until one is accepted."""
+    from orchestrator import jobs
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray head exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            jobs.client(dashboard).submit_job(entrypoint="true")
+            return
+        except Exception as err:  # noqa: BLE001 - agent not registered yet
+            if "No available agent" not in str(err):
+                raise
+            time.sleep(2)
+    raise RuntimeError(f"the job agent of {dashboard} did not register within {timeout}s")
+
+
 def venv_env(**extra: str) -> dict[str, str]:
     """The environment for child processes: this interpreter's bin first on PATH, so a Ray
     Job's `python` is ours too."""
@@ -153,6 +174,7 @@ def ray_head():
         env=venv_env(RAY_TMPDIR=temp))
     try:
         wait_http(f"http://127.0.0.1:{dash}/api/version", 240, proc, log)
+        wait_job_agent(f"http://127.0.0.1:{dash}", 240, proc, log)
         yield f"http://127.0.0.1:{dash}"
     finally:
         stop_group(proc)
