@@ -15,7 +15,7 @@ from typing import Any, Callable
 from trainer.config import TrainConfig
 from trainer.estimate import estimate
 
-from .problems import closest
+from .problems import brief, closest
 
 FUNCTIONS: dict[str, Callable[..., Any]] = {
     "min": min, "max": max, "round": round, "int": int, "float": float, "abs": abs,
@@ -79,7 +79,7 @@ def evaluate(tree: ast.Expression, cfg: TrainConfig) -> Any:
 def _check(node: ast.AST) -> None:
     if isinstance(node, ast.Constant):
         if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
-            raise ExpressionError(f"only numbers are allowed as constants, not {node.value!r}")
+            raise ExpressionError(f"only numbers are allowed as constants, not {brief(node.value)}")
     elif isinstance(node, ast.Name):
         if node.id not in TrainConfig.model_fields and node.id not in HELPERS:
             raise ExpressionError(_unknown(node.id))
@@ -123,7 +123,7 @@ def _eval(node: ast.AST, cfg: TrainConfig) -> Any:
             return HELPERS[node.id](cfg)
         value = getattr(cfg, node.id)
         if not isinstance(value, (int, float)):  # strings would allow `corpus * 10**9`
-            raise ExpressionError(f"'{node.id}' is {value!r}, not a number")
+            raise ExpressionError(f"'{node.id}' is {brief(value)}, not a number")
         return value
     if isinstance(node, ast.BinOp):
         left, right = _eval(node.left, cfg), _eval(node.right, cfg)

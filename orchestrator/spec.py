@@ -167,7 +167,7 @@ class SweepSpec:
         problems = Problems(self._loaded)
         for key, value in overrides.items():
             if key not in FIELDS:
-                problems.add((), f"sampled key {key!r}: {unknown_key(key, FIELDS)}")
+                problems.add((), f"sampled key {brief(key)}: {unknown_key(key, FIELDS)}")
             elif key in self._derived:
                 problems.add(("derived", key), "is derived; it cannot also be sampled")
             else:
@@ -255,7 +255,7 @@ class SweepSpec:
         study_entry = base.pop("from_study", None)
         for key, value in base.items():
             if not isinstance(key, str):
-                problems.add(("base",), f"key {key!r} is not text")
+                problems.add(("base",), f"key {brief(key)} is not text")
             elif self._claim(problems, key, ("base", key)):
                 ok, checked = self._check_value(problems, ("base", key), key, value)
                 if ok:
@@ -432,7 +432,7 @@ def _parse_top_level(loaded: LoadedYaml) -> SweepFile:
     problems = Problems(loaded)
     for key in data:
         if not isinstance(key, str):
-            problems.add((), f"top-level key {key!r} is not text; allowed keys: {', '.join(ALLOWED_KEYS[()])}")
+            problems.add((), f"top-level key {brief(key)} is not text; allowed keys: {', '.join(ALLOWED_KEYS[()])}")
     problems.raise_if_any()
     try:
         return SweepFile.model_validate(data)
