@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import TypeAdapter, ValidationError
 
-from trainer.config import ConfigError, TrainConfig
+from trainer.config import ConfigError, TrainConfig, check_plain_value
 from trainer.estimate import estimate
 from trainer.yaml_lines import KeyPath, LoadedYaml, load_yaml_file, load_yaml_text
 
@@ -242,11 +242,13 @@ class SweepSpec:
     def _check_value(self, problems: Problems, path: KeyPath, key: str, value: Any,
                      what: str = "") -> tuple[bool, Any]:
         """(ok, the value as the config will hold it: YAML's '1e-3' string becomes 0.001)."""
+        prefix = f"{what} " if what else ""
         try:
+            check_plain_value(key, value)
             return True, _field_adapter(key).validate_python(value)
-        except ValidationError as err:
-            msgs = {e["msg"].removeprefix("Value error, ") for e in err.errors()}
-            prefix = f"{what} " if what else ""
+        except ValueError as err:  # pydantic's ValidationError is one
+            errors = err.errors() if isinstance(err, ValidationError) else [{"msg": str(err)}]
+            msgs = {e["msg"].removeprefix("Value error, ") for e in errors}
             problems.add(path, f"{prefix}{' or '.join(sorted(msgs))} (got {brief(value)})")
             return False, value
 

@@ -5,6 +5,7 @@ combinations raise ConfigError with the key and what is allowed, never a bare tr
 """
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -121,17 +122,8 @@ class TrainConfig(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _plain_numbers(cls, value: Any, info) -> Any:
-        """YAML's `true` is not the number 1, and sizes have an upper bound."""
-        annotation = cls.model_fields[info.field_name].annotation
-        if annotation in (int, float) or annotation == (float | None):
-            if isinstance(value, bool):
-                raise ValueError("expected a number, not a boolean (true/false)")
-            if annotation is int and isinstance(value, (int, float)) and not abs(value) <= MAX_INT:
-                raise ValueError(f"expected an integer of at most {MAX_INT:.3g}")
-        elif isinstance(value, str) and len(value) > MAX_TEXT:
-            raise ValueError(f"text longer than {MAX_TEXT} characters")
-        return value
+    def _plain_values(cls, value: Any, info) -> Any:
+        return check_plain_value(info.field_name, value)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "TrainConfig":
@@ -211,6 +203,23 @@ class TrainConfig(BaseModel):
         shapes = {"embedding": (self.vocab_size, d), **dict.fromkeys(ATTENTION_ROLES, (d, d)),
                   "mlp_up": (d, h), "mlp_gate": (d, h), "mlp_down": (h, d), "head": (d, self.vocab_size)}
         return shapes[role]
+
+
+def check_plain_value(key: str, value: Any) -> Any:
+    """The bounds of every field beyond its type (run before pydantic's own checks): YAML's
+    `true` is not the number 1, floats are finite, integers and text have an upper size.
+    Raises ValueError; sweep files check each value with this too (orchestrator/spec.py)."""
+    annotation = TrainConfig.model_fields[key].annotation
+    if annotation in (int, float) or annotation == (float | None):
+        if isinstance(value, bool):
+            raise ValueError("expected a number, not a boolean (true/false)")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("expected a finite number")
+        if annotation is int and isinstance(value, (int, float)) and not abs(value) <= MAX_INT:
+            raise ValueError(f"expected an integer of at most {MAX_INT:.3g}")
+    elif isinstance(value, str) and len(value) > MAX_TEXT:
+        raise ValueError(f"text longer than {MAX_TEXT} characters")
+    return value
 
 
 def format_validation_error(err: ValidationError, source: str, loaded: LoadedYaml | None = None) -> str:

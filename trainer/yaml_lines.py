@@ -45,7 +45,7 @@ class NumberLoader(yaml.SafeLoader):
         try:
             if self._depth > MAX_DEPTH:
                 raise yaml.composer.ComposerError(
-                    None, None, f"nested more than {MAX_DEPTH} levels deep", start)
+                    None, None, f"nested too deeply (more than {MAX_DEPTH} levels)", start)
             node = super().compose_node(parent, index)
         finally:
             self._depth -= 1
