@@ -203,6 +203,7 @@ class SweepSpec:
     # --- checks of the keys (once per file) --------------------------------------------------
     def _check_keys(self, parsed: SweepFile) -> None:
         problems = Problems(self._loaded)
+        self._check_trial_count(problems, parsed)  # before any value is looked at
         self._take_base(problems, parsed)
         self._take_seeds(problems, parsed)
         for section in ("grid", "zip"):
@@ -211,8 +212,7 @@ class SweepSpec:
                     problems.add((section, key), f"expected a non-empty list of values, e.g. {key}: [a, b]")
                 elif self._claim(problems, key, (section, key)):
                     axis = getattr(self, section)
-                    axis[key] = [self._check_value(problems, (section, key, i), key, value)[1]
-                                 for i, value in enumerate(values)]
+                    axis[key] = self._check_values(problems, (section, key), key, values)
         self._check_zip_lengths(problems)
         for key, text in parsed.derived.items():
             if self._claim(problems, key, ("derived", key)):
@@ -230,7 +230,8 @@ class SweepSpec:
             problems.add(path, "set seeds with the top-level `seeds:` key (seeds: 3 or seeds: [0, 1, 2])")
             return False
         if key not in FIELDS:
-            problems.add(path, unknown_key(key, FIELDS) + " (not a training config key)")
+            hint = unknown_key(key, FIELDS) if problems.hints_wanted else "unknown key"
+            problems.add(path, hint + " (not a training config key)")
             return False
         if key in self._origin:
             first = self._origin[key]
@@ -238,6 +239,36 @@ class SweepSpec:
             return False
         self._origin[key] = path
         return True
+
+    def _check_trial_count(self, problems: Problems, parsed: SweepFile) -> None:
+        """The number of grid points from the lengths alone, so that a grid of a million
+        points is refused at once (the values are checked afterwards)."""
+        seeds = parsed.seeds
+        n_seeds = 1 if seeds is None else seeds if isinstance(seeds, int) else len(seeds)
+        zip_len = max((len(v) for v in parsed.zip.values()), default=1)
+        total = n_seeds * math.prod(max(1, len(v)) for v in parsed.grid.values()) * zip_len
+        if total > MAX_TRIALS:
+            problems.add((), f"the sweep expands to {total} trials, more than the limit of {MAX_TRIALS}; "
+                         "use fewer axis values or seeds, or split it into several sweeps")
+            problems.raise_if_any()
+
+    def _check_values(self, problems: Problems, path: KeyPath, key: str, values: list) -> list:
+        """Each distinct value of an axis checked once (an error names its first index)."""
+        out, checked = [], {}
+        for i, value in enumerate(values):
+            try:
+                memo = (type(value), value)
+                hash(memo)
+            except TypeError:  # lists and mappings: checked each time
+                memo = None
+            if memo is not None and memo in checked:
+                out.append(checked[memo])
+                continue
+            result = self._check_value(problems, path + (i,), key, value)[1]
+            if memo is not None:
+                checked[memo] = result
+            out.append(result)
+        return out
 
     def _check_value(self, problems: Problems, path: KeyPath, key: str, value: Any,
                      what: str = "") -> tuple[bool, Any]:
