@@ -70,6 +70,11 @@ def cmd_run(args) -> int:
     _positive(args.max_concurrent, "--max-concurrent")
     _positive(args.num_cpus, "--num-cpus")
     spec = load_sweep(args.sweep)
+    if args.address:  # the cluster's machines may hold corpora this one does not
+        for line in spec.missing_corpora():
+            print(f"scalelab run: warning: {line}", file=sys.stderr)
+    else:
+        spec.check_corpora()
     opts = RunOptions(tracking_uri=args.tracking_uri, storage=args.storage, address=args.address,
                       max_concurrent=args.max_concurrent, num_cpus=args.num_cpus)
     from mlflow.exceptions import MlflowException

@@ -21,8 +21,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import TypeAdapter, ValidationError
 
-from trainer.config import ConfigError, TrainConfig, check_plain_value
-from trainer.estimate import estimate
+from trainer.config import ConfigError, TrainConfig, check_plain_value, missing_corpus_paths
+from trainer.estimate import estimate, machine_memory_bytes, memory_problem
 from trainer.yaml_lines import KeyPath, LoadedYaml, load_yaml_file, load_yaml_text
 
 from . import derive, search_space
@@ -420,6 +420,9 @@ class SweepSpec:
             cfg = TrainConfig(**values)
         except ValidationError as err:
             raise _PointError(self._point_error(err, point, overrides, index or {})) from None
+        too_big = self._memory_problem(cfg)
+        if too_big:
+            raise _PointError(f"at {point}: {too_big}")
         return Trial(hash=trial_hash(cfg), config=cfg, overrides=overrides,
                      resources={"cpu": self.resources["cpu"], "gpu": self._gpu_for(cfg)},
                      label=_label(cfg, overrides, varying))
@@ -445,6 +448,32 @@ class SweepSpec:
             lines.append(f"{where}: {msg}")
         return "; ".join(lines)
 
+    def _memory_problem(self, cfg: TrainConfig) -> str | None:
+        """GPU trials against resources.gpu_memory_gb; CPU trials against this machine's RAM."""
+        if self.resources["gpu"] == 0:
+            return memory_problem(cfg, _ram_bytes(), "RAM on this machine (a CPU trial: resources.gpu is 0)")
+        return memory_problem(cfg, self.gpu_memory_gb * 2 ** 30, "GPU memory (resources.gpu_memory_gb)")
+
+    def missing_corpora(self) -> list[str]:
+        """'<where>: corpus file x.txt does not exist' for each corpus path that is not here
+        (an error for local runs, a warning for `scalelab submit`: the cluster may have it)."""
+        configs = [t.config for t in self._trials] or [TrainConfig.model_construct(**self.base)]
+        seen, out = set(), []
+        for cfg in configs:
+            for name in missing_corpus_paths(cfg.corpus):
+                if name not in seen:
+                    seen.add(name)
+                    where = self.where(self._origin.get("corpus", ("base", "corpus")))
+                    out.append(f"{self.source}: {where}: corpus file or directory {brief(name)} does not exist "
+                               f"(relative paths are relative to the working directory, {os.getcwd()})")
+        return out
+
+    def check_corpora(self) -> None:
+        """Raise ConfigError when a corpus path is missing (local runs, validate, plan)."""
+        missing = self.missing_corpora()
+        if missing:
+            raise ConfigError("\n".join(missing))
+
     def _gpu_for(self, cfg: TrainConfig) -> float:
         gpu = self.resources["gpu"]
         if gpu != "auto":
@@ -452,6 +481,11 @@ class SweepSpec:
         need = estimate(cfg)["memory_bytes"] / (self.gpu_memory_gb * 2 ** 30)
         # whole GPUs are capped at 1: the trainer uses one device
         return next((f for f in GPU_FRACTIONS if need <= f), 1.0)
+
+
+@lru_cache(maxsize=1)
+def _ram_bytes() -> int | None:
+    return machine_memory_bytes()
 
 
 def _parse_top_level(loaded: LoadedYaml) -> SweepFile:

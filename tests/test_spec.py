@@ -353,17 +353,17 @@ def test_gpu_auto_gives_a_fraction_from_estimated_memory(tmp_path):
         name: x
         grid:
           d_model: [64, 2048]
-        resources: {cpu: 2, gpu: auto, gpu_memory_gb: 1}
-    """)
+        resources: {cpu: 2, gpu: auto, gpu_memory_gb: 8}
+    """)  # (was gpu_memory_gb: 1, which d_model 2048 (3.5 GiB) no longer fits: now an error)
     assert spec.resources == {"cpu": 2.0, "gpu": "auto"}
     small, big = spec.trials()
     for trial in (small, big):
-        need = estimate(trial.config)["memory_bytes"] / 2 ** 30
+        need = estimate(trial.config)["memory_bytes"] / 2 ** 30 / 8
         fraction = trial.resources["gpu"]
         assert fraction in (0.125, 0.25, 0.5, 1.0)
         assert fraction >= min(need, 1.0)
         assert fraction == 0.125 or fraction / 2 < need
-    assert small.resources["gpu"] < big.resources["gpu"] == 1.0
+    assert small.resources["gpu"] < big.resources["gpu"] == 0.5
     assert small.resources["cpu"] == 2.0
 
 

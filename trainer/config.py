@@ -6,6 +6,7 @@ combinations raise ConfigError with the key and what is allowed, never a bare tr
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -203,6 +204,16 @@ class TrainConfig(BaseModel):
         shapes = {"embedding": (self.vocab_size, d), **dict.fromkeys(ATTENTION_ROLES, (d, d)),
                   "mlp_up": (d, h), "mlp_gate": (d, h), "mlp_down": (h, d), "head": (d, self.vocab_size)}
         return shapes[role]
+
+
+BUILTIN_CORPORA = ("kjv",)
+
+
+def missing_corpus_paths(corpus: str | list[str]) -> list[str]:
+    """The corpus entries that name neither a built-in corpus nor an existing file/directory
+    (trainer/data.py reads them; this only looks, so that sweeps can say so before a run)."""
+    names = [corpus] if isinstance(corpus, str) else list(corpus)
+    return [n for n in names if n not in BUILTIN_CORPORA and not os.path.exists(os.path.expanduser(n))]
 
 
 def check_plain_value(key: str, value: Any) -> Any:
