@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 
 from orchestrator.layout import KIND_SWEEP, TAG_KIND, resolve_tracking_uri, tracking_uri_help
+from orchestrator.locations import safe_component
 from trainer.config import TrainConfig, UserError
 
 REPORT_HELP = """\
@@ -104,7 +104,7 @@ def run_report(args) -> int:
         uri = resolve_tracking_uri(args.tracking_uri)
         tables = Tables.from_mlflow(args.source, uri, history=not args.no_history, progress=say)
         name = "+".join(args.source)
-    out = args.out or os.path.join("reports", _safe(name))
+    out = args.out or os.path.join("reports", safe_component(name))
     build_report(tables, out, options, progress=say)
     if uri and not args.no_attach:
         attach_report(uri, tables.meta.get("sweeps", []), out, say)
@@ -124,10 +124,6 @@ def _options(args, FitOptions):
     return FitOptions(hp=args.hp, size=args.size, loss=args.loss, k=args.k, n_boot=args.n_boot,
                       n_boot_scaling=min(args.n_boot, 100), level=args.level, seed=args.seed,
                       reference=args.reference)
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+=-]+", "_", name) or "report"
 
 
 def attach_report(tracking_uri: str, sweeps: list[dict], out_dir: str, say) -> list[str]:

@@ -54,12 +54,12 @@ def trials_root(storage: str, experiment: str) -> str:
 
 
 MAX_COMPONENT = 100
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.+=\-]")
 
 
 def safe_component(name: str) -> str:
     """A name (a sweep's experiment, ...) as one path component that stays inside its folder:
-    anything but letters, digits, '_', '-' and '.' becomes '_', no leading '.', at most
+    anything but letters, digits and `_ - . + =` becomes '_', no leading '.', at most
     MAX_COMPONENT characters. A name that is already safe is kept as it is; one that had to be
     changed gets 8 hex of its hash appended, so two different names never share a folder.
     Every place where a name from a sweep file becomes a path goes through here."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from .config import TrainConfig, UserError
@@ -22,6 +23,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
 
+def check_fits_device(cfg: TrainConfig) -> None:
+    """The estimated memory against the device the run will use (a batch of 10^8 would
+    otherwise fail deep in torch with a 24 GiB allocation error)."""
+    from .estimate import machine_memory_bytes, memory_problem
+    from .loop import pick_device
+
+    device = pick_device(cfg)
+    if device.type == "cuda":
+        import torch
+
+        problem = memory_problem(cfg, torch.cuda.get_device_properties(device).total_memory, "GPU memory")
+    else:
+        problem = memory_problem(cfg, machine_memory_bytes(), "RAM on this machine")
+    if problem:
+        raise UserError(f"this config {problem}")
+
+
+def _writable_dir(path: str, flag: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{flag} {path}: cannot create the directory ({err.strerror or err}); "
+                        "pick a directory you can write to") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: the directory is not writable; pick a directory you can write to")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     if args.help_config:
         for name, field in TrainConfig.model_fields.items():
@@ -35,6 +63,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume and not args.checkpoint_dir:
         raise UserError("--resume needs --checkpoint-dir (where the checkpoints are)")
+    check_fits_device(cfg)
+    if args.checkpoint_dir:  # fail now, not at the first checkpoint
+        _writable_dir(args.checkpoint_dir, "--checkpoint-dir")
+    if args.json:
+        _writable_dir(str(Path(args.json).resolve().parent), "--json")
     result = train(cfg, checkpoint_dir=args.checkpoint_dir, resume_from="latest" if args.resume else None,
                    progress=not args.quiet)
     m = result.metrics
