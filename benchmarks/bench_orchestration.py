@@ -62,7 +62,6 @@ def sweep(spec, folder: Path, db: str = "mlflow.db") -> float:
 
 def warm_sweeps(folder: Path, n: int, steps: int) -> tuple[float, float]:
     """Wall time of an N- and a 2N-trial sweep in one running Ray and an existing MLflow db."""
-    import ray
 
     from orchestrator.ray_local import init_private_ray, quiet_tune, shutdown_private_ray
     from orchestrator.spec import load_sweep
