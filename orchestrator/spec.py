@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 from pydantic import TypeAdapter, ValidationError
 
 from trainer.config import ConfigError, TrainConfig, check_plain_value, missing_corpus_paths
-from trainer.estimate import estimate, machine_memory_bytes, memory_problem
+from trainer.estimate import SIZE_KEYS, estimate, machine_memory_bytes, memory_problem
 from trainer.yaml_lines import KeyPath, LoadedYaml, load_yaml_file, load_yaml_text
 
 from . import derive, search_space
@@ -422,7 +422,9 @@ class SweepSpec:
             raise _PointError(self._point_error(err, point, overrides, index or {})) from None
         too_big = self._memory_problem(cfg)
         if too_big:
-            raise _PointError(f"at {point}: {too_big}")
+            spots = [self.where(self._origin[k] + ((index[k],) if index and k in index else ()))
+                     for k in SIZE_KEYS if k in self._origin]
+            raise _PointError(f"at {point}{' (' + ', '.join(spots) + ')' if spots else ''}: {too_big}")
         return Trial(hash=trial_hash(cfg), config=cfg, overrides=overrides,
                      resources={"cpu": self.resources["cpu"], "gpu": self._gpu_for(cfg)},
                      label=_label(cfg, overrides, varying))

@@ -31,6 +31,9 @@ def flops_per_token(cfg: TrainConfig) -> float:
     return 6.0 * matmul + 6.0 * cfg.n_layers * cfg.seq_len * cfg.d_model
 
 
+SIZE_KEYS = ("batch_size", "seq_len", "d_model", "n_layers", "mlp_ratio", "vocab_size")  # what memory grows with
+
+
 def machine_memory_bytes() -> int | None:
     """Physical RAM of this machine (None where the OS does not say)."""
     try:
@@ -45,10 +48,10 @@ def memory_problem(cfg: TrainConfig, available_bytes: float | None, device: str)
     need = estimate(cfg)["memory_bytes"]
     if available_bytes is None or need <= available_bytes:
         return None
-    return (f"needs about {need / 2 ** 30:,.1f} GiB (trainer/estimate.py: weights, Adam state and "
+    return (f"needs about {need / 2 ** 30:,.4g} GiB (trainer/estimate.py: weights, Adam state and "
             f"activations of batch_size={cfg.batch_size} × seq_len={cfg.seq_len}, d_model={cfg.d_model}, "
-            f"n_layers={cfg.n_layers}), more than the {available_bytes / 2 ** 30:,.1f} GiB of {device}; "
-            "lower batch_size, seq_len, d_model or n_layers")
+            f"n_layers={cfg.n_layers}, mlp_ratio={cfg.mlp_ratio:g}, vocab_size={cfg.vocab_size}), more than "
+            f"the {available_bytes / 2 ** 30:,.1f} GiB of {device}; lower {', '.join(SIZE_KEYS)}")
 
 
 def estimate(cfg: TrainConfig) -> dict[str, float]:
