@@ -25,7 +25,7 @@ EXCLUDES = [".venv", "venv", ".git", DEFAULT_TRACKING_DB, "mlruns", ARTIFACT_DIR
 IGNORE_FILES = (".gitignore", ".scalelabignore")  # gitignore syntax, read from the working directory
 # Files that look like credentials are never uploaded: by name (lower-cased, fnmatch) ...
 SECRET_NAMES = (".env", ".env.*", "*.env", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_dsa*",
-                "id_ecdsa*", "id_ed25519*", "credentials*", ".netrc", ".pgpass", "*secret*", "auth_token*",
+                "id_ecdsa*", "id_ed25519*", "*credentials*", ".netrc", ".pgpass", "*secret*", "auth_token*",
                 "*_token", "*-token", "*.token", "token", "token.txt", "*_token.txt", "*-token.txt")
 # ... or by content (text files up to SECRET_SCAN_BYTES): an assignment of a real-looking value.
 SECRET_CONTENT = re.compile(
