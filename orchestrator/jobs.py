@@ -83,8 +83,9 @@ def check_remote_tracking(uri: str) -> None:
     if scheme in LOCAL_SCHEMES or not scheme:
         raise UserError(
             f"tracking URI {uri!r} is a local file, but a cluster's driver and workers run on other "
-            "machines: start an MLflow server (mlflow server --host 0.0.0.0 --port 5000 "
-            "--backend-store-uri sqlite:///mlflow.db) and pass --tracking-uri http://HOST:5000")
+            "machines: start an MLflow server on an address the cluster reaches (mlflow server --host "
+            "PRIVATE_IP --port 5000 --backend-store-uri sqlite:///mlflow.db; see README, On a Ray "
+            "cluster, for the risk) and pass --tracking-uri http://HOST:5000")
 
 
 def upload_excludes(working_dir: Path) -> list[str]:
