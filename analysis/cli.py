@@ -9,6 +9,7 @@ import sys
 from orchestrator.layout import KIND_SWEEP, TAG_KIND, resolve_tracking_uri, tracking_uri_help
 from orchestrator.locations import safe_component
 from trainer.config import TrainConfig, UserError
+from trainer.paths import writable_dir, writable_file
 
 REPORT_HELP = """\
 Fit and plot a sweep: hyperparameter transfer (optima, γ, drift, LR sensitivity), learned
@@ -95,6 +96,8 @@ def run_report(args) -> int:
     snapshots = [s for s in args.source if is_snapshot(s)]
     if snapshots and len(args.source) > 1:
         raise UserError(f"give one snapshot file, or one or more experiment names (got {args.source})")
+    if args.out:  # before the (slow) read from MLflow
+        writable_dir(args.out, "--out")
     if snapshots:
         say(f"loading {snapshots[0]}")
         tables, uri = Tables.load(snapshots[0]), None
@@ -146,6 +149,7 @@ def run_export(args) -> int:
     say = _say("export")
     if os.path.isdir(args.file):
         raise UserError(f"{args.file} is a directory; give a file name such as {args.file.rstrip('/')}/snapshot.parquet")
+    writable_file(args.file, "export FILE")  # before the (slow) read from MLflow
     _quiet_mlflow_logs()
     uri = resolve_tracking_uri(args.tracking_uri)
     tables = Tables.from_mlflow(args.experiments, uri, history=not args.no_history,

@@ -32,6 +32,7 @@ from .problems import Problems, brief, unknown_key
 from .spec_schema import ALLOWED_KEYS, FromStudyFile, SweepFile
 
 GPU_FRACTIONS = (0.125, 0.25, 0.5, 1.0)
+MAX_SHORT = 60  # characters of one value in a label or a point's text
 MAX_TRIALS = 100_000  # a typo like `seeds: 100000000` should fail fast, not fill memory
 FIELDS = TrainConfig.model_fields
 # Short names in trial labels ("mup+vector d=256 lr=3e-3 s=0").
@@ -524,9 +525,8 @@ def _short(value: Any) -> str:
         return f"{mantissa}e{int(exponent)}"
     if isinstance(value, float):
         return f"{value:.4g}"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, separators=(",", ":"))
-    return str(value)
+    text = json.dumps(value, separators=(",", ":")) if isinstance(value, (dict, list)) else str(value)
+    return text if len(text) <= MAX_SHORT else text[:MAX_SHORT - 3] + "..."
 
 
 def _label(cfg: TrainConfig, overrides: dict[str, Any], varying: list[str]) -> str:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from trainer.config import MAX_SEED
 from trainer.errors import brief
 
 # Metrics a search may optimise: the trainer's report and final keys (CONTRACTS.md).
@@ -15,7 +16,6 @@ METRICS = ("final_val_loss", "min_val_loss", "final_train_loss", "val_loss", "tr
            "tokens_per_s", "mfu", "wall_time_s", "grad_norm")
 DISTRIBUTIONS = ("log_uniform", "uniform", "int", "categorical")
 MAX_SEEDS = 10_000
-MAX_SEED = 2 ** 32 - 1  # trainer.config owns the seed range; repeated here for the message
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 MAX_NAME_LENGTH = 100   # names become folder names (Ray's run folder, the trials folder)
 

@@ -59,12 +59,18 @@ def test_os_errors_on_user_paths_are_one_line(capsys, monkeypatch):
     assert "write to" in path_error(PermissionError(13, "Permission denied", "/x"))
 
 
-def test_report_to_an_unwritable_place(capsys, tmp_path):
-    blocker = tmp_path / "file"
+@pytest.mark.parametrize("argv, fragment", [
+    (["report", "nothing-here", "--out", "BLOCKER/sub"], "--out"),
+    (["export", "nothing-here", "BLOCKER/sub/x.parquet"], "export FILE"),
+    (["export", "nothing-here", "/proc/no/such/x.parquet"], "export FILE"),
+])
+def test_outputs_to_an_unwritable_place(capsys, tmp_path, argv, fragment):
+    blocker = tmp_path / "file"  # a file where a directory would have to be
     blocker.write_text("")
-    code, _, err = run(capsys, "report", "nothing-here", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
-                       "--out", str(blocker / "sub"))
-    assert code == 2 and "Traceback" not in err, err
+    argv = [a.replace("BLOCKER", str(blocker)) for a in argv]
+    code, _, err = run(capsys, *argv, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}")
+    assert code == 2 and fragment in err and "Traceback" not in err, err
+    assert not (tmp_path / "m.db").exists()  # refused before MLflow was opened
 
 
 # --- submit ------------------------------------------------------------------------------------

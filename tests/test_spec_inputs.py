@@ -145,3 +145,11 @@ def test_train_config_refuses(values, fragment):
     with pytest.raises(ConfigError) as err:
         TrainConfig.build(values)
     assert fragment in str(err.value)
+
+
+def test_messages_quote_long_keys_and_values_briefly():
+    msg = error("name: x\nbase:\n  ? " + "k" * 100_000 + "\n  : 1\n")
+    assert "kkk..." in msg and len(msg) < 1000
+    values = ", ".join(f"/no/such/file{i}.txt" for i in range(3000))
+    msg = error(f"name: x\nbase: {{corpus: [{values}], d_model: 100}}\n")
+    assert len(msg) < 2000

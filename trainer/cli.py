@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from .config import TrainConfig, UserError
+from .paths import writable_dir, writable_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,16 +40,6 @@ def check_fits_device(cfg: TrainConfig) -> None:
         raise UserError(f"this config {problem}")
 
 
-def _writable_dir(path: str, flag: str) -> None:
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"{flag} {path}: cannot create the directory ({err.strerror or err}); "
-                        "pick a directory you can write to") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {path}: the directory is not writable; pick a directory you can write to")
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     if args.help_config:
         for name, field in TrainConfig.model_fields.items():
@@ -65,9 +55,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError("--resume needs --checkpoint-dir (where the checkpoints are)")
     check_fits_device(cfg)
     if args.checkpoint_dir:  # fail now, not at the first checkpoint
-        _writable_dir(args.checkpoint_dir, "--checkpoint-dir")
+        writable_dir(args.checkpoint_dir, "--checkpoint-dir")
     if args.json:
-        _writable_dir(str(Path(args.json).resolve().parent), "--json")
+        writable_file(args.json, "--json")
     result = train(cfg, checkpoint_dir=args.checkpoint_dir, resume_from="latest" if args.resume else None,
                    progress=not args.quiet)
     m = result.metrics

@@ -130,13 +130,19 @@ class LoadedYaml:
         return f"{text} (line {line})" if line else text
 
 
+MAX_KEY_SHOWN = 60  # a 100 KB key is shown shortened in messages
+
+
 def format_path(path: KeyPath) -> str:
     out = ""
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            text = str(part)
+            if len(text) > MAX_KEY_SHOWN:
+                text = text[:MAX_KEY_SHOWN - 3] + "..."
+            out += ("." if out else "") + text
     return out or "(top level)"
 
 
