@@ -435,9 +435,12 @@ class SweepSpec:
         for e in err.errors():
             key = e["loc"][0] if e["loc"] else None
             msg = e["msg"].removeprefix("Value error, ")
-            if key is None:  # a combination of keys: name where each varying value comes from
+            if key is None:  # a combination of keys: name where each varying value comes from,
+                # and where the fixed keys the message names (`d_model=100 ...`) are set
                 spots = [self.where(self._origin[k] + ((index[k],) if k in index else ()))
                          for k in overrides if k in self._origin and k != "seed"]
+                spots += [self.where(self._origin[k]) for k in self._origin
+                          if k not in overrides and k != "seed" and f"{k}=" in msg]
                 where = f"at {point}" + (f" ({', '.join(spots)})" if spots else "")
             else:
                 path = self._origin.get(key, ("base", key))
