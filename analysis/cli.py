@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 
 from orchestrator.layout import KIND_SWEEP, TAG_KIND, resolve_tracking_uri, tracking_uri_help
+from orchestrator.locations import safe_component
 from trainer.config import TrainConfig, UserError
+from trainer.paths import writable_dir, writable_file
 
 REPORT_HELP = """\
 Fit and plot a sweep: hyperparameter transfer (optima, γ, drift, LR sensitivity), learned
@@ -95,6 +96,8 @@ def run_report(args) -> int:
     snapshots = [s for s in args.source if is_snapshot(s)]
     if snapshots and len(args.source) > 1:
         raise UserError(f"give one snapshot file, or one or more experiment names (got {args.source})")
+    if args.out:  # before the (slow) read from MLflow
+        writable_dir(args.out, "--out")
     if snapshots:
         say(f"loading {snapshots[0]}")
         tables, uri = Tables.load(snapshots[0]), None
@@ -104,7 +107,7 @@ def run_report(args) -> int:
         uri = resolve_tracking_uri(args.tracking_uri)
         tables = Tables.from_mlflow(args.source, uri, history=not args.no_history, progress=say)
         name = "+".join(args.source)
-    out = args.out or os.path.join("reports", _safe(name))
+    out = args.out or os.path.join("reports", safe_component(name))
     build_report(tables, out, options, progress=say)
     if uri and not args.no_attach:
         attach_report(uri, tables.meta.get("sweeps", []), out, say)
@@ -124,10 +127,6 @@ def _options(args, FitOptions):
     return FitOptions(hp=args.hp, size=args.size, loss=args.loss, k=args.k, n_boot=args.n_boot,
                       n_boot_scaling=min(args.n_boot, 100), level=args.level, seed=args.seed,
                       reference=args.reference)
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+=-]+", "_", name) or "report"
 
 
 def attach_report(tracking_uri: str, sweeps: list[dict], out_dir: str, say) -> list[str]:
@@ -150,6 +149,7 @@ def run_export(args) -> int:
     say = _say("export")
     if os.path.isdir(args.file):
         raise UserError(f"{args.file} is a directory; give a file name such as {args.file.rstrip('/')}/snapshot.parquet")
+    writable_file(args.file, "export FILE")  # before the (slow) read from MLflow
     _quiet_mlflow_logs()
     uri = resolve_tracking_uri(args.tracking_uri)
     tables = Tables.from_mlflow(args.experiments, uri, history=not args.no_history,

@@ -62,19 +62,18 @@ def sweep(spec, folder: Path, db: str = "mlflow.db") -> float:
 
 def warm_sweeps(folder: Path, n: int, steps: int) -> tuple[float, float]:
     """Wall time of an N- and a 2N-trial sweep in one running Ray and an existing MLflow db."""
-    import ray
 
-    from orchestrator.ray_local import quiet_tune, ray_temp_dir
+    from orchestrator.ray_local import init_private_ray, quiet_tune, shutdown_private_ray
     from orchestrator.spec import load_sweep
 
     quiet_tune()
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_temp_dir())
+    temp_dir = init_private_ray(num_cpus=2)
     try:
         sweep(load_sweep(str(write_sweep(folder, "warmup", 1, steps))), folder, "warm.db")
         small = sweep(load_sweep(str(write_sweep(folder, "warm-n", n, steps))), folder, "warm.db")
         large = sweep(load_sweep(str(write_sweep(folder, "warm-2n", 2 * n, steps))), folder, "warm.db")
     finally:
-        ray.shutdown()
+        shutdown_private_ray(temp_dir)
     return small, large
 
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 from trainer.config import TrainConfig
 from trainer.estimate import estimate
 
-from .problems import closest
+from .problems import brief, closest
 
 FUNCTIONS: dict[str, Callable[..., Any]] = {
     "min": min, "max": max, "round": round, "int": int, "float": float, "abs": abs,
@@ -36,6 +36,8 @@ BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
 UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
 MAX_EXPONENT = 64  # `10 ** 10 ** 10` would hang the process
 MAX_INT_BITS = 4096
+MAX_LENGTH = 1000  # characters of one expression
+MAX_DEPTH = 30     # nesting of operations (`1 + 1 + ... + 1` nests once per `+`)
 
 
 class ExpressionError(ValueError):
@@ -50,14 +52,30 @@ def parse_expression(text: str) -> ast.Expression:
     """Parse and check an expression once, at load time, so mistakes show before any run."""
     if not isinstance(text, str) or not text.strip():
         raise ExpressionError("expected a non-empty expression string")
+    if len(text) > MAX_LENGTH:
+        raise ExpressionError(f"the expression is longer than {MAX_LENGTH} characters")
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as err:
         raise ExpressionError(f"not a valid expression ({err.msg})") from None
     except (ValueError, RecursionError, MemoryError):
         raise ExpressionError("not a valid expression") from None
+    if _depth(tree.body) > MAX_DEPTH:
+        raise ExpressionError(f"the expression nests more than {MAX_DEPTH} operations deep; "
+                              "split it into several derived keys or simplify it")
     _check(tree.body)
     return tree
+
+
+def _depth(root: ast.AST) -> int:
+    """Nesting depth, without recursion (the tree may be thousands deep)."""
+    deepest, stack = 0, [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth <= MAX_DEPTH:
+            stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest
 
 
 def names_used(tree: ast.Expression) -> set[str]:
@@ -73,13 +91,15 @@ def evaluate(tree: ast.Expression, cfg: TrainConfig) -> Any:
     except ZeroDivisionError:
         raise ExpressionError("division by zero") from None
     except (ValueError, TypeError, OverflowError) as err:
-        raise ExpressionError(str(err)) from None
+        raise ExpressionError(brief(str(err))) from None
+    except RecursionError:  # parse_expression bounds the depth; kept as a guard
+        raise ExpressionError("the expression nests too deeply") from None
 
 
 def _check(node: ast.AST) -> None:
     if isinstance(node, ast.Constant):
         if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
-            raise ExpressionError(f"only numbers are allowed as constants, not {node.value!r}")
+            raise ExpressionError(f"only numbers are allowed as constants, not {brief(node.value)}")
     elif isinstance(node, ast.Name):
         if node.id not in TrainConfig.model_fields and node.id not in HELPERS:
             raise ExpressionError(_unknown(node.id))
@@ -123,7 +143,7 @@ def _eval(node: ast.AST, cfg: TrainConfig) -> Any:
             return HELPERS[node.id](cfg)
         value = getattr(cfg, node.id)
         if not isinstance(value, (int, float)):  # strings would allow `corpus * 10**9`
-            raise ExpressionError(f"'{node.id}' is {value!r}, not a number")
+            raise ExpressionError(f"'{node.id}' is {brief(value)}, not a number")
         return value
     if isinstance(node, ast.BinOp):
         left, right = _eval(node.left, cfg), _eval(node.right, cfg)

@@ -6,7 +6,10 @@ run in the uploaded working directory with the cluster's Python environment.
 """
 from __future__ import annotations
 
+import fnmatch
+import logging
 import os
+import re
 import shlex
 import time
 from pathlib import Path
@@ -19,6 +22,17 @@ from .locations import DEFAULT_STORAGE, STUDY_FILE
 # Never uploaded: environments, local tracking/storage, outputs, VCS data.
 EXCLUDES = [".venv", "venv", ".git", DEFAULT_TRACKING_DB, "mlruns", ARTIFACT_DIR, DEFAULT_STORAGE, "reports",
             "scalelab_out", "__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "*.egg-info", STUDY_FILE]
+IGNORE_FILES = (".gitignore", ".scalelabignore")  # gitignore syntax, read from the working directory
+# Files that look like credentials are never uploaded: by name (lower-cased, fnmatch) ...
+SECRET_NAMES = (".env", ".env.*", "*.env", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_dsa*",
+                "id_ecdsa*", "id_ed25519*", "*credentials*", ".netrc", ".pgpass", "*secret*", "auth_token*",
+                "*_token", "*-token", "*.token", "token", "token.txt", "*_token.txt", "*-token.txt")
+# ... or by content (text files up to SECRET_SCAN_BYTES): an assignment of a real-looking value.
+SECRET_CONTENT = re.compile(
+    rb"(RAY_AUTH_TOKEN|AWS_SECRET_ACCESS_KEY|MLFLOW_TRACKING_TOKEN|MLFLOW_TRACKING_PASSWORD)"
+    rb"""[ \t]*[=:][ \t]*['"]?[A-Za-z0-9/+_\-]{16,}"""
+    rb"|-----BEGIN [A-Z ]*PRIVATE KEY-----")
+SECRET_SCAN_BYTES = 1 << 20
 PACKAGES = ("trainer", "orchestrator", "analysis")
 LOCAL_SCHEMES = ("sqlite", "file")
 
@@ -69,14 +83,92 @@ def check_remote_tracking(uri: str) -> None:
     if scheme in LOCAL_SCHEMES or not scheme:
         raise UserError(
             f"tracking URI {uri!r} is a local file, but a cluster's driver and workers run on other "
-            "machines: start an MLflow server (mlflow server --host 0.0.0.0 --port 5000 "
-            "--backend-store-uri sqlite:///mlflow.db) and pass --tracking-uri http://HOST:5000")
+            "machines: start an MLflow server on an address the cluster reaches (mlflow server --host "
+            "PRIVATE_IP --port 5000 --backend-store-uri sqlite:///mlflow.db; see README, On a Ray "
+            "cluster, for the risk) and pass --tracking-uri http://HOST:5000")
 
 
-def runtime_env(working_dir: Path) -> dict:
+def upload_excludes(working_dir: Path) -> list[str]:
+    """EXCLUDES plus the patterns of the working directory's .gitignore and .scalelabignore
+    (Ray's `excludes` takes gitignore-style patterns)."""
+    patterns = list(EXCLUDES)
+    for name in IGNORE_FILES:
+        path = working_dir / name
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                line = line.rstrip()
+                if line and not line.lstrip().startswith("#"):
+                    patterns.append(line)
+    return list(dict.fromkeys(patterns))
+
+
+def upload_files(working_dir: Path, excludes: list[str]) -> list[Path]:
+    """The files Ray will upload, found by Ray's own walk (the same excludes, and nested
+    .gitignore / .rayignore files), relative to `working_dir`."""
+    from ray._private.runtime_env import packaging
+
+    found: list[Path] = []
+
+    def keep(path: Path) -> None:
+        if path.is_file():
+            found.append(path.relative_to(working_dir))
+
+    quiet = logging.getLogger("scalelab.upload")  # Ray logs each ignore file it honours at INFO
+    quiet.setLevel(logging.WARNING)
+    packaging._dir_travel(working_dir, [packaging._get_excludes(working_dir, excludes)], keep,
+                          include_gitignore=True, logger=quiet)
+    return sorted(found)
+
+
+def secret_findings(working_dir: Path, files: list[Path]) -> list[str]:
+    """'path: why' for each file that looks like a credential (by name or content)."""
+    out = []
+    for rel in files:
+        name = rel.name.lower()
+        pattern = next((p for p in SECRET_NAMES if fnmatch.fnmatchcase(name, p)), None)
+        if pattern:
+            out.append(f"{rel}: its name looks like a credential ({pattern})")
+            continue
+        path = working_dir / rel
+        try:
+            if path.stat().st_size > SECRET_SCAN_BYTES:
+                continue
+            data = path.read_bytes()
+        except OSError:
+            continue
+        if b"\0" in data[:4096]:  # binary
+            continue
+        match = SECRET_CONTENT.search(data)
+        if match:
+            what = match.group(1) or b"a private key"
+            line = data.count(b"\n", 0, match.start()) + 1
+            out.append(f"{rel}: holds {what.decode()} (line {line})")
+    return out
+
+
+def check_upload(working_dir: Path) -> tuple[list[Path], list[str], list[str]]:
+    """What `submit` would upload, its excludes, and the files that look like credentials."""
+    excludes = upload_excludes(working_dir)
+    files = upload_files(working_dir, excludes)
+    return files, excludes, secret_findings(working_dir, files)
+
+
+def refuse_secrets(working_dir: Path, found: list[str]) -> None:
+    """UserError when a file to upload looks like a credential (the fix: move it, or add it to
+    .scalelabignore)."""
+    if found:
+        shown = found[:20] + ([f"... and {len(found) - 20} more"] if len(found) > 20 else [])
+        raise UserError(f"{working_dir}: refusing to upload files that look like credentials:\n  "
+                        + "\n  ".join(shown) + "\nmove them out of the working directory or list them in "
+                        f"{working_dir / '.scalelabignore'} (gitignore syntax); see what would be uploaded "
+                        "with `scalelab submit --dry-run`")
+
+
+def runtime_env(working_dir: Path, excludes: list[str] | None = None) -> dict:
     from .tracking import code_version
 
-    env = {"working_dir": str(working_dir), "excludes": EXCLUDES,
+    excludes = upload_excludes(working_dir) if excludes is None else excludes
+    env = {"working_dir": str(working_dir), "excludes": excludes,
            "env_vars": {"SCALELAB_CODE_VERSION": code_version(), "PYTHONUNBUFFERED": "1"}}
     # The code travels with the job unless the working directory already holds it.
     modules = []
@@ -100,11 +192,19 @@ def entrypoint(sweep_rel: str, tracking_uri: str, storage: str | None, max_concu
 
 
 def submit_sweep(sweep: str, address: str | None, tracking_uri: str | None = None, storage: str | None = None,
-                 max_concurrent: int | None = None, working_dir: str = ".") -> str:
+                 max_concurrent: int | None = None, working_dir: str = ".", dry_run: bool = False,
+                 out=None) -> str | None:
+    """Submit; the job id. With dry_run: print what would be uploaded and submitted to `out`
+    (stdout) and return None, without contacting the cluster."""
+    import sys
+
+    out = out or sys.stdout
     from .layout import resolve_tracking_uri
     from .spec import load_sweep
 
     spec = load_sweep(sweep)  # fail here, not on the cluster
+    for line in spec.missing_corpora():  # the cluster may hold them: a warning, not an error
+        print(f"scalelab submit: warning: {line} here; the job needs it on the cluster", file=sys.stderr)
     uri = resolve_tracking_uri(tracking_uri, spec.tracking_uri)
     check_remote_tracking(uri)
     wd = Path(working_dir).resolve()
@@ -112,10 +212,23 @@ def submit_sweep(sweep: str, address: str | None, tracking_uri: str | None = Non
     if not sweep_path.is_relative_to(wd):
         raise UserError(f"{sweep}: the sweep file must be inside the uploaded working directory {wd}; "
                         "move it there or pass --working-dir")
+    if not wd.is_dir():
+        raise UserError(f"--working-dir {working_dir}: not a directory")
+    files, excludes, secrets = check_upload(wd)
+    command = entrypoint(sweep_path.relative_to(wd).as_posix(), uri, storage, max_concurrent)
+    if dry_run and not secrets:
+        size = sum((wd / f).stat().st_size for f in files)
+        print(f"would upload {len(files)} file(s), {size / 1e6:.1f} MB, from {wd}:", file=out)
+        for f in files:
+            print(f"  {f.as_posix()}", file=out)
+        print(f"excluded: {', '.join(excludes)} (and what nested .gitignore/.rayignore files exclude)", file=out)
+        print(f"would run: {command}", file=out)
+        return None
+    refuse_secrets(wd, secrets)  # a dry run lists them in the error too
     job_id = f"scalelab-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     return client(address).submit_job(
-        entrypoint=entrypoint(sweep_path.relative_to(wd).as_posix(), uri, storage, max_concurrent),
-        submission_id=job_id, runtime_env=runtime_env(wd),
+        entrypoint=command,
+        submission_id=job_id, runtime_env=runtime_env(wd, excludes),
         metadata={"scalelab_sweep": spec.name, "tracking_uri": uri})
 
 

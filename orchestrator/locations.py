@@ -4,7 +4,9 @@ three once per command from flags, environment and the sweep file; `plan`, `vali
 `run` all call it, so they name the same places."""
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from dataclasses import dataclass
 
 from .layout import resolve_tracking_uri, sqlite_path
@@ -48,7 +50,25 @@ def storage_dir(flag: str | None, on_cluster: bool = False) -> str:
 
 def trials_root(storage: str, experiment: str) -> str:
     """One directory per trial below it, named by trial hash (checkpoints, report journal)."""
-    return os.path.join(storage, "trials", experiment)
+    return os.path.join(storage, "trials", safe_component(experiment))
+
+
+MAX_COMPONENT = 100
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.+=\-]")
+
+
+def safe_component(name: str) -> str:
+    """A name (a sweep's experiment, ...) as one path component that stays inside its folder:
+    anything but letters, digits and `_ - . + =` becomes '_', no leading '.', at most
+    MAX_COMPONENT characters. A name that is already safe is kept as it is; one that had to be
+    changed gets 8 hex of its hash appended, so two different names never share a folder.
+    Every place where a name from a sweep file becomes a path goes through here."""
+    name = str(name)
+    if name and len(name) <= MAX_COMPONENT and not _UNSAFE.search(name) and not name.startswith("."):
+        return name
+    cleaned = _UNSAFE.sub("_", name).lstrip(".") or "_"
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{cleaned[:MAX_COMPONENT - 9]}-{digest}"
 
 
 def default_study_url(tracking_uri: str | None, folder: str) -> str:

@@ -33,6 +33,7 @@ def run_validate(args: argparse.Namespace) -> int:
 
     for path in args.sweeps:
         spec = load_sweep(path)  # ConfigError -> the CLI prints it, exit 2
+        spec.check_corpora()
         print(f"OK: {spec.summary(Locations.resolve(spec).study_url)} — {path}")
         if spec.from_study:
             taken = ", ".join(f"{k}={v!r}" for k, v in spec.from_study["params"].items())
@@ -46,6 +47,7 @@ def run_plan(args: argparse.Namespace) -> int:
     from .tracking_query import finished_hashes
 
     spec = load_sweep(args.sweep)
+    spec.check_corpora()
     where = Locations.resolve(spec, args.tracking_uri, args.storage)
     if not args.json:
         print(f"checking MLflow at {where.tracking_uri} for finished trials ...", file=sys.stderr)

@@ -4,17 +4,61 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from typing import Iterator
 
 from trainer.config import UserError
 
+LOOPBACK = "127.0.0.1"
+# Ray resolves a loopback node address to the machine's network address unless this is 0
+# (ray._private.services.get_node_ip_address); with it, the GCS, raylet and workers bind 127.0.0.1.
+_RAY_MULTI_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
-def ray_temp_dir() -> str:
-    """Ray's session files in a short directory of our own: Ray's unix sockets live there and
-    socket paths are limited to ~107 characters."""
-    return os.path.join(tempfile.gettempdir(), f"scalelab-ray-{os.getuid()}")
+
+def private_temp_dir() -> str:
+    """A fresh directory for one embedded Ray's session files (sockets, logs): made by mkdtemp,
+    so mode 0700 and owned by us. Ray makes its own folder inside it world-writable; this
+    parent keeps others out. Short, because unix socket paths are limited to ~107 characters.
+    Never a predictable name: a planted `ray_current_cluster` there redirected runs."""
+    return os.path.join(tempfile.mkdtemp(prefix="scalelab-ray-"), "r")
+
+
+def init_private_ray(num_cpus: int | None = None, **kwargs) -> str:
+    """Start an embedded single-node Ray that only this user can reach: listening on 127.0.0.1,
+    in a private temp dir, started with umask 077 (its logs can hold the environment), and never
+    attached to an existing cluster (address="local" ignores RAY_ADDRESS and
+    ray_current_cluster). Returns the temp dir, for `shutdown_private_ray`."""
+    import ray
+    from ray._private import ray_constants
+
+    temp_dir = private_temp_dir()
+    saved_env, saved_flag = os.environ.get(_RAY_MULTI_NODE_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    saved_umask = os.umask(0o077)
+    os.environ[_RAY_MULTI_NODE_ENV] = "0"   # Ray's own processes, started below
+    ray_constants.ENABLE_RAY_CLUSTER = False  # this process (read when resolving addresses)
+    try:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir,
+                 _node_ip_address=LOOPBACK, **kwargs)
+    except BaseException:
+        shutil.rmtree(os.path.dirname(temp_dir), ignore_errors=True)
+        raise
+    finally:
+        os.umask(saved_umask)
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(_RAY_MULTI_NODE_ENV, None)
+        else:
+            os.environ[_RAY_MULTI_NODE_ENV] = saved_env
+    return temp_dir
+
+
+def shutdown_private_ray(temp_dir: str) -> None:
+    import ray
+
+    ray.shutdown()
+    shutil.rmtree(os.path.dirname(temp_dir), ignore_errors=True)
 
 
 def quiet_tune() -> None:
@@ -44,11 +88,13 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
             ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise UserError(f"cannot connect to the Ray cluster at {address!r}: {err}") from None
-    else:
-        os.makedirs(ray_temp_dir(), exist_ok=True)
-        ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=ray_temp_dir(),
-                 logging_level=logging.WARNING)
+        try:
+            yield ray.cluster_resources()
+        finally:
+            ray.shutdown()  # disconnects from the cluster
+        return
+    temp_dir = init_private_ray(num_cpus, logging_level=logging.WARNING)
     try:
         yield ray.cluster_resources()
     finally:
-        ray.shutdown()  # disconnects from a cluster; stops only the instance we started
+        shutdown_private_ray(temp_dir)  # stops only the instance we started

@@ -30,7 +30,9 @@ def register(subparsers) -> None:
     submit = subparsers.add_parser("submit", help="submit a sweep to a Ray cluster as a Ray Job",
                                    description="Submit `scalelab run SWEEP --address auto` as a Ray Job; "
                                    "the working directory is uploaded (without .venv, .git, mlflow.db, "
-                                   ".scalelab, reports). Tracking must be an MLflow server (http://...).")
+                                   ".scalelab, reports, and what .gitignore and .scalelabignore list); files "
+                                   "that look like credentials are refused. Tracking must be an MLflow "
+                                   "server (http://...).")
     submit.add_argument("sweep", help="sweep YAML file (inside the working directory)")
     _address_arg(submit)
     submit.add_argument("--tracking-uri", help="an MLflow server reachable from the cluster, e.g. "
@@ -39,6 +41,8 @@ def register(subparsers) -> None:
                         "filesystem for multi-node clusters; default: ~/.scalelab on the driver node)")
     submit.add_argument("--max-concurrent", type=int, default=None, help="passed on to `scalelab run`")
     submit.add_argument("--working-dir", default=".", help="project directory to upload (default: .)")
+    submit.add_argument("--dry-run", action="store_true", help="list the files that would be uploaded and the "
+                        "command that would run; contact no cluster")
     submit.set_defaults(func=cmd_submit)
 
     status = subparsers.add_parser("status", help="status of a submitted sweep (or list all jobs)")
@@ -70,6 +74,11 @@ def cmd_run(args) -> int:
     _positive(args.max_concurrent, "--max-concurrent")
     _positive(args.num_cpus, "--num-cpus")
     spec = load_sweep(args.sweep)
+    if args.address:  # the cluster's machines may hold corpora this one does not
+        for line in spec.missing_corpora():
+            print(f"scalelab run: warning: {line}", file=sys.stderr)
+    else:
+        spec.check_corpora()
     opts = RunOptions(tracking_uri=args.tracking_uri, storage=args.storage, address=args.address,
                       max_concurrent=args.max_concurrent, num_cpus=args.num_cpus)
     from mlflow.exceptions import MlflowException
@@ -90,7 +99,10 @@ def cmd_submit(args) -> int:
 
     _positive(args.max_concurrent, "--max-concurrent")
     job_id = submit_sweep(args.sweep, address=args.address, tracking_uri=args.tracking_uri,
-                          storage=args.storage, max_concurrent=args.max_concurrent, working_dir=args.working_dir)
+                          storage=args.storage, max_concurrent=args.max_concurrent, working_dir=args.working_dir,
+                          dry_run=args.dry_run)
+    if job_id is None:  # --dry-run
+        return 0
     print(job_id)
     print(f"follow it with: scalelab logs {job_id} --follow" + (f" --address {args.address}" if args.address else ""),
           file=sys.stderr)

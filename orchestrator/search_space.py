@@ -5,7 +5,10 @@ File syntax, one key each: `{log_uniform: [lo, hi]}`, `{uniform: [lo, hi]}`, `{i
 """
 from __future__ import annotations
 
+import math
 from typing import Any
+
+from trainer.errors import brief
 
 from .spec_schema import DISTRIBUTIONS
 
@@ -18,24 +21,26 @@ def check_distribution(entry: Any) -> str | None:
     """None when `entry` is a valid distribution, else what is wrong and what is allowed."""
     allowed = "expected one of " + ", ".join(f"{{{d}: [...]}}" for d in DISTRIBUTIONS)
     if not isinstance(entry, dict) or len(entry) != 1:
-        return f"{allowed}, got {entry!r}"
+        return f"{allowed}, got {brief(entry)}"
     (kind, args), = entry.items()
     if kind not in DISTRIBUTIONS:
-        return f"unknown distribution {kind!r}; {allowed}"
+        return f"unknown distribution {brief(kind)}; {allowed}"
     if not isinstance(args, list) or not args:
-        return f"{kind}: expected a list, got {args!r}"
+        return f"{kind}: expected a list, got {brief(args)}"
     if kind == "categorical":
         bad = [c for c in args if not (c is None or isinstance(c, (bool, int, float, str)))]
         if bad:
-            return f"categorical choices must be numbers, strings, booleans or null; got {bad[0]!r}"
+            return f"categorical choices must be numbers, strings, booleans or null; got {brief(bad[0])}"
         if len(set(map(repr, args))) != len(args):
-            return f"categorical choices repeat a value: {args}"
+            return f"categorical choices repeat a value: {brief(args)}"
         return None
     if len(args) != 2 or not all(_number(a) for a in args):
-        return f"{kind}: expected [low, high] numbers, got {args!r}"
+        return f"{kind}: expected [low, high] numbers, got {brief(args)}"
     low, high = args
+    if not all(math.isfinite(a) for a in args):
+        return f"{kind}: low and high must be finite numbers, got {brief(args)}"
     if kind == "int" and not all(isinstance(a, int) for a in args):
-        return f"int: low and high must be integers, got {args!r}"
+        return f"int: low and high must be integers, got {brief(args)}"
     if not low < high:
         return f"{kind}: low must be below high, got [{low}, {high}]"
     if kind == "log_uniform" and low <= 0:

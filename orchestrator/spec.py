@@ -21,8 +21,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import TypeAdapter, ValidationError
 
-from trainer.config import ConfigError, TrainConfig
-from trainer.estimate import estimate
+from trainer.config import ConfigError, TrainConfig, check_plain_value, missing_corpus_paths
+from trainer.estimate import SIZE_KEYS, estimate, machine_memory_bytes, memory_problem
 from trainer.yaml_lines import KeyPath, LoadedYaml, load_yaml_file, load_yaml_text
 
 from . import derive, search_space
@@ -32,6 +32,7 @@ from .problems import Problems, brief, unknown_key
 from .spec_schema import ALLOWED_KEYS, FromStudyFile, SweepFile
 
 GPU_FRACTIONS = (0.125, 0.25, 0.5, 1.0)
+MAX_SHORT = 60  # characters of one value in a label or a point's text
 MAX_TRIALS = 100_000  # a typo like `seeds: 100000000` should fail fast, not fill memory
 FIELDS = TrainConfig.model_fields
 # Short names in trial labels ("mup+vector d=256 lr=3e-3 s=0").
@@ -167,7 +168,7 @@ class SweepSpec:
         problems = Problems(self._loaded)
         for key, value in overrides.items():
             if key not in FIELDS:
-                problems.add((), f"sampled key {key!r}: {unknown_key(key, FIELDS)}")
+                problems.add((), f"sampled key {brief(key)}: {unknown_key(key, FIELDS)}")
             elif key in self._derived:
                 problems.add(("derived", key), "is derived; it cannot also be sampled")
             else:
@@ -203,6 +204,7 @@ class SweepSpec:
     # --- checks of the keys (once per file) --------------------------------------------------
     def _check_keys(self, parsed: SweepFile) -> None:
         problems = Problems(self._loaded)
+        self._check_trial_count(problems, parsed)  # before any value is looked at
         self._take_base(problems, parsed)
         self._take_seeds(problems, parsed)
         for section in ("grid", "zip"):
@@ -211,8 +213,7 @@ class SweepSpec:
                     problems.add((section, key), f"expected a non-empty list of values, e.g. {key}: [a, b]")
                 elif self._claim(problems, key, (section, key)):
                     axis = getattr(self, section)
-                    axis[key] = [self._check_value(problems, (section, key, i), key, value)[1]
-                                 for i, value in enumerate(values)]
+                    axis[key] = self._check_values(problems, (section, key), key, values)
         self._check_zip_lengths(problems)
         for key, text in parsed.derived.items():
             if self._claim(problems, key, ("derived", key)):
@@ -230,7 +231,8 @@ class SweepSpec:
             problems.add(path, "set seeds with the top-level `seeds:` key (seeds: 3 or seeds: [0, 1, 2])")
             return False
         if key not in FIELDS:
-            problems.add(path, unknown_key(key, FIELDS) + " (not a training config key)")
+            hint = unknown_key(key, FIELDS) if problems.hints_wanted else "unknown key"
+            problems.add(path, hint + " (not a training config key)")
             return False
         if key in self._origin:
             first = self._origin[key]
@@ -239,14 +241,46 @@ class SweepSpec:
         self._origin[key] = path
         return True
 
+    def _check_trial_count(self, problems: Problems, parsed: SweepFile) -> None:
+        """The number of grid points from the lengths alone, so that a grid of a million
+        points is refused at once (the values are checked afterwards)."""
+        seeds = parsed.seeds
+        n_seeds = 1 if seeds is None else seeds if isinstance(seeds, int) else len(seeds)
+        zip_len = max((len(v) for v in parsed.zip.values()), default=1)
+        total = n_seeds * math.prod(max(1, len(v)) for v in parsed.grid.values()) * zip_len
+        if total > MAX_TRIALS:
+            problems.add((), f"the sweep expands to {total} trials, more than the limit of {MAX_TRIALS}; "
+                         "use fewer axis values or seeds, or split it into several sweeps")
+            problems.raise_if_any()
+
+    def _check_values(self, problems: Problems, path: KeyPath, key: str, values: list) -> list:
+        """Each distinct value of an axis checked once (an error names its first index)."""
+        out, checked = [], {}
+        for i, value in enumerate(values):
+            try:
+                memo = (type(value), value)
+                hash(memo)
+            except TypeError:  # lists and mappings: checked each time
+                memo = None
+            if memo is not None and memo in checked:
+                out.append(checked[memo])
+                continue
+            result = self._check_value(problems, path + (i,), key, value)[1]
+            if memo is not None:
+                checked[memo] = result
+            out.append(result)
+        return out
+
     def _check_value(self, problems: Problems, path: KeyPath, key: str, value: Any,
                      what: str = "") -> tuple[bool, Any]:
         """(ok, the value as the config will hold it: YAML's '1e-3' string becomes 0.001)."""
+        prefix = f"{what} " if what else ""
         try:
+            check_plain_value(key, value)
             return True, _field_adapter(key).validate_python(value)
-        except ValidationError as err:
-            msgs = {e["msg"].removeprefix("Value error, ") for e in err.errors()}
-            prefix = f"{what} " if what else ""
+        except ValueError as err:  # pydantic's ValidationError is one
+            errors = err.errors() if isinstance(err, ValidationError) else [{"msg": str(err)}]
+            msgs = {e["msg"].removeprefix("Value error, ") for e in errors}
             problems.add(path, f"{prefix}{' or '.join(sorted(msgs))} (got {brief(value)})")
             return False, value
 
@@ -255,7 +289,7 @@ class SweepSpec:
         study_entry = base.pop("from_study", None)
         for key, value in base.items():
             if not isinstance(key, str):
-                problems.add(("base",), f"key {key!r} is not text")
+                problems.add(("base",), f"key {brief(key)} is not text")
             elif self._claim(problems, key, ("base", key)):
                 ok, checked = self._check_value(problems, ("base", key), key, value)
                 if ok:
@@ -387,6 +421,11 @@ class SweepSpec:
             cfg = TrainConfig(**values)
         except ValidationError as err:
             raise _PointError(self._point_error(err, point, overrides, index or {})) from None
+        too_big = self._memory_problem(cfg)
+        if too_big:
+            spots = [self.where(self._origin[k] + ((index[k],) if index and k in index else ()))
+                     for k in SIZE_KEYS if k in self._origin]
+            raise _PointError(f"at {point}{' (' + ', '.join(spots) + ')' if spots else ''}: {too_big}")
         return Trial(hash=trial_hash(cfg), config=cfg, overrides=overrides,
                      resources={"cpu": self.resources["cpu"], "gpu": self._gpu_for(cfg)},
                      label=_label(cfg, overrides, varying))
@@ -396,9 +435,12 @@ class SweepSpec:
         for e in err.errors():
             key = e["loc"][0] if e["loc"] else None
             msg = e["msg"].removeprefix("Value error, ")
-            if key is None:  # a combination of keys: name where each varying value comes from
+            if key is None:  # a combination of keys: name where each varying value comes from,
+                # and where the fixed keys the message names (`d_model=100 ...`) are set
                 spots = [self.where(self._origin[k] + ((index[k],) if k in index else ()))
                          for k in overrides if k in self._origin and k != "seed"]
+                spots += [self.where(self._origin[k]) for k in self._origin
+                          if k not in overrides and k != "seed" and f"{k}=" in msg]
                 where = f"at {point}" + (f" ({', '.join(spots)})" if spots else "")
             else:
                 path = self._origin.get(key, ("base", key))
@@ -412,6 +454,32 @@ class SweepSpec:
             lines.append(f"{where}: {msg}")
         return "; ".join(lines)
 
+    def _memory_problem(self, cfg: TrainConfig) -> str | None:
+        """GPU trials against resources.gpu_memory_gb; CPU trials against this machine's RAM."""
+        if self.resources["gpu"] == 0:
+            return memory_problem(cfg, _ram_bytes(), "RAM on this machine (a CPU trial: resources.gpu is 0)")
+        return memory_problem(cfg, self.gpu_memory_gb * 2 ** 30, "GPU memory (resources.gpu_memory_gb)")
+
+    def missing_corpora(self) -> list[str]:
+        """'<where>: corpus file x.txt does not exist' for each corpus path that is not here
+        (an error for local runs, a warning for `scalelab submit`: the cluster may have it)."""
+        configs = [t.config for t in self._trials] or [TrainConfig.model_construct(**self.base)]
+        seen, out = set(), []
+        for cfg in configs:
+            for name in missing_corpus_paths(cfg.corpus):
+                if name not in seen:
+                    seen.add(name)
+                    where = self.where(self._origin.get("corpus", ("base", "corpus")))
+                    out.append(f"{self.source}: {where}: corpus file or directory {brief(name)} does not exist "
+                               f"(relative paths are relative to the working directory, {os.getcwd()})")
+        return out
+
+    def check_corpora(self) -> None:
+        """Raise ConfigError when a corpus path is missing (local runs, validate, plan)."""
+        missing = self.missing_corpora()
+        if missing:
+            raise ConfigError("\n".join(missing))
+
     def _gpu_for(self, cfg: TrainConfig) -> float:
         gpu = self.resources["gpu"]
         if gpu != "auto":
@@ -419,6 +487,11 @@ class SweepSpec:
         need = estimate(cfg)["memory_bytes"] / (self.gpu_memory_gb * 2 ** 30)
         # whole GPUs are capped at 1: the trainer uses one device
         return next((f for f in GPU_FRACTIONS if need <= f), 1.0)
+
+
+@lru_cache(maxsize=1)
+def _ram_bytes() -> int | None:
+    return machine_memory_bytes()
 
 
 def _parse_top_level(loaded: LoadedYaml) -> SweepFile:
@@ -432,7 +505,7 @@ def _parse_top_level(loaded: LoadedYaml) -> SweepFile:
     problems = Problems(loaded)
     for key in data:
         if not isinstance(key, str):
-            problems.add((), f"top-level key {key!r} is not text; allowed keys: {', '.join(ALLOWED_KEYS[()])}")
+            problems.add((), f"top-level key {brief(key)} is not text; allowed keys: {', '.join(ALLOWED_KEYS[()])}")
     problems.raise_if_any()
     try:
         return SweepFile.model_validate(data)
@@ -455,9 +528,8 @@ def _short(value: Any) -> str:
         return f"{mantissa}e{int(exponent)}"
     if isinstance(value, float):
         return f"{value:.4g}"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, separators=(",", ":"))
-    return str(value)
+    text = json.dumps(value, separators=(",", ":")) if isinstance(value, (dict, list)) else str(value)
+    return text if len(text) <= MAX_SHORT else text[:MAX_SHORT - 3] + "..."
 
 
 def _label(cfg: TrainConfig, overrides: dict[str, Any], varying: list[str]) -> str:

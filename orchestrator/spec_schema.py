@@ -8,32 +8,36 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from trainer.config import MAX_SEED
+from trainer.errors import brief
+
 # Metrics a search may optimise: the trainer's report and final keys (CONTRACTS.md).
 METRICS = ("final_val_loss", "min_val_loss", "final_train_loss", "val_loss", "train_loss",
            "tokens_per_s", "mfu", "wall_time_s", "grad_norm")
 DISTRIBUTIONS = ("log_uniform", "uniform", "int", "categorical")
 MAX_SEEDS = 10_000
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+MAX_NAME_LENGTH = 100   # names become folder names (Ray's run folder, the trials folder)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ResourcesFile(_Strict):
-    cpu: float = Field(1.0, gt=0, description="CPUs reserved per trial")
+    cpu: float = Field(1.0, gt=0, le=1024, description="CPUs reserved per trial")
     gpu: float | Literal["auto"] = Field(
         0.0, description="GPUs per trial: 0, a fraction (0.25), a whole number, or 'auto' "
         "(a fraction from the trial's estimated memory)")
-    gpu_memory_gb: float = Field(80.0, gt=0, description="GPU memory assumed by gpu: auto (GiB)")
+    gpu_memory_gb: float = Field(80.0, gt=0, le=1e6, description="GPU memory assumed by gpu: auto (GiB)")
 
     @field_validator("gpu", mode="before")
     @classmethod
     def _gpu(cls, value: Any) -> Any:
         if value == "auto":
             return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ValueError(f"expected a number ≥ 0 (e.g. 0.25) or 'auto', got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 64:
+            raise ValueError(f"expected a number of GPUs from 0 to 64 (e.g. 0.25) or 'auto', got {brief(value)}")
         if value > 1 and value != int(value):
             raise ValueError(f"more than one GPU must be a whole number, got {value}")
         return value
@@ -58,13 +62,14 @@ class SearchFile(_Strict):
     @classmethod
     def _metric(cls, value: str) -> str:
         if value not in METRICS:
-            raise ValueError(f"unknown metric {value!r}; allowed: {', '.join(METRICS)}")
+            raise ValueError(f"unknown metric {brief(value)}; allowed: {', '.join(METRICS)}")
         return value
 
 
 class SweepFile(_Strict):
-    name: str = Field(description="letters, digits, '_', '-', '.' (names the Ray run folder)")
-    experiment: str | None = Field(None, min_length=1)
+    name: str = Field(max_length=MAX_NAME_LENGTH, description="letters, digits, '_', '-', '.' (names the Ray run folder)")
+    experiment: str | None = Field(None, min_length=1, max_length=MAX_NAME_LENGTH * 2, description=
+                                   "MLflow experiment; made a safe folder name for the trials folder")
     tracking_uri: str | None = Field(None, min_length=1)
     description: str | None = None
     base: dict[str, Any] = Field(default_factory=dict)
@@ -81,7 +86,7 @@ class SweepFile(_Strict):
     @classmethod
     def _name(cls, value: str) -> str:
         if not re.match(NAME_PATTERN, value):
-            raise ValueError(f"{value!r} is not a usable sweep name; use letters, digits, '_', '-' "
+            raise ValueError(f"{brief(value)} is not a usable sweep name; use letters, digits, '_', '-' "
                              "and '.' (it names the MLflow experiment and Ray's run folder)")
         return value
 
@@ -96,11 +101,16 @@ class SweepFile(_Strict):
             return value
         if (isinstance(value, list) and value
                 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            if len(value) > MAX_SEEDS:
+                raise ValueError(f"at most {MAX_SEEDS} seeds, got {len(value)}")
+            bad = [v for v in value if not 0 <= v <= MAX_SEED]
+            if bad:
+                raise ValueError(f"seeds must be integers from 0 to {MAX_SEED}, got {brief(bad[0])}")
             if len(set(value)) != len(value):
-                raise ValueError(f"seeds repeat a value: {value}")
+                raise ValueError(f"seeds repeat a value: {brief(value)}")
             return value
         raise ValueError(f"expected a number of seeds (3 → 0, 1, 2) or a non-empty list of "
-                         f"integer seeds ([0, 1, 2]), got {value!r}")
+                         f"integer seeds ([0, 1, 2]), got {brief(value)}")
 
 
 # Allowed keys per mapping, for "did you mean" on unknown keys.

@@ -63,15 +63,14 @@ def ray_local():
     """One embedded Ray per test module (ray.init costs seconds); the runner re-uses it."""
     import ray
 
-    from orchestrator.ray_local import quiet_tune, ray_temp_dir
+    from orchestrator.ray_local import init_private_ray, quiet_tune, shutdown_private_ray
 
     quiet_tune()
-    os.makedirs(ray_temp_dir(), exist_ok=True)
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_temp_dir())
+    temp_dir = init_private_ray(num_cpus=2)
     try:
         yield ray.cluster_resources()
     finally:
-        ray.shutdown()
+        shutdown_private_ray(temp_dir)
 
 
 def free_port() -> int:

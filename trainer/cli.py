@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from .config import TrainConfig, UserError
+from .paths import writable_dir, writable_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +23,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
 
+def check_fits_device(cfg: TrainConfig) -> None:
+    """The estimated memory against the device the run will use (a batch of 10^8 would
+    otherwise fail deep in torch with a 24 GiB allocation error)."""
+    from .estimate import machine_memory_bytes, memory_problem
+    from .loop import pick_device
+
+    device = pick_device(cfg)
+    if device.type == "cuda":
+        import torch
+
+        problem = memory_problem(cfg, torch.cuda.get_device_properties(device).total_memory, "GPU memory")
+    else:
+        problem = memory_problem(cfg, machine_memory_bytes(), "RAM on this machine")
+    if problem:
+        raise UserError(f"this config {problem}")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     if args.help_config:
         for name, field in TrainConfig.model_fields.items():
@@ -35,6 +53,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume and not args.checkpoint_dir:
         raise UserError("--resume needs --checkpoint-dir (where the checkpoints are)")
+    check_fits_device(cfg)
+    if args.checkpoint_dir:  # fail now, not at the first checkpoint
+        writable_dir(args.checkpoint_dir, "--checkpoint-dir")
+    if args.json:
+        writable_file(args.json, "--json")
     result = train(cfg, checkpoint_dir=args.checkpoint_dir, resume_from="latest" if args.resume else None,
                    progress=not args.quiet)
     m = result.metrics

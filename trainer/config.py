@@ -5,12 +5,14 @@ combinations raise ConfigError with the key and what is allowed, never a bare tr
 """
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import replace
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError, DataError, UserError  # noqa: F401 - public here (docs/CONTRACTS.md)
+from .errors import ConfigError, DataError, UserError, brief  # noqa: F401 - public here (docs/CONTRACTS.md)
 from .yaml_lines import LoadedYaml, load_yaml_file, parse_yaml_value
 
 # The matrices of the model by role, in the order the model holds them: every block has the
@@ -27,10 +29,15 @@ MultiplierKind = Literal["none", "scalar", "row", "col", "vector"]
 # precision follows the device, and the run records the device it used). Every other field
 # changes the trained model's numbers or what is measured of them, and is part of identity.
 RUNTIME_FIELDS = frozenset({"device", "compile", "threads", "peak_flops", "cache_dir", "record_activations"})
+# Bounds every value obeys: floats are finite (model_config), integers fit in this (a width of
+# 1e30 is a typo, not a model), seeds fit numpy's and torch's seeding, text stays short.
+MAX_INT = 2 ** 40
+MAX_SEED = 2 ** 32 - 1
+MAX_TEXT = 4096
 
 
 class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
     # --- model (REFERENCE.md: decoder-only, pre-RMSNorm, RoPE, SwiGLU, untied head) ---
     d_model: int = Field(128, ge=8, description="width d")
@@ -104,7 +111,7 @@ class TrainConfig(BaseModel):
 
     # --- loop ---
     steps: int = Field(300, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     eval_interval: int = Field(50, ge=1)
     eval_batches: int = Field(4, ge=1)
     divergence_factor: float = Field(2.0, gt=1, description="diverged if train loss > factor × initial loss")
@@ -113,6 +120,11 @@ class TrainConfig(BaseModel):
     threads: int = Field(0, ge=0, description="torch CPU threads (0 = leave as is)")
     peak_flops: float | None = Field(None, gt=0, description="device peak FLOP/s for MFU (auto on known GPUs)")
     record_activations: bool = Field(True, description="mean |activation| per block at eval points")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _plain_values(cls, value: Any, info) -> Any:
+        return check_plain_value(info.field_name, value)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "TrainConfig":
@@ -194,6 +206,33 @@ class TrainConfig(BaseModel):
         return shapes[role]
 
 
+BUILTIN_CORPORA = ("kjv",)
+
+
+def missing_corpus_paths(corpus: str | list[str]) -> list[str]:
+    """The corpus entries that name neither a built-in corpus nor an existing file/directory
+    (trainer/data.py reads them; this only looks, so that sweeps can say so before a run)."""
+    names = [corpus] if isinstance(corpus, str) else list(corpus)
+    return [n for n in names if n not in BUILTIN_CORPORA and not os.path.exists(os.path.expanduser(n))]
+
+
+def check_plain_value(key: str, value: Any) -> Any:
+    """The bounds of every field beyond its type (run before pydantic's own checks): YAML's
+    `true` is not the number 1, floats are finite, integers and text have an upper size.
+    Raises ValueError; sweep files check each value with this too (orchestrator/spec.py)."""
+    annotation = TrainConfig.model_fields[key].annotation
+    if annotation in (int, float) or annotation == (float | None):
+        if isinstance(value, bool):
+            raise ValueError("expected a number, not a boolean (true/false)")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("expected a finite number")
+        if annotation is int and isinstance(value, (int, float)) and not abs(value) <= MAX_INT:
+            raise ValueError(f"expected an integer of at most {MAX_INT:.3g}")
+    elif isinstance(value, str) and len(value) > MAX_TEXT:
+        raise ValueError(f"text longer than {MAX_TEXT} characters")
+    return value
+
+
 def format_validation_error(err: ValidationError, source: str, loaded: LoadedYaml | None = None) -> str:
     lines = [f"{source}: invalid training config ({err.error_count()} problem(s)):"]
     for e in err.errors():
@@ -206,7 +245,7 @@ def format_validation_error(err: ValidationError, source: str, loaded: LoadedYam
             close = difflib.get_close_matches(str(e["loc"][-1]), TrainConfig.model_fields, n=1)
             msg = "unknown key" + (f"; did you mean '{close[0]}'?" if close else "; see `scalelab train --help-config`")
         elif e["loc"] and "input" in e and e["type"] != "missing":  # top-level input is the whole mapping
-            msg += f" (got {e['input']!r})"
+            msg += f" (got {brief(e['input'])})"
         lines.append(f"  - {key}: {msg}")
     return "\n".join(lines)
 
@@ -228,6 +267,6 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. lr=1e-3)")
+            raise ConfigError(f"override {brief(item)} is not of the form key=value (e.g. lr=1e-3)")
         out[key.strip()] = parse_yaml_value(raw) if raw != "" else ""
     return out

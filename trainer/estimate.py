@@ -2,6 +2,8 @@
 Used by `scalelab plan` and for GPU fractions; the tests check it against the real model."""
 from __future__ import annotations
 
+import os
+
 from .config import HIDDEN_ROLES, TrainConfig
 from .parametrization import multiplier_placement
 
@@ -27,6 +29,29 @@ def flops_per_token(cfg: TrainConfig) -> float:
     attention scores and mixing (Kaplan et al.: 6 · n_layers · seq_len · d_model)."""
     matmul = sum(i * o for role, i, o in matrix_shapes(cfg) if role != "embedding")
     return 6.0 * matmul + 6.0 * cfg.n_layers * cfg.seq_len * cfg.d_model
+
+
+SIZE_KEYS = ("batch_size", "seq_len", "d_model", "n_layers", "mlp_ratio", "vocab_size")  # what memory grows with
+
+
+def machine_memory_bytes() -> int | None:
+    """Physical RAM of this machine (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_problem(cfg: TrainConfig, available_bytes: float | None, device: str) -> str | None:
+    """None when the estimated training memory fits `available_bytes` of `device` (e.g. "GPU
+    memory (resources.gpu_memory_gb)"), else a sentence naming the estimate and the fix."""
+    need = estimate(cfg)["memory_bytes"]
+    if available_bytes is None or need <= available_bytes:
+        return None
+    return (f"needs about {need / 2 ** 30:,.4g} GiB (trainer/estimate.py: weights, Adam state and "
+            f"activations of batch_size={cfg.batch_size} × seq_len={cfg.seq_len}, d_model={cfg.d_model}, "
+            f"n_layers={cfg.n_layers}, mlp_ratio={cfg.mlp_ratio:g}, vocab_size={cfg.vocab_size}), more than "
+            f"the {available_bytes / 2 ** 30:,.1f} GiB of {device}; lower {', '.join(SIZE_KEYS)}")
 
 
 def estimate(cfg: TrainConfig) -> dict[str, float]:

@@ -18,15 +18,94 @@ from .errors import ConfigError
 KeyPath = tuple  # of str (mapping keys) and int (list indices)
 
 
-class NumberLoader(yaml.SafeLoader):
-    """SafeLoader that reads `1e-3` as a number. PyYAML follows YAML 1.1, whose float syntax
-    needs a dot (`1.0e-3`), so `lr: 1e-3` would otherwise be the string '1e-3'."""
+# Bounds on what a YAML file may hold (sweep files and training configs alike). A 364-byte
+# file of nested aliases ("billion laughs") expands to billions of nodes: the expanded size is
+# counted while composing, before anything is constructed or validated.
+MAX_FILE_BYTES = 256 << 10  # 256 KiB; real sweep files are a few KB (PyYAML reads ~150 KB/s)
+MAX_NODES = 50_000          # nodes after alias expansion (an alias counts as the whole node it repeats)
+MAX_DEPTH = 40              # nesting of lists/mappings
 
 
+try:  # libyaml's parser (events in C, ~4x faster); our Python composer on top, to count nodes
+    from yaml._yaml import CParser as _Parser
+
+    _PARSER_BASES: tuple = (_Parser,)
+except ImportError:  # PyYAML built without libyaml
+    _PARSER_BASES = (yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser)
+
+
+class NumberLoader(*_PARSER_BASES, yaml.composer.Composer, yaml.constructor.SafeConstructor,
+                   yaml.resolver.Resolver):
+    """A safe loader that reads `1e-3` as a number. PyYAML follows YAML 1.1, whose float syntax
+    needs a dot (`1.0e-3`), so `lr: 1e-3` would otherwise be the string '1e-3'. YAML 1.1's
+    base-60 numbers (`12:30` -> 750) are not read as numbers: they stay text.
+
+    The composer counts nodes as they would be after alias expansion and refuses a file over
+    MAX_NODES or nested deeper than MAX_DEPTH, before anything is expanded."""
+
+    def __init__(self, stream):
+        if _PARSER_BASES[0] is yaml.reader.Reader:
+            yaml.reader.Reader.__init__(self, stream)
+            yaml.scanner.Scanner.__init__(self)
+            yaml.parser.Parser.__init__(self)
+        else:
+            _PARSER_BASES[0].__init__(self, stream)
+        yaml.composer.Composer.__init__(self)
+        yaml.constructor.SafeConstructor.__init__(self)
+        yaml.resolver.Resolver.__init__(self)
+        self._sizes: dict[int, int] = {}
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        start = self.peek_event().start_mark
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested too deeply (more than {MAX_DEPTH} levels)", start)
+            node = yaml.composer.Composer.compose_node(self, parent, index)
+        finally:
+            self._depth -= 1
+        if id(node) not in self._sizes:  # not an alias of a node already counted
+            if isinstance(node, yaml.SequenceNode):
+                children = node.value
+            elif isinstance(node, yaml.MappingNode):
+                children = [n for pair in node.value for n in pair]
+            else:
+                children = []
+            size = 1 + sum(self._sizes.get(id(c), 1) for c in children)
+            self._sizes[id(node)] = size
+            if size > MAX_NODES:
+                raise yaml.composer.ComposerError(
+                    None, None, f"more than {MAX_NODES} keys and values (aliases `*name` "
+                    "counted as the values they repeat); a sweep or config file needs far fewer", start)
+        return node
+
+    # The C parser has its own (uncounted) composer: use the Python one above.
+    get_single_node = yaml.composer.Composer.get_single_node
+    compose_document = yaml.composer.Composer.compose_document
+    check_node = yaml.composer.Composer.check_node
+    get_node = yaml.composer.Composer.get_node
+
+
+# SafeLoader's number resolvers, re-added below without their base-60 forms.
+NumberLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in items
+            if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for first, items in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 NumberLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789"))
+NumberLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"""^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"""),
+    list("-+0123456789"))
+NumberLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"""
+               r"""|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"""),
+    list("-+0123456789."))
 
 
 @dataclass
@@ -51,13 +130,19 @@ class LoadedYaml:
         return f"{text} (line {line})" if line else text
 
 
+MAX_KEY_SHOWN = 60  # a 100 KB key is shown shortened in messages
+
+
 def format_path(path: KeyPath) -> str:
     out = ""
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            text = str(part)
+            if len(text) > MAX_KEY_SHOWN:
+                text = text[:MAX_KEY_SHOWN - 3] + "..."
+            out += ("." if out else "") + text
     return out or "(top level)"
 
 
@@ -72,7 +157,7 @@ def parse_yaml_value(text: str) -> Any:
 def load_yaml_file(path: str, what: str = "file") -> LoadedYaml:
     try:
         with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+            text = fh.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: {what} not found") from None
     except UnicodeDecodeError as err:
@@ -83,6 +168,9 @@ def load_yaml_file(path: str, what: str = "file") -> LoadedYaml:
 
 
 def load_yaml_text(text: str, source: str = "<string>") -> LoadedYaml:
+    if len(text) > MAX_FILE_BYTES:
+        raise ConfigError(f"{source}: the file is larger than {MAX_FILE_BYTES // 1024} KiB; a sweep or config file "
+                          "needs a few KB — split it into several files")
     loader = None
     try:
         loader = NumberLoader(text)  # the reader rejects unprintable characters here

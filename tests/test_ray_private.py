@@ -1,0 +1,61 @@
+"""The embedded Ray of `scalelab run` (no --address) is private: loopback only, a fresh 0700
+directory, and nothing in the environment or a predictable temp path can redirect it.
+Starts Ray once."""
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+
+import pytest
+
+from orchestrator.ray_local import private_temp_dir, ray_session
+
+
+def test_private_temp_dirs_are_fresh_and_0700():
+    a, b = private_temp_dir(), private_temp_dir()
+    try:
+        assert a != b
+        for d in (a, b):
+            parent = os.path.dirname(d)
+            st = os.stat(parent)
+            assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.getuid()
+            assert len(os.path.join(d, "session_xxxx_xx_xx_xx_xx_xx_xxxxxx_xxxx", "sockets", "raylet.12345")) < 107
+    finally:
+        for d in (a, b):
+            os.rmdir(os.path.dirname(d))
+
+
+def test_embedded_ray_is_loopback_private_and_cannot_be_redirected(monkeypatch):
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        pytest.skip("a Ray is already running in this process")
+    # What redirected `scalelab run` before: the old predictable folder with a planted
+    # ray_current_cluster file, and RAY_ADDRESS in the environment.
+    old = os.path.join(tempfile.gettempdir(), f"scalelab-ray-{os.getuid()}")
+    planted = os.path.join(old, "ray_current_cluster")
+    made_old = not os.path.exists(old)
+    os.makedirs(old, exist_ok=True)
+    had_planted = os.path.exists(planted)
+    if not had_planted:
+        with open(planted, "w") as fh:
+            fh.write("203.0.113.7:6379")
+    monkeypatch.setenv("RAY_ADDRESS", "203.0.113.7:6379")
+    try:
+        with ray_session(None, num_cpus=1):
+            node = ray._private.worker._global_node
+            assert node.node_ip_address == "127.0.0.1"
+            assert node.gcs_address.startswith("127.0.0.1:")
+            session_dir = node.get_session_dir_path()
+            private = os.path.dirname(node.get_temp_dir_path())
+            assert not private.startswith(old)
+            assert stat.S_IMODE(os.stat(private).st_mode) == 0o700
+            assert session_dir.startswith(private)
+            assert os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") is None  # restored after start
+        assert not ray.is_initialized()
+        assert not os.path.exists(private)  # removed with its logs
+    finally:
+        if not had_planted:
+            os.remove(planted)
+        if made_old:
+            os.rmdir(old)
