@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from trainer.config import UserError
@@ -66,6 +67,9 @@ def _positive(value: int | None, flag: str) -> None:
 def cmd_run(args) -> int:
     from .runner import RunOptions, run_sweep
     from .spec import load_sweep
+    from .trainable import FAULT_ENV, check_faults
+
+    check_faults(os.environ.get(FAULT_ENV))  # before anything: a typo would fail trials after their retries
 
     _positive(args.max_concurrent, "--max-concurrent")
     _positive(args.num_cpus, "--num-cpus")

@@ -24,7 +24,7 @@ from .progress import ProgressPrinter, best_so_far
 from .sweep_modes import sweep_mode
 from .tracking import MlflowTrackingCallback, SweepTracker
 from .tracking_query import finished_hashes
-from .trainable import FAULT_ENV, TrialContext, run_trial
+from .trainable import FAULT_ENV, TrialContext, check_faults, run_trial
 
 
 @dataclass
@@ -93,6 +93,7 @@ class RunOptions:
 
 
 def run_sweep(spec, opts: RunOptions) -> SweepSummary:
+    check_faults(os.environ.get(FAULT_ENV))  # a typo would otherwise fail trials after their retries
     where = opts.locations(spec)
     os.makedirs(where.storage, exist_ok=True)
     done = finished_hashes(where.tracking_uri, spec.experiment)  # also refuses runs of an older identity rule
