@@ -5,7 +5,8 @@ analysis load this without Ray or MLflow."""
 from __future__ import annotations
 
 import os
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 TAG_KIND = "scalelab.kind"                    # KIND_SWEEP (parent run) | KIND_TRIAL (child run)
 TAG_SWEEP = "scalelab.sweep"
@@ -18,6 +19,8 @@ TAG_ERROR = "scalelab.error"
 TAG_MODE = "scalelab.mode"
 TAG_LABEL = "scalelab.label"
 TAG_LOGGED_STEP = "scalelab.logged_step"
+TAG_OWNER = "scalelab.owner"                 # the `scalelab run` holding the trial: "host:pid:id"
+TAG_HEARTBEAT = "scalelab.heartbeat"          # epoch ms its owner last renewed the claim; 0 = released
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 
@@ -59,6 +62,27 @@ def sqlite_path(url: str) -> str | None:
     if not url.startswith("sqlite:///"):
         return None
     return url[len("sqlite:///"):].split("?", 1)[0]
+
+
+@contextmanager
+def sqlite_lock(tracking_uri: str) -> Iterator[None]:
+    """An exclusive file lock next to an SQLite tracking database (`<db>.lock`), held while
+    MLflow creates or migrates its schema: two processes creating one new database at once
+    otherwise race (`duplicate column name: step`). No-op for other stores."""
+    db = sqlite_path(tracking_uri)
+    if db is None:
+        yield
+        return
+    import fcntl
+
+    parent = os.path.dirname(os.path.abspath(db))
+    os.makedirs(parent, exist_ok=True)
+    with open(os.path.abspath(db) + ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 # --- reading runs --------------------------------------------------------------------------

@@ -103,9 +103,11 @@ def run_sweep(spec, opts: RunOptions) -> SweepSummary:
           f"parent run {tracker.parent_id}); storage {where.storage}", file=opts.out, flush=True)
     mode = sweep_mode(spec, where.study_url)
     mode.plan_run(tracker, done, opts.out)
+    mode.claim(tracker, opts.out)
     summary.total = mode.total
     if mode.to_run > 0:
-        summary.interrupted = _execute(spec, mode, tracker, where, opts)
+        with Heartbeat(tracker, [t.hash for t in getattr(mode, "pending", [])]):
+            summary.interrupted = _execute(spec, mode, tracker, where, opts)
         summary.ran = mode.to_run
         tracker.refresh()
     summary.tuning_cost = tracker.finish_parent()
@@ -113,6 +115,54 @@ def run_sweep(spec, opts: RunOptions) -> SweepSummary:
     print(summary.text(), file=opts.out, flush=True)
     print(f"  browse: {browse_hint(where.tracking_uri)} (experiment {spec.experiment!r})", file=opts.out, flush=True)
     return summary
+
+
+class Heartbeat:
+    """Renews this invocation's claims while its trials run (a thread on the driver) and
+    releases the ones still open at the end, so another `scalelab run` may take them at once.
+    A claim whose owner died expires after the lease (SCALELAB_LEASE_S)."""
+
+    def __init__(self, tracker: SweepTracker, hashes: list[str]):
+        import threading
+
+        self.tracker, self.hashes = tracker, hashes
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="scalelab-heartbeat", daemon=True)
+
+    def _open(self) -> list[str]:
+        return [h for h in self.hashes if (c := self.tracker.children.get(h)) is not None and not c.outcome]
+
+    def _loop(self) -> None:
+        from .tracking import lease_seconds
+
+        interval = max(1.0, lease_seconds() / 6)
+        warned: set[str] = set()
+        while not self.stop.wait(interval):
+            try:
+                lost = set(self.tracker.heartbeat(self.hashes)) - warned
+            except Exception:  # noqa: BLE001 - tracking down: the claim may lapse, training goes on
+                continue
+            if lost:
+                warned |= lost
+                print(f"[{self.tracker.sweep}] warning: {len(lost)} trial claim(s) lapsed (no heartbeat "
+                      "reached MLflow for a whole lease) and another scalelab run took them over",
+                      file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        if self.hashes:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=30)
+        try:
+            self.tracker.refresh()
+            self.tracker.heartbeat(self._open(), release=True)
+        except Exception:  # noqa: BLE001 - unreachable: the claims expire after the lease instead
+            pass
+        return False
 
 
 def browse_hint(tracking_uri: str) -> str:
