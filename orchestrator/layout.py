@@ -8,6 +8,8 @@ import os
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+from trainer.config import UserError
+
 TAG_KIND = "scalelab.kind"                    # KIND_SWEEP (parent run) | KIND_TRIAL (child run)
 TAG_SWEEP = "scalelab.sweep"
 TAG_HASH = "scalelab.trial_hash"
@@ -62,6 +64,32 @@ def sqlite_path(url: str) -> str | None:
     if not url.startswith("sqlite:///"):
         return None
     return url[len("sqlite:///"):].split("?", 1)[0]
+
+
+PROBE_TIMEOUT_S = 5.0
+
+
+class TrackingUnreachable(UserError):
+    """An MLflow server that does not answer: one line for the user (`scalelab run`: exit 1)."""
+
+
+def probe_tracking(tracking_uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Fail in seconds, in one line, when an MLflow server does not answer (MLflow's own client
+    retries for minutes). Any HTTP answer counts as up; other stores are not probed."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:  # it answers (perhaps asking for a token): it is up
+        return
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "reason", None) or err
+        raise TrackingUnreachable(f"MLflow at {tracking_uri} is unreachable ({reason}); start it or pass another "
+                        "--tracking-uri") from None
 
 
 @contextmanager

@@ -364,51 +364,69 @@ def multipliers_csv(rows: list[dict]) -> str:
 @dataclass
 class TrialRecord:
     trial: Any                      # orchestrator.spec.Trial
-    child: ChildRun | None          # None for a sampled point whose result is already known
+    child: ChildRun | None          # set once its run is started (by the outbox's thread)
     attempts: int = 0
+    tracked: bool = False           # False for an invalid point or a sampled point already known
 
 
 class MlflowTrackingCallback(tune.Callback):
     """Driver-side Tune callback: every `tune.report` of a trial → one step of its MLflow run.
 
     `resolve(config)` maps a Tune trial's config to its scalelab Trial; `known` holds the hashes
-    that already have a result (their trials only replay it and get no new run)."""
+    that already have a result (their trials only replay it and get no new run). With an
+    `outbox` (orchestrator/outbox.py) every MLflow write is queued and sent, in order, by its
+    thread: Tune's loop, hence training, never waits for tracking."""
 
     def __init__(self, tracker: SweepTracker, resolve: Callable[[dict], Any],
-                 n_params: Callable[[Any], int | None], known: set | None = None):
+                 n_params: Callable[[Any], int | None], known: set | None = None, outbox=None):
         self.tracker, self.resolve, self.n_params = tracker, resolve, n_params
         self.known = set(known or ())
         self.records: dict[str, TrialRecord] = {}
+        self.outbox = outbox
+
+    def _send(self, fn: Callable[[], object]) -> None:
+        if self.outbox is None:
+            fn()
+        else:
+            self.outbox.put(fn)
 
     def record(self, tune_trial) -> TrialRecord:
         rec = self.records.get(tune_trial.trial_id)
         if rec is None:
             trial = self.resolve(tune_trial.config)
             untracked = trial.hash is None or trial.hash in self.known  # invalid point, or known result
-            child = None if untracked else self.tracker.start_child(trial, self.n_params(trial))
-            rec = self.records[tune_trial.trial_id] = TrialRecord(trial, child)
+            rec = self.records[tune_trial.trial_id] = TrialRecord(trial, None)
+            if not untracked:
+                rec.tracked = True
+
+                def start(rec=rec, trial=trial):
+                    rec.child = self.tracker.start_child(trial, self.n_params(trial))
+                self._send(start)
         return rec
 
     def on_trial_start(self, iteration, trials, trial, **info):
         rec = self.record(trial)
         rec.attempts += 1
-        if rec.child is not None and rec.attempts > 1:
-            self.tracker.client.update_run(rec.child.run_id, status="RUNNING")
+        if rec.tracked and rec.attempts > 1:
+            self._send(lambda: self.tracker.client.update_run(rec.child.run_id, status="RUNNING"))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         rec = self.record(trial)
         payload = result.get(REPORT_KEY) or {}
-        if rec.child is None or "metrics" not in payload:
+        if not rec.tracked or "metrics" not in payload:
             return
-        self.tracker.log_report(rec.child, payload["metrics"], int(payload["ts"]))
-        if payload["metrics"].get("final"):
-            outcome = payload["metrics"].get("status", "finished")
-            self.tracker.finish_child(rec.child, outcome, multipliers=payload.get("multipliers") or [])
+        metrics, ts = payload["metrics"], int(payload["ts"])
+        self._send(lambda: self.tracker.log_report(rec.child, metrics, ts))
+        if metrics.get("final"):
+            outcome = metrics.get("status", "finished")
+            multipliers = payload.get("multipliers") or []
+            self._send(lambda: self.tracker.finish_child(rec.child, outcome, multipliers=multipliers))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         rec = self.record(trial)
-        if rec.child is not None:
-            self.tracker.finish_child(rec.child, "failed", error=trial_error_text(trial))
+        if rec.tracked:
+            error = trial_error_text(trial)
+            self._send(lambda: self.tracker.finish_child(rec.child, "failed", error=error))
 
 
 def trial_error_text(tune_trial) -> str:

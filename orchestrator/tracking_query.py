@@ -5,8 +5,8 @@ import os
 
 from trainer.config import UserError
 
-from .layout import (DONE_OUTCOMES, KIND_TRIAL, TAG_HASH, TAG_IDENTITY, TAG_KIND, TAG_OUTCOME, quote, search_all,
-                     sqlite_path)
+from .layout import (DONE_OUTCOMES, KIND_TRIAL, TAG_HASH, TAG_IDENTITY, TAG_KIND, TAG_OUTCOME, probe_tracking, quote,
+                     search_all, sqlite_path)
 from .spec import IDENTITY_VERSION
 
 
@@ -19,6 +19,7 @@ def finished_hashes(tracking_uri: str, experiment: str) -> dict[str, str]:
     db = sqlite_path(tracking_uri)
     if db is not None and not os.path.isfile(db):
         return {}
+    probe_tracking(tracking_uri)
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 

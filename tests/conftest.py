@@ -157,3 +157,40 @@ def ray_head():
     finally:
         stop_group(proc)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+class MlflowServer:
+    """A real `mlflow server` that a test can stop (process group) and start again on the same
+    port and database: a tracking outage."""
+
+    def __init__(self, directory: Path):
+        self.dir, self.port = directory, free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log = self.dir / f"mlflow-server-{self.starts}.log"
+        self.proc = subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--workers", "1", "--host", "127.0.0.1", "--port", str(self.port),
+             "--backend-store-uri", "sqlite:///" + str(self.dir / "srv.db"),
+             "--artifacts-destination", str(self.dir / "artifacts")],
+            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+            env=venv_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
+        wait_http(f"{self.uri}/health", 180, self.proc, log)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_group(self.proc)
+            self.proc = None
+
+
+@pytest.fixture
+def restartable_mlflow_server(tmp_path):
+    server = MlflowServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -86,3 +86,61 @@ def test_simultaneous_claims_leave_one_run_per_hash(tiny_sweep, tracking_uri, mo
     assert set(holders) == {t.hash for t in trials}
     runs = trial_runs(tracking_uri, spec.experiment)
     assert sorted(r.data.tags[TAG_HASH] for r in runs) == sorted(t.hash for t in trials)
+
+
+# --- real processes ----------------------------------------------------------------------------
+
+def scalelab_run(sweep, uri: str, storage, log) -> "subprocess.Popen":
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop("SCALELAB_FAULT_INJECT", None)
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(sweep), "--tracking-uri", uri,
+                             "--storage", str(storage), "--num-cpus", "1"],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=str(sweep.parent), env=env,
+                            start_new_session=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("store,stagger", [("sqlite", 0.0), ("server", 3.0)])
+def test_two_runs_of_one_sweep_at_once_make_one_run_per_trial(store, stagger, tmp_path, tiny_sweep, request):
+    """Two `scalelab run` of one sweep against one store, started together (new SQLite file: the
+    schema race) or a few seconds apart (server): both exit 0, each trial has one child run,
+    finished once, and one writer of its journal."""
+    import json
+    import time
+
+    uri = (request.getfixturevalue("mlflow_server") if store == "server"
+           else "sqlite:///" + str(tmp_path / "new.db"))
+    sweep = tiny_sweep("twice", grid={"lr": [0.01, 0.02, 0.03]})
+    storage = tmp_path / "store"
+    first = scalelab_run(sweep, uri, storage, tmp_path / "a.log")
+    time.sleep(stagger)
+    second = scalelab_run(sweep, uri, storage, tmp_path / "b.log")
+    try:
+        codes = [first.wait(timeout=240), second.wait(timeout=240)]
+    finally:
+        for proc in (first, second):
+            if proc.poll() is None:
+                import os
+                import signal
+                os.killpg(proc.pid, signal.SIGKILL)
+    logs = [(tmp_path / n).read_text() for n in ("a.log", "b.log")]
+    assert codes == [0, 0], logs
+    assert not any("Traceback" in text for text in logs), logs
+    runs = trial_runs(uri, "twice")
+    hashes = [r.data.tags[TAG_HASH] for r in runs]
+    assert len(hashes) == len(set(hashes)) == 3, logs                    # one child run per hash
+    assert {r.data.tags.get("scalelab.outcome") for r in runs} == {"finished"}, logs
+    for trial_hash in hashes:                                           # one writer per trial
+        entries = [json.loads(line) for line in
+                   (storage / "trials" / "twice" / trial_hash / "reports.jsonl").read_text().splitlines()]
+        steps = [e["metrics"]["step"] for e in entries if not e["metrics"].get("final")]
+        assert steps == sorted(set(steps)) and sum(bool(e["metrics"].get("final")) for e in entries) == 1, steps
+    assert any("held by another scalelab run" in text for text in logs) or \
+        any("3 already done, 0 to run" in text for text in logs), logs
