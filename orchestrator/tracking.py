@@ -57,6 +57,23 @@ def new_owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def owner_is_dead(owner: str) -> bool:
+    """An owner on this machine whose process is gone (killed): its claim needs no lease to
+    lapse. Owners on other machines only expire."""
+    import socket
+
+    parts = owner.split(":")
+    if len(parts) < 3 or ":".join(parts[:-2]) != socket.gethostname():
+        return False
+    try:
+        os.kill(int(parts[-2]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return False
+
+
 # --- small helpers ------------------------------------------------------------------------
 
 def code_version() -> str:
@@ -108,7 +125,8 @@ class ChildRun:
     heartbeat_ms: int = 0          # TAG_HEARTBEAT
 
     def held_by_other(self, me: str, now_ms: int, lease_s: float) -> bool:
-        return bool(self.owner) and self.owner != me and now_ms - self.heartbeat_ms < lease_s * 1000
+        return (bool(self.owner) and self.owner != me and now_ms - self.heartbeat_ms < lease_s * 1000
+                and not owner_is_dead(self.owner))
 
 
 # --- the tracker ------------------------------------------------------------------------------

@@ -144,3 +144,18 @@ def test_two_runs_of_one_sweep_at_once_make_one_run_per_trial(store, stagger, tm
         assert steps == sorted(set(steps)) and sum(bool(e["metrics"].get("final")) for e in entries) == 1, steps
     assert any("held by another scalelab run" in text for text in logs) or \
         any("3 already done, 0 to run" in text for text in logs), logs
+
+
+def test_a_claim_of_a_killed_process_on_this_machine_needs_no_lease():
+    import socket
+    import subprocess
+    import sys
+
+    from orchestrator.tracking import owner_is_dead
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    host = socket.gethostname()
+    assert owner_is_dead(f"{host}:{proc.pid}:abcd1234")
+    assert not owner_is_dead(f"{host}:{__import__('os').getpid()}:abcd1234")   # alive
+    assert not owner_is_dead(f"elsewhere:{proc.pid}:abcd1234")                 # another machine: lease only
