@@ -137,11 +137,11 @@ class SweepTracker:
     def __init__(self, tracking_uri: str, experiment: str, sweep: str, mode: str):
         from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri, self.sweep, self.mode = tracking_uri, sweep, mode
         self.code_version = code_version()
         self.owner = new_owner_id()
-        with sqlite_lock(tracking_uri):  # MLflow creates a new database's schema on first use
+        with sqlite_lock(tracking_uri):  # MLflow creates a new database's schema with its client
+            self.client = MlflowClient(tracking_uri=tracking_uri)
             self.experiment_id = self._experiment_id(experiment)
             self.parent_id = self._parent_run()
         self.children: dict[str, ChildRun] = self._load_children()
