@@ -80,7 +80,7 @@ def test_a_server_outage_mid_sweep_loses_nothing_and_does_not_slow_training(rest
     from mlflow.tracking import MlflowClient
 
     server = restartable_mlflow_server
-    outage_s = 25.0   # > the run's MLflow client window (1 retry, 10 s timeout: refused at once)
+    outage_s = 12.0   # + the restart: > the run's MLflow client window (1 retry, 10 s timeout)
     sweep = tiny_sweep("outage", base={"steps": 400, "eval_interval": 10})
     storage = tmp_path / "store"
     root = Path(__file__).resolve().parents[1]
@@ -144,3 +144,46 @@ def test_a_server_outage_mid_sweep_loses_nothing_and_does_not_slow_training(rest
     pace = sorted(gaps)[len(gaps) // 2]                    # median seconds per report
     expected_wall = pace * len(stamps)
     assert run.data.metrics["wall_time_s"] < 2 * expected_wall + 10, (run.data.metrics["wall_time_s"], expected_wall)
+
+
+def test_an_outage_past_the_grace_period_stops_the_sweep_and_a_rerun_sends_the_rest(
+        ray_local, tracking_uri, tmp_path, tiny_sweep, monkeypatch):
+    """Every metric write fails (MLflow "down") for longer than the grace period: run_sweep
+    stops with TrackingOutage saying nothing is lost; the same run afterwards sends every
+    journaled report, once."""
+    import io
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.runner import RunOptions, TrackingOutage, run_sweep
+    from orchestrator.spec import load_sweep
+    from orchestrator.tracking import SweepTracker
+
+    spec = load_sweep(str(tiny_sweep("grace", grid={"lr": [0.01, 0.02]})))
+    real = SweepTracker.log_report
+
+    def down(self, child, report, ts):
+        raise ConnectionError("Connection refused")
+
+    monkeypatch.setattr(SweepTracker, "log_report", down)
+    out = io.StringIO()
+    opts = RunOptions(tracking_uri=tracking_uri, storage=str(tmp_path / "store"), tracking_grace=2, out=out)
+    with pytest.raises(TrackingOutage, match="Nothing is lost") as err:
+        run_sweep(spec, opts)
+    assert "unreachable for more than" in str(err.value) and "MLflow unreachable since" in out.getvalue()
+
+    monkeypatch.setattr(SweepTracker, "log_report", real)
+    summary = run_sweep(load_sweep(str(tiny_sweep("grace", grid={"lr": [0.01, 0.02]}))),
+                        RunOptions(tracking_uri=tracking_uri, storage=str(tmp_path / "store"), out=io.StringIO()))
+    assert summary.count("finished") == 2
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name("grace")
+    runs = client.search_runs([exp.experiment_id], "tags.`scalelab.kind` = 'trial'")
+    assert len(runs) == 2
+    for run in runs:
+        journal = tmp_path / "store" / "trials" / "grace" / run.data.tags["scalelab.trial_hash"] / "reports.jsonl"
+        steps = [json.loads(line)["metrics"]["step"] for line in journal.read_text().splitlines()
+                 if "train_loss" in json.loads(line)["metrics"]]
+        history = client.get_metric_history(run.info.run_id, "train_loss")
+        assert sorted(h.step for h in history) == sorted(set(steps))
