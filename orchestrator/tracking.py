@@ -37,7 +37,7 @@ MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_TAGS_PER_BATCH = 100
 MAX_TAG_CHARS = 8000
 
-# Claims (docs/CONTRACTS.md, "Claims"): a trial is held by the `scalelab run` named in its run's
+# Claims (docs/CONTRACTS.md, "MLflow layout"): a trial is held by the `scalelab run` named in its run's
 # owner tag while the heartbeat tag is younger than the lease; the owner renews it meanwhile.
 LEASE_ENV = "SCALELAB_LEASE_S"
 DEFAULT_LEASE_S = 180.0

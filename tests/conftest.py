@@ -83,7 +83,7 @@ def free_port() -> int:
 def stop_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
     """SIGTERM the process group we started, then SIGKILL what is left."""
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGTERM if grace > 0 else signal.SIGKILL)
     except ProcessLookupError:
         return
     try:
@@ -180,9 +180,10 @@ class MlflowServer:
             env=venv_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
         wait_http(f"{self.uri}/health", 180, self.proc, log)
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop it (grace=0: SIGKILL at once, a crash)."""
         if self.proc is not None:
-            stop_group(self.proc)
+            stop_group(self.proc, grace)
             self.proc = None
 
 

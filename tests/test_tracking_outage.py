@@ -81,7 +81,7 @@ def test_a_server_outage_mid_sweep_loses_nothing_and_does_not_slow_training(rest
 
     server = restartable_mlflow_server
     outage_s = 12.0   # + the restart: > the run's MLflow client window (1 retry, 10 s timeout)
-    sweep = tiny_sweep("outage", base={"steps": 400, "eval_interval": 10})
+    sweep = tiny_sweep("outage", base={"steps": 4000, "eval_interval": 50})   # 12 s+ of training
     storage = tmp_path / "store"
     root = Path(__file__).resolve().parents[1]
     log = tmp_path / "run.log"
@@ -103,7 +103,7 @@ def test_a_server_outage_mid_sweep_loses_nothing_and_does_not_slow_training(rest
             time.sleep(0.5)
         else:
             pytest.fail("no report reached MLflow:\n" + log.read_text())
-        server.stop()
+        server.stop(grace=0)   # a crash, at once: the trial is still early
         down_at = time.time()
         time.sleep(outage_s)
         server.start()
