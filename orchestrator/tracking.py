@@ -10,6 +10,10 @@ Metrics go through `MlflowClient.log_batch` in chunks of MLflow's per-call limit
 carries the timestamp the worker stamped on it, so re-sending a report after a crash writes
 identical rows (which the SQL store ignores); the tag `scalelab.logged_step` records the last
 step fully written so replays after a resume are skipped outright.
+
+Before a grid sweep runs, `SweepTracker.claim` records in each pending trial's run which `scalelab
+run` holds it (owner + heartbeat tags), so concurrent invocations never run one trial twice; the
+callback's writes go through `outbox.Outbox`, so an MLflow outage never stalls training.
 """
 from __future__ import annotations
 
