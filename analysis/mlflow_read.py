@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 import pandas as pd
 
 from orchestrator.layout import (KIND_SWEEP, KIND_TRIAL, TAG_COLUMNS, TAG_KIND, TAG_PARENT, TAG_SWEEP,
-                                 search_all, sqlite_path)
+                                 probe_tracking, search_all, sqlite_lock, sqlite_path)
 from trainer.config import UserError
 
 from .columns import (HISTORY_COLUMNS, IDENTITY_COLUMNS, MULTIPLIER_NUMBERS, empty_history,
@@ -64,7 +64,9 @@ def open_client(tracking_uri: str):
     if db_path is not None and not os.path.exists(db_path):  # MlflowClient would create an empty db
         raise UserError(f"no MLflow database at {db_path} (tracking URI {tracking_uri}); run a sweep "
                         "first, or pass --tracking-uri / set MLFLOW_TRACKING_URI to the one you used")
-    return MlflowClient(tracking_uri)
+    probe_tracking(tracking_uri)  # seconds, not MLflow's minutes of retries, against a dead server
+    with sqlite_lock(tracking_uri):  # a `scalelab run` may be creating the schema right now
+        return MlflowClient(tracking_uri)
 
 
 def find_experiment(client, name: str, tracking_uri: str):

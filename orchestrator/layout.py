@@ -5,7 +5,10 @@ analysis load this without Ray or MLflow."""
 from __future__ import annotations
 
 import os
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from trainer.config import UserError
 
 TAG_KIND = "scalelab.kind"                    # KIND_SWEEP (parent run) | KIND_TRIAL (child run)
 TAG_SWEEP = "scalelab.sweep"
@@ -18,6 +21,8 @@ TAG_ERROR = "scalelab.error"
 TAG_MODE = "scalelab.mode"
 TAG_LABEL = "scalelab.label"
 TAG_LOGGED_STEP = "scalelab.logged_step"
+TAG_OWNER = "scalelab.owner"                 # the `scalelab run` holding the trial: "host:pid:id"
+TAG_HEARTBEAT = "scalelab.heartbeat"          # epoch ms its owner last renewed the claim; 0 = released
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 
@@ -59,6 +64,53 @@ def sqlite_path(url: str) -> str | None:
     if not url.startswith("sqlite:///"):
         return None
     return url[len("sqlite:///"):].split("?", 1)[0]
+
+
+PROBE_TIMEOUT_S = 5.0
+
+
+class TrackingUnreachable(UserError):
+    """An MLflow server that does not answer: one line for the user (`scalelab run`: exit 1)."""
+
+
+def probe_tracking(tracking_uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Fail in seconds, in one line, when an MLflow server does not answer (MLflow's own client
+    retries for minutes). Any HTTP answer counts as up; other stores are not probed."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:  # it answers (perhaps asking for a token): it is up
+        return
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "reason", None) or err
+        raise TrackingUnreachable(f"MLflow at {tracking_uri} is unreachable ({reason}); start it or pass another "
+                        "--tracking-uri") from None
+
+
+@contextmanager
+def sqlite_lock(tracking_uri: str) -> Iterator[None]:
+    """An exclusive file lock next to an SQLite tracking database (`<db>.lock`), held while
+    MLflow creates or migrates its schema: two processes creating one new database at once
+    otherwise race (`duplicate column name: step`). No-op for other stores."""
+    db = sqlite_path(tracking_uri)
+    if db is None:
+        yield
+        return
+    import fcntl
+
+    parent = os.path.dirname(os.path.abspath(db))
+    os.makedirs(parent, exist_ok=True)
+    with open(os.path.abspath(db) + ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 # --- reading runs --------------------------------------------------------------------------

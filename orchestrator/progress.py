@@ -40,7 +40,8 @@ class ProgressPrinter(tune.Callback):
 
     def __init__(self, name: str, to_run: int, resolve: Callable[[dict], Any], metric: str, mode: str,
                  best: tuple[float, str] | None = None, out: TextIO = sys.stdout,
-                 work: dict[str, float] | None = None):
+                 work: dict[str, float] | None = None, outbox=None):
+        self.outbox = outbox   # orchestrator.outbox.Outbox: its note while MLflow is unreachable
         self.name, self.to_run, self.resolve, self.metric, self.mode = name, to_run, resolve, metric, mode
         self.best, self.out = best, out
         # Estimated compute seconds per pending trial (grid mode). Trials run small-to-large, so a
@@ -57,6 +58,9 @@ class ProgressPrinter(tune.Callback):
         self.started_at: float | None = None
 
     def _line(self, note: str = "") -> None:
+        tracking = self.outbox.note() if self.outbox is not None else ""
+        if tracking and tracking not in note:
+            note = f"{note} | {tracking}" if note else tracking
         done = len(self.outcomes)
         count = {o: sum(1 for v in self.outcomes.values() if v == o) for o in ("finished", "diverged", "failed")}
         best = f"best {self.metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else "best -"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from trainer.config import UserError
 
-from .layout import tracking_uri_help
+from .layout import TrackingUnreachable, tracking_uri_help
 from .locations import STORAGE_HELP
 
 RUN_HELP = "run a sweep: local embedded Ray by default, or an existing cluster with --address"
@@ -25,6 +26,10 @@ def register(subparsers) -> None:
     run.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once "
                      "(default: the sweep's concurrency, else as many as the CPUs/GPUs allow)")
     run.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    run.add_argument("--tracking-grace", type=float, default=None, metavar="SECONDS",
+                     help="while MLflow is unreachable trials keep training and reports are queued; stop "
+                     "the sweep (exit 1, nothing lost) after this long (default: $SCALELAB_TRACKING_GRACE, "
+                     "else 1800)")
     run.set_defaults(func=cmd_run)
 
     submit = subparsers.add_parser("submit", help="submit a sweep to a Ray cluster as a Ray Job",
@@ -68,8 +73,11 @@ def _positive(value: int | None, flag: str) -> None:
 
 
 def cmd_run(args) -> int:
-    from .runner import RunOptions, run_sweep
+    from .runner import RunOptions, TrackingOutage, run_sweep
     from .spec import load_sweep
+    from .trainable import FAULT_ENV, check_faults
+
+    check_faults(os.environ.get(FAULT_ENV))  # before anything: a typo would fail trials after their retries
 
     _positive(args.max_concurrent, "--max-concurrent")
     _positive(args.num_cpus, "--num-cpus")
@@ -80,13 +88,22 @@ def cmd_run(args) -> int:
     else:
         spec.check_corpora()
     opts = RunOptions(tracking_uri=args.tracking_uri, storage=args.storage, address=args.address,
-                      max_concurrent=args.max_concurrent, num_cpus=args.num_cpus)
+                      max_concurrent=args.max_concurrent, num_cpus=args.num_cpus,
+                      tracking_grace=args.tracking_grace)
     from mlflow.exceptions import MlflowException
     from ray.exceptions import RayError
     from ray.tune.error import TuneError
 
+    if args.tracking_grace is not None and args.tracking_grace < 0:
+        raise UserError(f"--tracking-grace must be at least 0, got {args.tracking_grace:g}")
     try:
         summary = run_sweep(spec, opts)
+    except TrackingOutage as err:
+        print(f"scalelab run: {err}", file=sys.stderr)
+        return 1
+    except TrackingUnreachable as err:  # infrastructure (exit 1), said in one line
+        print(f"scalelab run: {err}; nothing is lost: run the same command again once it answers", file=sys.stderr)
+        return 1
     except (OSError, MlflowException, RayError, TuneError) as err:  # infrastructure, not the sweep
         print(f"scalelab run: infrastructure error: {type(err).__name__}: {err}\n"
               "nothing is lost: fix the problem and run the same command again", file=sys.stderr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -20,11 +21,12 @@ from trainer.config import UserError
 
 from .layout import TAG_ERROR, TAG_HASH, TAG_LABEL, TAG_OUTCOME
 from .locations import Locations
+from .outbox import RUN_HTTP_ENV, Outbox, grace_seconds, outage_message
 from .progress import ProgressPrinter, best_so_far
 from .sweep_modes import sweep_mode
 from .tracking import MlflowTrackingCallback, SweepTracker
 from .tracking_query import finished_hashes
-from .trainable import FAULT_ENV, TrialContext, run_trial
+from .trainable import FAULT_ENV, TrialContext, check_faults, run_trial
 
 
 @dataclass
@@ -86,13 +88,41 @@ class RunOptions:
     address: str | None = None
     max_concurrent: int | None = None
     num_cpus: int | None = None
+    tracking_grace: float | None = None   # --tracking-grace seconds (None: $SCALELAB_TRACKING_GRACE, 30 min)
     out: TextIO = sys.stdout
 
     def locations(self, spec) -> Locations:
         return Locations.resolve(spec, self.tracking_uri, self.storage, on_cluster=bool(self.address))
 
 
+class TrackingOutage(RuntimeError):
+    """MLflow stayed unreachable for longer than the grace period; the message says what to do."""
+
+
+@contextmanager
+def short_http_retries():
+    """MLflow's own HTTP retries cut to seconds for this run (the outbox retries instead);
+    values the user set win."""
+    saved = {k: os.environ.get(k) for k in RUN_HTTP_ENV}
+    for key, value in RUN_HTTP_ENV.items():
+        os.environ.setdefault(key, value)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def run_sweep(spec, opts: RunOptions) -> SweepSummary:
+    check_faults(os.environ.get(FAULT_ENV))  # a typo would otherwise fail trials after their retries
+    with short_http_retries():
+        return _run_sweep(spec, opts)
+
+
+def _run_sweep(spec, opts: RunOptions) -> SweepSummary:
     where = opts.locations(spec)
     os.makedirs(where.storage, exist_ok=True)
     done = finished_hashes(where.tracking_uri, spec.experiment)  # also refuses runs of an older identity rule
@@ -102,9 +132,19 @@ def run_sweep(spec, opts: RunOptions) -> SweepSummary:
           f"parent run {tracker.parent_id}); storage {where.storage}", file=opts.out, flush=True)
     mode = sweep_mode(spec, where.study_url)
     mode.plan_run(tracker, done, opts.out)
+    mode.claim(tracker, opts.out)
     summary.total = mode.total
     if mode.to_run > 0:
-        summary.interrupted = _execute(spec, mode, tracker, where, opts)
+        outbox = Outbox(grace_seconds(opts.tracking_grace),
+                        on_change=lambda note: print(f"[{spec.name}] {note}", file=opts.out, flush=True))
+        try:
+            with Heartbeat(tracker, [t.hash for t in getattr(mode, "pending", [])]):
+                summary.interrupted = _execute(spec, mode, tracker, where, opts, outbox)
+                if not outbox.drain(tick=lambda note: print(f"[{spec.name}] trials done; {note}",
+                                                            file=opts.out, flush=True)):
+                    raise TrackingOutage(outage_message(outbox, where.tracking_uri))
+        finally:
+            outbox.close()
         summary.ran = mode.to_run
         tracker.refresh()
     summary.tuning_cost = tracker.finish_parent()
@@ -114,13 +154,58 @@ def run_sweep(spec, opts: RunOptions) -> SweepSummary:
     return summary
 
 
+class Heartbeat:
+    """Renews this invocation's claims while its trials run (a thread on the driver) and
+    releases them at the end, so another `scalelab run` may take them at once.
+    A claim whose owner died expires after the lease (SCALELAB_LEASE_S)."""
+
+    def __init__(self, tracker: SweepTracker, hashes: list[str]):
+        import threading
+
+        self.tracker, self.hashes = tracker, hashes
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="scalelab-heartbeat", daemon=True)
+
+    def _loop(self) -> None:
+        from .tracking import lease_seconds
+
+        interval = max(1.0, lease_seconds() / 6)
+        warned: set[str] = set()
+        while not self.stop.wait(interval):
+            try:
+                lost = set(self.tracker.heartbeat(self.hashes)) - warned
+            except Exception:  # noqa: BLE001 - tracking down: the claim may lapse, training goes on
+                continue
+            if lost:
+                warned |= lost
+                print(f"[{self.tracker.sweep}] warning: {len(lost)} trial claim(s) lapsed (no heartbeat "
+                      "reached MLflow for a whole lease) and another scalelab run took them over",
+                      file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        if self.hashes:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=30)
+        try:
+            self.tracker.refresh()
+            self.tracker.heartbeat(self.hashes, release=True)  # failed or interrupted ones too
+        except Exception:  # noqa: BLE001 - unreachable: the claims expire after the lease instead
+            pass
+        return False
+
+
 def browse_hint(tracking_uri: str) -> str:
     if tracking_uri.startswith(("http://", "https://")):
         return tracking_uri
     return f"mlflow ui --backend-store-uri {tracking_uri}"
 
 
-def _execute(spec, mode, tracker: SweepTracker, where: Locations, opts: RunOptions) -> bool:
+def _execute(spec, mode, tracker: SweepTracker, where: Locations, opts: RunOptions, outbox: Outbox) -> bool:
     """Run the Tune experiment; True when it was interrupted (Ctrl-C)."""
     from .ray_local import ray_session
 
@@ -131,17 +216,31 @@ def _execute(spec, mode, tracker: SweepTracker, where: Locations, opts: RunOptio
     with ray_session(opts.address, opts.num_cpus) as resources:
         has_gpu = resources.get("GPU", 0) > 0
         _check_fits(spec, resources, opts)
-        tracking = MlflowTrackingCallback(tracker, mode.lookup, n_params_of, known=set(mode.known))
+        tracking = MlflowTrackingCallback(tracker, mode.lookup, n_params_of, known=set(mode.known), outbox=outbox)
         progress = ProgressPrinter(spec.name, mode.to_run, mode.lookup, metric, direction,
                                    best=best_so_far(tracker.child_runs(), metric, direction), out=opts.out,
-                                   work=mode.work)
-        tuner = _tuner(spec, mode, ctx, [tracking, progress], where, opts, has_gpu)
+                                   work=mode.work, outbox=outbox)
+        tuner = _tuner(spec, mode, ctx, [tracking, progress], where, opts, has_gpu, OutageStopper(outbox))
         results = tuner.fit()
     # Ctrl-C makes Tune stop its trials and return early: fewer trials ended than planned.
     return results.num_terminated + results.num_errors < mode.to_run
 
 
-def _tuner(spec, mode, ctx: TrialContext, callbacks: list, where: Locations, opts: RunOptions, has_gpu: bool):
+class OutageStopper(tune.Stopper):
+    """Stops the whole sweep once MLflow has been unreachable for the grace period."""
+
+    def __init__(self, outbox: Outbox):
+        self.outbox = outbox
+
+    def __call__(self, trial_id, result) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.outbox.expired
+
+
+def _tuner(spec, mode, ctx: TrialContext, callbacks: list, where: Locations, opts: RunOptions, has_gpu: bool,
+           stopper=None):
     resources_of = mode.lookup.resources
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                     lambda config: placement(resources_of(config), has_gpu))
@@ -152,7 +251,8 @@ def _tuner(spec, mode, ctx: TrialContext, callbacks: list, where: Locations, opt
         reuse_actors=True)  # a new worker per trial would re-import torch every time (seconds)
     run_config = tune.RunConfig(
         name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=where.tune_dir,
-        failure_config=tune.FailureConfig(max_failures=spec.retries), callbacks=callbacks, verbose=0)
+        failure_config=tune.FailureConfig(max_failures=spec.retries), callbacks=callbacks, verbose=0,
+        stop=stopper)
     return tune.Tuner(trainable, param_space=mode.param_space, tune_config=tune_config, run_config=run_config)
 
 

@@ -89,6 +89,24 @@ class GridSweep:
         print(f"[{self.name}] {self.total} trials: {self.total - self.to_run} already done, "
               f"{self.to_run} to run", file=out, flush=True)
 
+    def claim(self, tracker, out: TextIO) -> None:
+        """Keep only the pending trials this invocation holds (tracker.claim); say which another
+        `scalelab run` holds and which got a result meanwhile."""
+        if not self.pending:
+            return
+        mine, held, done = tracker.claim(self.pending)
+        for trial in done:
+            self.done_before[trial.hash] = tracker.children[trial.hash].outcome
+        self.pending = mine
+        self.work = {t.hash: self.work[t.hash] for t in mine}
+        if held:
+            owners = ", ".join(sorted(set(held.values())))
+            print(f"[{self.name}] {len(held)} trial(s) held by another scalelab run ({owners}): not run now; "
+                  "run the same command again after it ends (a dead run's claim expires after "
+                  "its lease)", file=out, flush=True)
+        if done:
+            print(f"[{self.name}] {len(done)} trial(s) got a result meanwhile", file=out, flush=True)
+
     @property
     def param_space(self) -> dict:
         return {GRID_TRIAL_KEY: tune.grid_search([t.to_payload() for t in self.pending])} if self.pending else {}
@@ -154,6 +172,9 @@ class SearchSweep:
     @staticmethod
     def trial_dirname(tune_trial) -> str:
         return tune_trial.trial_id
+
+    def claim(self, tracker, out: TextIO) -> None:
+        """Search samples are drawn while the sweep runs: no claims up front (docs: README)."""
 
     def outcomes(self, tracker) -> dict[str, str]:
         return {h: child.outcome for h, child in tracker.children.items() if child.outcome}

@@ -10,6 +10,10 @@ Metrics go through `MlflowClient.log_batch` in chunks of MLflow's per-call limit
 carries the timestamp the worker stamped on it, so re-sending a report after a crash writes
 identical rows (which the SQL store ignores); the tag `scalelab.logged_step` records the last
 step fully written so replays after a resume are skipped outright.
+
+Before a grid sweep runs, `SweepTracker.claim` records in each pending trial's run which `scalelab
+run` holds it (owner + heartbeat tags), so concurrent invocations never run one trial twice; the
+callback's writes go through `outbox.Outbox`, so an MLflow outage never stalls training.
 """
 from __future__ import annotations
 
@@ -25,9 +29,10 @@ from typing import Any, Callable, Iterable
 import yaml
 from ray import tune
 
-from .layout import (ARTIFACT_DIR, KIND_SWEEP, KIND_TRIAL, MULTIPLIER_COLUMNS, TAG_CODE, TAG_ERROR, TAG_HASH,
-                     TAG_IDENTITY, TAG_KIND, TAG_LABEL, TAG_LOGGED_STEP, TAG_MODE, TAG_OUTCOME, TAG_PARENT,
-                     TAG_SWEEP, quote as _quote, search_all, sqlite_path)
+from .layout import (ARTIFACT_DIR, DONE_OUTCOMES, KIND_SWEEP, KIND_TRIAL, MULTIPLIER_COLUMNS, TAG_CODE, TAG_ERROR,
+                     TAG_HASH, TAG_HEARTBEAT, TAG_IDENTITY, TAG_KIND, TAG_LABEL, TAG_LOGGED_STEP, TAG_MODE,
+                     TAG_OUTCOME, TAG_OWNER, TAG_PARENT, TAG_SWEEP, quote as _quote, search_all, sqlite_lock,
+                     sqlite_path)
 from .spec import IDENTITY_VERSION, parametrization_label
 from .trainable import REPORT_KEY
 
@@ -35,6 +40,42 @@ from .trainable import REPORT_KEY
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_TAGS_PER_BATCH = 100
 MAX_TAG_CHARS = 8000
+
+# Claims (docs/CONTRACTS.md, "MLflow layout"): a trial is held by the `scalelab run` named in its run's
+# owner tag while the heartbeat tag is younger than the lease; the owner renews it meanwhile.
+LEASE_ENV = "SCALELAB_LEASE_S"
+DEFAULT_LEASE_S = 180.0
+# After creating or taking over runs, wait this long before re-reading them: longer than a run's
+# start time (stamped by the client) can precede its commit, so every older rival is visible.
+CLAIM_SETTLE_S = 2.0
+
+
+def lease_seconds() -> float:
+    return float(os.environ.get(LEASE_ENV) or DEFAULT_LEASE_S)
+
+
+def new_owner_id() -> str:
+    import socket
+    import uuid
+
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def owner_is_dead(owner: str) -> bool:
+    """An owner on this machine whose process is gone (killed): its claim needs no lease to
+    lapse. Owners on other machines only expire."""
+    import socket
+
+    parts = owner.split(":")
+    if len(parts) < 3 or ":".join(parts[:-2]) != socket.gethostname():
+        return False
+    try:
+        os.kill(int(parts[-2]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return False
 
 
 # --- small helpers ------------------------------------------------------------------------
@@ -84,6 +125,12 @@ class ChildRun:
     logged_step: int = -1          # last step whose metrics are all in MLflow
     outcome: str | None = None
     n_params: int = 0              # params stored; fewer than expected after a crash in setup
+    owner: str = ""                # TAG_OWNER: the invocation that claimed the trial
+    heartbeat_ms: int = 0          # TAG_HEARTBEAT
+
+    def held_by_other(self, me: str, now_ms: int, lease_s: float) -> bool:
+        return (bool(self.owner) and self.owner != me and now_ms - self.heartbeat_ms < lease_s * 1000
+                and not owner_is_dead(self.owner))
 
 
 # --- the tracker ------------------------------------------------------------------------------
@@ -94,11 +141,13 @@ class SweepTracker:
     def __init__(self, tracking_uri: str, experiment: str, sweep: str, mode: str):
         from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri, self.sweep, self.mode = tracking_uri, sweep, mode
         self.code_version = code_version()
-        self.experiment_id = self._experiment_id(experiment)
-        self.parent_id = self._parent_run()
+        self.owner = new_owner_id()
+        with sqlite_lock(tracking_uri):  # MLflow creates a new database's schema with its client
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            self.experiment_id = self._experiment_id(experiment)
+            self.parent_id = self._parent_run()
         self.children: dict[str, ChildRun] = self._load_children()
 
     def _experiment_id(self, name: str) -> str:
@@ -114,9 +163,13 @@ class SweepTracker:
     def _search(self, filter_string: str, order_by: list[str] | None = None) -> list:
         return list(search_all(self.client, self.experiment_id, filter_string, order_by))
 
+    def _oldest_first(self, filter_string: str) -> list:
+        """Runs by start time, then run id: every reader agrees which one is the oldest."""
+        return sorted(self._search(filter_string), key=lambda r: (r.info.start_time, r.info.run_id))
+
     def _parent_run(self) -> str:
-        found = self._search(f"tags.`{TAG_KIND}` = {_quote(KIND_SWEEP)} and tags.`{TAG_SWEEP}` = {_quote(self.sweep)}",
-                             order_by=["attributes.start_time ASC"])
+        query = f"tags.`{TAG_KIND}` = {_quote(KIND_SWEEP)} and tags.`{TAG_SWEEP}` = {_quote(self.sweep)}"
+        found = self._oldest_first(query)
         if found:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
@@ -124,18 +177,101 @@ class SweepTracker:
             return run_id
         run = self.client.create_run(self.experiment_id, run_name=self.sweep, tags={
             TAG_KIND: KIND_SWEEP, TAG_SWEEP: self.sweep, TAG_MODE: self.mode, TAG_CODE: self.code_version})
-        return run.info.run_id
+        # Another invocation may have created one at the same time: the oldest wins, ours goes.
+        # (SQLite: we hold the database's lock, nobody else can have.)
+        if sqlite_path(self.tracking_uri) is None:
+            time.sleep(CLAIM_SETTLE_S)
+        oldest = self._oldest_first(query)[0].info.run_id
+        if oldest != run.info.run_id:
+            self.client.delete_run(run.info.run_id)
+        return oldest
 
     def _load_children(self) -> dict[str, ChildRun]:
         children: dict[str, ChildRun] = {}
-        for run in self._search(f"tags.`{TAG_PARENT}` = {_quote(self.parent_id)}",
-                                order_by=["attributes.start_time ASC"]):
+        for run in self._oldest_first(f"tags.`{TAG_PARENT}` = {_quote(self.parent_id)}"):
             tags = run.data.tags
             trial_hash = tags.get(TAG_HASH)
             if trial_hash and trial_hash not in children:  # the oldest run of a hash is the one
                 children[trial_hash] = ChildRun(run.info.run_id, int(tags.get(TAG_LOGGED_STEP, -1)),
-                                                tags.get(TAG_OUTCOME), n_params=len(run.data.params))
+                                                tags.get(TAG_OUTCOME), n_params=len(run.data.params),
+                                                owner=tags.get(TAG_OWNER, ""),
+                                                heartbeat_ms=int(tags.get(TAG_HEARTBEAT) or 0))
         return children
+
+    # --- claims ---
+    def _identity_tags(self, trial) -> dict[str, str]:
+        return {TAG_PARENT: self.parent_id, TAG_KIND: KIND_TRIAL, TAG_HASH: trial.hash,
+                TAG_IDENTITY: str(IDENTITY_VERSION), TAG_SWEEP: self.sweep,
+                TAG_CODE: self.code_version, TAG_MODE: self.mode, TAG_LABEL: trial.label}
+
+    def _claim_tags(self, run_id: str, heartbeat_ms: int) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(TAG_OWNER, self.owner), RunTag(TAG_HEARTBEAT, str(heartbeat_ms))],
+                              synchronous=True)
+
+    def claim(self, trials: list) -> tuple[list, dict[str, str], list]:
+        """Claim the trials for this invocation before any runs: (claimed, {hash: owner} of those
+        another live invocation holds, those that got a result meanwhile).
+
+        A trial without a run gets one, created with its identity and claim tags in one call; a run
+        whose claim is ours, released or older than the lease is taken over by writing the claim
+        tags. Then, CLAIM_SETTLE_S later (every rival write that could win is stored by then), all
+        runs of the sweep are re-read: the oldest run of each hash wins (a loser deletes its own)
+        and the last claim written on it holds the trial. On SQLite the whole claim runs under
+        the database's file lock instead (no rival can interleave; no wait).
+        """
+        with sqlite_lock(self.tracking_uri):
+            return self._claim(trials, settle=0.0 if sqlite_path(self.tracking_uri) else CLAIM_SETTLE_S)
+
+    def _claim(self, trials: list, settle: float) -> tuple[list, dict[str, str], list]:
+        now = int(time.time() * 1000)
+        lease = lease_seconds()
+        self.children = self._load_children()
+        created, wrote = set(), False
+        for trial in trials:
+            child = self.children.get(trial.hash)
+            if child is None:
+                run = self.client.create_run(self.experiment_id, run_name=trial.label, tags={
+                    **self._identity_tags(trial), TAG_OWNER: self.owner, TAG_HEARTBEAT: str(now)})
+                created.add(run.info.run_id)
+                wrote = True
+            elif child.outcome not in DONE_OUTCOMES and not child.held_by_other(self.owner, now, lease):
+                wrote = wrote or child.owner != self.owner
+                self._claim_tags(child.run_id, now)
+        if wrote and settle:
+            time.sleep(settle)
+        self.children = self._load_children()
+        winners = {c.run_id for c in self.children.values()}
+        for run_id in created - winners:  # lost the race for that hash to an older run
+            self.client.delete_run(run_id)
+        mine, held, done = [], {}, []
+        for trial in trials:
+            child = self.children[trial.hash]
+            if child.outcome in DONE_OUTCOMES:
+                done.append(trial)
+            elif child.owner == self.owner:
+                mine.append(trial)
+            else:
+                held[trial.hash] = child.owner
+        return mine, held, done
+
+    def heartbeat(self, hashes: Iterable[str], release: bool = False) -> list[str]:
+        """Renew (or release: heartbeat 0) this invocation's claims on the given trials; returns
+        the hashes whose claim another invocation took over meanwhile (ours had lapsed)."""
+        from mlflow.entities import RunTag
+
+        now = 0 if release else int(time.time() * 1000)
+        lost = []
+        for trial_hash in hashes:
+            child = self.children.get(trial_hash)
+            if child is None or child.owner != self.owner:
+                continue
+            if self.client.get_run(child.run_id).data.tags.get(TAG_OWNER) != self.owner:
+                lost.append(trial_hash)
+                continue
+            self.client.log_batch(child.run_id, tags=[RunTag(TAG_HEARTBEAT, str(now))], synchronous=True)
+        return lost
 
     def refresh(self) -> None:
         """Re-read the children (Tune works on a copy of the callback, hence of this tracker)."""
@@ -153,10 +289,7 @@ class SweepTracker:
             self.client.update_run(child.run_id, status="RUNNING")
         else:
             # One call creates the run with the tags that identify it: no half-identified runs.
-            tags = {TAG_PARENT: self.parent_id, TAG_KIND: KIND_TRIAL, TAG_HASH: trial.hash,
-                    TAG_IDENTITY: str(IDENTITY_VERSION), TAG_SWEEP: self.sweep,
-                    TAG_CODE: self.code_version, TAG_MODE: self.mode, TAG_LABEL: trial.label}
-            run = self.client.create_run(self.experiment_id, run_name=trial.label, tags=tags)
+            run = self.client.create_run(self.experiment_id, run_name=trial.label, tags=self._identity_tags(trial))
             child = self.children[trial.hash] = ChildRun(run.info.run_id)
         params = flat_params(trial.config)
         params["parametrization"] = parametrization_label(trial.config)
@@ -253,51 +386,69 @@ def multipliers_csv(rows: list[dict]) -> str:
 @dataclass
 class TrialRecord:
     trial: Any                      # orchestrator.spec.Trial
-    child: ChildRun | None          # None for a sampled point whose result is already known
+    child: ChildRun | None          # set once its run is started (by the outbox's thread)
     attempts: int = 0
+    tracked: bool = False           # False for an invalid point or a sampled point already known
 
 
 class MlflowTrackingCallback(tune.Callback):
     """Driver-side Tune callback: every `tune.report` of a trial → one step of its MLflow run.
 
     `resolve(config)` maps a Tune trial's config to its scalelab Trial; `known` holds the hashes
-    that already have a result (their trials only replay it and get no new run)."""
+    that already have a result (their trials only replay it and get no new run). With an
+    `outbox` (orchestrator/outbox.py) every MLflow write is queued and sent, in order, by its
+    thread: Tune's loop, hence training, never waits for tracking."""
 
     def __init__(self, tracker: SweepTracker, resolve: Callable[[dict], Any],
-                 n_params: Callable[[Any], int | None], known: set | None = None):
+                 n_params: Callable[[Any], int | None], known: set | None = None, outbox=None):
         self.tracker, self.resolve, self.n_params = tracker, resolve, n_params
         self.known = set(known or ())
         self.records: dict[str, TrialRecord] = {}
+        self.outbox = outbox
+
+    def _send(self, fn: Callable[[], object]) -> None:
+        if self.outbox is None:
+            fn()
+        else:
+            self.outbox.put(fn)
 
     def record(self, tune_trial) -> TrialRecord:
         rec = self.records.get(tune_trial.trial_id)
         if rec is None:
             trial = self.resolve(tune_trial.config)
             untracked = trial.hash is None or trial.hash in self.known  # invalid point, or known result
-            child = None if untracked else self.tracker.start_child(trial, self.n_params(trial))
-            rec = self.records[tune_trial.trial_id] = TrialRecord(trial, child)
+            rec = self.records[tune_trial.trial_id] = TrialRecord(trial, None)
+            if not untracked:
+                rec.tracked = True
+
+                def start(rec=rec, trial=trial):
+                    rec.child = self.tracker.start_child(trial, self.n_params(trial))
+                self._send(start)
         return rec
 
     def on_trial_start(self, iteration, trials, trial, **info):
         rec = self.record(trial)
         rec.attempts += 1
-        if rec.child is not None and rec.attempts > 1:
-            self.tracker.client.update_run(rec.child.run_id, status="RUNNING")
+        if rec.tracked and rec.attempts > 1:
+            self._send(lambda: self.tracker.client.update_run(rec.child.run_id, status="RUNNING"))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         rec = self.record(trial)
         payload = result.get(REPORT_KEY) or {}
-        if rec.child is None or "metrics" not in payload:
+        if not rec.tracked or "metrics" not in payload:
             return
-        self.tracker.log_report(rec.child, payload["metrics"], int(payload["ts"]))
-        if payload["metrics"].get("final"):
-            outcome = payload["metrics"].get("status", "finished")
-            self.tracker.finish_child(rec.child, outcome, multipliers=payload.get("multipliers") or [])
+        metrics, ts = payload["metrics"], int(payload["ts"])
+        self._send(lambda: self.tracker.log_report(rec.child, metrics, ts))
+        if metrics.get("final"):
+            outcome = metrics.get("status", "finished")
+            multipliers = payload.get("multipliers") or []
+            self._send(lambda: self.tracker.finish_child(rec.child, outcome, multipliers=multipliers))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         rec = self.record(trial)
-        if rec.child is not None:
-            self.tracker.finish_child(rec.child, "failed", error=trial_error_text(trial))
+        if rec.tracked:
+            error = trial_error_text(trial)
+            self._send(lambda: self.tracker.finish_child(rec.child, "failed", error=error))
 
 
 def trial_error_text(tune_trial) -> str:

@@ -5,8 +5,8 @@ import os
 
 from trainer.config import UserError
 
-from .layout import (DONE_OUTCOMES, KIND_TRIAL, TAG_HASH, TAG_IDENTITY, TAG_KIND, TAG_OUTCOME, quote, search_all,
-                     sqlite_path)
+from .layout import (DONE_OUTCOMES, KIND_TRIAL, TAG_HASH, TAG_IDENTITY, TAG_KIND, TAG_OUTCOME, probe_tracking, quote,
+                     search_all, sqlite_lock, sqlite_path)
 from .spec import IDENTITY_VERSION
 
 
@@ -19,11 +19,13 @@ def finished_hashes(tracking_uri: str, experiment: str) -> dict[str, str]:
     db = sqlite_path(tracking_uri)
     if db is not None and not os.path.isfile(db):
         return {}
+    probe_tracking(tracking_uri)
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     try:
-        client = MlflowClient(tracking_uri=tracking_uri)
+        with sqlite_lock(tracking_uri):  # a `scalelab run` may be creating its schema right now
+            client = MlflowClient(tracking_uri=tracking_uri)
         found = client.get_experiment_by_name(experiment)
         if found is None:
             return {}

@@ -86,16 +86,40 @@ def resume_point(entries: list[dict], trial_dir: Path) -> tuple[str | None, list
 
 # --- fault injection -----------------------------------------------------------------------
 
-def parse_faults(text: str | None) -> list[tuple[str, int, float]]:
-    """`prefix:step[:times]` items, comma separated; times defaults to 1, 'always' = forever."""
+def parse_faults(text: str | None, strict: bool = False) -> list[tuple[str, int, float]]:
+    """`prefix:step[:times]` items, comma separated; times defaults to 1, 'always' = forever.
+    A malformed item raises ValueError when `strict` (`check_faults`, at the start of `scalelab
+    run`, turns it into a one-line UserError), else it is skipped: a worker never fails on it."""
     out = []
     for item in (text or "").split(","):
-        parts = item.strip().split(":")
-        if len(parts) < 2 or not parts[0]:
+        item = item.strip()
+        if not item:
             continue
-        times = math.inf if len(parts) > 2 and parts[2] == "always" else int(parts[2]) if len(parts) > 2 else 1
-        out.append((parts[0], int(parts[1]), times))
+        parts = item.split(":")
+        try:
+            if len(parts) not in (2, 3) or not parts[0]:
+                raise ValueError
+            step = int(parts[1])
+            times = math.inf if len(parts) == 3 and parts[2] == "always" else int(parts[2]) if len(parts) == 3 else 1
+            if step < 0 or times < 1:
+                raise ValueError
+        except ValueError:
+            if not strict:
+                continue
+            raise ValueError(f"{FAULT_ENV}: bad item {item!r}; expected HASH_PREFIX:STEP[:TIMES|always], "
+                             "comma separated (e.g. 3fa2:10 or 3fa2:10:always)") from None
+        out.append((parts[0], step, times))
     return out
+
+
+def check_faults(text: str | None) -> None:
+    """Refuse a malformed SCALELAB_FAULT_INJECT up front (a UserError: exit 2, one line)."""
+    from trainer.config import UserError
+
+    try:
+        parse_faults(text, strict=True)
+    except ValueError as err:
+        raise UserError(str(err)) from None
 
 
 def maybe_inject_fault(spec: str | None, trial_hash: str, step: int, trial_dir: Path) -> None:

@@ -82,7 +82,7 @@ def free_port() -> int:
 def stop_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
     """SIGTERM the process group we started, then SIGKILL what is left."""
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGTERM if grace > 0 else signal.SIGKILL)
     except ProcessLookupError:
         return
     try:
@@ -178,3 +178,41 @@ def ray_head():
     finally:
         stop_group(proc)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+class MlflowServer:
+    """A real `mlflow server` that a test can stop (process group) and start again on the same
+    port and database: a tracking outage."""
+
+    def __init__(self, directory: Path):
+        self.dir, self.port = directory, free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log = self.dir / f"mlflow-server-{self.starts}.log"
+        self.proc = subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--workers", "1", "--host", "127.0.0.1", "--port", str(self.port),
+             "--backend-store-uri", "sqlite:///" + str(self.dir / "srv.db"),
+             "--artifacts-destination", str(self.dir / "artifacts")],
+            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+            env=venv_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
+        wait_http(f"{self.uri}/health", 180, self.proc, log)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop it (grace=0: SIGKILL at once, a crash)."""
+        if self.proc is not None:
+            stop_group(self.proc, grace)
+            self.proc = None
+
+
+@pytest.fixture
+def restartable_mlflow_server(tmp_path):
+    server = MlflowServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -217,3 +217,23 @@ def test_progress_eta_fits_overhead_and_speed_once_sizes_differ(monkeypatch):
         printer.on_trial_start(0, [], trial)
         printer.on_trial_result(0, [], trial, final)
     assert "ETA 22s" in out.getvalue().splitlines()[-1], out.getvalue()
+
+
+def test_a_malformed_fault_spec_is_refused_before_the_run(tmp_path, monkeypatch, capsys):
+    """A typo in SCALELAB_FAULT_INJECT is a usage error at start (exit 2, one line), not trials
+    failing after their retries; workers skip what they cannot parse."""
+    from orchestrator.cli import main
+    from orchestrator.trainable import check_faults
+
+    assert parse_faults("abc:x,def:3") == [("def", 3, 1)]
+    check_faults("abc:10,def:20:3,ghi:5:always")
+    for bad in ("abc:x", "abc", "abc:10:zero", ":10", "abc:1:2:3"):
+        with pytest.raises(UserError, match="SCALELAB_FAULT_INJECT"):
+            check_faults(bad)
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("name: s\nbase: {d_model: 32, head_dim: 16, n_layers: 1, steps: 2}\n")
+    monkeypatch.setenv("SCALELAB_FAULT_INJECT", "abc:ten")
+    assert main(["run", str(sweep), "--tracking-uri", "sqlite:///" + str(tmp_path / "m.db")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "SCALELAB_FAULT_INJECT" in err[0]
+    assert not (tmp_path / "m.db").exists()
