@@ -16,11 +16,11 @@ from pathlib import Path
 
 from trainer.config import UserError
 
-from .layout import ARTIFACT_DIR, DEFAULT_TRACKING_DB
+from .layout import ARTIFACT_DIR, DEFAULT_TRACKING_DB, LOCK_SUFFIX
 from .locations import DEFAULT_STORAGE, STUDY_FILE
 
 # Never uploaded: environments, local tracking/storage, outputs, VCS data.
-EXCLUDES = [".venv", "venv", ".git", DEFAULT_TRACKING_DB, "mlruns", ARTIFACT_DIR, DEFAULT_STORAGE, "reports",
+EXCLUDES = [".venv", "venv", ".git", DEFAULT_TRACKING_DB, DEFAULT_TRACKING_DB + LOCK_SUFFIX, "mlruns", ARTIFACT_DIR, DEFAULT_STORAGE, "reports",
             "scalelab_out", "__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "*.egg-info", STUDY_FILE]
 IGNORE_FILES = (".gitignore", ".scalelabignore")  # gitignore syntax, read from the working directory
 # Files that look like credentials are never uploaded: by name (lower-cased, fnmatch) ...

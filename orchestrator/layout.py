@@ -38,6 +38,7 @@ MULTIPLIER_COLUMNS = ("layer", "role", "block", "kind", "mean", "rms", "min", "m
 # --- where runs are tracked ----------------------------------------------------------------
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 DEFAULT_TRACKING_DB = "mlflow.db"
+LOCK_SUFFIX = ".lock"   # <db>.lock: sqlite_lock's file next to an SQLite tracking database
 ARTIFACT_DIR = "mlartifacts"  # next to an SQLite database: its experiments' artifacts
 
 
@@ -105,7 +106,7 @@ def sqlite_lock(tracking_uri: str) -> Iterator[None]:
 
     parent = os.path.dirname(os.path.abspath(db))
     os.makedirs(parent, exist_ok=True)
-    with open(os.path.abspath(db) + ".lock", "a") as fh:
+    with open(os.path.abspath(db) + LOCK_SUFFIX, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
