@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "orchestrator.run_cli",   # run, submit, status, logs
     "orchestrator.migrate",   # migrate
     "analysis.cli",           # report, export, coord-check
+    "orchestrator.ui_cli",    # ui
 )
 
 
