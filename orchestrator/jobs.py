@@ -113,10 +113,12 @@ def submit_sweep(sweep: str, address: str | None, tracking_uri: str | None = Non
         raise UserError(f"{sweep}: the sweep file must be inside the uploaded working directory {wd}; "
                         "move it there or pass --working-dir")
     job_id = f"scalelab-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    from .ui_cli import announce_experiment, experiment_url
+    mlflow_url = experiment_url(uri, spec.experiment)
     return client(address).submit_job(
-        entrypoint=entrypoint(sweep_path.relative_to(wd).as_posix(), uri, storage, max_concurrent),
+        entrypoint=announce_experiment(entrypoint(sweep_path.relative_to(wd).as_posix(), uri, storage, max_concurrent), mlflow_url),
         submission_id=job_id, runtime_env=runtime_env(wd),
-        metadata={"scalelab_sweep": spec.name, "tracking_uri": uri})
+        metadata={"scalelab_sweep": spec.name, "tracking_uri": uri, "mlflow_experiment": mlflow_url})
 
 
 # --- status and logs -------------------------------------------------------------------------

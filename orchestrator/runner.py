@@ -111,6 +111,8 @@ def run_sweep(spec, opts: RunOptions) -> SweepSummary:
     _fill_outcomes(summary, mode, tracker)
     print(summary.text(), file=opts.out, flush=True)
     print(f"  browse: {browse_hint(where.tracking_uri)} (experiment {spec.experiment!r})", file=opts.out, flush=True)
+    from .ui_cli import print_study_hint
+    print_study_hint(where.study_url, opts.out)
     return summary
 
 

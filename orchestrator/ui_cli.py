@@ -62,27 +62,43 @@ def run_ui(args: argparse.Namespace) -> int:
 
 # --- links from a sweep to where it is browsed ----------------------------------------------
 
-def experiment_url(tracking_uri: str, experiment: str) -> str:
+def experiment_url(tracking_uri: str, experiment: str, timeout: float = 5.0) -> str:
     """The MLflow UI page of `experiment` on an http(s) tracking server: `<server>/#/experiments/<id>`
-    once the experiment exists, else the server URL and the experiment's name."""
-    base = tracking_uri.rstrip("/")
-    try:
-        from mlflow.tracking import MlflowClient
+    once the experiment exists, else the server URL and the experiment's name (also when the
+    server does not answer within `timeout`: no MLflow client retries here)."""
+    import json
+    import urllib.parse
+    import urllib.request
 
-        exp = MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name(experiment)
-    except Exception:  # noqa: BLE001 - server not reachable from here: name it instead
-        exp = None
-    if exp is not None:
-        return f"{base}/#/experiments/{exp.experiment_id}"
-    return f"{base} (experiment {experiment!r})"
+    base = tracking_uri.rstrip("/")
+    query = urllib.parse.urlencode({"experiment_name": experiment})
+    try:
+        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?{query}",
+                                    timeout=timeout) as answer:
+            exp_id = json.load(answer)["experiment"]["experiment_id"]
+        return f"{base}/#/experiments/{exp_id}"
+    except Exception:  # noqa: BLE001 - not created yet (404) or not reachable from here
+        return f"{base} (experiment {experiment!r})"
+
+
+def announce_experiment(entrypoint: str, url: str) -> str:
+    """A Ray Job entrypoint whose first log line names the sweep's MLflow experiment."""
+    import shlex
+
+    return f"echo {shlex.quote('MLflow experiment: ' + url)} && {entrypoint}"
 
 
 def optuna_dashboard_hint(study_url: str | None) -> str | None:
     """The command that opens a search sweep's Optuna study in optuna-dashboard."""
     if not study_url:
         return None
-    return (f"Optuna study: optuna-dashboard {study_url}   "
-            "(pip install -e .[dashboard]; trials carry user attr mlflow_run_id)")
+    return f"  optuna: optuna-dashboard {study_url}   (pip install -e .[dashboard])"
+
+
+def print_study_hint(study_url: str | None, out=None) -> None:
+    hint = optuna_dashboard_hint(study_url)
+    if hint:
+        print(hint, file=out or sys.stdout, flush=True)
 
 
 def tag_trial_with_run(trial, run_id: str | None) -> None:

@@ -285,3 +285,48 @@ def test_scalelab_ui_without_a_store_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert main(["ui"]) == 2
     assert "no MLflow database at" in capsys.readouterr().err
+
+
+def test_experiment_url_names_the_experiment_page_once_it_exists(browsed_sweep):
+    from orchestrator.ui_cli import experiment_url
+
+    server, exp_id, _, _ = browsed_sweep
+    assert experiment_url(server + "/", "browse") == f"{server}/#/experiments/{exp_id}"
+    assert experiment_url(server, "not-yet") == f"{server} (experiment 'not-yet')"
+    assert experiment_url("http://127.0.0.1:9", "x", timeout=2) == "http://127.0.0.1:9 (experiment 'x')"
+
+
+def test_a_submitted_job_carries_the_mlflow_experiment_url(browsed_sweep, tmp_path, sweep_writer, monkeypatch):
+    """The Ray Job's metadata and its first log line name the experiment's page in the MLflow UI."""
+    from orchestrator import jobs
+
+    server, exp_id, _, _ = browsed_sweep
+    submitted = {}
+
+    class FakeJobClient:  # the real submission is tests/test_cluster.py (slow); here: what is sent
+        def submit_job(self, **kwargs):
+            submitted.update(kwargs)
+            return kwargs["submission_id"]
+
+    monkeypatch.setattr(jobs, "client", lambda address: FakeJobClient())
+    monkeypatch.chdir(tmp_path)
+    sweep_writer(tmp_path, "browse")  # same experiment name as the sweep that ran
+    jobs.submit_sweep("browse.yaml", "http://127.0.0.1:9", tracking_uri=server)
+    url = f"{server}/#/experiments/{exp_id}"
+    assert submitted["metadata"]["mlflow_experiment"] == url
+    first = subprocess.run(["sh", "-c", submitted["entrypoint"].split(" && ", 1)[0]],
+                           capture_output=True, text=True).stdout
+    assert first == f"MLflow experiment: {url}\n"
+    assert " && python -m orchestrator.cli run browse.yaml" in submitted["entrypoint"]
+
+
+def test_validate_prints_the_optuna_dashboard_command_of_a_search_sweep(tmp_path, sweep_writer, capsys):
+    study = "sqlite:///" + str(tmp_path / "optuna.db")
+    sweep_writer(tmp_path, "search-lr", search={
+        "metric": "final_val_loss", "mode": "min", "num_samples": 2, "storage": study, "study_name": "lr-study",
+        "space": {"lr": {"log_uniform": [1e-3, 1e-2]}}})
+    sweep_writer(tmp_path, "grid-lr", grid={"lr": [1e-3]})
+    assert main(["validate", str(tmp_path / "search-lr.yaml")]) == 0
+    assert f"optuna-dashboard {study}" in capsys.readouterr().out
+    assert main(["validate", str(tmp_path / "grid-lr.yaml")]) == 0
+    assert "optuna-dashboard" not in capsys.readouterr().out
