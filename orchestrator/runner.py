@@ -137,7 +137,8 @@ def _execute(spec, mode, tracker: SweepTracker, where: Locations, opts: RunOptio
         progress = ProgressPrinter(spec.name, mode.to_run, mode.lookup, metric, direction,
                                    best=best_so_far(tracker.child_runs(), metric, direction), out=opts.out,
                                    work=mode.work)
-        tuner = _tuner(spec, mode, ctx, [tracking, progress], where, opts, has_gpu)
+        from .ui_cli import study_links  # search sweeps: Optuna trial -> MLflow run id
+        tuner = _tuner(spec, mode, ctx, [tracking, progress, *study_links(mode, tracking)], where, opts, has_gpu)
         results = tuner.fit()
     # Ctrl-C makes Tune stop its trials and return early: fewer trials ended than planned.
     return results.num_terminated + results.num_errors < mode.to_run

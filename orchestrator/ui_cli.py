@@ -105,3 +105,15 @@ def tag_trial_with_run(trial, run_id: str | None) -> None:
     """Put the MLflow child run's id on an Optuna trial (user attribute `mlflow_run_id`)."""
     if trial is not None and run_id:
         trial.set_user_attr("mlflow_run_id", run_id)
+
+
+def study_links(mode, tracking) -> list:
+    """For a search sweep: a Tune callback that puts each trial's MLflow run id on its Optuna
+    trial (user attribute `mlflow_run_id`, see `StudyRunLinker`); nothing for a grid sweep."""
+    url = getattr(mode, "study_url", None)
+    if not url:
+        return []
+    from .study_link import StudyRunLinker  # imports Ray: only `scalelab run` gets here
+
+    return [StudyRunLinker(url, mode.search.study_name, tracking)]
+

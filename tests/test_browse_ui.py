@@ -330,3 +330,39 @@ def test_validate_prints_the_optuna_dashboard_command_of_a_search_sweep(tmp_path
     assert f"optuna-dashboard {study}" in capsys.readouterr().out
     assert main(["validate", str(tmp_path / "grid-lr.yaml")]) == 0
     assert "optuna-dashboard" not in capsys.readouterr().out
+
+
+def test_search_trials_carry_their_mlflow_run_id_and_run_prints_the_dashboard_command(
+        ray_local, tmp_path, sweep_writer):
+    """A tiny real search sweep: every complete Optuna trial names its MLflow child run (user
+    attribute mlflow_run_id), whose lr is the trial's lr; the run ends with optuna-dashboard."""
+    import io
+
+    import optuna
+
+    from orchestrator.runner import RunOptions, run_sweep
+    from orchestrator.spec import load_sweep
+
+    study = "sqlite:///" + str(tmp_path / "optuna.db")
+    path = sweep_writer(tmp_path, "search-link", search={
+        "metric": "final_val_loss", "mode": "min", "num_samples": 2, "storage": study,
+        "study_name": "link-study", "sampler_seed": 0, "space": {"lr": {"log_uniform": [1e-3, 1e-2]}}},
+        concurrency=2)
+    uri = "sqlite:///" + str(tmp_path / "mlflow.db")
+    out = io.StringIO()
+    run_sweep(load_sweep(str(path)), RunOptions(tracking_uri=uri, storage=str(tmp_path / "store"), out=out))
+    assert f"optuna-dashboard {study}" in out.getvalue()
+
+    trials = optuna.load_study(study_name="link-study", storage=study).get_trials(
+        states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(trials) == 2
+    client = MlflowClient(tracking_uri=uri)
+    seen = set()
+    for t in trials:
+        run_id = t.user_attrs.get("mlflow_run_id")
+        assert run_id, f"trial {t.number} has no mlflow_run_id: {t.user_attrs}"
+        run = client.get_run(run_id)
+        assert run.data.tags["scalelab.kind"] == "trial"
+        assert float(run.data.params["lr"]) == pytest.approx(t.params["lr"], rel=1e-9)
+        seen.add(run_id)
+    assert len(seen) == 2
