@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -42,10 +44,8 @@ def _playwright():
 @pytest.fixture(scope="module")
 def browsed_sweep(tmp_path_factory, sweep_writer):
     """A real sweep (2 widths x 2 LRs) run and reported against a real mlflow server."""
-    import socket  # noqa: F401 - conftest helpers are not importable; start the server here
-
-    tmp = tmp_path_factory.mktemp("browse")
-    with __import__("socket").socket() as s:
+    tmp = tmp_path_factory.mktemp("browse")  # (conftest's server fixture is per test: this one is per module)
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = tmp / "mlflow-server.log"
@@ -83,8 +83,7 @@ def browsed_sweep(tmp_path_factory, sweep_writer):
         trials = [r for r in runs if r.data.tags.get("scalelab.kind") == "trial"]
         yield server, exp.experiment_id, parent, trials
     finally:
-        from signal import SIGKILL, SIGTERM
-        for sig in (SIGTERM, SIGKILL):
+        for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
                 os.killpg(proc.pid, sig)
                 proc.wait(timeout=5)
@@ -244,7 +243,7 @@ def test_scalelab_ui_serves_the_local_store(tmp_path):
     experiments on 127.0.0.1, stops when its process group is ended."""
     uri = "sqlite:///" + str(tmp_path / "mlflow.db")
     MlflowClient(tracking_uri=uri).create_experiment("seen-in-ui")
-    with __import__("socket").socket() as s:
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = tmp_path / "ui.log"
@@ -261,7 +260,7 @@ def test_scalelab_ui_serves_the_local_store(tmp_path):
         with urllib.request.urlopen(api, timeout=10) as answer:
             assert '"seen-in-ui"' in answer.read().decode()
     finally:
-        os.killpg(proc.pid, __import__("signal").SIGTERM)
+        os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
     deadline = time.time() + 30  # the server's workers finish their requests, then exit
     while time.time() < deadline:
