@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "orchestrator.run_cli",   # run, submit, status, logs
     "orchestrator.migrate",   # migrate
     "analysis.cli",           # report, export, coord-check
+    "orchestrator.ui_cli",    # ui
 )
 
 

@@ -226,10 +226,12 @@ def submit_sweep(sweep: str, address: str | None, tracking_uri: str | None = Non
         return None
     refuse_secrets(wd, secrets)  # a dry run lists them in the error too
     job_id = f"scalelab-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    from .ui_cli import announce_experiment, experiment_url
+    mlflow_url = experiment_url(uri, spec.experiment)
     return client(address).submit_job(
-        entrypoint=command,
+        entrypoint=announce_experiment(command, mlflow_url),
         submission_id=job_id, runtime_env=runtime_env(wd, excludes),
-        metadata={"scalelab_sweep": spec.name, "tracking_uri": uri})
+        metadata={"scalelab_sweep": spec.name, "tracking_uri": uri, "mlflow_experiment": mlflow_url})
 
 
 # --- status and logs -------------------------------------------------------------------------

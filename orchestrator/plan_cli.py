@@ -7,6 +7,7 @@ import sys
 
 from .layout import tracking_uri_help
 from .locations import STORAGE_HELP, Locations
+from .ui_cli import print_study_hint
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,7 +35,9 @@ def run_validate(args: argparse.Namespace) -> int:
     for path in args.sweeps:
         spec = load_sweep(path)  # ConfigError -> the CLI prints it, exit 2
         spec.check_corpora()
-        print(f"OK: {spec.summary(Locations.resolve(spec).study_url)} — {path}")
+        study_url = Locations.resolve(spec).study_url
+        print(f"OK: {spec.summary(study_url)} — {path}")
+        print_study_hint(study_url)
         if spec.from_study:
             taken = ", ".join(f"{k}={v!r}" for k, v in spec.from_study["params"].items())
             print(f"    from study {spec.from_study['study']!r}: {taken}")

@@ -151,6 +151,8 @@ def _run_sweep(spec, opts: RunOptions) -> SweepSummary:
     _fill_outcomes(summary, mode, tracker)
     print(summary.text(), file=opts.out, flush=True)
     print(f"  browse: {browse_hint(where.tracking_uri)} (experiment {spec.experiment!r})", file=opts.out, flush=True)
+    from .ui_cli import print_study_hint
+    print_study_hint(where.study_url, opts.out)
     return summary
 
 
@@ -220,7 +222,9 @@ def _execute(spec, mode, tracker: SweepTracker, where: Locations, opts: RunOptio
         progress = ProgressPrinter(spec.name, mode.to_run, mode.lookup, metric, direction,
                                    best=best_so_far(tracker.child_runs(), metric, direction), out=opts.out,
                                    work=mode.work, outbox=outbox)
-        tuner = _tuner(spec, mode, ctx, [tracking, progress], where, opts, has_gpu, OutageStopper(outbox))
+        from .ui_cli import study_links  # search sweeps: Optuna trial -> MLflow run id
+        tuner = _tuner(spec, mode, ctx, [tracking, progress, *study_links(mode, tracking)], where, opts, has_gpu,
+                       OutageStopper(outbox))
         results = tuner.fit()
     # Ctrl-C makes Tune stop its trials and return early: fewer trials ended than planned.
     return results.num_terminated + results.num_errors < mode.to_run

@@ -1,0 +1,367 @@
+"""What a researcher sees in the MLflow UI, checked in a real (headless) Chromium: a tiny real
+sweep is run with `scalelab run` against a real `mlflow server` and reported with `scalelab
+report`; the experiment page lists the parent run with its trials nested under it, a trial shows
+its params, a metrics chart and config.yaml, the parent shows the report. Also `scalelab ui`
+started as a process, fetched over HTTP and stopped by pid. Screenshots of a failing browser
+check land in the folder named in the failure message; the compare view is saved as
+docs/ui/compare.png when SCALELAB_UI_SHOTS=1."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from orchestrator.cli import main
+
+pytestmark = pytest.mark.timeout(600)
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+REPO = Path(__file__).resolve().parent.parent
+SHOT_DIR = REPO / "test-artifacts" / "browse-ui"
+BIN = Path(sys.executable).parent
+
+
+def _playwright():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (./dev installs it: pip install -e .[test])")
+    if not CHROMIUM:
+        pytest.skip("no chromium on PATH (./dev installs the Debian package: apt-get install -y chromium)")
+    return sync_playwright
+
+
+@pytest.fixture(scope="module")
+def browsed_sweep(tmp_path_factory, sweep_writer):
+    """A real sweep (2 widths x 2 LRs) run and reported against a real mlflow server."""
+    tmp = tmp_path_factory.mktemp("browse")  # (conftest's server fixture is per test: this one is per module)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp / "mlflow-server.log"
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+               PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    proc = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--workers", "1", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", "sqlite:///" + str(tmp / "srv.db"),
+         "--artifacts-destination", str(tmp / "artifacts")],
+        stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    server = f"http://127.0.0.1:{port}"
+    try:
+        _wait(server + "/health", 180, proc, log)
+        path = sweep_writer(tmp, "browse", base={"steps": 30, "eval_interval": 5},
+                            grid={"lr": [1e-3, 3e-3]}, concurrency=2)
+        doc = yaml.safe_load(path.read_text())  # the width is swept: not in base
+        doc["base"].pop("d_model")
+        doc["grid"] = {"d_model": [64, 128], **doc["grid"]}
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        cwd = os.getcwd()
+        os.chdir(tmp)
+        try:
+            ran = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", "browse.yaml", "--tracking-uri",
+                                  server, "--storage", str(tmp / "store")], env=dict(env, PYTHONPATH=str(REPO)),
+                                 capture_output=True, text=True, timeout=400)
+            assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+            assert main(["report", "browse", "--tracking-uri", server, "--out", str(tmp / "report"),
+                         "--n-boot", "20"]) == 0
+        finally:
+            os.chdir(cwd)
+        client = MlflowClient(tracking_uri=server)
+        exp = client.get_experiment_by_name("browse")
+        runs = client.search_runs([exp.experiment_id])
+        parent = next(r for r in runs if r.data.tags.get("scalelab.kind") == "sweep")
+        trials = [r for r in runs if r.data.tags.get("scalelab.kind") == "trial"]
+        yield server, exp.experiment_id, parent, trials
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=5)
+                break
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
+
+
+def _wait(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited ({proc.returncode}) before {url} answered:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except Exception:  # noqa: BLE001 - not up yet
+            time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer within {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+class Browser:
+    """One headless Chromium page; `check(name)` screenshots the page when its block fails."""
+
+    def __init__(self, page, shots: Path):
+        self.page, self.shots = page, shots
+
+    def open(self, url: str):
+        """A fresh load: hash navigation inside the app can keep the previous run's artifact list."""
+        self.page.goto("about:blank")
+        self.page.goto(url)
+        return self.page
+
+    def check(self, name: str):
+        browser = self
+
+        class _Ctx:
+            def __enter__(self):
+                return browser.page
+
+            def __exit__(self, kind, err, tb):
+                if kind is None:
+                    return False
+                browser.shots.mkdir(parents=True, exist_ok=True)
+                shot = browser.shots / f"{name}.png"
+                browser.page.screenshot(path=str(shot), full_page=True)
+                raise AssertionError(f"{name}: {err} (screenshot: {shot}, folder {browser.shots})") from err
+
+        return _Ctx()
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    sync_playwright = _playwright()
+    with sync_playwright() as pw:
+        chrome = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-dev-shm-usage"])
+        try:
+            yield chrome
+        finally:
+            chrome.close()
+
+
+@pytest.fixture
+def browser(chromium):
+    """A fresh context per test: the UI keeps state (expanded runs, view mode) in local storage."""
+    context = chromium.new_context(viewport={"width": 1600, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        yield Browser(page, SHOT_DIR)
+    finally:
+        context.close()
+
+
+EXPAND = 'button[data-component-id*="runnamecellrenderer"]'  # the +/- before a parent run's name
+
+
+def test_the_experiment_lists_the_sweep_with_its_trials_nested(browsed_sweep, browser):
+    server, exp_id, parent, trials = browsed_sweep
+    assert len(trials) == 4
+    labels = [t.data.tags["mlflow.runName"] for t in trials]
+    with browser.check("experiment-page") as page:
+        browser.open(f"{server}/#/experiments/{exp_id}/runs")
+        page.get_by_text(parent.info.run_name, exact=True).first.wait_for()
+        for label in labels:  # collapsed: the trials are not listed at the top level
+            assert page.get_by_text(label, exact=True).count() == 0, f"{label} listed before expanding"
+        page.locator(EXPAND).first.click()
+        for label in labels:
+            page.get_by_text(label, exact=True).first.wait_for()
+
+
+def test_a_trial_shows_params_metrics_chart_and_config(browsed_sweep, browser):
+    server, exp_id, _, trials = browsed_sweep
+    trial = trials[0]
+    run_url = f"{server}/#/experiments/{exp_id}/runs/{trial.info.run_id}"
+    with browser.check("trial-overview") as page:
+        browser.open(run_url)
+        page.get_by_text(trial.info.run_name, exact=True).first.wait_for()
+        page.get_by_text("Parameters", exact=False).first.wait_for()
+        page.get_by_text("d_model", exact=True).first.wait_for()
+        page.get_by_text("final_val_loss", exact=True).first.wait_for()
+    with browser.check("trial-metrics") as page:
+        browser.open(run_url + "/model-metrics")
+        page.get_by_placeholder("Search metric charts").fill("val_loss")
+        page.get_by_text("val_loss", exact=True).first.wait_for()
+        page.get_by_text("act", exact=True).wait_for(state="detached")  # the search filters the charts
+        page.locator(".js-plotly-plot").first.wait_for()  # a drawn chart
+    with browser.check("trial-artifacts") as page:
+        browser.open(run_url + "/artifacts")
+        page.get_by_text("multipliers.csv", exact=True).first.wait_for()
+        page.get_by_text("config.yaml", exact=True).first.click()
+        page.get_by_text(f"d_model: {trial.data.params['d_model']}", exact=False).first.wait_for()
+
+
+def test_the_parent_shows_the_report(browsed_sweep, browser):
+    server, exp_id, parent, _ = browsed_sweep
+    with browser.check("parent-artifacts") as page:
+        browser.open(f"{server}/#/experiments/{exp_id}/runs/{parent.info.run_id}/artifacts")
+        page.get_by_text("report", exact=True).first.click()
+        page.get_by_text("summary.json", exact=True).first.wait_for()
+        page.get_by_text("report.md", exact=True).first.click()
+        page.get_by_text("scalelab report: browse", exact=True).first.wait_for()  # its heading, previewed
+        page.get_by_text("figures", exact=True).first.click()
+        page.get_by_text("training_curves.png", exact=True).first.wait_for()
+
+
+def test_comparing_the_lr_curves_of_one_width(browsed_sweep, browser):
+    """README "Browsing in the MLflow UI": filter one width, expand, chart view, val_loss."""
+    server, exp_id, _, trials = browsed_sweep
+    wide = sorted(t.data.tags["mlflow.runName"] for t in trials if t.data.params["d_model"] == "128")
+    narrow = [t.data.tags["mlflow.runName"] for t in trials if t.data.params["d_model"] != "128"]
+    assert len(wide) == 2
+    with browser.check("compare") as page:
+        browser.open(f"{server}/#/experiments/{exp_id}/runs")
+        page.get_by_test_id("search-box").fill("params.d_model = '128'")
+        page.get_by_test_id("search-box").press("Enter")
+        page.get_by_text("3 matching runs").wait_for()  # the two trials and their parent
+        page.locator(EXPAND).first.click()
+        page.locator("label:has(input[value=CHART])").click()
+        page.get_by_placeholder("Search metric charts").fill("val_loss")
+        for label in wide:  # legend of the charts (the run list truncates long names)
+            page.get_by_text(f"{label} (val_loss)", exact=True).first.wait_for(state="attached")
+        for label in narrow:
+            assert page.get_by_text(label, exact=False).count() == 0, f"{label} shown though filtered out"
+        page.wait_for_timeout(1500)  # let the chart animation settle for the picture
+        if os.environ.get("SCALELAB_UI_SHOTS"):
+            out = REPO / "docs" / "ui" / "compare.png"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(out))
+
+
+def test_scalelab_ui_serves_the_local_store(tmp_path):
+    """`scalelab ui` started as a process: prints its URL, serves the UI and this store's
+    experiments on 127.0.0.1, stops when its process group is ended."""
+    uri = "sqlite:///" + str(tmp_path / "mlflow.db")
+    MlflowClient(tracking_uri=uri).create_experiment("seen-in-ui")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "ui.log"
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui", "--tracking-uri", uri, "--port", str(port)],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(url + "/health", 180, proc, log)
+        assert f"MLflow UI: {url}" in log.read_text()
+        with urllib.request.urlopen(url + "/", timeout=10) as page:
+            assert "<title>MLflow</title>" in page.read().decode()
+        api = url + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=seen-in-ui"
+        with urllib.request.urlopen(api, timeout=10) as answer:
+            assert '"seen-in-ui"' in answer.read().decode()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    deadline = time.time() + 30  # the server's workers finish their requests, then exit
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url + "/health", timeout=2).close()
+            time.sleep(0.5)
+        except OSError:
+            break
+    else:
+        pytest.fail(f"{url} still answers 30 s after its process group was ended")
+
+
+@pytest.mark.parametrize("server", ["http://mlflow.example:5000/", "https://mlflow.example"])
+def test_scalelab_ui_with_a_server_prints_its_url(server, capsys):
+    assert main(["ui", "--tracking-uri", server]) == 0
+    assert capsys.readouterr().out.strip() == f"MLflow UI: {server.rstrip('/')}"
+
+
+def test_scalelab_ui_without_a_store_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["ui"]) == 2
+    assert "no MLflow database at" in capsys.readouterr().err
+
+
+def test_experiment_url_names_the_experiment_page_once_it_exists(browsed_sweep):
+    from orchestrator.ui_cli import experiment_url
+
+    server, exp_id, _, _ = browsed_sweep
+    assert experiment_url(server + "/", "browse") == f"{server}/#/experiments/{exp_id}"
+    assert experiment_url(server, "not-yet") == f"{server} (experiment 'not-yet')"
+    assert experiment_url("http://127.0.0.1:9", "x", timeout=2) == "http://127.0.0.1:9 (experiment 'x')"
+
+
+def test_a_submitted_job_carries_the_mlflow_experiment_url(browsed_sweep, tmp_path, sweep_writer, monkeypatch):
+    """The Ray Job's metadata and its first log line name the experiment's page in the MLflow UI."""
+    from orchestrator import jobs
+
+    server, exp_id, _, _ = browsed_sweep
+    submitted = {}
+
+    class FakeJobClient:  # the real submission is tests/test_cluster.py (slow); here: what is sent
+        def submit_job(self, **kwargs):
+            submitted.update(kwargs)
+            return kwargs["submission_id"]
+
+    monkeypatch.setattr(jobs, "client", lambda address: FakeJobClient())
+    monkeypatch.chdir(tmp_path)
+    sweep_writer(tmp_path, "browse")  # same experiment name as the sweep that ran
+    jobs.submit_sweep("browse.yaml", "http://127.0.0.1:9", tracking_uri=server)
+    url = f"{server}/#/experiments/{exp_id}"
+    assert submitted["metadata"]["mlflow_experiment"] == url
+    first = subprocess.run(["sh", "-c", submitted["entrypoint"].split(" && ", 1)[0]],
+                           capture_output=True, text=True).stdout
+    assert first == f"MLflow experiment: {url}\n"
+    assert " && python -m orchestrator.cli run browse.yaml" in submitted["entrypoint"]
+
+
+def test_validate_prints_the_optuna_dashboard_command_of_a_search_sweep(tmp_path, sweep_writer, capsys):
+    study = "sqlite:///" + str(tmp_path / "optuna.db")
+    sweep_writer(tmp_path, "search-lr", search={
+        "metric": "final_val_loss", "mode": "min", "num_samples": 2, "storage": study, "study_name": "lr-study",
+        "space": {"lr": {"log_uniform": [1e-3, 1e-2]}}})
+    sweep_writer(tmp_path, "grid-lr", grid={"lr": [1e-3]})
+    assert main(["validate", str(tmp_path / "search-lr.yaml")]) == 0
+    assert f"optuna-dashboard {study}" in capsys.readouterr().out
+    assert main(["validate", str(tmp_path / "grid-lr.yaml")]) == 0
+    assert "optuna-dashboard" not in capsys.readouterr().out
+
+
+def test_search_trials_carry_their_mlflow_run_id_and_run_prints_the_dashboard_command(
+        ray_local, tmp_path, sweep_writer):
+    """A tiny real search sweep: every complete Optuna trial names its MLflow child run (user
+    attribute mlflow_run_id), whose lr is the trial's lr; the run ends with optuna-dashboard."""
+    import io
+
+    import optuna
+
+    from orchestrator.runner import RunOptions, run_sweep
+    from orchestrator.spec import load_sweep
+
+    study = "sqlite:///" + str(tmp_path / "optuna.db")
+    path = sweep_writer(tmp_path, "search-link", search={
+        "metric": "final_val_loss", "mode": "min", "num_samples": 2, "storage": study,
+        "study_name": "link-study", "sampler_seed": 0, "space": {"lr": {"log_uniform": [1e-3, 1e-2]}}},
+        concurrency=2)
+    uri = "sqlite:///" + str(tmp_path / "mlflow.db")
+    out = io.StringIO()
+    run_sweep(load_sweep(str(path)), RunOptions(tracking_uri=uri, storage=str(tmp_path / "store"), out=out))
+    assert f"optuna-dashboard {study}" in out.getvalue()
+
+    trials = optuna.load_study(study_name="link-study", storage=study).get_trials(
+        states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(trials) == 2
+    client = MlflowClient(tracking_uri=uri)
+    seen = set()
+    for t in trials:
+        run_id = t.user_attrs.get("mlflow_run_id")
+        assert run_id, f"trial {t.number} has no mlflow_run_id: {t.user_attrs}"
+        run = client.get_run(run_id)
+        assert run.data.tags["scalelab.kind"] == "trial"
+        assert float(run.data.params["lr"]) == pytest.approx(t.params["lr"], rel=1e-9)
+        seen.add(run_id)
+    assert len(seen) == 2
