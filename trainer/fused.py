@@ -153,9 +153,9 @@ class StackedAdamW:
         """Per-member clip of every gradient but the multipliers' (REFERENCE.md §2), as
         clip_grad_norm_ does for one model; a frozen member's gradients are zeroed. Returns each
         member's gradient norm before clipping and its multipliers' gradient norm."""
-        frozen = torch.tensor([not a for a in active], device=self.device)
-        for p in self.state:
-            if not all(active):
+        if not all(active):
+            frozen = torch.tensor([not a for a in active], device=self.device)
+            for p in self.state:
                 p.grad.masked_fill_(frozen.view(-1, *([1] * (p.dim() - 1))), 0.0)
         clipped, mult = self.params(False), self.params(True)
         norm = member_norms([p.grad for p in clipped])
@@ -183,10 +183,13 @@ class StackedAdamW:
             lr = [base * f if a else 0.0 for base, f, a in zip(g["base_lr"], factors, active)]
             decay = [1 - lr_k * wd for lr_k, wd in zip(lr, g["weight_decay"])]
             neg_step = [-(lr_k / b) for lr_k, b in zip(lr, bc1)]
+            shaped: dict[int, tuple] = {}  # p.dim() -> the per-member numbers, shaped to broadcast
             for p in g["params"]:
                 exp_avg, exp_avg_sq = self.state[p]
                 grad, dims = p.grad, p.dim()
-                d = _per_member(decay, dims, device)
+                if dims not in shaped:
+                    shaped[dims] = tuple(_per_member(v, dims, device) for v in (decay, neg_step, bc2_sqrt, self.eps))
+                d, s, bc2, eps = shaped[dims]
                 if not (isinstance(d, float) and d == 1.0):  # torch skips the decay when wd == 0 (× 1 is exact)
                     p.mul_(d)
                 # lerp and addcmul with a tensor weight round differently from torch's scalar
@@ -195,9 +198,7 @@ class StackedAdamW:
                     exp_avg[sl].lerp_(grad[sl], 1 - b1)
                 for sl, b2 in self.beta2_runs:
                     exp_avg_sq[sl].mul_(b2).addcmul_(grad[sl], grad[sl], value=1 - b2)
-                denom = (exp_avg_sq.sqrt() / _per_member(bc2_sqrt, dims, device)).add_(
-                    _per_member(self.eps, dims, device))
-                s = _per_member(neg_step, dims, device)
+                denom = (exp_avg_sq.sqrt() / bc2).add_(eps)
                 if isinstance(s, float):
                     p.addcdiv_(exp_avg, denom, value=s)
                 else:  # addcdiv forms value·m before dividing: the same product, then the same division

@@ -174,8 +174,10 @@ class FusedGPT(nn.Module):
         note("logits", logits)
         if targets is None:
             return logits, None
-        # One cross-entropy per member: its mean reduction sums in a different order over a
-        # (K·N) batch, and the loss must equal the member's alone.
-        logp = F.log_softmax(logits.float().view(self.K, -1, logits.shape[-1]), dim=-1)
-        losses = torch.stack([F.nll_loss(logp[k], targets[k].reshape(-1)) for k in range(self.K)])
+        # One cross-entropy per member, as GPT.forward computes it: its mean reduction sums in
+        # another order over a (K·N) batch, and a member's (N, vocab) slice stays in cache.
+        # unbind, not logits[k]: the backward of K selects would zero and add K full-size grads.
+        V = logits.shape[-1]
+        losses = torch.stack([F.cross_entropy(lg.float().view(-1, V), t.reshape(-1))
+                              for lg, t in zip(logits.unbind(), targets.unbind())])
         return logits, losses
