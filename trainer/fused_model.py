@@ -22,6 +22,26 @@ def _stack(tensors: list[torch.Tensor], requires_grad: bool = True) -> nn.Parame
     return nn.Parameter(torch.stack([t.detach() for t in tensors]), requires_grad=requires_grad)
 
 
+class _BatchedLinear(torch.autograd.Function):
+    """y = x Wᵀ for each member (bmm). Autograd's bmm backward would return ∂L/∂W transposed
+    (as the gradient of the Wᵀ view), and every weight gradient would then cost a transposed
+    copy (slow: strided reads) to reach W's layout; here it is formed as Gᵀx in W's own layout,
+    as F.linear's backward does for one matrix, with the same products."""
+
+    @staticmethod
+    def forward(ctx, x, w):  # x (K, N, d_in), w (K, d_out, d_in)
+        ctx.save_for_backward(x, w)
+        return torch.bmm(x, w.transpose(1, 2))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        grad_x = torch.bmm(g, w) if ctx.needs_input_grad[0] else None
+        grad_w = torch.bmm(g.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_w
+
+
 class StackedMatrix(nn.Module):
     """K matrices of one role, shape and multiplier kind: weight (K, d_out, d_in), learnable
     scalar (K,), rows (K, d_out), columns (K, d_in), and each member's fixed forward multiplier."""
@@ -56,7 +76,7 @@ class StackedMatrix(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (K, ..., d_in)
         w = self.effective_weight()
-        y = torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), w.transpose(1, 2))
+        y = _BatchedLinear.apply(x.reshape(x.shape[0], -1, x.shape[-1]), w)
         return y.view(*x.shape[:-1], w.shape[1])
 
 
