@@ -154,6 +154,30 @@ def main() -> None:
     tokens = load_tokens(TrainConfig())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock; shape {SHAPE}")
 
+    print("\n## r ⊙ W ⊙ c alone: forward + backward of one matrix of the model (median µs; W alone: the floor)")
+    print(f"{'d_out x d_in':>14} {'W alone':>9} {'Function':>9} {'autograd':>9} {'autograd/Function':>18}")
+    for d_out, d_in in sorted({(w, w) for w in widths} | {(4 * w, w) for w in widths}):
+        w = torch.randn(d_out, d_in, requires_grad=True)
+        r, c = torch.rand(d_out, requires_grad=True), torch.rand(d_in, requires_grad=True)
+        g = torch.randn(d_out, d_in)
+
+        def once(fn, reps=10):
+            tic = CLOCK()
+            for _ in range(reps):
+                fn(w, r, c).backward(g)
+                w.grad = r.grad = c.grad = None
+            return (CLOCK() - tic) / reps
+
+        fns = {"W alone": lambda w, r, c: w * 1.0, "Function": layers.row_col_scaled,
+               "autograd": autograd_row_col_scaled}
+        t = {k: [] for k in fns}
+        for i in range(args.rounds * 3):
+            for k, fn in (list(fns.items()) if i % 2 == 0 else list(fns.items())[::-1]):
+                t[k].append(once(fn))
+        med = {k: statistics.median(v) * 1e6 for k, v in t.items()}
+        print(f"{f'{d_out} x {d_in}':>14} {med['W alone']:>9.0f} {med['Function']:>9.0f} {med['autograd']:>9.0f} "
+              f"{paired_ratio(t['autograd'], t['Function']):>18s}")
+
     for title, pack in (("one model", 0), (f"fused pack of {args.pack} members", args.pack)):
         if title != "one model" and not args.pack:
             continue
@@ -169,8 +193,8 @@ def main() -> None:
                 with row_col_impl(impl):
                     time_steps(trainers[name], 2)  # warm-up
             times = {k: [] for k in trainers}
-            for _ in range(args.rounds):
-                for name, t in trainers.items():
+            for r in range(args.rounds):
+                for name, t in (list(trainers.items()) if r % 2 == 0 else list(trainers.items())[::-1]):
                     with row_col_impl(VARIANTS[name][1]):
                         times[name].append(time_steps(t, args.steps))
             med = {k: statistics.median(v) for k, v in times.items()}
