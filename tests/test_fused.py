@@ -149,3 +149,23 @@ def test_group_packs_by_shape_in_order_with_a_size_cap():
 def test_every_config_field_is_either_shared_by_a_pack_or_held_per_member():
     assert not set(PACK_FIELDS) & set(MEMBER_FIELDS)
     assert set(PACK_FIELDS) | set(MEMBER_FIELDS) == set(TrainConfig.model_fields)
+
+
+def test_fused_model_runs_under_bf16_autocast_like_the_single_model():
+    """The GPU path trains in bf16 autocast (no GPU here): CPU autocast runs the same casts."""
+    from trainer.fused_model import FusedGPT
+    from trainer.model import GPT
+    cfgs = [cfg(scheme="mup", multipliers="vector", seed=k) for k in range(2)]
+    members = []
+    for c in cfgs:
+        torch.manual_seed(c.seed)
+        members.append(GPT(c))
+    fused = FusedGPT(members)
+    idx = torch.randint(0, 256, (2, 4, 32))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, losses = fused(idx, idx)
+        alone = [m(idx[k], idx[k])[1] for k, m in enumerate(members)]
+    losses.sum().backward()
+    torch.testing.assert_close(losses, torch.stack(alone).detach(), rtol=2e-2, atol=0)
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+               for p in fused.parameters() if p.requires_grad)

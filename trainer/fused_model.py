@@ -37,6 +37,9 @@ class _BatchedLinear(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
         x, w = ctx.saved_tensors
+        # under autocast the forward's bmm ran in bf16 and g is bf16: the backward products too
+        # (autograd casts each gradient back to its input's dtype); no-ops in fp32
+        x, w = x.to(g.dtype), w.to(g.dtype)
         grad_x = torch.bmm(g, w) if ctx.needs_input_grad[0] else None
         grad_w = torch.bmm(g.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
         return grad_x, grad_w
