@@ -4,7 +4,8 @@ W_eff = f · s · (r ⊙ W ⊙ c): f is the fixed forward multiplier of the para
 learnable scalar, r (d_out entries) and c (d_in entries) learnable row and column scales.
 The multipliers are applied to the weight, not to the activations: that is d_out·d_in extra
 elementwise work per step instead of tokens·d, cheaper whenever a batch holds more tokens
-than the layer's width, and autograd then yields exactly the gradients of REFERENCE.md §2.
+than the layer's width. Row/column multipliers have their REFERENCE.md §2 gradients written
+out (row_col_scaled); a scalar goes through autograd.
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ KINDS = ("none", "scalar", "row", "col", "vector")
 class _RowColScaled(torch.autograd.Function):
     """W_eff = r ⊙ W ⊙ c (r or c may be absent) with the gradients of REFERENCE.md §2 written
     out. Autograd through two broadcast products keeps r ⊙ W alive for backward and forms four
-    d_out × d_in temporaries there; this saves W, r, c only and forms two: H = G ⊙ W, from which
-    ∂L/∂r = H c and ∂L/∂c = rᵀ H (vector-matrix products, no further temporary), and
+    d_out × d_in temporaries there; this saves W, r, c only and forms one: H = G ⊙ W, from which
+    ∂L/∂r = H c and ∂L/∂c = rᵀ H (vector-matrix products, no further temporary), and then
     ∂L/∂W = G ⊙ c ⊙ r written over H. The forward is the same products, the second in place."""
 
     @staticmethod
