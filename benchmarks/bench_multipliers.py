@@ -1,17 +1,21 @@
 """Step time of the same model without multipliers, with scalar and with vector multipliers,
-at a few widths, and the trainer's throughput against a plain, minimal PyTorch loop of the
-same architecture written here. Variants are interleaved round by round so machine noise
-hits them alike; each ratio is taken within a round (adjacent timings share the machine's
-state) and the median ratio is reported with its interquartile range, so the noise shows.
+at a few widths, for one model and for a fused pack (trainer/fused.py), and the trainer's
+throughput against a plain, minimal PyTorch loop of the same architecture written here.
+"vector (autograd)" is the previous implementation of row/column multipliers (autograd through
+two broadcast products), swapped in for its turn, so old and new are measured in one run.
+Variants are interleaved round by round so machine noise hits them alike; each ratio is taken
+within a round (adjacent timings share the machine's state) and the median ratio is reported
+with its interquartile range, so the noise shows.
 
-    python benchmarks/bench_multipliers.py [--widths 128,256,512] [--rounds 5] [--steps 8]
+    python benchmarks/bench_multipliers.py [--widths 128,256,512] [--rounds 5] [--steps 8] [--pack 4]
 
-Targets: vector multipliers cost <= 5% of step time at widths >= 256; the trainer is at most
+Targets: vector multipliers cost <= 2% of step time at widths >= 256; the trainer is at most
 5% slower than the plain loop.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -19,8 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer import fused_model, layers
 from trainer.config import TrainConfig
 from trainer.data import Batches, load_tokens
+from trainer.fused import FusedTrainer
 from trainer.loop import Trainer, train
 
 SHAPE = dict(n_layers=2, head_dim=32, seq_len=128, batch_size=16, warmup_steps=0, scheme="mup", base_width=128)
@@ -86,6 +92,28 @@ def plain_loop(cfg: TrainConfig, batches: Batches) -> float:
     return time.perf_counter() - tic
 
 
+def autograd_row_col_scaled(w, row, col):
+    """The previous r ⊙ W ⊙ c: autograd through two broadcast products (same forward values)."""
+    out = w if row is None else w * row.unsqueeze(-1)
+    return out if col is None else out * col.unsqueeze(-2)
+
+
+@contextlib.contextmanager
+def row_col_impl(fn):
+    saved = layers.row_col_scaled, fused_model.row_col_scaled
+    if fn is not None:
+        layers.row_col_scaled = fused_model.row_col_scaled = fn
+    try:
+        yield
+    finally:
+        layers.row_col_scaled, fused_model.row_col_scaled = saved
+
+
+# variant -> (multipliers, implementation of row/column multipliers; None = the trainer's own)
+VARIANTS = {"none": ("none", None), "scalar": ("scalar", None), "vector": ("vector", None),
+            "vector (autograd)": ("vector", autograd_row_col_scaled)}
+
+
 def paired_ratio(a: list[float], b: list[float]) -> str:
     """Median of the per-round ratios a_i / b_i, with the interquartile range."""
     ratios = sorted(x / y for x, y in zip(a, b))
@@ -93,11 +121,14 @@ def paired_ratio(a: list[float], b: list[float]) -> str:
     return f"{med:.3f} [{q1:.3f}, {q3:.3f}]"
 
 
-def time_steps(trainer: Trainer, steps: int) -> float:
-    tic = time.perf_counter()
+CLOCK = time.perf_counter  # --clock cpu: time.process_time, the CPU time this process used
+
+
+def time_steps(trainer: Trainer | FusedTrainer, steps: int) -> float:
+    tic = CLOCK()
     for _ in range(steps):
         trainer.train_step()
-    return (time.perf_counter() - tic) / steps
+    return (CLOCK() - tic) / steps
 
 
 def main() -> None:
@@ -106,34 +137,72 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=8, help="timed steps per variant per round")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--pack", type=int, default=4, help="members of the fused pack measured too (0 = none)")
+    ap.add_argument("--no-plain", action="store_true", help="skip the trainer-vs-plain-loop table")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: CPU time of this process (with --threads 1, robust to other work on a shared machine)")
     ap.add_argument("--batch-size", type=int, default=SHAPE["batch_size"],
                     help="sequences per step; the multipliers' weight-side work is per step, so its share "
                          "falls as 1/tokens-per-step")
     args = ap.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.threads:
         torch.set_num_threads(args.threads)
     widths = [int(w) for w in args.widths.split(",")]
     SHAPE["batch_size"] = args.batch_size
     tokens = load_tokens(TrainConfig())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; shape {SHAPE}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock; shape {SHAPE}")
 
-    print("\n## Learnable multipliers: step time relative to no multipliers (median of rounds)")
-    print(f"{'width':>6} {'none ms':>9} {'scalar ms':>10} {'vector ms':>10} {'scalar/none [IQR]':>22} {'vector/none [IQR]':>22}")
-    for width in widths:
-        trainers = {}
-        for kind in ("none", "scalar", "vector"):
-            cfg = TrainConfig(**SHAPE, d_model=width, multipliers=kind, steps=10_000)
-            trainers[kind] = Trainer(cfg, Batches(cfg, tokens))
-            time_steps(trainers[kind], 2)  # warm-up
-        times = {k: [] for k in trainers}
-        for _ in range(args.rounds):
-            for kind, t in trainers.items():
-                times[kind].append(time_steps(t, args.steps))
-        med = {k: statistics.median(v) for k, v in times.items()}
-        ratio = {k: paired_ratio(times[k], times["none"]) for k in ("scalar", "vector")}
-        print(f"{width:>6} {med['none'] * 1e3:>9.1f} {med['scalar'] * 1e3:>10.1f} {med['vector'] * 1e3:>10.1f} "
-              f"{ratio['scalar']:>22s} {ratio['vector']:>22s}")
+    print("\n## r ⊙ W ⊙ c alone: forward + backward of one matrix of the model (median µs; W alone: the floor)")
+    print(f"{'d_out x d_in':>14} {'W alone':>9} {'Function':>9} {'autograd':>9} {'autograd/Function':>18}")
+    for d_out, d_in in sorted({(w, w) for w in widths} | {(4 * w, w) for w in widths}):
+        w = torch.randn(d_out, d_in, requires_grad=True)
+        r, c = torch.rand(d_out, requires_grad=True), torch.rand(d_in, requires_grad=True)
+        g = torch.randn(d_out, d_in)
 
+        def once(fn, reps=10):
+            tic = CLOCK()
+            for _ in range(reps):
+                fn(w, r, c).backward(g)
+                w.grad = r.grad = c.grad = None
+            return (CLOCK() - tic) / reps
+
+        fns = {"W alone": lambda w, r, c: w * 1.0, "Function": layers.row_col_scaled,
+               "autograd": autograd_row_col_scaled}
+        t = {k: [] for k in fns}
+        for i in range(args.rounds * 3):
+            for k, fn in (list(fns.items()) if i % 2 == 0 else list(fns.items())[::-1]):
+                t[k].append(once(fn))
+        med = {k: statistics.median(v) * 1e6 for k, v in t.items()}
+        print(f"{f'{d_out} x {d_in}':>14} {med['W alone']:>9.0f} {med['Function']:>9.0f} {med['autograd']:>9.0f} "
+              f"{paired_ratio(t['autograd'], t['Function']):>18s}")
+
+    for title, pack in (("one model", 0), (f"fused pack of {args.pack} members", args.pack)):
+        if title != "one model" and not args.pack:
+            continue
+        print(f"\n## Learnable multipliers, {title}: step time relative to no multipliers (median of rounds)")
+        print(f"{'width':>6} " + " ".join(f"{v + ' ms':>20}" for v in VARIANTS) + " "
+              + " ".join(f"{v + '/none [IQR]':>30}" for v in list(VARIANTS)[1:]))
+        for width in widths:
+            trainers = {}
+            for name, (kind, impl) in VARIANTS.items():
+                cfgs = [TrainConfig(**SHAPE, d_model=width, multipliers=kind, steps=10_000, seed=k, lr=1e-3 * (k + 1))
+                        for k in range(max(1, pack))]
+                trainers[name] = FusedTrainer(cfgs, tokens) if pack else Trainer(cfgs[0], Batches(cfgs[0], tokens))
+                with row_col_impl(impl):
+                    time_steps(trainers[name], 2)  # warm-up
+            times = {k: [] for k in trainers}
+            for r in range(args.rounds):
+                for name, t in (list(trainers.items()) if r % 2 == 0 else list(trainers.items())[::-1]):
+                    with row_col_impl(VARIANTS[name][1]):
+                        times[name].append(time_steps(t, args.steps))
+            med = {k: statistics.median(v) for k, v in times.items()}
+            print(f"{width:>6} " + " ".join(f"{med[v] * 1e3:>20.1f}" for v in VARIANTS) + " "
+                  + " ".join(f"{paired_ratio(times[v], times['none']):>30s}" for v in list(VARIANTS)[1:]))
+
+    if args.no_plain:
+        return
     print("\n## Trainer (train(): schedule, clipping, divergence check, stats at eval) vs a plain PyTorch loop")
     print(f"{'width':>6} {'plain s':>9} {'trainer s':>10} {'trainer/plain [IQR]':>22}")
     for width in widths:

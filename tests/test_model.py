@@ -4,7 +4,7 @@ import torch
 
 from trainer.config import TrainConfig
 from trainer.estimate import estimate
-from trainer.layers import Linear
+from trainer.layers import Linear, row_col_scaled
 from trainer.model import GPT
 from trainer.optim import Optimizers, lr_factor
 
@@ -57,6 +57,42 @@ def test_vector_multiplier_gradients_match_formulas():
     torch.testing.assert_close(layer.weight.grad, r[:, None] * c[None, :] * G)  # ∂L/∂W = r_i c_j G_ij
     torch.testing.assert_close(layer.row.grad, (W * c[None, :] * G).sum(1))     # Σ_j W_ij c_j G_ij
     torch.testing.assert_close(layer.col.grad, (r[:, None] * W * G).sum(0))     # Σ_i r_i W_ij G_ij
+
+
+@pytest.mark.parametrize("lead", [(), (3,)])  # one matrix, or a fused pack's stack of three
+@pytest.mark.parametrize("parts", ["vector", "row", "col"])
+def test_row_col_scaled_gradients_match_formulas(lead, parts):
+    torch.manual_seed(3)
+    W = torch.randn(*lead, 5, 4, dtype=torch.float64, requires_grad=True)
+    r = (torch.rand(*lead, 5, dtype=torch.float64) + 0.5).requires_grad_() if parts != "col" else None
+    c = (torch.rand(*lead, 4, dtype=torch.float64) + 0.5).requires_grad_() if parts != "row" else None
+    assert torch.autograd.gradcheck(row_col_scaled, (W, r, c))
+    r1 = r.detach() if r is not None else torch.ones(*lead, 5, dtype=torch.float64)
+    c1 = c.detach() if c is not None else torch.ones(*lead, 4, dtype=torch.float64)
+    G = torch.randn(*lead, 5, 4, dtype=torch.float64)                  # ∂L/∂W_eff
+    out = row_col_scaled(W, r, c)
+    torch.testing.assert_close(out, r1[..., :, None] * W * c1[..., None, :])
+    (out * G).sum().backward()
+    Wd = W.detach()
+    torch.testing.assert_close(W.grad, r1[..., :, None] * c1[..., None, :] * G)      # r_i c_j G_ij
+    if r is not None:
+        torch.testing.assert_close(r.grad, (Wd * c1[..., None, :] * G).sum(-1))      # Σ_j W_ij c_j G_ij
+    if c is not None:
+        torch.testing.assert_close(c.grad, (r1[..., :, None] * Wd * G).sum(-2))      # Σ_i r_i W_ij G_ij
+
+
+def test_row_col_scaled_rounds_a_stacked_slice_as_the_matrix_alone():
+    """The fused trainer's members get their gradients to the last bit (fp32)."""
+    torch.manual_seed(4)
+    W, G = torch.randn(4, 96, 64), torch.randn(4, 64, 96).transpose(1, 2)  # G transposed, as bmm gives it
+    r, c = torch.rand(4, 96) + 0.5, torch.rand(4, 64) + 0.5
+    stacked = [t.clone().requires_grad_() for t in (W, r, c)]
+    row_col_scaled(*stacked).backward(G)
+    for k in range(4):
+        alone = [t[k].clone().requires_grad_() for t in (W, r, c)]
+        row_col_scaled(*alone).backward(G[k].contiguous())
+        for s, a in zip(stacked, alone):
+            assert torch.equal(s.grad[k], a.grad)
 
 
 def test_scalar_multiplier_gradient_matches_formula():

@@ -4,7 +4,8 @@ W_eff = f · s · (r ⊙ W ⊙ c): f is the fixed forward multiplier of the para
 learnable scalar, r (d_out entries) and c (d_in entries) learnable row and column scales.
 The multipliers are applied to the weight, not to the activations: that is d_out·d_in extra
 elementwise work per step instead of tokens·d, cheaper whenever a batch holds more tokens
-than the layer's width, and autograd then yields exactly the gradients of REFERENCE.md §2.
+than the layer's width. Row/column multipliers have their REFERENCE.md §2 gradients written
+out (row_col_scaled); a scalar goes through autograd.
 """
 from __future__ import annotations
 
@@ -13,6 +14,49 @@ import torch.nn.functional as F
 from torch import nn
 
 KINDS = ("none", "scalar", "row", "col", "vector")
+
+
+class _RowColScaled(torch.autograd.Function):
+    """W_eff = r ⊙ W ⊙ c (r or c may be absent) with the gradients of REFERENCE.md §2 written
+    out. Autograd through two broadcast products keeps r ⊙ W alive for backward and forms four
+    d_out × d_in temporaries there; this saves W, r, c only and forms one: H = G ⊙ W, from which
+    ∂L/∂r = H c and ∂L/∂c = rᵀ H (vector-matrix products, no further temporary), and then
+    ∂L/∂W = G ⊙ c ⊙ r written over H. The forward is the same products, the second in place."""
+
+    @staticmethod
+    def forward(ctx, w, row, col):
+        ctx.save_for_backward(w, row, col)
+        out = w if row is None else torch.mul(w, row.unsqueeze(-1))
+        if col is None:
+            return out
+        return out.mul_(col.unsqueeze(-2)) if row is not None else torch.mul(w, col.unsqueeze(-2))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        w, row, col = ctx.saved_tensors
+        g = g.contiguous()  # a batched matmul's G arrives transposed; the reductions below then round alike
+        h = g * w                                                                # H_ij = G_ij W_ij
+        grad_row = grad_col = None
+        if row is not None:                                                      # Σ_j W_ij c_j G_ij
+            grad_row = h.sum(-1) if col is None else (col.unsqueeze(-2) @ h.transpose(-1, -2)).squeeze(-2)
+        if col is not None:                                                      # Σ_i r_i W_ij G_ij
+            grad_col = h.sum(-2) if row is None else (row.unsqueeze(-2) @ h).squeeze(-2)
+        if col is None:                                                          # r_i c_j G_ij, over H
+            grad_w = torch.mul(g, row.unsqueeze(-1), out=h)
+        else:
+            grad_w = torch.mul(g, col.unsqueeze(-2), out=h)
+            if row is not None:
+                grad_w.mul_(row.unsqueeze(-1))
+        return grad_w, grad_row, grad_col
+
+
+def row_col_scaled(w: torch.Tensor, row: torch.Tensor | None, col: torch.Tensor | None) -> torch.Tensor:
+    """r ⊙ W ⊙ c: W (..., d_out, d_in), rows (..., d_out), columns (..., d_in), leading
+    dimensions alike (the fused trainer stacks K members along the first). Its reductions
+    round every slice as they round it alone, so a member of a fused pack gets its gradients
+    to the last bit."""
+    return _RowColScaled.apply(w, row, col)
 
 
 class MultipliedMatrix(nn.Module):
@@ -40,9 +84,9 @@ class MultipliedMatrix(nn.Module):
         if self.scale is not None:
             return w * (self.scale * f)
         if self.row is not None:  # the fixed factor rides on the smallest tensor it can
-            w, f = w * (self.row * f).unsqueeze(1), 1.0
+            return row_col_scaled(w, self.row * f, self.col)
         if self.col is not None:
-            w, f = w * (self.col * f).unsqueeze(0), 1.0
+            return row_col_scaled(w, None, self.col * f)
         return w if f == 1.0 else w * f
 
     @torch.no_grad()

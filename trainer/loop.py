@@ -147,21 +147,9 @@ def train(cfg: TrainConfig, report: Report | None = None, checkpoint_dir: str | 
         if not math.isfinite(loss) or loss > cfg.divergence_factor * t.initial_loss:
             status, diverged_at = "diverged", t.step
         if status == "diverged" or t.step % cfg.eval_interval == 0 or t.step == cfg.steps:
-            metrics = {"step": t.step, "tokens": t.step * cfg.tokens_per_step,
-                       "train_loss": sum(interval_losses) / len(interval_losses),
-                       "lr": cfg.lr * lr_factor(t.step - 1, cfg),  # the base LR of the last step
-                       "grad_norm": grad_norm, "mult_grad_norm": mult_norm}
-            tokens_per_s = len(interval_losses) * cfg.tokens_per_step / max(interval_time, 1e-9)
-            metrics.update(tokens_per_s=tokens_per_s, flops=t.flops_per_token * metrics["tokens"],
-                           elapsed_s=t.elapsed + time.perf_counter() - segment_start)
-            if t.peak:
-                metrics["mfu"] = tokens_per_s * t.flops_per_token / t.peak
-            if status == "diverged":
-                metrics["val_loss"] = float("nan")
-            else:
-                metrics["val_loss"], acts = t.evaluate()
-                metrics.update({f"act/{k}": v for k, v in acts.items()})
-            metrics.update(layer_stats(t.model))
+            metrics = report_metrics(t, interval_losses, interval_time, grad_norm, mult_norm,
+                                     t.elapsed + time.perf_counter() - segment_start,
+                                     None if status == "diverged" else t.evaluate)
             last = status == "diverged" or t.step == cfg.steps
             if last:
                 metrics.update(final_metrics(t, metrics, status, diverged_at))
@@ -181,6 +169,30 @@ def train(cfg: TrainConfig, report: Report | None = None, checkpoint_dir: str | 
 
     final = t.history[-1]
     return TrainResult(status, final, multiplier_table(t.model), t.history)
+
+
+def report_metrics(t: Trainer, losses: list[float], seconds: float, grad_norm: float, mult_norm: float,
+                   elapsed_s: float, evaluate: Callable[[], tuple[float, dict]] | None) -> dict:
+    """One report's metrics (docs/CONTRACTS.md) at step t.step, after the steps whose train
+    losses are `losses` took `seconds`; `evaluate` gives (val_loss, activations), None once the
+    run diverged. `t` needs cfg, step, flops_per_token, peak and model (the fused trainer
+    passes one member)."""
+    cfg = t.cfg
+    metrics = {"step": t.step, "tokens": t.step * cfg.tokens_per_step,
+               "train_loss": sum(losses) / len(losses),
+               "lr": cfg.lr * lr_factor(t.step - 1, cfg),  # the base LR of the last step
+               "grad_norm": grad_norm, "mult_grad_norm": mult_norm}
+    tokens_per_s = len(losses) * cfg.tokens_per_step / max(seconds, 1e-9)
+    metrics.update(tokens_per_s=tokens_per_s, flops=t.flops_per_token * metrics["tokens"], elapsed_s=elapsed_s)
+    if t.peak:
+        metrics["mfu"] = tokens_per_s * t.flops_per_token / t.peak
+    if evaluate is None:
+        metrics["val_loss"] = float("nan")
+    else:
+        metrics["val_loss"], acts = evaluate()
+        metrics.update({f"act/{k}": v for k, v in acts.items()})
+    metrics.update(layer_stats(t.model))
+    return metrics
 
 
 def final_metrics(t: Trainer, last: dict, status: str, diverged_at: int | None) -> dict:
