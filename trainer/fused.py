@@ -30,7 +30,7 @@ from .config import ConfigError, TrainConfig, UserError
 from .data import Batches, load_tokens
 from .estimate import flops_per_token
 from .fused_model import FusedGPT, runs
-from .loop import Report, TrainResult, _print_progress, final_metrics, peak_flops, pick_device, report_metrics
+from .loop import Report, Trainer, TrainResult, _print_progress, final_metrics, peak_flops, pick_device, report_metrics
 from .model import GPT
 from .optim import Optimizers, lr_factor
 from .stats import multiplier_table
@@ -219,7 +219,7 @@ class StackedAdamW:
 @dataclass
 class Member:
     """One member's own state. Its fields are those of loop.Trainer that the shared trainer
-    code reads (report_metrics, final_metrics, save_checkpoint, load_checkpoint): `model` and
+    code reads (report_metrics, final_metrics, Trainer.state_dict / load_state_dict): `model` and
     `opt` are a single GPT and its Optimizers, holding the member's slice of the pack whenever
     it is reported or checkpointed."""
     cfg: TrainConfig
@@ -317,7 +317,7 @@ class FusedTrainer:
                 adam.state[ps[k]] = {"step": torch.tensor(float(self.opt.steps)),
                                      "exp_avg": exp_avg[k].clone(), "exp_avg_sq": exp_avg_sq[k].clone()}
         try:
-            return save_checkpoint(directory, m)
+            return save_checkpoint(directory, m.step, Trainer.state_dict(m))  # the single-model format
         finally:
             adam.state.clear()
 
@@ -331,7 +331,7 @@ class FusedTrainer:
             raise UserError(f"members {missing} have no checkpoint to resume from while the others do; "
                             "a pack resumes together (start the pack afresh, or leave those members out)")
         for m, path in zip(self.members, paths):
-            load_checkpoint(path, m)
+            Trainer.load_state_dict(m, load_checkpoint(path, m.cfg))
         steps = {m.step for m in self.members}
         if len(steps) != 1:
             raise UserError(f"the members' checkpoints are at different steps {[m.step for m in self.members]} "
