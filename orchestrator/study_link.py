@@ -16,7 +16,6 @@ def _same(a, b) -> bool:
 
 
 
-
 class StudyRunLinker(tune.Callback):
     """Driver-side, after the MLflow tracking callback (it creates the child run on trial start):
     finds the study's RUNNING trial whose params are this Tune trial's sampled values and sets
@@ -30,7 +29,14 @@ class StudyRunLinker(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         rec = self.tracking.records.get(trial.trial_id)
-        if rec is None or rec.child is None:
+        if rec is None:
+            return
+        # the child run is created by the tracking callback's outbox: link once it exists
+        config = dict(trial.config)
+        self.tracking.after_writes(lambda: self._link(config, rec))
+
+    def _link(self, config: dict, rec) -> None:
+        if rec.child is None:
             return
         try:
             import optuna
@@ -41,7 +47,7 @@ class StudyRunLinker(tune.Callback):
                 self._study = optuna.load_study(study_name=self.study_name, storage=open_storage(self.study_url))
             running = self._study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
             for ot in running:
-                if ot.params and all(_same(trial.config.get(k), v) for k, v in ot.params.items()):
+                if ot.params and all(_same(config.get(k), v) for k, v in ot.params.items()):
                     if ot.user_attrs.get("mlflow_run_id") != rec.child.run_id:
                         self._study._storage.set_trial_user_attr(ot._trial_id, "mlflow_run_id", rec.child.run_id)
                     return

@@ -412,6 +412,11 @@ class MlflowTrackingCallback(tune.Callback):
         else:
             self.outbox.put(fn)
 
+    def after_writes(self, fn: Callable[[], object]) -> None:
+        """Run `fn` once the MLflow writes queued so far are done (a trial's child run then
+        exists): other callbacks that need a run id go through here, in the outbox's order."""
+        self._send(fn)
+
     def record(self, tune_trial) -> TrialRecord:
         rec = self.records.get(tune_trial.trial_id)
         if rec is None:
