@@ -28,7 +28,8 @@ from .stats import loglog_fit
 STATS = ("scalar", "row_rms", "col_rms", "row_mean", "col_mean")
 PREDICTIONS = {"head": -1.0, "attn_q·attn_k": -2.0}
 HEAD_TOTAL = "head total"   # final-norm weight × effective head RMS (multiplier × matrix)
-HEAD_TOTAL_COLUMNS = {"eff_rms/head", "norm/final_norm/mean"}
+FINAL_NORM = "norm/final_norm/mean"   # the head's column multiplier in the paper's placement
+HEAD_EFF_RMS = "eff_rms/head"
 
 
 def fit_multipliers(trials: pd.DataFrame, *, size: str = "d_model", hp: str = "lr", loss: str = "final_val_loss",
@@ -71,13 +72,13 @@ def role_series(frame: pd.DataFrame) -> dict[str, np.ndarray]:
             qk = block_product(frame, "attn_q", "attn_k", stat)
             if qk is not None:
                 series["attn_q·attn_k" + suffix] = qk
-    if "head" not in series and "norm/final_norm/mean" in frame.columns:
-        series["head"] = np.abs(frame["norm/final_norm/mean"].to_numpy(dtype=float))
-    if HEAD_TOTAL_COLUMNS <= set(frame.columns):
-        # µP's d⁻¹ is for the head's entries at a width-independent matrix scale: when the stored head
-        # matrix itself shrinks with width, only the product of all its scales compares with it
-        series[HEAD_TOTAL] = (np.abs(frame["norm/final_norm/mean"].to_numpy(dtype=float))
-                              * frame["eff_rms/head"].to_numpy(dtype=float))
+    if FINAL_NORM in frame.columns:
+        final_norm = np.abs(frame[FINAL_NORM].to_numpy(dtype=float))
+        series.setdefault("head", final_norm)
+        if HEAD_EFF_RMS in frame.columns:
+            # µP's d⁻¹ is for the head's entries at a width-independent matrix scale: when the stored
+            # head matrix itself shrinks with width, only the product of all its scales compares
+            series[HEAD_TOTAL] = final_norm * frame[HEAD_EFF_RMS].to_numpy(dtype=float)
     return {k: v for k, v in series.items() if np.isfinite(v).any()}
 
 
@@ -104,9 +105,9 @@ def _fit_group(group: dict, runs: pd.DataFrame, size: str, level: float) -> dict
 
 def _source(name: str, runs: pd.DataFrame) -> str:
     if name == HEAD_TOTAL:
-        return "norm/final_norm/mean × eff_rms/head (the head's whole scale)"
+        return f"{FINAL_NORM} × {HEAD_EFF_RMS} (the head's whole scale)"
     if name == "head" and not any(c.startswith("mult/head/") for c in runs.columns):
-        return "norm/final_norm/mean (the head's column multiplier)"
+        return f"{FINAL_NORM} (the head's column multiplier)"
     return "mult/... metrics"
 
 

@@ -31,17 +31,22 @@ GROUP_OF_ROLE = {"embedding": "emb", "head": "head"}   # every other matrix role
 POOLED = "all swept matrices"
 
 
+def group_lr_wd(runs: pd.DataFrame, group: str) -> tuple[np.ndarray, np.ndarray]:
+    """(η, λ) of a parameter group per run: the base lr and weight_decay times its multipliers."""
+    return (_column(runs, "lr") * _column(runs, f"lr_mult_{group}", 1.0),
+            _column(runs, "weight_decay") * _column(runs, f"wd_mult_{group}", 1.0))
+
+
 def group_ratio(runs: pd.DataFrame, group: str) -> np.ndarray:
     """η/λ of a parameter group per run (NaN where λ = 0)."""
-    lr = _column(runs, "lr") * _column(runs, f"lr_mult_{group}", 1.0)
-    wd = _column(runs, "weight_decay") * _column(runs, f"wd_mult_{group}", 1.0)
+    lr, wd = group_lr_wd(runs, group)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(wd > 0, lr / wd, np.nan)
 
 
 def group_product(runs: pd.DataFrame, group: str) -> np.ndarray:
-    return (_column(runs, "lr") * _column(runs, f"lr_mult_{group}", 1.0)
-            * _column(runs, "weight_decay") * _column(runs, f"wd_mult_{group}", 1.0))
+    lr, wd = group_lr_wd(runs, group)
+    return lr * wd
 
 
 def _column(runs: pd.DataFrame, name: str, default: float | None = None) -> np.ndarray:
