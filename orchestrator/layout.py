@@ -21,7 +21,7 @@ TAG_ERROR = "scalelab.error"
 TAG_MODE = "scalelab.mode"
 TAG_LABEL = "scalelab.label"
 TAG_LOGGED_STEP = "scalelab.logged_step"
-TAG_OWNER = "scalelab.owner"                 # the `scalelab run` holding the trial: "host:pid:id"
+TAG_OWNER = "scalelab.owner"                 # "host:pid:id" of the `scalelab run` holding the trial (search: the parent)
 TAG_HEARTBEAT = "scalelab.heartbeat"          # epoch ms its owner last renewed the claim; 0 = released
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"

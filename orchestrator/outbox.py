@@ -103,7 +103,7 @@ class Outbox:
             except Exception as err:  # noqa: BLE001 - any failure: keep the write, try again
                 refused = refused + 1 if _refused(err) else 0
                 if refused >= REFUSED_TRIES:  # the server answers "no" (4xx): retrying cannot help
-                    self._tell(f"warning: MLflow refused a write {refused} times, skipped it: {err}")
+                    self.tell(f"warning: MLflow refused a write {refused} times, skipped it: {err}")
                     refused = 0
                     with self._cv:
                         self._items.popleft()
@@ -113,10 +113,10 @@ class Outbox:
                 self.last_error = (str(err).strip().splitlines() or [type(err).__name__])[-1][:200]
                 if self.down_since is None:
                     self.down_since, last_note = now, now
-                    self._tell(self.note())
+                    self.tell(self.note())
                 elif now - last_note >= NOTE_EVERY_S:
                     last_note = now
-                    self._tell(self.note())
+                    self.tell(self.note())
                 if now - self.down_since >= self.grace_s and not self.expired:
                     self.expired = True
                     with self._cv:
@@ -132,9 +132,9 @@ class Outbox:
                 self.down_since = None
                 self._cv.notify_all()
             if back:
-                self._tell(f"MLflow reachable again; sending {self.pending} queued report(s)")
+                self.tell(f"MLflow reachable again; sending {self.pending} queued report(s)")
 
-    def _tell(self, text: str) -> None:
+    def tell(self, text: str) -> None:
         if self.on_change and text:
             try:
                 self.on_change(text)

@@ -138,7 +138,7 @@ def _run_sweep(spec, opts: RunOptions) -> SweepSummary:
         outbox = Outbox(grace_seconds(opts.tracking_grace),
                         on_change=lambda note: print(f"[{spec.name}] {note}", file=opts.out, flush=True))
         try:
-            with Heartbeat(tracker, [t.hash for t in getattr(mode, "pending", [])]):
+            with Heartbeat(tracker, list(tracker.claimed)):
                 summary.interrupted = _execute(spec, mode, tracker, where, opts, outbox)
                 if not outbox.drain(tick=lambda note: print(f"[{spec.name}] trials done; {note}",
                                                             file=opts.out, flush=True)):
@@ -157,14 +157,14 @@ def _run_sweep(spec, opts: RunOptions) -> SweepSummary:
 
 
 class Heartbeat:
-    """Renews this invocation's claims while its trials run (a thread on the driver) and
-    releases them at the end, so another `scalelab run` may take them at once.
-    A claim whose owner died expires after the lease (SCALELAB_LEASE_S)."""
+    """Renews this invocation's claims (runs: its trials', or a search sweep's parent) while its
+    trials run (a thread on the driver) and releases them at the end, so another `scalelab run`
+    may take them at once. A claim whose owner died expires after the lease (SCALELAB_LEASE_S)."""
 
-    def __init__(self, tracker: SweepTracker, hashes: list[str]):
+    def __init__(self, tracker: SweepTracker, run_ids: list[str]):
         import threading
 
-        self.tracker, self.hashes = tracker, hashes
+        self.tracker, self.run_ids = tracker, run_ids
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="scalelab-heartbeat", daemon=True)
 
@@ -175,17 +175,19 @@ class Heartbeat:
         warned: set[str] = set()
         while not self.stop.wait(interval):
             try:
-                lost = set(self.tracker.heartbeat(self.hashes)) - warned
+                lost = set(self.tracker.heartbeat(self.run_ids)) - warned
             except Exception:  # noqa: BLE001 - tracking down: the claim may lapse, training goes on
                 continue
             if lost:
                 warned |= lost
-                print(f"[{self.tracker.sweep}] warning: {len(lost)} trial claim(s) lapsed (no heartbeat "
-                      "reached MLflow for a whole lease) and another scalelab run took them over",
-                      file=sys.stderr, flush=True)
+                what = ("the sweep's claim" if self.tracker.parent_id in lost
+                        else f"{len(lost)} trial claim(s)")
+                print(f"[{self.tracker.sweep}] warning: {what} lapsed (no heartbeat reached MLflow for a whole "
+                      "lease) and another scalelab run took it over; this run sends no more results of them to "
+                      "MLflow (they stay in the trials' journals)", file=sys.stderr, flush=True)
 
     def __enter__(self):
-        if self.hashes:
+        if self.run_ids:
             self.thread.start()
         return self
 
@@ -194,8 +196,7 @@ class Heartbeat:
         if self.thread.is_alive():
             self.thread.join(timeout=30)
         try:
-            self.tracker.refresh()
-            self.tracker.heartbeat(self.hashes, release=True)  # failed or interrupted ones too
+            self.tracker.heartbeat(self.run_ids, release=True)  # failed or interrupted ones too
         except Exception:  # noqa: BLE001 - unreachable: the claims expire after the lease instead
             pass
         return False

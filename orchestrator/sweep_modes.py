@@ -156,25 +156,46 @@ class SearchSweep:
     def plan_run(self, tracker, done: dict[str, str], out: TextIO) -> None:
         """Owed: num_samples minus this sweep's samples with a result (`done` does not count:
         other sweeps' runs were not drawn by this study)."""
+        self._count(tracker)
+        print(f"[{self.name}] search: {len(self.known)} of {self.search.num_samples} samples done, {self.to_run} "
+              f"to run (study {self.search.study_name!r} at {self.study_url})", file=out, flush=True)
+
+    def _count(self, tracker) -> None:
         s = self.search
         done_runs = [r for r in tracker.child_runs() if r.data.tags.get(TAG_OUTCOME) in DONE_OUTCOMES]
         self.known = {r.data.tags[TAG_HASH]: r.data.metrics.get(s.metric) for r in done_runs}
         self.to_run = max(0, s.num_samples - len(self.known))
-        note = ""
-        if self.to_run:
-            from .search import make_searcher
 
-            self.searcher, requeued = make_searcher(s, self.study_url)
-            note = f", {requeued} interrupted sample(s) re-queued" if requeued else ""
-        print(f"[{self.name}] search: {len(self.known)} of {s.num_samples} samples done, {self.to_run} to run "
-              f"(study {s.study_name!r} at {self.study_url}{note})", file=out, flush=True)
+    def claim(self, tracker, out: TextIO) -> None:
+        """A search sweep is one stream of samples from one study: the invocation that runs it
+        claims the whole sweep (tracker.claim_sweep) before it opens the study (which re-queues
+        the samples a dead run left RUNNING). While another live `scalelab run` holds it, this
+        one runs nothing and says who holds it."""
+        if not self.to_run:
+            return
+        holder = tracker.claim_sweep()
+        if holder:
+            self.to_run = 0
+            print(f"[{self.name}] search sweep held by another scalelab run ({holder}): no samples run now; "
+                  "wait for it, or run the same command again after it ends (a dead run's claim expires "
+                  "after its lease)", file=out, flush=True)
+            return
+        before = len(self.known)
+        self._count(tracker)  # the previous holder may have finished samples since plan_run
+        if len(self.known) != before:
+            print(f"[{self.name}] {len(self.known) - before} sample(s) got a result meanwhile; "
+                  f"{self.to_run} to run", file=out, flush=True)
+        if not self.to_run:
+            return
+        from .search import make_searcher
+
+        self.searcher, requeued = make_searcher(self.search, self.study_url)
+        if requeued:
+            print(f"[{self.name}] {requeued} interrupted sample(s) re-queued", file=out, flush=True)
 
     @staticmethod
     def trial_dirname(tune_trial) -> str:
         return tune_trial.trial_id
-
-    def claim(self, tracker, out: TextIO) -> None:
-        """Search samples are drawn while the sweep runs: no claims up front (docs: README)."""
 
     def outcomes(self, tracker) -> dict[str, str]:
         return {h: child.outcome for h, child in tracker.children.items() if child.outcome}

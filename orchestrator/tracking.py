@@ -12,8 +12,12 @@ identical rows (which the SQL store ignores); the tag `scalelab.logged_step` rec
 step fully written so replays after a resume are skipped outright.
 
 Before a grid sweep runs, `SweepTracker.claim` records in each pending trial's run which `scalelab
-run` holds it (owner + heartbeat tags), so concurrent invocations never run one trial twice; the
-callback's writes go through `outbox.Outbox`, so an MLflow outage never stalls training.
+run` holds it (owner + heartbeat tags), so concurrent invocations never run one trial twice; a
+search sweep is claimed as a whole, on its parent run (`SweepTracker.claim_sweep`). The
+callback's writes go through `outbox.Outbox`, so an MLflow outage never stalls training, and
+each write first checks that the claim covering its trial is still this invocation's
+(`SweepTracker.taken_over`): a claim that lapsed during an outage and was taken over gets no more
+writes from here.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -48,6 +53,12 @@ DEFAULT_LEASE_S = 180.0
 # After creating or taking over runs, wait this long before re-reading them: longer than a run's
 # start time (stamped by the client) can precede its commit, so every older rival is visible.
 CLAIM_SETTLE_S = 2.0
+
+# (owner, run id) -> epoch ms of our last claim write on that run known to hold, and -> the owner
+# that took the run over from us. Module-level: Tune works on copies of the tracker, and the
+# heartbeat thread's tracker and the callback's copy must agree.
+_RENEWED: dict[tuple[str, str], int] = {}
+_TAKEN: dict[tuple[str, str], str] = {}
 
 
 def lease_seconds() -> float:
@@ -76,6 +87,11 @@ def owner_is_dead(owner: str) -> bool:
     except (PermissionError, ValueError):
         return False
     return False
+
+
+def held_by_other(owner: str, heartbeat_ms: int, me: str, now_ms: int, lease_s: float) -> bool:
+    """A claim (owner + heartbeat tags of a run) that a live invocation other than `me` holds."""
+    return bool(owner) and owner != me and now_ms - heartbeat_ms < lease_s * 1000 and not owner_is_dead(owner)
 
 
 # --- small helpers ------------------------------------------------------------------------
@@ -129,8 +145,7 @@ class ChildRun:
     heartbeat_ms: int = 0          # TAG_HEARTBEAT
 
     def held_by_other(self, me: str, now_ms: int, lease_s: float) -> bool:
-        return (bool(self.owner) and self.owner != me and now_ms - self.heartbeat_ms < lease_s * 1000
-                and not owner_is_dead(self.owner))
+        return held_by_other(self.owner, self.heartbeat_ms, me, now_ms, lease_s)
 
 
 # --- the tracker ------------------------------------------------------------------------------
@@ -144,6 +159,8 @@ class SweepTracker:
         self.tracking_uri, self.sweep, self.mode = tracking_uri, sweep, mode
         self.code_version = code_version()
         self.owner = new_owner_id()
+        self.claimed: list[str] = []      # run ids this invocation claimed (trials, or the parent)
+        self.sweep_claimed = False        # the claim is on the parent run (search sweeps)
         with sqlite_lock(tracking_uri):  # MLflow creates a new database's schema with its client
             self.client = MlflowClient(tracking_uri=tracking_uri)
             self.experiment_id = self._experiment_id(experiment)
@@ -252,25 +269,103 @@ class SweepTracker:
                 done.append(trial)
             elif child.owner == self.owner:
                 mine.append(trial)
+                self._held_since(child.run_id, now)
             else:
                 held[trial.hash] = child.owner
         return mine, held, done
 
-    def heartbeat(self, hashes: Iterable[str], release: bool = False) -> list[str]:
-        """Renew (or release: heartbeat 0) this invocation's claims on the given trials; returns
-        the hashes whose claim another invocation took over meanwhile (ours had lapsed)."""
+    def claim_sweep(self) -> str | None:
+        """Claim the whole sweep on its parent run (search sweeps: one stream of samples from one
+        study, which one invocation draws): None when this invocation holds it now, else the
+        owner of the live claim that another invocation holds. Same tags, lease and race rule as
+        a trial's claim: under the SQLite lock, or write, wait CLAIM_SETTLE_S and re-read (the
+        last claim written holds)."""
+        with sqlite_lock(self.tracking_uri):
+            tags = self._tags(self.parent_id)
+            owner = tags.get(TAG_OWNER, "")
+            if held_by_other(owner, int(tags.get(TAG_HEARTBEAT) or 0), self.owner, int(time.time() * 1000),
+                             lease_seconds()):
+                return owner
+            if not self._take(self.parent_id):
+                return self._tags(self.parent_id).get(TAG_OWNER, "")
+        self.sweep_claimed = True
+        return None
+
+    def _tags(self, run_id: str) -> dict[str, str]:
+        return self.client.get_run(run_id).data.tags
+
+    def _held_since(self, run_id: str, now_ms: int) -> None:
+        _RENEWED[(self.owner, run_id)] = now_ms
+        if run_id not in self.claimed:
+            self.claimed.append(run_id)
+
+    def _take(self, run_id: str, settle: bool = True) -> bool:
+        """Write our claim on `run_id`; with `settle`, wait until rival writes are stored (server)
+        and re-read: True when the claim is ours. The caller holds the SQLite lock."""
+        now = int(time.time() * 1000)
+        self._claim_tags(run_id, now)
+        if settle:
+            if sqlite_path(self.tracking_uri) is None:
+                time.sleep(CLAIM_SETTLE_S)
+            if self._tags(run_id).get(TAG_OWNER) != self.owner:
+                return False
+        self._held_since(run_id, now)
+        return True
+
+    def _renew(self, run_id: str) -> str | None:
+        """Renew our claim on `run_id`: None while it is ours, else the owner who took it over.
+        A claim renewed less than half a lease ago cannot have been taken (nobody takes one
+        before a whole lease without renewal): its heartbeat is just written. An older one may
+        have lapsed (MLflow unreachable meanwhile), and a rival may be writing its own claim
+        right now: it is taken again by the full rule (_take with settle), unless another owner
+        is already on it; once taken over, a claim stays lost."""
+        key = (self.owner, run_id)
+        if key in _TAKEN:
+            return _TAKEN[key]
+        with sqlite_lock(self.tracking_uri):
+            owner = self._tags(run_id).get(TAG_OWNER, "")
+            fresh = time.time() * 1000 - _RENEWED.get(key, 0) < lease_seconds() * 500
+            if owner == self.owner and self._take(run_id, settle=not fresh):
+                return None
+            if owner == self.owner:
+                owner = self._tags(run_id).get(TAG_OWNER, "")
+        _TAKEN[key] = owner
+        return owner
+
+    def claim_run(self, trial_hash: str | None) -> str | None:
+        """The run whose claim covers `trial_hash` in this invocation: the parent when the sweep is
+        claimed as a whole, else the trial's run if this invocation claimed it; None if none."""
+        if self.sweep_claimed:
+            return self.parent_id
+        child = self.children.get(trial_hash) if trial_hash else None
+        return child.run_id if child is not None and child.run_id in self.claimed else None
+
+    def taken_over(self, trial_hash: str | None) -> str | None:
+        """Before writing a trial's results: None while this invocation still holds the claim
+        covering it (or it has none), else the owner of the `scalelab run` that took it over.
+        Costs no call to MLflow while the claim was renewed within half a lease."""
+        run_id = self.claim_run(trial_hash)
+        if run_id is None:
+            return None
+        key = (self.owner, run_id)
+        if key not in _TAKEN and time.time() * 1000 - _RENEWED.get(key, 0) < lease_seconds() * 500:
+            return None
+        return self._renew(run_id)
+
+    def heartbeat(self, run_ids: Iterable[str] | None = None, release: bool = False) -> list[str]:
+        """Renew (or release: heartbeat 0) this invocation's claims on the given runs (default:
+        all it claimed); returns the run ids whose claim another invocation took over meanwhile
+        (ours had lapsed)."""
         from mlflow.entities import RunTag
 
-        now = 0 if release else int(time.time() * 1000)
         lost = []
-        for trial_hash in hashes:
-            child = self.children.get(trial_hash)
-            if child is None or child.owner != self.owner:
-                continue
-            if self.client.get_run(child.run_id).data.tags.get(TAG_OWNER) != self.owner:
-                lost.append(trial_hash)
-                continue
-            self.client.log_batch(child.run_id, tags=[RunTag(TAG_HEARTBEAT, str(now))], synchronous=True)
+        for run_id in list(self.claimed if run_ids is None else run_ids):
+            if release:
+                if self._tags(run_id).get(TAG_OWNER) == self.owner:
+                    self.client.log_batch(run_id, tags=[RunTag(TAG_HEARTBEAT, "0")], synchronous=True)
+                _RENEWED.pop((self.owner, run_id), None)
+            elif self._renew(run_id) is not None:
+                lost.append(run_id)
         return lost
 
     def refresh(self) -> None:
@@ -389,6 +484,7 @@ class TrialRecord:
     child: ChildRun | None          # set once its run is started (by the outbox's thread)
     attempts: int = 0
     tracked: bool = False           # False for an invalid point or a sampled point already known
+    taken_by: str = ""              # the scalelab run that took this trial's claim over: no more writes
 
 
 class MlflowTrackingCallback(tune.Callback):
@@ -397,7 +493,11 @@ class MlflowTrackingCallback(tune.Callback):
     `resolve(config)` maps a Tune trial's config to its scalelab Trial; `known` holds the hashes
     that already have a result (their trials only replay it and get no new run). With an
     `outbox` (orchestrator/outbox.py) every MLflow write is queued and sent, in order, by its
-    thread: Tune's loop, hence training, never waits for tracking."""
+    thread: Tune's loop, hence training, never waits for tracking. Each write of a trial first
+    checks that this invocation still holds the claim covering it (`SweepTracker.taken_over`);
+    once another `scalelab run` took it over (ours lapsed while MLflow was unreachable), the
+    trial's writes are dropped with one line: its run and outcome are the new owner's, and this
+    run's reports stay in the trial's journal."""
 
     def __init__(self, tracker: SweepTracker, resolve: Callable[[dict], Any],
                  n_params: Callable[[Any], int | None], known: set | None = None, outbox=None):
@@ -405,12 +505,42 @@ class MlflowTrackingCallback(tune.Callback):
         self.known = set(known or ())
         self.records: dict[str, TrialRecord] = {}
         self.outbox = outbox
+        self._told: set[str] = set()   # claims (run ids) whose loss was said
 
     def _send(self, fn: Callable[[], object]) -> None:
         if self.outbox is None:
             fn()
         else:
             self.outbox.put(fn)
+
+    def _send_for(self, rec: TrialRecord, fn: Callable[[], object]) -> None:
+        """Queue a write of `rec`'s trial, made only while this invocation holds its claim."""
+        def write():
+            if not rec.taken_by:
+                rec.taken_by = self.tracker.taken_over(rec.trial.hash) or ""
+                if rec.taken_by:
+                    self._tell_taken(rec)
+            if not rec.taken_by:
+                fn()
+        self._send(write)
+
+    def _tell_taken(self, rec: TrialRecord) -> None:
+        claim = self.tracker.claim_run(rec.trial.hash) or ""
+        if claim in self._told:
+            return
+        self._told.add(claim)
+        why = (f"taken over by another scalelab run ({rec.taken_by}): this run's claim lapsed (no heartbeat "
+               "reached MLflow for a whole lease)")
+        if claim == self.tracker.parent_id:
+            note = (f"sweep {why}; this run sends no more results to MLflow (the other run's are kept; "
+                    "this run's reports stay in each trial's journal, reports.jsonl)")
+        else:
+            note = (f"trial {rec.trial.label} {why}; its results from this run were not sent to MLflow (the "
+                    "other run's are kept; this run's reports stay in the trial's journal, reports.jsonl)")
+        if self.outbox is not None:
+            self.outbox.tell(note)
+        else:
+            print(f"[{self.tracker.sweep}] {note}", file=sys.stderr, flush=True)
 
     def after_writes(self, fn: Callable[[], object]) -> None:
         """Run `fn` once the MLflow writes queued so far are done (a trial's child run then
@@ -428,14 +558,14 @@ class MlflowTrackingCallback(tune.Callback):
 
                 def start(rec=rec, trial=trial):
                     rec.child = self.tracker.start_child(trial, self.n_params(trial))
-                self._send(start)
+                self._send_for(rec, start)
         return rec
 
     def on_trial_start(self, iteration, trials, trial, **info):
         rec = self.record(trial)
         rec.attempts += 1
         if rec.tracked and rec.attempts > 1:
-            self._send(lambda: self.tracker.client.update_run(rec.child.run_id, status="RUNNING"))
+            self._send_for(rec, lambda: self.tracker.client.update_run(rec.child.run_id, status="RUNNING"))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         rec = self.record(trial)
@@ -443,17 +573,17 @@ class MlflowTrackingCallback(tune.Callback):
         if not rec.tracked or "metrics" not in payload:
             return
         metrics, ts = payload["metrics"], int(payload["ts"])
-        self._send(lambda: self.tracker.log_report(rec.child, metrics, ts))
+        self._send_for(rec, lambda: self.tracker.log_report(rec.child, metrics, ts))
         if metrics.get("final"):
             outcome = metrics.get("status", "finished")
             multipliers = payload.get("multipliers") or []
-            self._send(lambda: self.tracker.finish_child(rec.child, outcome, multipliers=multipliers))
+            self._send_for(rec, lambda: self.tracker.finish_child(rec.child, outcome, multipliers=multipliers))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         rec = self.record(trial)
         if rec.tracked:
             error = trial_error_text(trial)
-            self._send(lambda: self.tracker.finish_child(rec.child, "failed", error=error))
+            self._send_for(rec, lambda: self.tracker.finish_child(rec.child, "failed", error=error))
 
 
 def trial_error_text(tune_trial) -> str:

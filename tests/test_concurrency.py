@@ -34,7 +34,7 @@ def test_claims_split_the_trials_and_expire_with_their_owner(tiny_sweep, trackin
     assert [t.hash for t in mine] == [trials[2].hash]
     assert set(held) == {t.hash for t in trials[:2]} and set(held.values()) == {a.owner}
 
-    a.heartbeat([trials[0].hash], release=True)   # A lets one go (e.g. it was interrupted)
+    a.heartbeat([a.children[trials[0].hash].run_id], release=True)   # A lets one go (e.g. it was interrupted)
     mine, held, _ = b.claim(trials[:2])
     assert [t.hash for t in mine] == [trials[0].hash] and set(held) == {trials[1].hash}
 
@@ -88,6 +88,136 @@ def test_simultaneous_claims_leave_one_run_per_hash(tiny_sweep, tracking_uri, mo
     assert sorted(r.data.tags[TAG_HASH] for r in runs) == sorted(t.hash for t in trials)
 
 
+def search_sweep(tiny_sweep, folder, name: str = "search-twice", num_samples: int = 3):
+    """The search sweep of tests/test_run_search.py (3 samples of lr, 2 at once)."""
+    return tiny_sweep(name, search={
+        "metric": "final_val_loss", "mode": "min", "num_samples": num_samples,
+        "storage": "sqlite:///" + str(folder / "optuna.db"), "study_name": "lr-study", "sampler_seed": 0,
+        "space": {"lr": {"log_uniform": [1e-3, 1e-2]}}}, concurrency=2)
+
+
+def test_a_search_sweep_is_claimed_as_a_whole(tiny_sweep, tracking_uri, tmp_path, monkeypatch):
+    """A search sweep's claim is on its parent run: one holder, released at the end, lapsed
+    after the lease when its owner stops renewing it."""
+    spec = load_sweep(search_sweep(tiny_sweep, tmp_path))
+    a = SweepTracker(tracking_uri, spec.experiment, spec.name, "search")
+    b = SweepTracker(tracking_uri, spec.experiment, spec.name, "search")
+    assert a.claim_sweep() is None and a.claimed == [a.parent_id]
+    assert b.claim_sweep() == a.owner and not b.sweep_claimed   # A holds it: B runs nothing
+    assert a.heartbeat() == []                                    # A renews it
+    a.heartbeat(release=True)                                     # A ends
+    assert b.claim_sweep() is None
+
+    monkeypatch.setenv(tracking.LEASE_ENV, "0.5")                 # B dies: its claim lapses
+    import time
+    time.sleep(0.6)
+    c = SweepTracker(tracking_uri, spec.experiment, spec.name, "search")
+    assert c.claim_sweep() is None
+    assert b.heartbeat() == [b.parent_id]                         # B comes back: taken over
+
+
+@pytest.mark.parametrize("settle_only", [False, True], ids=["sqlite-lock", "settle-rule"])
+def test_simultaneous_search_claims_have_one_winner(tiny_sweep, tracking_uri, tmp_path, monkeypatch, settle_only):
+    if settle_only:
+        from contextlib import nullcontext
+        monkeypatch.setattr(tracking, "sqlite_lock", lambda uri: nullcontext())
+        monkeypatch.setattr(tracking, "sqlite_path", lambda uri: None)
+    spec = load_sweep(search_sweep(tiny_sweep, tmp_path))
+    trackers = [SweepTracker(tracking_uri, spec.experiment, spec.name, "search") for _ in range(3)]
+    results, barrier = {}, threading.Barrier(3)
+
+    def claim(tracker):
+        barrier.wait()
+        results[tracker.owner] = tracker.claim_sweep()
+
+    threads = [threading.Thread(target=claim, args=(t,)) for t in trackers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [owner for owner, holder in results.items() if holder is None]
+    assert len(winners) == 1, results
+    assert all(holder == winners[0] for holder in results.values() if holder is not None), results
+
+
+# --- lapsed claims: the first owner's queued writes after MLflow returns --------------------------
+
+class FakeTuneTrial:
+    def __init__(self, trial_id: str, config: dict):
+        self.trial_id, self.config, self.error_file = trial_id, config, None
+
+
+def report(step: int, loss: float, final: bool = False) -> dict:
+    from orchestrator.trainable import REPORT_KEY
+
+    metrics = {"step": step, "val_loss": loss, **({"final": True, "status": "finished"} if final else {})}
+    return {REPORT_KEY: {"metrics": metrics, "ts": 1_700_000_000_000 + step}}
+
+
+def send_trial(callback, tune_trial, loss: float) -> None:
+    """What Tune tells the callback of one trial that trains to the end (writes sent at once)."""
+    callback.on_trial_start(0, [], tune_trial)
+    callback.on_trial_result(0, [], tune_trial, report(10, loss))
+    callback.on_trial_result(0, [], tune_trial, report(20, loss, final=True))
+
+
+@pytest.mark.parametrize("mode", ["grid", "search"])
+def test_writes_after_a_lapsed_claim_was_taken_over_are_dropped(mode, tiny_sweep, tracking_uri, tmp_path,
+                                                                 monkeypatch, capsys):
+    """A holds the trial (grid) or the sweep (search); its heartbeats do not reach MLflow for a
+    whole lease and B takes the claim over and runs the trial. When A's queued reports are sent
+    later, none of them reaches MLflow: no second run of the hash, B's reports, outcome and claim
+    stay, and A says in one line that the trial was taken over."""
+    from orchestrator.tracking import MlflowTrackingCallback
+
+    spec = load_sweep(search_sweep(tiny_sweep, tmp_path) if mode == "search"
+                      else tiny_sweep("lapse", grid={"lr": [0.01]}))
+    trial = spec.resolve({"lr": 0.004}) if mode == "search" else spec.trials()[0]
+    a = SweepTracker(tracking_uri, spec.experiment, spec.name, mode)
+    b = SweepTracker(tracking_uri, spec.experiment, spec.name, mode)
+
+    def claim(tracker):
+        return tracker.claim_sweep() is None if mode == "search" else bool(tracker.claim([trial])[0])
+
+    assert claim(a)
+    monkeypatch.setenv(tracking.LEASE_ENV, "0.5")   # A is cut off from MLflow for a whole lease
+    import time
+    time.sleep(0.6)
+    assert claim(b)
+    send_trial(MlflowTrackingCallback(b, lambda config: trial, lambda t: None), FakeTuneTrial("b1", {}), loss=2.0)
+
+    send_trial(MlflowTrackingCallback(a, lambda config: trial, lambda t: None), FakeTuneTrial("a1", {}), loss=9.0)
+
+    runs = [r for r in trial_runs(tracking_uri, spec.experiment) if r.data.tags[TAG_HASH] == trial.hash]
+    assert len(runs) == 1                                              # no second run of the hash
+    run = MlflowClient(tracking_uri=tracking_uri).get_run(runs[0].info.run_id)
+    assert run.data.tags["scalelab.outcome"] == "finished" and run.info.status == "FINISHED"
+    assert run.data.metrics["val_loss"] == 2.0                         # B's reports, not A's
+    claim_run = b.parent_id if mode == "search" else run.info.run_id
+    assert MlflowClient(tracking_uri=tracking_uri).get_run(claim_run).data.tags[TAG_OWNER] == b.owner
+    err = capsys.readouterr().err
+    assert err.count("taken over by another scalelab run") == 1 and b.owner in err, err
+    assert "journal" in err
+
+
+def test_a_claim_that_lapsed_but_was_not_taken_is_kept(tiny_sweep, tracking_uri, monkeypatch, capsys):
+    """A's heartbeats missed a whole lease but nobody claimed the trial meanwhile: A takes its
+    claim again (full rule) and its queued writes go through."""
+    from orchestrator.tracking import MlflowTrackingCallback
+
+    spec = load_sweep(tiny_sweep("lapse-kept", grid={"lr": [0.01]}))
+    trial = spec.trials()[0]
+    a = SweepTracker(tracking_uri, spec.experiment, spec.name, "grid")
+    assert a.claim([trial])[0]
+    monkeypatch.setenv(tracking.LEASE_ENV, "0.5")
+    import time
+    time.sleep(0.6)
+    send_trial(MlflowTrackingCallback(a, lambda config: trial, lambda t: None), FakeTuneTrial("a1", {}), loss=3.0)
+    (run,) = trial_runs(tracking_uri, spec.experiment)
+    assert run.data.tags["scalelab.outcome"] == "finished" and run.data.metrics["val_loss"] == 3.0
+    assert run.data.tags[TAG_OWNER] == a.owner and "taken over" not in capsys.readouterr().err
+
+
 # --- real processes ----------------------------------------------------------------------------
 
 def scalelab_run(sweep, uri: str, storage, log) -> "subprocess.Popen":
@@ -105,6 +235,25 @@ def scalelab_run(sweep, uri: str, storage, log) -> "subprocess.Popen":
                             start_new_session=True)
 
 
+def run_twice(sweep, uri: str, storage, stagger: float, logs_dir) -> tuple[list[int], list[str]]:
+    """Two `scalelab run` of `sweep`, the second `stagger` seconds after the first: their exit
+    codes and logs."""
+    import os
+    import signal
+    import time
+
+    first = scalelab_run(sweep, uri, storage, logs_dir / "a.log")
+    time.sleep(stagger)
+    second = scalelab_run(sweep, uri, storage, logs_dir / "b.log")
+    try:
+        codes = [first.wait(timeout=240), second.wait(timeout=240)]
+    finally:
+        for proc in (first, second):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    return codes, [(logs_dir / n).read_text() for n in ("a.log", "b.log")]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("store,stagger", [("sqlite", 0.0), ("server", 3.0)])
@@ -113,24 +262,12 @@ def test_two_runs_of_one_sweep_at_once_make_one_run_per_trial(store, stagger, tm
     schema race) or a few seconds apart (server): both exit 0, each trial has one child run,
     finished once, and one writer of its journal."""
     import json
-    import time
 
     uri = (request.getfixturevalue("mlflow_server") if store == "server"
            else "sqlite:///" + str(tmp_path / "new.db"))
     sweep = tiny_sweep("twice", grid={"lr": [0.01, 0.02, 0.03]})
     storage = tmp_path / "store"
-    first = scalelab_run(sweep, uri, storage, tmp_path / "a.log")
-    time.sleep(stagger)
-    second = scalelab_run(sweep, uri, storage, tmp_path / "b.log")
-    try:
-        codes = [first.wait(timeout=240), second.wait(timeout=240)]
-    finally:
-        for proc in (first, second):
-            if proc.poll() is None:
-                import os
-                import signal
-                os.killpg(proc.pid, signal.SIGKILL)
-    logs = [(tmp_path / n).read_text() for n in ("a.log", "b.log")]
+    codes, logs = run_twice(sweep, uri, storage, stagger, tmp_path)
     assert codes == [0, 0], logs
     assert not any("Traceback" in text for text in logs), logs
     runs = trial_runs(uri, "twice")
@@ -144,6 +281,34 @@ def test_two_runs_of_one_sweep_at_once_make_one_run_per_trial(store, stagger, tm
         assert steps == sorted(set(steps)) and sum(bool(e["metrics"].get("final")) for e in entries) == 1, steps
     assert any("held by another scalelab run" in text for text in logs) or \
         any("3 already done, 0 to run" in text for text in logs), logs
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("store,stagger", [("sqlite", 0.0), ("server", 3.0)])
+def test_two_runs_of_one_search_sweep_at_once_draw_its_samples_once(store, stagger, tmp_path, tiny_sweep,
+                                                                    request):
+    """Two `scalelab run` of one search sweep against one store: one holds the sweep and runs its
+    3 samples, the other runs none and names the holder; both exit 0; one child run per hash."""
+    import optuna
+
+    uri = (request.getfixturevalue("mlflow_server") if store == "server"
+           else "sqlite:///" + str(tmp_path / "new.db"))
+    codes, logs = run_twice(search_sweep(tiny_sweep, tmp_path), uri, tmp_path / "store", stagger, tmp_path)
+    assert codes == [0, 0], logs
+    assert not any("Traceback" in text for text in logs), logs
+    runs = trial_runs(uri, "search-twice")
+    hashes = [r.data.tags[TAG_HASH] for r in runs]
+    assert len(hashes) == len(set(hashes)) == 3, logs                   # 3 samples, not 6; one run each
+    assert {r.data.tags.get("scalelab.outcome") for r in runs} == {"finished"}, logs
+    study = optuna.load_study(study_name="lr-study", storage="sqlite:///" + str(tmp_path / "optuna.db"))
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 3, logs
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
+    holder = parent.data.tags[TAG_OWNER]                                # the winner's claim, released
+    assert parent.data.tags["scalelab.heartbeat"] == "0"
+    losers = [text for text in logs if "search sweep held by another scalelab run" in text]
+    assert len(losers) == 1 and f"held by another scalelab run ({holder})" in losers[0], logs
 
 
 def test_a_claim_of_a_killed_process_on_this_machine_needs_no_lease():
