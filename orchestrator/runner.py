@@ -183,8 +183,8 @@ class Heartbeat:
                 what = ("the sweep's claim" if self.tracker.parent_id in lost
                         else f"{len(lost)} trial claim(s)")
                 print(f"[{self.tracker.sweep}] warning: {what} lapsed (no heartbeat reached MLflow for a whole "
-                      "lease) and another scalelab run took it over; this run sends no more results of them to "
-                      "MLflow (they stay in the trials' journals)", file=sys.stderr, flush=True)
+                      "lease) and another scalelab run took it over; this run stops those trials and sends no more "
+                      "of their results to MLflow (they stay in the trials' journals)", file=sys.stderr, flush=True)
 
     def __enter__(self):
         if self.run_ids:
@@ -225,23 +225,27 @@ def _execute(spec, mode, tracker: SweepTracker, where: Locations, opts: RunOptio
                                    work=mode.work, outbox=outbox)
         from .ui_cli import study_links  # search sweeps: Optuna trial -> MLflow run id
         tuner = _tuner(spec, mode, ctx, [tracking, progress, *study_links(mode, tracking)], where, opts, has_gpu,
-                       OutageStopper(outbox))
+                       OutageStopper(outbox, tracking))
         results = tuner.fit()
-    # Ctrl-C makes Tune stop its trials and return early: fewer trials ended than planned.
-    return results.num_terminated + results.num_errors < mode.to_run
+    # Ctrl-C makes Tune stop its trials and return early: fewer trials ended than planned. (A
+    # search sweep taken over by another run stops early too, but that is said on its own.)
+    return results.num_terminated + results.num_errors < mode.to_run and not tracker.sweep_lost()
 
 
 class OutageStopper(tune.Stopper):
-    """Stops the whole sweep once MLflow has been unreachable for the grace period."""
+    """Stops the whole sweep once MLflow has been unreachable for the grace period, or once
+    another `scalelab run` took its claim over; stops a trial whose claim was taken over (this
+    run's claim lapsed, see MlflowTrackingCallback), so that the new owner is soon its only
+    writer."""
 
-    def __init__(self, outbox: Outbox):
-        self.outbox = outbox
+    def __init__(self, outbox: Outbox, tracking: MlflowTrackingCallback | None = None):
+        self.outbox, self.tracking = outbox, tracking
 
     def __call__(self, trial_id, result) -> bool:
-        return False
+        return self.tracking is not None and self.tracking.taken(trial_id)
 
     def stop_all(self) -> bool:
-        return self.outbox.expired
+        return self.outbox.expired or (self.tracking is not None and self.tracking.tracker.sweep_lost())
 
 
 def _tuner(spec, mode, ctx: TrialContext, callbacks: list, where: Locations, opts: RunOptions, has_gpu: bool,

@@ -340,6 +340,14 @@ class SweepTracker:
         child = self.children.get(trial_hash) if trial_hash else None
         return child.run_id if child is not None and child.run_id in self.claimed else None
 
+    def lost(self, trial_hash: str | None) -> bool:
+        """The claim covering `trial_hash` is known to be taken over (no call to MLflow)."""
+        run_id = self.claim_run(trial_hash)
+        return run_id is not None and (self.owner, run_id) in _TAKEN
+
+    def sweep_lost(self) -> bool:
+        return self.sweep_claimed and (self.owner, self.parent_id) in _TAKEN
+
     def taken_over(self, trial_hash: str | None) -> str | None:
         """Before writing a trial's results: None while this invocation still holds the claim
         covering it (or it has none), else the owner of the `scalelab run` that took it over.
@@ -541,6 +549,11 @@ class MlflowTrackingCallback(tune.Callback):
             self.outbox.tell(note)
         else:
             print(f"[{self.tracker.sweep}] {note}", file=sys.stderr, flush=True)
+
+    def taken(self, trial_id: str) -> bool:
+        """The Tune trial's claim was taken over by another `scalelab run` (known here already)."""
+        rec = self.records.get(trial_id)
+        return rec is not None and rec.tracked and (bool(rec.taken_by) or self.tracker.lost(rec.trial.hash))
 
     def after_writes(self, fn: Callable[[], object]) -> None:
         """Run `fn` once the MLflow writes queued so far are done (a trial's child run then

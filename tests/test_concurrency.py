@@ -167,7 +167,10 @@ def test_writes_after_a_lapsed_claim_was_taken_over_are_dropped(mode, tiny_sweep
     """A holds the trial (grid) or the sweep (search); its heartbeats do not reach MLflow for a
     whole lease and B takes the claim over and runs the trial. When A's queued reports are sent
     later, none of them reaches MLflow: no second run of the hash, B's reports, outcome and claim
-    stay, and A says in one line that the trial was taken over."""
+    stay, A says in one line that the trial was taken over, and A's Tune stops that trial (and,
+    for a search sweep, the whole sweep)."""
+    from orchestrator.outbox import Outbox
+    from orchestrator.runner import OutageStopper
     from orchestrator.tracking import MlflowTrackingCallback
 
     spec = load_sweep(search_sweep(tiny_sweep, tmp_path) if mode == "search"
@@ -186,7 +189,10 @@ def test_writes_after_a_lapsed_claim_was_taken_over_are_dropped(mode, tiny_sweep
     assert claim(b)
     send_trial(MlflowTrackingCallback(b, lambda config: trial, lambda t: None), FakeTuneTrial("b1", {}), loss=2.0)
 
-    send_trial(MlflowTrackingCallback(a, lambda config: trial, lambda t: None), FakeTuneTrial("a1", {}), loss=9.0)
+    callback = MlflowTrackingCallback(a, lambda config: trial, lambda t: None)
+    send_trial(callback, FakeTuneTrial("a1", {}), loss=9.0)
+    stopper = OutageStopper(Outbox(), callback)        # A's trial stops: B soon its only writer
+    assert stopper("a1", {}) and stopper.stop_all() == (mode == "search")
 
     runs = [r for r in trial_runs(tracking_uri, spec.experiment) if r.data.tags[TAG_HASH] == trial.hash]
     assert len(runs) == 1                                              # no second run of the hash
@@ -203,6 +209,8 @@ def test_writes_after_a_lapsed_claim_was_taken_over_are_dropped(mode, tiny_sweep
 def test_a_claim_that_lapsed_but_was_not_taken_is_kept(tiny_sweep, tracking_uri, monkeypatch, capsys):
     """A's heartbeats missed a whole lease but nobody claimed the trial meanwhile: A takes its
     claim again (full rule) and its queued writes go through."""
+    from orchestrator.outbox import Outbox
+    from orchestrator.runner import OutageStopper
     from orchestrator.tracking import MlflowTrackingCallback
 
     spec = load_sweep(tiny_sweep("lapse-kept", grid={"lr": [0.01]}))
@@ -212,7 +220,10 @@ def test_a_claim_that_lapsed_but_was_not_taken_is_kept(tiny_sweep, tracking_uri,
     monkeypatch.setenv(tracking.LEASE_ENV, "0.5")
     import time
     time.sleep(0.6)
-    send_trial(MlflowTrackingCallback(a, lambda config: trial, lambda t: None), FakeTuneTrial("a1", {}), loss=3.0)
+    callback = MlflowTrackingCallback(a, lambda config: trial, lambda t: None)
+    send_trial(callback, FakeTuneTrial("a1", {}), loss=3.0)
+    stopper = OutageStopper(Outbox(), callback)
+    assert not stopper("a1", {}) and not stopper.stop_all()
     (run,) = trial_runs(tracking_uri, spec.experiment)
     assert run.data.tags["scalelab.outcome"] == "finished" and run.data.metrics["val_loss"] == 3.0
     assert run.data.tags[TAG_OWNER] == a.owner and "taken over" not in capsys.readouterr().err
