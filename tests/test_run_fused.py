@@ -148,3 +148,38 @@ def test_a_crashed_pack_resumes_and_trains_only_the_members_that_had_not_ended(
         # resumed from the step-10 checkpoint: every step once in MLflow and in the journal
         assert [s for s, _ in history(shared_tracking_uri, run_, "train_loss")] == [10, 20]
         assert [e["metrics"]["step"] for e in journal(tmp_path / "store", "fused-crash", trial_hash)] == [10, 20]
+
+
+def test_plan_shows_the_packs_with_memory_and_a_speedup_measured_once_per_shape(tmp_path, tiny_sweep, capsys):
+    from orchestrator.cli import main
+    from orchestrator.locations import Locations
+    from orchestrator.plan import build_plan, format_plan
+
+    path = tiny_sweep("planned", fuse=2, grid={"lr": [1e-3, 2e-3, 3e-3], "mlp_ratio": [2, 4]})
+    spec = load_sweep(str(path))
+    trials = spec.trials()
+    calls = []
+
+    def measure(cfgs, cpus):
+        calls.append((len(cfgs), cfgs[0].mlp_ratio, cpus))
+        return 1.5
+
+    done = {trials[0].hash: "finished"}
+    plan = build_plan(spec, Locations.resolve(spec, "sqlite:///" + str(tmp_path / "none.db")), done, measure)
+    packs = plan["packs"]
+    members = [h for p in packs for h in p["hashes"]]
+    assert trials[0].hash not in members and len(members) == len(set(members)) == 4  # 5 to run: 2 packs + 1 alone
+    assert sorted(calls) == [(2, 2, 1.0), (2, 4, 1.0)]  # one measurement per (shape, K)
+    for p in packs:
+        assert p["k"] == 2 and p["speedup"] == 1.5
+        assert p["memory_bytes"] == pytest.approx(2 * max(r["memory_bytes"] for r in plan["trials"]
+                                                          if r["hash"] in p["hashes"]), rel=1e-9)
+        assert [plan["trials"][i - 1]["hash"] for i in p["trials"]] == p["hashes"]
+    assert "fuse: 2 → 4 of 5 trials to run in 2 fused pack(s)" in format_plan(plan)
+    # the CLI measures for real; --fuse off wins over the file
+    uri = "sqlite:///" + str(tmp_path / "none.db")
+    assert main(["plan", str(path), "--json", "--tracking-uri", uri]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["packs"]) == 2 and all(isinstance(p["speedup"], float) and p["speedup"] > 0 for p in out["packs"])
+    assert main(["plan", str(path), "--json", "--fuse", "off", "--tracking-uri", uri]) == 0
+    assert json.loads(capsys.readouterr().out)["packs"] == []
