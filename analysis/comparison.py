@@ -12,11 +12,12 @@ import pandas as pd
 from trainer.config import UserError
 
 from . import frames
+from .results import Comparison
 from .stats import welch_contrast
 
 
 def compare(trials: pd.DataFrame, *, size: str = "d_model", hp: str = "lr", loss: str = "final_val_loss",
-            reference: str | None = None, n_boot: int = 200, level: float = 0.95, seed: int = 0) -> dict:
+            reference: str | None = None, n_boot: int = 200, level: float = 0.95, seed: int = 0) -> Comparison:
     """n_boot and seed are unused since gap_ci became a Welch interval (no resampling); they are
     kept so that callers passing the shared bootstrap options keep working."""
     frames.require_columns(trials, [size, loss, "parametrization", "outcome"], "the best-loss table")
@@ -32,12 +33,12 @@ def compare(trials: pd.DataFrame, *, size: str = "d_model", hp: str = "lr", loss
     rows = _best_rows(best, by, hp, loss)
     gaps = _gaps(best, by, loss, reference, level) if reference in labels else []
     warnings = [] if reference in labels else [f"reference parametrization {reference!r} has no runs; no gaps"]
-    return {"analysis": "comparison", "size": size, "hp": hp, "by": by, "loss": loss, "reference": reference,
-            "selection": f"finished grid runs at each size's best {hp}, over all sweeps",
-            "parametrizations": labels, "best": rows,
-            "treatment": {"diverged": "never the tuned point (mean loss +inf); not in the means",
-                          "failed": "excluded"}, "gaps": gaps, "ci_level": level,
-            "ci_method": "Welch t-interval of the difference of the seed means", "warnings": warnings}
+    return Comparison(size=size, hp=hp, by=by, loss=loss, reference=reference,
+                      selection=f"finished grid runs at each size's best {hp}, over all sweeps",
+                      parametrizations=labels, best=rows,
+                      treatment={"diverged": "never the tuned point (mean loss +inf); not in the means",
+                                 "failed": "excluded"}, gaps=gaps, ci_level=level,
+                      ci_method="Welch t-interval of the difference of the seed means", warnings=warnings)
 
 
 def _best_rows(best: pd.DataFrame, by: list[str], hp: str, loss: str) -> list[dict]:

@@ -15,11 +15,12 @@ import pandas as pd
 from trainer.config import UserError
 
 from . import frames
+from .results import CoordCheckResult, CoordGroup
 from .stats import loglog_fit
 
 
 def coord_check(trials: pd.DataFrame, history: pd.DataFrame, *, size: str = "d_model", hp: str = "lr",
-                max_steps: int = 5, level: float = 0.95) -> dict:
+                max_steps: int = 5, level: float = 0.95) -> CoordCheckResult:
     frames.require_columns(trials, [size, "parametrization", "outcome", "run_id"], "the coordinate check")
     acts = history[history["key"].str.startswith("act/")] if len(history) else history
     if acts.empty:
@@ -39,10 +40,11 @@ def coord_check(trials: pd.DataFrame, history: pd.DataFrame, *, size: str = "d_m
         groups.append(_fit_group(group, data, size, setting, level))
     if not groups:
         warnings.append(f"no parametrization has act/ histories at ≥ 2 values of {size}: nothing to compare")
-    return {"analysis": "coord_check", "size": size, "steps": steps.tolist(), "ci_level": level,
-            "selection": f"one {hp} per parametrization, present at every {size}", "groups": groups,
-            "treatment": {"diverged": "included (the first steps precede the divergence)", "failed": "excluded"},
-            "warnings": warnings}
+    return CoordCheckResult(size=size, steps=steps.tolist(), ci_level=level,
+                            selection=f"one {hp} per parametrization, present at every {size}", groups=groups,
+                            treatment={"diverged": "included (the first steps precede the divergence)",
+                                       "failed": "excluded"},
+                            warnings=warnings)
 
 
 def _one_setting(runs: pd.DataFrame, size: str, hp: str) -> tuple[pd.DataFrame, float | None]:
@@ -56,7 +58,7 @@ def _one_setting(runs: pd.DataFrame, size: str, hp: str) -> tuple[pd.DataFrame, 
     return runs[np.isclose(runs[hp], chosen)], chosen
 
 
-def _fit_group(group: dict, data: pd.DataFrame, size: str, setting: float | None, level: float) -> dict:
+def _fit_group(group: dict, data: pd.DataFrame, size: str, setting: float | None, level: float) -> CoordGroup:
     slopes, points = [], []
     for (key, step), sub in data.groupby(["key", "step"], sort=True):
         name = key.split("/", 1)[1]
@@ -70,5 +72,5 @@ def _fit_group(group: dict, data: pd.DataFrame, size: str, setting: float | None
                                "mean_abs": float(np.exp(np.log(v).mean())), "n": int(v.size)})
     last = max(s["step"] for s in slopes)
     worst = max((abs(s["exponent"]) for s in slopes if s["step"] == last and s["exponent"] is not None), default=None)
-    return {"group": group, "label": frames.group_label(group), "setting": setting,
-            "max_abs_exponent_last_step": worst, "slopes": slopes, "points": points}
+    return CoordGroup(group=group, label=frames.group_label(group), setting=setting,
+                      max_abs_exponent_last_step=worst, slopes=slopes, points=points)

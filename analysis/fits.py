@@ -1,5 +1,5 @@
-"""Every fit of a report, run from one set of options. Each fit returns a JSON-able dict with
-its numbers, their intervals, how it treated diverged/failed runs and a `warnings` list; a fit
+"""Every fit of a report, run from one set of options. Each fit returns a typed result
+(analysis/results.py; `to_dict()` is its JSON) with its numbers, their intervals, how it treated diverged/failed runs and a `warnings` list; a fit
 whose data is not there (no sqrt(η/λ) sweep, no multipliers, ...) is skipped with the reason.
 
 The fits themselves live in small modules; use them directly for custom analyses:
@@ -19,6 +19,7 @@ from . import frames
 from .comparison import compare
 from .coordcheck import coord_check
 from .freedom import fit_freedom
+from .results import Result
 from .multiplier_scaling import fit_multipliers
 from .norms import fit_norms
 from .scaling import fit_scaling
@@ -43,7 +44,7 @@ class FitOptions:
     coord_steps: int = 5              # first steps shown by the coordinate check
 
 
-def analyses(tables: Tables, o: FitOptions) -> dict[str, Callable[[], dict]]:
+def analyses(tables: Tables, o: FitOptions) -> dict[str, Callable[[], Result]]:
     t = tables.trials
     # keyword calls: the fits do not share one argument order (transfer takes hp before size)
     common = {"loss": o.loss, "level": o.level}
@@ -71,7 +72,8 @@ def _varies(frame: pd.DataFrame, column: str) -> bool:
 
 def run_fits(tables: Tables, options: FitOptions | None = None,
              progress: Callable[[str], None] | None = None) -> dict:
-    """{'results': {name: result}, 'skipped': {name: reason}}."""
+    """{'results': {name: result}, 'skipped': {name: reason}}; each result's values are plain JSON
+    types (NaN and ±inf as None, as summary.json has them)."""
     options = options or FitOptions()
     say = progress or (lambda _msg: None)
     if tables.trials.empty:
@@ -82,7 +84,7 @@ def run_fits(tables: Tables, options: FitOptions | None = None,
     for name, fit in analyses(tables, options).items():
         say(f"fit: {name}")
         try:
-            results[name] = jsonable(fit())
+            results[name] = fit().map_values(jsonable)
         except UserError as err:
             skipped[name] = str(err)
             say(f"  skipped: {err}")

@@ -21,6 +21,7 @@ import pandas as pd
 from trainer.config import TrainConfig, UserError
 
 from . import frames
+from .results import FreedomGroup, FreedomResult
 from .stats import welch_contrast
 
 KNOBS = ("alpha_emb", "alpha_out", "alpha_attn", "lr_mult_emb", "lr_mult_hidden", "lr_mult_head",
@@ -46,7 +47,7 @@ def _ratio_text(ratio: float) -> str:
     return f"1/{1 / ratio:g}"
 
 
-def fit_freedom(trials: pd.DataFrame, *, loss: str = "final_val_loss", level: float = 0.95) -> dict:
+def fit_freedom(trials: pd.DataFrame, *, loss: str = "final_val_loss", level: float = 0.95) -> FreedomResult:
     frames.require_columns(trials, [loss, "parametrization", "outcome"], "mis-set multipliers")
     runs = frames.usable(frames.grid_runs(trials))
     knobs = [k for k in KNOBS if k in runs.columns and pd.to_numeric(runs[k], errors="coerce").nunique() > 1]
@@ -57,18 +58,18 @@ def fit_freedom(trials: pd.DataFrame, *, loss: str = "final_val_loss", level: fl
     groups, warnings = [], []
     rest = [k for k in frames.group_keys(runs) if k != "parametrization"]
     for group, sub in (frames.iter_groups(runs, rest) if rest else [({}, runs)]):
-        result = _fit_group(group, sub, knobs, loss, level)
-        warnings += result.pop("warnings")
+        result, group_warnings = _fit_group(group, sub, knobs, loss, level)
+        warnings += group_warnings
         groups.append(result)
-    return {"analysis": "freedom", "knobs": knobs, "loss": loss, "ci_level": level,
-            "ci_method": "Welch–Satterthwaite t-interval over seeds",
-            "selection": "finished and diverged grid runs; reference = every knob at its config default",
-            "treatment": {"diverged": "loss +inf: a setting whose seeds all diverged has an infinite penalty",
-                          "failed": "excluded"},
-            "groups": groups, "warnings": warnings}
+    return FreedomResult(knobs=knobs, loss=loss, ci_level=level, ci_method="Welch–Satterthwaite t-interval over seeds",
+                         selection="finished and diverged grid runs; reference = every knob at its config default",
+                         treatment={"diverged": "loss +inf: a setting whose seeds all diverged has an infinite "
+                                                "penalty", "failed": "excluded"},
+                         groups=groups, warnings=warnings)
 
 
-def _fit_group(group: dict, runs: pd.DataFrame, knobs: list[str], loss: str, level: float) -> dict:
+def _fit_group(group: dict, runs: pd.DataFrame, knobs: list[str], loss: str,
+               level: float) -> tuple[FreedomGroup, list[str]]:
     runs = runs.assign(_loss=frames.losses(runs, loss))
     runs = runs[~np.isnan(runs["_loss"])]
     values = runs[knobs].apply(pd.to_numeric, errors="coerce")
@@ -89,8 +90,8 @@ def _fit_group(group: dict, runs: pd.DataFrame, knobs: list[str], loss: str, lev
         for s in settings:
             if (lrm, s) in penalties and (plain, s) in penalties:
                 reliefs.append(_relief(samples, plain, lrm, s, penalties, level))
-    return {"group": group, "label": ", ".join(f"{k}={v}" for k, v in group.items()) or "all runs",
-            "settings": settings, "penalties": list(penalties.values()), "reliefs": reliefs, "warnings": warnings}
+    return FreedomGroup(group=group, label=", ".join(f"{k}={v}" for k, v in group.items()) or "all runs",
+                        settings=settings, penalties=list(penalties.values()), reliefs=reliefs), warnings
 
 
 def _finite(values: np.ndarray) -> np.ndarray:

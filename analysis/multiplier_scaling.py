@@ -23,6 +23,7 @@ from trainer.config import UserError
 
 from . import frames
 from .layers import block_product, role_values
+from .results import MultiplierGroup, MultiplierResult
 from .stats import loglog_fit
 
 STATS = ("scalar", "row_rms", "col_rms", "row_mean", "col_mean")
@@ -33,7 +34,7 @@ HEAD_EFF_RMS = "eff_rms/head"
 
 
 def fit_multipliers(trials: pd.DataFrame, *, size: str = "d_model", hp: str = "lr", loss: str = "final_val_loss",
-                    level: float = 0.95) -> dict:
+                    level: float = 0.95) -> MultiplierResult:
     frames.require_columns(trials, [size, "parametrization", "outcome"], "learned multipliers vs width")
     frames.require_numeric(trials, [size], "learned multipliers vs width")
     if not any(c.startswith("mult/") for c in trials.columns):
@@ -50,15 +51,15 @@ def fit_multipliers(trials: pd.DataFrame, *, size: str = "d_model", hp: str = "l
         if hp in sub.columns and loss in sub.columns and sub[hp].nunique() > 1:
             sub = frames.best_cells(sub, [size], hp, loss)
         groups.append(_fit_group(group, sub, size, level))
-    if not any(g["n_sizes"] >= 2 for g in groups):
+    if not any(g.n_sizes >= 2 for g in groups):
         warnings.append(f"every group has one value of {size}: exponents need runs at ≥ 2 widths")
-    return {"analysis": "multipliers", "size": size, "selection": f"finished grid runs at each {size}'s best {hp}",
-            "aggregation": "geometric mean of |multiplier| over blocks", "predictions": PREDICTIONS,
-            "treatment": {"diverged": "excluded (a diverged run's multipliers are not a trained value)",
-                          "failed": "excluded"},
-            "prediction_note": "µP prediction for the total scale at fixed η, λ (REFERENCE.md §5); under "
-                               "scheme mup the fixed µP multipliers already carry these factors",
-            "ci_level": level, "groups": groups, "warnings": warnings}
+    return MultiplierResult(size=size, selection=f"finished grid runs at each {size}'s best {hp}",
+                            aggregation="geometric mean of |multiplier| over blocks", predictions=PREDICTIONS,
+                            treatment={"diverged": "excluded (a diverged run's multipliers are not a trained value)",
+                                       "failed": "excluded"},
+                            prediction_note="µP prediction for the total scale at fixed η, λ (REFERENCE.md §5); "
+                                            "under scheme mup the fixed µP multipliers already carry these factors",
+                            ci_level=level, groups=groups, warnings=warnings)
 
 
 def role_series(frame: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -82,14 +83,14 @@ def role_series(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     return {k: v for k, v in series.items() if np.isfinite(v).any()}
 
 
-def _fit_group(group: dict, runs: pd.DataFrame, size: str, level: float) -> dict:
+def _fit_group(group: dict, runs: pd.DataFrame, size: str, level: float) -> MultiplierGroup:
     widths = runs[size].to_numpy(dtype=float)
     n_sizes = int(np.unique(widths).size)
     result = {"group": group, "label": frames.group_label(group), "n_runs": len(runs), "n_sizes": n_sizes,
               "series": []}
     if n_sizes < 2:
         result["note"] = f"one value of {size}: no width exponent"
-        return result
+        return MultiplierGroup(**result)
     result["matrix_norms"] = [{"role": role, **loglog_fit(widths, values, level), "points": _points(widths, values)}
                               for role, values in role_values(runs, "weight_rms").items()]
     for name, values in role_series(runs).items():
@@ -100,7 +101,7 @@ def _fit_group(group: dict, runs: pd.DataFrame, size: str, level: float) -> dict
                     "minus_prediction": None if prediction is None or fit["exponent"] is None
                     else fit["exponent"] - prediction,
                     "points": _points(widths, values)})
-    return result
+    return MultiplierGroup(**result)
 
 
 def _source(name: str, runs: pd.DataFrame) -> str:

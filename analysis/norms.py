@@ -19,6 +19,7 @@ from trainer.config import UserError
 
 from . import frames
 from .layers import geometric_mean, layer_columns, role_values
+from .results import NormsResult, NormsSweep
 from .stats import loglog_fit
 
 MIN_S_VALUES = 3
@@ -56,7 +57,7 @@ def _column(runs: pd.DataFrame, name: str, default: float | None = None) -> np.n
 
 
 def fit_norms(trials: pd.DataFrame, *, size: str = "d_model", loss: str = "final_val_loss",
-              level: float = 0.95) -> dict:
+              level: float = 0.95) -> NormsResult:
     frames.require_columns(trials, ["lr", "weight_decay", size, "parametrization", "outcome"], "equilibrium norms")
     if not any(c.startswith("weight_rms/") for c in trials.columns):
         raise UserError("equilibrium norms need weight_rms/<layer> metrics; the trials table has none")
@@ -73,12 +74,12 @@ def fit_norms(trials: pd.DataFrame, *, size: str = "d_model", loss: str = "final
         raise UserError(f"equilibrium norms need a sqrt(η/λ) sweep: ≥ {MIN_S_VALUES} values of sqrt(η/λ) of the "
                         f"hidden matrices (lr·lr_mult_hidden / weight_decay·wd_mult_hidden) at one width and one "
                         f"sqrt(η·λ) (REFERENCE.md §5); these runs have none")
-    return {"analysis": "norms", "x": "S = sqrt(η/λ) of the hidden matrices", "predicted_slopes": PREDICTED,
-            "selection": "finished grid runs; groups of one width and one sqrt(η·λ) of the hidden matrices",
-            "aggregation": "geometric mean over blocks (pooled: over every swept matrix)", "ci_level": level,
-            "criteria": {"weight_slope_range": list(WEIGHT_SLOPE_RANGE), "eff_slope_max": EFF_SLOPE_MAX},
-            "treatment": {"diverged": "excluded (no equilibrium)", "failed": "excluded"}, "sweeps": sweeps,
-            "comparisons": _compare_spreads(sweeps, size), "warnings": []}
+    return NormsResult(x="S = sqrt(η/λ) of the hidden matrices", predicted_slopes=PREDICTED,
+                       selection="finished grid runs; groups of one width and one sqrt(η·λ) of the hidden matrices",
+                       aggregation="geometric mean over blocks (pooled: over every swept matrix)", ci_level=level,
+                       criteria={"weight_slope_range": list(WEIGHT_SLOPE_RANGE), "eff_slope_max": EFF_SLOPE_MAX},
+                       treatment={"diverged": "excluded (no equilibrium)", "failed": "excluded"}, sweeps=sweeps,
+                       comparisons=_compare_spreads(sweeps, size), warnings=[])
 
 
 def _swept_roles(runs: pd.DataFrame) -> list[str]:
@@ -88,12 +89,13 @@ def _swept_roles(runs: pd.DataFrame) -> list[str]:
     return [r for r in roles if moving.get(GROUP_OF_ROLE.get(r), True)]
 
 
-def _fit_sweep(group: dict, runs: pd.DataFrame, size: str, loss: str, level: float) -> dict:
+def _fit_sweep(group: dict, runs: pd.DataFrame, size: str, loss: str, level: float) -> NormsSweep:
     S = runs["_S"].to_numpy()
     product = float(np.sqrt(np.median(group_product(runs, "hidden"))))
     clean = {k: v for k, v in group.items() if k not in ("_P", size)}
     swept = _swept_roles(runs)
-    out = {"group": clean, "label": frames.group_label(clean), size: group[size], "sqrt_lr_wd": product,
+    out = {"group": clean, "label": frames.group_label(clean), "size_column": size, "size": group[size],
+           "sqrt_lr_wd": product,
            "S_values": sorted(set(np.round(S, 12).tolist())), "n_runs": len(runs), "lrm": frames.is_lrm(group["parametrization"]),
            "swept_roles": swept, "series": [], "pooled": {}, "loss": _loss_profile(S, runs, loss)}
     for kind in ("weight_rms", "eff_rms"):
@@ -110,8 +112,7 @@ def _fit_sweep(group: dict, runs: pd.DataFrame, size: str, loss: str, level: flo
             values = geometric_mean(runs[cols])
             out["pooled"][kind] = {"role": POOLED, **loglog_fit(S, values, level), "predicted": PREDICTED[kind],
                                    "points": _points(S, values)}
-    out["verdict"] = _verdict(out)
-    return out
+    return NormsSweep(**out, verdict=_verdict(out))
 
 
 def _verdict(sweep: dict) -> dict:
@@ -129,17 +130,17 @@ def _verdict(sweep: dict) -> dict:
             "target": target, "met": bool(met)}
 
 
-def _compare_spreads(sweeps: list[dict], size: str) -> list[dict]:
+def _compare_spreads(sweeps: list[NormsSweep], size: str) -> list[dict]:
     """Loss spread over S with multipliers vs without, at the same width and sqrt(η·λ)."""
     out = []
-    for lrm in (s for s in sweeps if s["lrm"]):
-        for plain in (s for s in sweeps if not s["lrm"]):
-            same = (plain[size] == lrm[size] and np.isclose(plain["sqrt_lr_wd"], lrm["sqrt_lr_wd"], rtol=0.01)
-                    and {k: v for k, v in plain["group"].items() if k != "parametrization"}
-                    == {k: v for k, v in lrm["group"].items() if k != "parametrization"})
-            a, b = lrm["loss"]["spread"], plain["loss"]["spread"]
+    for lrm in (s for s in sweeps if s.lrm):
+        for plain in (s for s in sweeps if not s.lrm):
+            same = (plain.size == lrm.size and np.isclose(plain.sqrt_lr_wd, lrm.sqrt_lr_wd, rtol=0.01)
+                    and {k: v for k, v in plain.group.items() if k != "parametrization"}
+                    == {k: v for k, v in lrm.group.items() if k != "parametrization"})
+            a, b = lrm.loss["spread"], plain.loss["spread"]
             if same and a is not None and b is not None:
-                out.append({"with": lrm["label"], "without": plain["label"], size: lrm[size],
+                out.append({"with": lrm.label, "without": plain.label, size: lrm.size,
                             "spread_with": a, "spread_without": b,
                             "ratio": a / b if b > 0 else None, "smaller_with_multipliers": bool(a < b)})
     return out

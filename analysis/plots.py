@@ -17,6 +17,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from .norms import POOLED
+from .results import (CoordCheckResult, Comparison, FreedomResult, MultiplierResult, NormsResult, ScalingResult,
+                      TransferCurve, TransferResult, TuningResult)
 from .scaling import predict
 
 FORMATS = ("png", "svg")
@@ -91,92 +93,92 @@ def _size_name(size: str) -> str:
 
 # ---- transfer ----------------------------------------------------------------------------
 
-def plot_transfer(result: dict) -> Figure:
+def plot_transfer(result: TransferResult) -> Figure:
     """Loss vs log2(hp), one panel per parametrization, width as colour, optima marked."""
-    curves = result["curves"]
-    labels = sorted({c["label"] for c in curves if any(p["loss_mean"] is not None for p in c["points"])})
+    curves = result.curves
+    labels = sorted({c.label for c in curves if any(p["loss_mean"] is not None for p in c.points)})
     if not labels:
         raise SkipFigure("no transfer curve has a finite loss")
     fig, axes = _grid(len(labels))
-    colours = _size_colours([c["size"] for c in curves])
-    hp, size = result["hp"], result["size"]
+    colours = _size_colours([c.size for c in curves])
+    hp, size = result.hp, result.size
     for ax, label in zip(axes, labels):
-        for c in (c for c in curves if c["label"] == label):
-            _draw_curve(ax, c, colours[c["size"]], size)
+        for c in (c for c in curves if c.label == label):
+            _draw_curve(ax, c, colours[c.size], size)
         ax.set_xscale("log", base=2)
         ax.set_xlabel(f"{hp} (log2 axis)")
-        ax.set_ylabel(f"{result['loss']} (nats/token)")
+        ax.set_ylabel(f"{result.loss} (nats/token)")
         ax.set_title(label)
         ax.legend(fontsize=7, title=size, title_fontsize=7)
-    fig.suptitle(f"Loss vs {hp}; ★ = parabola optimum (bar: {int(result['ci_level'] * 100)}% interval), "
+    fig.suptitle(f"Loss vs {hp}; ★ = parabola optimum (bar: {int(result.ci_level * 100)}% interval), "
                  f"× = every seed diverged")
     return fig
 
 
-def _draw_curve(ax, curve: dict, colour, size: str) -> None:
-    pts = [p for p in curve["points"] if p["loss_mean"] is not None]
+def _draw_curve(ax, curve: TransferCurve, colour, size: str) -> None:
+    pts = [p for p in curve.points if p["loss_mean"] is not None]
     x = np.array([p["hp"] for p in pts])
     y = np.array([p["loss_mean"] for p in pts])
     err = np.array([p["loss_sem"] or 0.0 for p in pts])
     ax.errorbar(x, y, yerr=err, color=colour, marker="o", ms=3, lw=1, capsize=2,
-                label=f"{curve['size']:g}")
-    diverged = [p["hp"] for p in curve["points"] if p["loss_mean"] is None and p["n_diverged"] == p["n"]]
+                label=f"{curve.size:g}")
+    diverged = [p["hp"] for p in curve.points if p["loss_mean"] is None and p["n_diverged"] == p["n"]]
     if diverged and len(y):
         ax.scatter(diverged, [np.nanmax(y)] * len(diverged), marker="x", color=colour, s=25)
-    if curve.get("opt") is not None:
-        ci = curve.get("opt_ci") or [None, None]
-        xerr = None if ci[0] is None else [[curve["opt"] - ci[0]], [ci[1] - curve["opt"]]]
-        ax.errorbar([curve["opt"]], [curve["loss_at_opt"]], xerr=xerr, color=colour, marker="*", ms=11,
+    if curve.opt is not None:
+        ci = curve.opt_ci or [None, None]
+        xerr = None if ci[0] is None else [[curve.opt - ci[0]], [ci[1] - curve.opt]]
+        ax.errorbar([curve.opt], [curve.loss_at_opt], xerr=xerr, color=colour, marker="*", ms=11,
                     mec="black", mew=0.6, capsize=3, lw=1.5)
 
 
-def plot_optima(result: dict) -> Figure:
+def plot_optima(result: TransferResult) -> Figure:
     """η* vs size per parametrization, with the fitted log η* = c + γ·log size."""
-    groups = [g for g in result["groups"] if len(g["sizes"]) >= 2]
+    groups = [g for g in result.groups if len(g.sizes) >= 2]
     if not groups:
-        raise SkipFigure(f"no parametrization has optima at ≥ 2 values of {result['size']}")
+        raise SkipFigure(f"no parametrization has optima at ≥ 2 values of {result.size}")
     fig, (ax,) = _grid(1)
-    colours = _label_colours([g["label"] for g in groups])
-    curves = {(c["label"], c["size"]): c for c in result["curves"]}
+    colours = _label_colours([g.label for g in groups])
+    curves = {(c.label, c.size): c for c in result.curves}
     for g in groups:
-        sizes = np.array(g["sizes"])
-        opts = 2.0 ** np.array(g["log2_opt"])
-        ci = [curves[(g["label"], s)]["opt_ci"] for s in g["sizes"]]
+        sizes = np.array(g.sizes)
+        opts = 2.0 ** np.array(g.log2_opt)
+        ci = [curves[(g.label, s)].opt_ci for s in g.sizes]
         yerr = np.array([[o - c[0] if c[0] else 0, c[1] - o if c[1] else 0] for o, c in zip(opts, ci)]).T
-        label = f"{g['label']}: γ = {_ci_text(g['gamma'], g['gamma_ci'], '{:.2f}')}"
-        ax.errorbar(sizes, opts, yerr=yerr, marker="o", ls="none", capsize=3, color=colours[g["label"]], label=label)
-        if g["gamma"] is not None:
+        label = f"{g.label}: γ = {_ci_text(g.gamma, g.gamma_ci, '{:.2f}')}"
+        ax.errorbar(sizes, opts, yerr=yerr, marker="o", ls="none", capsize=3, color=colours[g.label], label=label)
+        if g.gamma is not None:
             xs = np.geomspace(sizes.min(), sizes.max(), 20)
-            ax.plot(xs, 2.0 ** (g["intercept_log2"] + g["gamma"] * np.log2(xs)), color=colours[g["label"]], lw=1)
+            ax.plot(xs, 2.0 ** (g.intercept_log2 + g.gamma * np.log2(xs)), color=colours[g.label], lw=1)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
-    ax.set_xlabel(_size_name(result["size"]))
-    ax.set_ylabel(f"optimal {result['hp']} η*")
+    ax.set_xlabel(_size_name(result.size))
+    ax.set_ylabel(f"optimal {result.hp} η*")
     _plain_ticks(ax, "x")
-    ax.set_title(f"Transfer of the optimal {result['hp']} (µP predicts γ ≈ 0)")
+    ax.set_title(f"Transfer of the optimal {result.hp} (µP predicts γ ≈ 0)")
     ax.legend(fontsize=7)
     return fig
 
 
 # ---- learned multipliers -------------------------------------------------------------------
 
-def plot_multipliers(result: dict) -> Figure:
-    groups = [g for g in result["groups"] if g["series"]]
+def plot_multipliers(result: MultiplierResult) -> Figure:
+    groups = [g for g in result.groups if g.series]
     # vector multipliers: the RMS of rows and columns (their means are in report.md)
     # the series µP makes a prediction for first: with many roles the panels run out (MAX_PANELS)
-    names = sorted({s["name"] for g in groups for s in g["series"] if not s["name"].endswith("_mean")},
-                   key=lambda n: (n.split(" ")[0] not in result["predictions"], _series_order(n)))
+    names = sorted({s["name"] for g in groups for s in g.series if not s["name"].endswith("_mean")},
+                   key=lambda n: (n.split(" ")[0] not in result.predictions, _series_order(n)))
     if not names:
         raise SkipFigure("no learned multipliers at ≥ 2 widths")
     fig, axes = _grid(len(names), ncols=4)
-    colours = _label_colours([g["label"] for g in groups])
+    colours = _label_colours([g.label for g in groups])
     for ax, name in zip(axes, names):
         for g in groups:
-            for s in (s for s in g["series"] if s["name"] == name):
-                _draw_power_law(ax, s, colours[g["label"]], g["label"], "size")
+            for s in (s for s in g.series if s["name"] == name):
+                _draw_power_law(ax, s, colours[g.label], g.label, "size")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xlabel(_size_name(result["size"]))
+        ax.set_xlabel(_size_name(result.size))
         ax.set_ylabel("learned multiplier (geo. mean over blocks)")
         _plain_ticks(ax, "x", "y")
         ax.set_title(name)
@@ -216,37 +218,37 @@ def _draw_power_law(ax, series: dict, colour, label: str, x_key: str) -> None:
 
 # ---- scaling laws and the comparison -------------------------------------------------------
 
-def plot_scaling(result: dict) -> Figure:
-    fits = [f for f in result["fits"] if f.get("points")]
-    if not any(f.get("E") is not None for f in fits):
+def plot_scaling(result: ScalingResult) -> Figure:
+    fits = [f for f in result.fits if f.points]
+    if not any(f.E is not None for f in fits):
         raise SkipFigure("no scaling-law fit (needs ≥ 3 model sizes)")
     fig, (ax,) = _grid(1)
-    colours = _label_colours([f["label"] for f in fits])
+    colours = _label_colours([f.label for f in fits])
     for f in fits:
-        if f.get("E") is None:
+        if f.E is None:
             continue
-        N = np.array([p["N"] for p in f["points"]])
-        L = np.array([p["loss_mean"] for p in f["points"]])
-        err = np.array([p["loss_std"] or 0.0 for p in f["points"]])
-        text = (f"{f['label']}: E={_ci_text(f['E'], f.get('E_ci'))}, α={_ci_text(f['alpha'], f.get('alpha_ci'), '{:.2f}')}")
-        ax.errorbar(N, L, yerr=err, marker="o", ls="none", ms=4, capsize=2, color=colours[f["label"]], label=text)
+        N = np.array([p["N"] for p in f.points])
+        L = np.array([p["loss_mean"] for p in f.points])
+        err = np.array([p["loss_std"] or 0.0 for p in f.points])
+        text = (f"{f.label}: E={_ci_text(f.E, f.E_ci)}, α={_ci_text(f.alpha, f.alpha_ci, '{:.2f}')}")
+        ax.errorbar(N, L, yerr=err, marker="o", ls="none", ms=4, capsize=2, color=colours[f.label], label=text)
         xs = np.geomspace(N.min(), N.max(), 50)
-        D = np.median([p["D"] for p in f["points"] if p["D"]]) if f.get("B") is not None else None
-        ax.plot(xs, predict(f, xs, D), color=colours[f["label"]], lw=1)
+        D = np.median([p["D"] for p in f.points if p["D"]]) if f.B is not None else None
+        ax.plot(xs, predict(f, xs, D), color=colours[f.label], lw=1)
     ax.set_xscale("log")
     ax.set_xlabel("parameters N")
-    ax.set_ylabel(f"{result['loss']} (nats/token)")
-    ax.set_title(f"Scaling law {result['model']}")
+    ax.set_ylabel(f"{result.loss} (nats/token)")
+    ax.set_title(f"Scaling law {result.model}")
     ax.legend(fontsize=7)
     return fig
 
 
-def plot_gaps(result: dict) -> Figure:
-    gaps = result["gaps"]
+def plot_gaps(result: Comparison) -> Figure:
+    gaps = result.gaps
     if not gaps:
-        raise SkipFigure(f"no parametrization to compare with the reference {result['reference']!r} at a common size")
+        raise SkipFigure(f"no parametrization to compare with the reference {result.reference!r} at a common size")
     fig, (ax,) = _grid(1)
-    size = result["size"]
+    size = result.size
     colours = _label_colours([g["parametrization"] for g in gaps])
     for label in sorted({g["parametrization"] for g in gaps}):
         rows = sorted((g for g in gaps if g["parametrization"] == label), key=lambda g: g[size])
@@ -259,8 +261,8 @@ def plot_gaps(result: dict) -> Figure:
     ax.set_xscale("log", base=2)
     ax.set_xlabel(_size_name(size))
     _plain_ticks(ax, "x")
-    ax.set_ylabel(f"best loss − best loss of {result['reference']} (nats)")
-    ax.set_title(f"Loss gap to {result['reference']} at each size (below 0 = better)")
+    ax.set_ylabel(f"best loss − best loss of {result.reference} (nats)")
+    ax.set_title(f"Loss gap to {result.reference} at each size (below 0 = better)")
     ax.legend(fontsize=7)
     return fig
 
@@ -270,13 +272,13 @@ def plot_gaps(result: dict) -> Figure:
 NORMS_X = "S = sqrt(η/λ) of the hidden matrices"
 
 
-def plot_norms(result: dict) -> Figure:
-    sweeps = result["sweeps"][:MAX_PANELS // 2]
+def plot_norms(result: NormsResult) -> Figure:
+    sweeps = result.sweeps[:MAX_PANELS // 2]
     fig, axes = _grid(2 * len(sweeps), ncols=2)
-    losses = [p["loss_mean"] for sw in sweeps for p in sw["loss"]["points"]]
+    losses = [p["loss_mean"] for sw in sweeps for p in sw.loss["points"]]
     for i, sweep in enumerate(sweeps):
         ax_n, ax_l = axes[2 * i], axes[2 * i + 1]
-        series = sweep["series"] + [{**p, "kind": k} for k, p in sweep.get("pooled", {}).items()]
+        series = sweep.series + [{**p, "kind": k} for k, p in sweep.pooled.items()]
         colours = _label_colours([s["role"] for s in series])
         colours[POOLED] = "black"
         for s in series:
@@ -290,9 +292,9 @@ def plot_norms(result: dict) -> Figure:
         _plain_ticks(ax_n, "x")
         ax_n.set_xlabel(NORMS_X)
         ax_n.set_ylabel("RMS (solid: matrix, dashed: effective)")
-        ax_n.set_title(f"{sweep['label']}\nnorms vs S (slopes in report.md)", fontsize=9)
+        ax_n.set_title(f"{sweep.label}\nnorms vs S (slopes in report.md)", fontsize=9)
         ax_n.legend(fontsize=6, ncol=2)
-        pts = sweep["loss"]["points"]
+        pts = sweep.loss["points"]
         ax_l.plot([p["S"] for p in pts], [p["loss_mean"] for p in pts], marker="o")
         ax_l.set_xscale("log", base=2)
         _plain_ticks(ax_l, "x")
@@ -301,7 +303,7 @@ def plot_norms(result: dict) -> Figure:
             ax_l.set_ylim(min(losses) - pad, max(losses) + pad)
         ax_l.set_xlabel(NORMS_X)
         ax_l.set_ylabel("loss (nats/token)")
-        ax_l.set_title(f"{sweep['label']}\nloss vs S (spread {_ci_text(sweep['loss']['spread'], None)} nats)",
+        ax_l.set_title(f"{sweep.label}\nloss vs S (spread {_ci_text(sweep.loss['spread'], None)} nats)",
                        fontsize=9)
     fig.suptitle("Equilibrium norms in a sqrt(η/λ) sweep at fixed sqrt(η·λ)")
     return fig
@@ -309,20 +311,20 @@ def plot_norms(result: dict) -> Figure:
 
 # ---- mis-set multipliers ---------------------------------------------------------------------
 
-def plot_freedom(result: dict) -> Figure:
+def plot_freedom(result: FreedomResult) -> Figure:
     """Per group: the penalty of each mis-set multiplier without (left bar) and with (right bar)
     learnable multipliers, with intervals; a setting whose seeds all diverged is drawn as a
     hatched bar reaching the top of the panel."""
-    groups = [g for g in result["groups"] if g["reliefs"]][:MAX_PANELS]
+    groups = [g for g in result.groups if g.reliefs][:MAX_PANELS]
     if not groups:
         raise SkipFigure("no setting has runs both with and without learnable multipliers")
     fig, axes = _grid(len(groups), ncols=1)
     for ax, g in zip(axes, groups):
-        pen = {(x["parametrization"], x["setting"]): x for x in g["penalties"]}
-        finite = [v for x in g["penalties"] for v in [x["penalty"], x["penalty_ci"][1]]
+        pen = {(x["parametrization"], x["setting"]): x for x in g.penalties}
+        finite = [v for x in g.penalties for v in [x["penalty"], x["penalty_ci"][1]]
                   if v is not None and math.isfinite(v)]
         top = max(finite + [0.01]) * 1.15   # room for the intervals, and the height of a 'diverged' bar
-        for i, r in enumerate(g["reliefs"]):
+        for i, r in enumerate(g.reliefs):
             for shift, label, colour in ((-0.2, r["without"], "tab:grey"), (0.2, r["with"], "tab:blue")):
                 x = pen[(label, r["setting"])]
                 kwargs = {"color": colour, "label": label if i == 0 else None, "width": 0.38}
@@ -334,30 +336,30 @@ def plot_freedom(result: dict) -> Figure:
                 err = None if lo is None else [[x["penalty"] - lo], [hi - x["penalty"]]]
                 ax.bar(i + shift, x["penalty"], yerr=err, capsize=3, **kwargs)
         ax.axhline(0, color="black", lw=0.8)
-        ax.set_xticks(range(len(g["reliefs"])), [r["setting"] for r in g["reliefs"]], fontsize=8, rotation=15)
+        ax.set_xticks(range(len(g.reliefs)), [r["setting"] for r in g.reliefs], fontsize=8, rotation=15)
         ax.set_ylim(top=top)
-        ax.set_ylabel(f"{result['loss']} − default (nats)")
-        ax.set_title(f"Loss penalty of a mis-set fixed multiplier\n({g['label']})", fontsize=9)
+        ax.set_ylabel(f"{result.loss} − default (nats)")
+        ax.set_title(f"Loss penalty of a mis-set fixed multiplier\n({g.label})", fontsize=9)
         ax.legend(fontsize=7)
     return fig
 
 
 # ---- tuning cost -----------------------------------------------------------------------------
 
-def plot_tuning(result: dict) -> Figure:
-    curves = [c for c in result["curves"] if c["points"]]
+def plot_tuning(result: TuningResult) -> Figure:
+    curves = [c for c in result.curves if c.points]
     if not curves:
         raise SkipFigure("no finished run in the tuning curves")
     fig, (ax,) = _grid(1)
-    colours = _label_colours([c["label"] for c in curves])
+    colours = _label_colours([c.label for c in curves])
     for c in curves:
-        x = [p["compute"] for p in c["points"]]
-        y = [p["best_loss"] for p in c["points"]]
-        ax.step(x, y, where="post", color=colours[c["label"]], ls="-" if c["kind"] == "search" else "--",
-                label=f"{c['label']} ({c['kind']}, {c['n_trials']} runs)")
+        x = [p["compute"] for p in c.points]
+        y = [p["best_loss"] for p in c.points]
+        ax.step(x, y, where="post", color=colours[c.label], ls="-" if c.kind == "search" else "--",
+                label=f"{c.label} ({c.kind}, {c.n_trials} runs)")
     ax.set_xscale("log")
-    ax.set_xlabel(f"cumulative training compute ({'FLOPs' if result['compute'] == 'flops' else result['compute']})")
-    ax.set_ylabel(f"best {result['loss']} so far (nats/token)")
+    ax.set_xlabel(f"cumulative training compute ({'FLOPs' if result.compute == 'flops' else result.compute})")
+    ax.set_ylabel(f"best {result.loss} so far (nats/token)")
     ax.set_title("Tuning cost\nsolid: µP search; dashed: learnable multipliers", fontsize=10)
     ax.legend(fontsize=6)
     return fig
@@ -365,11 +367,11 @@ def plot_tuning(result: dict) -> Figure:
 
 # ---- training curves and the coordinate check -------------------------------------------------
 
-def plot_training_curves(history: pd.DataFrame, trials: pd.DataFrame, comparison: dict) -> Figure:
+def plot_training_curves(history: pd.DataFrame, trials: pd.DataFrame, comparison: Comparison) -> Figure:
     """Mean val loss vs tokens over the seeds of each parametrization's best runs per size."""
     if history.empty or not {"val_loss", "tokens"} <= set(history["key"].unique()):
         raise SkipFigure("no val_loss and tokens histories")
-    size, hp = comparison["size"], comparison.get("hp", "lr")
+    size, hp = comparison.size, comparison.hp
     chosen = _best_runs(trials, comparison, size)
     if chosen.empty:
         raise SkipFigure("no best runs to draw")
@@ -392,11 +394,11 @@ def plot_training_curves(history: pd.DataFrame, trials: pd.DataFrame, comparison
     return fig
 
 
-def _best_runs(trials: pd.DataFrame, comparison: dict, size: str) -> pd.DataFrame:
+def _best_runs(trials: pd.DataFrame, comparison: Comparison, size: str) -> pd.DataFrame:
     """The finished runs behind each row of the best-loss table."""
-    hp = comparison.get("hp", "lr")
+    hp = comparison.hp
     rows = []
-    for r in comparison["best"]:
+    for r in comparison.best:
         mask = trials["parametrization"].eq(r["parametrization"]) & trials[size].eq(r[size])
         mask &= trials["outcome"].eq("finished")
         if f"best_{hp}" in r:
@@ -405,27 +407,27 @@ def _best_runs(trials: pd.DataFrame, comparison: dict, size: str) -> pd.DataFram
     return pd.concat(rows) if rows else trials.iloc[:0]
 
 
-def plot_coord_check(result: dict) -> Figure:
-    groups = result["groups"]
+def plot_coord_check(result: CoordCheckResult) -> Figure:
+    groups = result.groups
     if not groups:
         raise SkipFigure("no act/ histories at ≥ 2 widths")
-    steps = result["steps"]
+    steps = result.steps
     if len(steps) > 4:  # first, last and two between: enough to see a trend, cheap to draw
         steps = [steps[i] for i in np.linspace(0, len(steps) - 1, 4).round().astype(int)]
     fig, axes = _grid(len(groups) * len(steps), ncols=len(steps), sharey=True)
     for gi, g in enumerate(groups[:MAX_PANELS // max(1, len(steps))]):
-        names = sorted({p["name"] for p in g["points"]})
+        names = sorted({p["name"] for p in g.points})
         colours = _label_colours(names)
         for si, step in enumerate(steps):
             ax = axes[gi * len(steps) + si]
             for name in names:
-                pts = sorted((p for p in g["points"] if p["name"] == name and p["step"] == step), key=lambda p: p["size"])
+                pts = sorted((p for p in g.points if p["name"] == name and p["step"] == step), key=lambda p: p["size"])
                 ax.plot([p["size"] for p in pts], [p["mean_abs"] for p in pts], marker="o", ms=3,
                         color=colours[name], label=name)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
-            ax.set_title(f"{g['label']}, step {step}", fontsize=8)
-            ax.set_xlabel(_size_name(result["size"]))
+            ax.set_title(f"{g.label}, step {step}", fontsize=8)
+            ax.set_xlabel(_size_name(result.size))
             _plain_ticks(ax, "x")
             if si == 0:
                 ax.set_ylabel("mean |activation|")

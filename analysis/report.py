@@ -1,7 +1,8 @@
 """Build a report directory from `Tables`: every fit (summary.json), every figure that has
 data (figures/*.png and *.svg) and a readable report.md that puts the parametrizations side by
 side. summary.json is written right after the fits and again after the figures, so a crash
-while drawing loses nothing that was computed."""
+while drawing loses nothing that was computed. Figures and report.md read the typed results; the
+returned summary is summary.json's content (every result as its `to_dict()`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -34,13 +35,18 @@ def build_report(tables: Tables, out_dir: str | os.PathLike, options: FitOptions
                "n_trials": len(tables.trials), "outcomes": frames.outcome_counts(tables.trials),
                "treatment": frames.TREATMENT, "options": dataclasses.asdict(options),
                "results": fits["results"], "skipped": fits["skipped"], "figures": {}, "skipped_figures": {}}
-    _write(out / "summary.json", json.dumps(summary, indent=1, allow_nan=False))
+    _write(out / "summary.json", json.dumps(_json(summary), indent=1, allow_nan=False))
     _draw(summary, tables, out / "figures", say)
     say("writing summary.json and report.md")
-    _write(out / "summary.json", json.dumps(summary, indent=1, allow_nan=False))
+    _write(out / "summary.json", json.dumps(_json(summary), indent=1, allow_nan=False))
     _write(out / "report.md", render(summary))
     say(f"report written to {out}: report.md, summary.json, {len(summary['figures'])} figure(s)")
-    return summary
+    return _json(summary)
+
+
+def _json(summary: dict) -> dict:
+    """The summary as summary.json holds it: every typed result as its to_dict()."""
+    return {**summary, "results": {name: result.to_dict() for name, result in summary["results"].items()}}
 
 
 def _draw(summary: dict, tables: Tables, fig_dir: Path, say: Callable[[str], None]) -> None:

@@ -1,12 +1,16 @@
-"""report.md from a summary dict: tables that put the parametrizations side by side, the
-figures, what was skipped and why, and every warning."""
+"""report.md from a summary dict (its `results`: typed results, or their JSON as in summary.json): tables
+that put the parametrizations side by side, the figures, what was skipped and why, and every warning."""
 from __future__ import annotations
 
 from typing import Any
 
+from .results import (CoordCheckResult, Comparison, FreedomResult, MultiplierResult, NormsResult, ScalingResult,
+                      TransferCurve, TransferResult, TuningResult, load)
+
 
 def render(summary: dict) -> str:
-    r = summary["results"]
+    r = {name: load(result) for name, result in summary["results"].items()}
+    summary = {**summary, "results": r}
     parts = [_header(summary)]
     for name, section in SECTIONS:
         if name in r:
@@ -60,129 +64,129 @@ def _header(s: dict) -> str:
             f"(bootstrap seed {s['options']['seed']}); every number is in summary.json.")
 
 
-def _comparison(c: dict, s: dict) -> str:
-    by, labels = c["by"], c["parametrizations"]
-    hp_key = f"best_{c.get('hp', 'lr')}"
+def _comparison(c: Comparison, s: dict) -> str:
+    by, labels = c.by, c.parametrizations
+    hp_key = f"best_{c.hp}"
     cells: dict[tuple, dict] = {}
-    for row in c["best"]:
+    for row in c.best:
         key = tuple(row.get(k) for k in by)
         text = f"{num(row['loss_mean'])} ± {num(row['loss_sem'], 2)} (n={row['n']}"
-        text += f", {c.get('hp', 'lr')}={num(row[hp_key], 3)})" if hp_key in row else ")"
+        text += f", {c.hp}={num(row[hp_key], 3)})" if hp_key in row else ")"
         cells.setdefault(key, {})[row["parametrization"]] = text
     rows = [[*key, *(cells[key].get(lab, "—") for lab in labels)] for key in sorted(cells)]
-    out = [f"## Best {c['loss']} per parametrization and size",
-           f"Mean ± s.e.m. over the seeds of each size's best {c.get('hp', 'lr')} (finished grid runs, all sweeps).",
+    out = [f"## Best {c.loss} per parametrization and size",
+           f"Mean ± s.e.m. over the seeds of each size's best {c.hp} (finished grid runs, all sweeps).",
            table(by + labels, rows)]
-    if c["gaps"]:
+    if c.gaps:
         gap_rows = [[*(g.get(k) for k in by), g["parametrization"], with_ci(g["gap"], g["gap_ci"], 3),
-                     f"{g['n']} / {g['n_reference']}"] for g in c["gaps"]]
-        out += [f"### Loss gap to {c['reference']} (negative = better than {c['reference']})",
+                     f"{g['n']} / {g['n_reference']}"] for g in c.gaps]
+        out += [f"### Loss gap to {c.reference} (negative = better than {c.reference})",
                 table(by + ["parametrization", "gap (nats) [CI]", "seeds / reference seeds"], gap_rows),
                 _figure(s, "loss_gap")]
     out.append(_figure(s, "training_curves"))
     return "\n\n".join(o for o in out if o)
 
 
-def _transfer(t: dict, s: dict, figure: str = "optimum_vs_size") -> str:
-    hp, size = t["hp"], t["size"]
-    groups = [[g["label"], with_ci(g["gamma"], g["gamma_ci"], 3), with_ci(g["drift_steps"], g["drift_steps_ci"], 3),
-               ", ".join(num(x) for x in g["sizes"]) or "—", g["ci_method"] or g.get("note", "—")]
-              for g in t["groups"]]
-    curve_rows = [[c["label"], num(c["size"]), with_ci(c["log2_opt"], c["log2_opt_ci"], 3), num(c["loss_at_opt"]),
-                   with_ci(c["sensitivity"], c["sensitivity_ci"], 3), f"{c['n_runs']} ({c['n_diverged']} div.)",
-                   _flags(c)] for c in t["curves"]]
-    rng = t.get("sensitivity_range_log2")
+def _transfer(t: TransferResult, s: dict, figure: str = "optimum_vs_size") -> str:
+    hp, size = t.hp, t.size
+    groups = [[g.label, with_ci(g.gamma, g.gamma_ci, 3), with_ci(g.drift_steps, g.drift_steps_ci, 3),
+               ", ".join(num(x) for x in g.sizes) or "—", g.ci_method or g.note or "—"]
+              for g in t.groups]
+    curve_rows = [[c.label, num(c.size), with_ci(c.log2_opt, c.log2_opt_ci, 3), num(c.loss_at_opt),
+                   with_ci(c.sensitivity, c.sensitivity_ci, 3), f"{c.n_runs} ({c.n_diverged} div.)",
+                   _flags(c)] for c in t.curves]
+    rng = t.sensitivity_range_log2
     rng_text = f"log2 {hp} ∈ [{num(rng[0])}, {num(rng[1])}]" if rng else "each curve's own grid"
     return "\n\n".join(x for x in [
         f"## Transfer of the optimal {hp} across {size}",
-        f"Optimum = vertex of a parabola in log2 {hp} over the best grid point ± {t['k']} points; interval = "
-        f"bootstrap over seeds ({t['n_boot']} replicates). γ: slope of log η* vs log {size} (µP predicts ≈ 0, "
+        f"Optimum = vertex of a parabola in log2 {hp} over the best grid point ± {t.k} points; interval = "
+        f"bootstrap over seeds ({t.n_boot} replicates). γ: slope of log η* vs log {size} (µP predicts ≈ 0, "
         f"SP with Adam ≈ −1). Drift: change of log2 η* from the smallest to the largest {size}, in grid steps.",
         table(["parametrization", "γ [CI]", "drift (grid steps) [CI]", f"{size} with an optimum", "interval"], groups),
         _figure(s, figure),
         f"### Optima and LR sensitivity per {size}",
         f"Sensitivity (Wortsman et al. 2023): mean over {rng_text} of min(ℓ(η), ℓ_init) − ℓ*, ℓ_init = "
-        f"{num(t['init_loss'])} nats.",
+        f"{num(t.init_loss)} nats.",
         table(["parametrization", size, f"log2 {hp}* [CI]", "loss at optimum", "sensitivity [CI]", "runs", "flags"],
               curve_rows),
         _figure(s, "loss_vs_hp") if figure == "optimum_vs_size" else ""] if x)
 
 
-def _flags(c: dict) -> str:
+def _flags(c: TransferCurve) -> str:
     flags = []
-    if c.get("at_edge"):
+    if c.at_edge:
         flags.append("at grid edge")
-    if c.get("clipped"):
+    if c.clipped:
         flags.append("clipped to window")
-    if c.get("convex") is False:
+    if c.convex is False:
         flags.append("not convex")
-    if c.get("log2_opt") is None:
+    if c.log2_opt is None:
         flags.append("no optimum")
     return ", ".join(flags) or "—"
 
 
-def _transfer_depth(t: dict, s: dict) -> str:
+def _transfer_depth(t: TransferResult, s: dict) -> str:
     return _transfer(t, s, "optimum_vs_depth")
 
 
-def _multipliers(m: dict, s: dict) -> str:
+def _multipliers(m: MultiplierResult, s: dict) -> str:
     out = ["## Learned multipliers vs width",
-           f"Exponent p of multiplier ∝ {m['size']}^p ({m['aggregation']}; {m['selection']}). "
-           f"{m['prediction_note']}."]
-    for g in m["groups"]:
-        if not g["series"]:
+           f"Exponent p of multiplier ∝ {m.size}^p ({m.aggregation}; {m.selection}). "
+           f"{m.prediction_note}."]
+    for g in m.groups:
+        if not g.series:
             continue
         rows = [[x["name"], with_ci(x["exponent"], x["exponent_ci"], 3), num(x["prediction"]),
-                 num(x["minus_prediction"], 3), x["n_runs"], x["source"]] for x in g["series"]]
-        out += [f"### {g['label']}", table(["series", "exponent p [CI]", "µP prediction", "p − prediction", "runs", "source"], rows)]
-        norms = [[x["role"], with_ci(x["exponent"], x["exponent_ci"], 3), x["n_runs"]] for x in g.get("matrix_norms", [])
+                 num(x["minus_prediction"], 3), x["n_runs"], x["source"]] for x in g.series]
+        out += [f"### {g.label}", table(["series", "exponent p [CI]", "µP prediction", "p − prediction", "runs", "source"], rows)]
+        norms = [[x["role"], with_ci(x["exponent"], x["exponent_ci"], 3), x["n_runs"]] for x in g.matrix_norms or []
                  if x["exponent"] is not None]
         if norms:
-            out += [f"Matrix RMS (stored weights, weight_rms) vs {m['size']}: the paper finds it roughly "
+            out += [f"Matrix RMS (stored weights, weight_rms) vs {m.size}: the paper finds it roughly "
                     "width-independent (exponent ≈ 0) once multipliers carry the scale.",
                     table(["matrix", "exponent [CI]", "runs"], norms)]
     out.append(_figure(s, "multipliers_vs_width"))
     return "\n\n".join(o for o in out if o)
 
 
-def _norms(n: dict, s: dict) -> str:
+def _norms(n: NormsResult, s: dict) -> str:
     out = ["## Equilibrium norms",
            "Log-log slope against S = sqrt(η/λ) of the hidden matrices (lr·lr_mult_hidden / weight_decay·wd_mult_hidden): matrix RMS should follow S (slope 1); with learnable "
            "multipliers the effective RMS should stay flat (slope 0), and so should the loss."]
-    for sw in n["sweeps"]:
+    for sw in n.sweeps:
         rows = [[x["kind"], x["role"], with_ci(x["exponent"], x["exponent_ci"], 3), num(x["predicted"]), x["n_runs"]]
-                for x in sw["series"] + [{**p, "kind": k} for k, p in sw.get("pooled", {}).items()]]
-        v = sw["verdict"]
-        out += [f"### {sw['label']} (sqrt(η·λ) = {num(sw['sqrt_lr_wd'], 3)}, S from {num(min(sw['S_values']), 3)} to "
-                f"{num(max(sw['S_values']), 3)}, loss spread over S: {num(sw['loss']['spread'], 3)} nats)",
+                for x in sw.series + [{**p, "kind": k} for k, p in sw.pooled.items()]]
+        v = sw.verdict
+        out += [f"### {sw.label} (sqrt(η·λ) = {num(sw.sqrt_lr_wd, 3)}, S from {num(min(sw.S_values), 3)} to "
+                f"{num(max(sw.S_values), 3)}, loss spread over S: {num(sw.loss['spread'], 3)} nats)",
                 f"Criterion: pooled {v['quantity']} {v['target']}: slope {with_ci(v['slope'], v['slope_ci'], 3)} — "
                 f"**{'met' if v['met'] else 'not met'}**.",
                 table(["quantity", "role", "slope [CI]", "predicted", "runs"], rows)]
-    if n.get("comparisons"):
+    if n.comparisons:
         rows = [[c["with"], c["without"], num(c["spread_with"], 3), num(c["spread_without"], 3), num(c["ratio"], 3),
-                 "yes" if c["smaller_with_multipliers"] else "no"] for c in n["comparisons"]]
+                 "yes" if c["smaller_with_multipliers"] else "no"] for c in n.comparisons]
         out += ["### Loss spread over S with and without multipliers (max − min of the mean loss over S)",
                 table(["with multipliers", "without", "spread with", "spread without", "ratio", "smaller with?"], rows)]
     out.append(_figure(s, "equilibrium_norms"))
     return "\n\n".join(out)
 
 
-def _freedom(f: dict, s: dict) -> str:
+def _freedom(f: FreedomResult, s: dict) -> str:
     out = ["## Mis-set multipliers: does learning the scale remove the penalty?",
-           f"Penalty = mean {f['loss']} at a mis-set fixed multiplier − at the default setting (same parametrization); "
+           f"Penalty = mean {f.loss} at a mis-set fixed multiplier − at the default setting (same parametrization); "
            f"relief = penalty without learnable multipliers − penalty with them (positive: the learnable multipliers "
-           f"absorb the mis-set scale). Intervals: {f['ci_method']}."]
-    for g in f["groups"]:
-        pen = {(x["parametrization"], x["setting"]): x for x in g["penalties"]}
+           f"absorb the mis-set scale). Intervals: {f.ci_method}."]
+    for g in f.groups:
+        pen = {(x["parametrization"], x["setting"]): x for x in g.penalties}
         rows = []
-        for r in g["reliefs"]:
+        for r in g.reliefs:
             plain, lrm = pen[(r["without"], r["setting"])], pen[(r["with"], r["setting"])]
             rows.append([r["setting"], _penalty(plain), _penalty(lrm), with_ci(r["relief"], r["relief_ci"], 3),
                          "yes" if r["clearly_smaller_with_multipliers"] else "no"])
         if rows:
-            head = ["setting", f"penalty without ({g['reliefs'][0]['without']})",
-                    f"penalty with ({g['reliefs'][0]['with']})", "relief [CI]", "clearly smaller with?"]
-            out += [f"### {g['label']}", table(head, rows)]
+            head = ["setting", f"penalty without ({g.reliefs[0]['without']})",
+                    f"penalty with ({g.reliefs[0]['with']})", "relief [CI]", "clearly smaller with?"]
+            out += [f"### {g.label}", table(head, rows)]
     out.append(_figure(s, "mis_set_penalty"))
     return "\n\n".join(o for o in out if o)
 
@@ -194,47 +198,47 @@ def _penalty(x: dict) -> str:
     return text + (f", {x['n_diverged']} diverged)" if x["n_diverged"] else ")")
 
 
-def _scaling(sc: dict, s: dict) -> str:
-    with_d = sc["tokens_vary"]
+def _scaling(sc: ScalingResult, s: dict) -> str:
+    with_d = sc.tokens_vary
     headers = ["parametrization", "E", "A", "α"] + (["B", "β"] if with_d else []) + ["sizes", "residual RMS (log)"]
     rows = []
-    for f in sc["fits"]:
-        if f.get("E") is None:
+    for f in sc.fits:
+        if f.E is None:
             continue
-        row = [f["label"], with_ci(f["E"], f.get("E_ci"), 3), with_ci(f["A"], f.get("A_ci"), 3),
-               with_ci(f["alpha"], f.get("alpha_ci"), 3)]
+        row = [f.label, with_ci(f.E, f.E_ci, 3), with_ci(f.A, f.A_ci, 3),
+               with_ci(f.alpha, f.alpha_ci, 3)]
         if with_d:
-            row += [with_ci(f["B"], f.get("B_ci"), 3), with_ci(f["beta"], f.get("beta_ci"), 3)]
-        sizes = f"{f['n_sizes']} (exact fit: no interval)" if f.get("exact_fit") else f["n_sizes"]
-        rows.append(row + [sizes, num(f["residual_rms"], 2)])
-    return "\n\n".join([f"## Scaling law: {sc['model']}", f"{sc['method']}; {sc['selection']}.",
+            row += [with_ci(f.B, f.B_ci, 3), with_ci(f.beta, f.beta_ci, 3)]
+        sizes = f"{f.n_sizes} (exact fit: no interval)" if f.exact_fit else f.n_sizes
+        rows.append(row + [sizes, num(f.residual_rms, 2)])
+    return "\n\n".join([f"## Scaling law: {sc.model}", f"{sc.method}; {sc.selection}.",
                         table(headers, rows), _figure(s, "loss_vs_params")])
 
 
-def _tuning(tu: dict, s: dict) -> str:
+def _tuning(tu: TuningResult, s: dict) -> str:
     rows = []
-    for c in tu["curves"]:
-        match = c.get("compute_to_match") or {}
+    for c in tu.curves:
+        match = c.compute_to_match or {}
         match_text = "; ".join(f"{k}: {num(v, 3)}" for k, v in match.items()) or "—"
-        rows.append([c["label"], c["kind"], c["n_trials"], num(c["best_loss"]), num(c["compute_to_best"], 3),
-                     num(c["total_compute"], 3), match_text])
+        rows.append([c.label, c.kind, c.n_trials, num(c.best_loss), num(c.compute_to_best, 3),
+                     num(c.total_compute, 3), match_text])
     return "\n\n".join(["## Tuning cost",
-                        f"Best loss so far against cumulative compute ({tu['compute']}), runs in start order. "
+                        f"Best loss so far against cumulative compute ({tu.compute}), runs in start order. "
                         "'to match': compute the search needed to reach the multipliers' best loss at that width.",
                         table(["curve", "kind", "runs", "best loss", "compute to best", "total compute",
                                "search compute to match"], rows),
                         _figure(s, "tuning_cost")])
 
 
-def _coord(cc: dict, s: dict) -> str:
-    last = cc["steps"][-1] if cc["steps"] else None
+def _coord(cc: CoordCheckResult, s: dict) -> str:
+    last = cc.steps[-1] if cc.steps else None
     rows = []
-    for g in cc["groups"]:
-        for x in g["slopes"]:
+    for g in cc.groups:
+        for x in g.slopes:
             if x["step"] == last:
-                rows.append([g["label"], x["name"], with_ci(x["exponent"], x["exponent_ci"], 3), num(g["setting"], 3)])
+                rows.append([g.label, x["name"], with_ci(x["exponent"], x["exponent_ci"], 3), num(g.setting, 3)])
     return "\n\n".join(["## Coordinate check",
-                        f"Slope of log mean |activation| vs log {cc['size']} at step {last} (≈ 0: width-independent, "
+                        f"Slope of log mean |activation| vs log {cc.size} at step {last} (≈ 0: width-independent, "
                         "as µP intends); the figure shows every step.",
                         table(["parametrization", "activation", "slope [CI]", "setting"], rows),
                         _figure(s, "coord_check")])
@@ -256,7 +260,7 @@ def _skipped(s: dict) -> str:
 
 
 def _warnings(s: dict) -> str:
-    lines = [f"- {name}: {w}" for name, res in s["results"].items() for w in res.get("warnings", [])]
+    lines = [f"- {name}: {w}" for name, res in s["results"].items() for w in res.warnings]
     return "\n".join(["## Warnings"] + lines) if lines else ""
 
 

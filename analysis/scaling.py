@@ -25,6 +25,7 @@ from scipy.optimize import minimize
 from trainer.config import UserError
 
 from . import frames
+from .results import ScalingFit, ScalingResult
 from .stats import MIN_VALID_REPLICATES, percentile_ci
 
 DELTA = 1e-3
@@ -148,7 +149,7 @@ def _fit_lse(model: LSEModel, extra_starts) -> np.ndarray:
 
 
 def fit_scaling(trials: pd.DataFrame, *, size: str = "d_model", hp: str = "lr", loss: str = "final_val_loss",
-                n_boot: int = 100, level: float = 0.95, seed: int = 0) -> dict:
+                n_boot: int = 100, level: float = 0.95, seed: int = 0) -> ScalingResult:
     frames.require_columns(trials, [size, "n_params", loss, "parametrization", "outcome"], "the scaling-law fit")
     runs = frames.grid_runs(trials)
     runs = runs[pd.to_numeric(runs["n_params"], errors="coerce") > 0]
@@ -161,17 +162,17 @@ def fit_scaling(trials: pd.DataFrame, *, size: str = "d_model", hp: str = "lr", 
     for group, sub in frames.iter_groups(runs, frames.group_keys(runs)):
         points = frames.best_cells(sub, cell, hp, loss) if tuned else frames.usable(sub)
         fits.append(_fit_group(group, points, loss, with_d, n_boot, level, rng, warnings))
-    if not any(f.get("E") is not None for f in fits):
+    if not any(f.E is not None for f in fits):
         sizes = sorted(pd.to_numeric(runs["n_params"], errors="coerce").dropna().unique().tolist())
         raise UserError(f"the scaling-law fit needs finished runs at ≥ 3 model sizes per parametrization "
                         f"(n_params values here: {[int(s) for s in sizes][:10]})")
-    return {"analysis": "scaling", "model": "L = E + A/N^alpha" + (" + B/D^beta" if with_d else ""),
-            "method": "Huber (delta=1e-3) on log-loss residuals, L-BFGS-B from a grid of starts; intervals from "
-                      "a smoothed residual bootstrap (one L-BFGS-B refit per replicate), t-scaled",
-            "loss": loss, "selection": _selection(hp, tuned, with_d), "n_boot": n_boot,
-            "ci_level": level, "tokens_vary": with_d,
-            "treatment": {"diverged": "never the tuned point (mean loss +inf); excluded from the fit",
-                          "failed": "excluded"}, "fits": fits, "warnings": warnings}
+    return ScalingResult(model="L = E + A/N^alpha" + (" + B/D^beta" if with_d else ""),
+                         method="Huber (delta=1e-3) on log-loss residuals, L-BFGS-B from a grid of starts; intervals "
+                                "from a smoothed residual bootstrap (one L-BFGS-B refit per replicate), t-scaled",
+                         loss=loss, selection=_selection(hp, tuned, with_d), n_boot=n_boot, ci_level=level,
+                         tokens_vary=with_d,
+                         treatment={"diverged": "never the tuned point (mean loss +inf); excluded from the fit",
+                                    "failed": "excluded"}, fits=fits, warnings=warnings)
 
 
 def _selection(hp: str, tuned: bool, with_d: bool) -> str:
@@ -183,7 +184,7 @@ def _selection(hp: str, tuned: bool, with_d: bool) -> str:
 
 
 def _fit_group(group: dict, points: pd.DataFrame, loss: str, with_d: bool, n_boot: int,
-               level: float, rng: np.random.Generator, warnings: list[str]) -> dict:
+               level: float, rng: np.random.Generator, warnings: list[str]) -> ScalingFit:
     label = frames.group_label(group)
     L = pd.to_numeric(points[loss], errors="coerce").to_numpy(dtype=float)
     keep = np.isfinite(L) & (L > 0)              # diverged runs have no loss
@@ -199,7 +200,7 @@ def _fit_group(group: dict, points: pd.DataFrame, loss: str, with_d: bool, n_boo
         out["note"] = f"{n_sizes} model size(s): a fit needs ≥ 3" + (" and ≥ 5 (N, D) cells" if with_d else "")
         if n_sizes >= 2:
             warnings.append(f"{label}: {out['note']}")
-        return out
+        return ScalingFit(**out)
     # As many cells as parameters: the curve passes through every cell, and a bootstrap
     # yields intervals that say nothing about the law (zero width with one run per cell).
     out["exact_fit"] = n_cells == (5 if with_d else 3)
@@ -215,7 +216,7 @@ def _fit_group(group: dict, points: pd.DataFrame, loss: str, with_d: bool, n_boo
         out.update(_intervals(model, theta, with_d, n_boot, level, rng, label, warnings))
     if np.isclose(theta[1], EXPONENT_BOUNDS[0]) or np.isclose(theta[1], EXPONENT_BOUNDS[1]):
         warnings.append(f"{label}: α hit its bound {theta[1]:g}: E and A are not identified by these sizes")
-    return out
+    return ScalingFit(**out)
 
 
 def _intervals(model: LSEModel, theta: np.ndarray, with_d: bool, n_boot: int, level: float,
@@ -290,11 +291,11 @@ def _named_arrays(theta: np.ndarray, with_d: bool) -> dict[str, np.ndarray]:
     return out
 
 
-def predict(fit: dict, N: np.ndarray, D: np.ndarray | None = None) -> np.ndarray:
+def predict(fit: ScalingFit, N: np.ndarray, D: np.ndarray | None = None) -> np.ndarray:
     """The fitted law at N (and D)."""
-    out = fit["E"] + fit["A"] / np.asarray(N, float) ** fit["alpha"]
-    if fit.get("B") is not None and D is not None:
-        out = out + fit["B"] / np.asarray(D, float) ** fit["beta"]
+    out = fit.E + fit.A / np.asarray(N, float) ** fit.alpha
+    if fit.B is not None and D is not None:
+        out = out + fit.B / np.asarray(D, float) ** fit.beta
     return out
 
 

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+from .results import Result
+
 MIN_VALID_REPLICATES = 10  # fewer valid bootstrap replicates than this: no interval
 
 
@@ -131,6 +133,8 @@ def loglog_fit(x: np.ndarray, y: np.ndarray, level: float) -> dict[str, Any]:
 
 def jsonable(obj: Any) -> Any:
     """Plain JSON types: numpy scalars/arrays converted, NaN and ±inf -> None."""
+    if isinstance(obj, Result):
+        return jsonable(obj.to_dict())
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return jsonable(dataclasses.asdict(obj))
     if isinstance(obj, dict):

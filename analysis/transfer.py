@@ -21,6 +21,7 @@ from scipy import stats as sps
 from trainer.config import UserError
 
 from . import frames
+from .results import TransferCurve, TransferGroup, TransferResult
 from .stats import batched_slopes, bootstrap_means, finite_mean, pad, percentile_ci, t_interval
 
 
@@ -83,7 +84,7 @@ class Curve:
 
 def fit_transfer(trials: pd.DataFrame, *, hp: str = "lr", size: str = "d_model", loss: str = "final_val_loss",
                  k: int = 2, n_boot: int = 200, level: float = 0.95, seed: int = 0,
-                 init_loss: float | None = None, hp_range: tuple[float, float] | None = None) -> dict:
+                 init_loss: float | None = None, hp_range: tuple[float, float] | None = None) -> TransferResult:
     if k < 1:
         raise UserError(f"transfer fit: window half-width k={k} must be ≥ 1 (the parabola needs ≥ 3 points)")
     frames.require_columns(trials, [hp, size, loss, "parametrization", "outcome"], "the transfer fit",
@@ -107,20 +108,20 @@ def fit_transfer(trials: pd.DataFrame, *, hp: str = "lr", size: str = "d_model",
     lo_hi = hp_range and (math.log2(hp_range[0]), math.log2(hp_range[1]))
     lo_hi = lo_hi or _common_range(curves, warnings)
     fitted = [_fit_curve(c, k, n_boot, level, rng, ell_init, lo_hi, hp, size, warnings) for c in curves]
-    one_seed = [f"{f['result']['label']} {size}={_num(f['result']['size'])}" for f in fitted
-                if f["result"]["n_seeds"] < 2]
+    one_seed = [f"{f['result'].label} {size}={_num(f['result'].size)}" for f in fitted
+                if f["result"].n_seeds < 2]
     if one_seed:
         warnings.append(f"one seed per grid point in {len(one_seed)} curve(s) ({', '.join(one_seed[:6])}"
                         f"{', ...' if len(one_seed) > 6 else ''}): no seed bootstrap, so no interval for their optima")
     groups = _fit_groups(fitted, size, level, hp, warnings)
-    if not any(g["gamma"] is not None for g in groups):
+    if not any(g.gamma is not None for g in groups):
         sizes = sorted({_num(c.size) for c in curves})
         warnings.append(f"no parametrization has optima at ≥ 2 values of {size} (values: {sizes}): "
                         f"γ and the drift need a sweep over {size}")
-    return {"analysis": "transfer", "hp": hp, "size": size, "loss": loss, "k": k, "n_boot": n_boot,
-            "ci_level": level, "init_loss": ell_init, "sensitivity_range_log2": list(lo_hi) if lo_hi else None,
-            "group_keys": keys, "outcomes": counts, "treatment": frames.TREATMENT,
-            "curves": [f["result"] for f in fitted], "groups": groups, "warnings": warnings}
+    return TransferResult(hp=hp, size=size, loss=loss, k=k, n_boot=n_boot, ci_level=level, init_loss=ell_init,
+                          sensitivity_range_log2=list(lo_hi) if lo_hi else None, group_keys=keys, outcomes=counts,
+                          treatment=frames.TREATMENT, curves=[f["result"] for f in fitted], groups=groups,
+                          warnings=warnings)
 
 
 def _curve_keys(runs: pd.DataFrame, hp: str, size: str, warnings: list[str]) -> list[str]:
@@ -203,7 +204,7 @@ def _fit_curve(curve: Curve, k: int, n_boot: int, level: float, rng: np.random.G
         why = "every run diverged" if n_finite == 0 and curve.x.size else f"only {n_finite} grid point(s) with a finite loss"
         warnings.append(f"{name}: {why}; no optimum (the parabola needs ≥ 3 points)")
         result.update(_empty_optimum())
-        return {"curve": curve, "result": result, "boot_vertex": None, "boot_sens": None}
+        return {"curve": curve, "result": TransferCurve(**result), "boot_vertex": None, "boot_sens": None}
     point = parabola_optima(curve.x, means[None, :], k)
     boot = bootstrap_means(curve.samples, n_boot, rng)
     bfit = parabola_optima(curve.x, boot, k)
@@ -213,7 +214,7 @@ def _fit_curve(curve: Curve, k: int, n_boot: int, level: float, rng: np.random.G
     result["sensitivity"] = sens
     result["sensitivity_ci"] = [None, None] if one_seed else percentile_ci(boot_sens, level)
     _curve_warnings(name, result, hp, warnings)
-    return {"curve": curve, "result": result, "boot_vertex": None if one_seed else bfit.vertex,
+    return {"curve": curve, "result": TransferCurve(**result), "boot_vertex": None if one_seed else bfit.vertex,
             "boot_sens": boot_sens}
 
 
@@ -268,7 +269,7 @@ def _curve_warnings(name: str, result: dict, hp: str, warnings: list[str]) -> No
         warnings.append(f"{name}: loss is not convex around the best {hp}; optimum = the best grid point")
 
 
-def _fit_groups(fitted: list[dict], size: str, level: float, hp: str, warnings: list[str]) -> list[dict]:
+def _fit_groups(fitted: list[dict], size: str, level: float, hp: str, warnings: list[str]) -> list[TransferGroup]:
     out = []
     labels = sorted({frames.group_label(f["curve"].group) for f in fitted})
     for label in labels:
@@ -277,25 +278,25 @@ def _fit_groups(fitted: list[dict], size: str, level: float, hp: str, warnings: 
     return out
 
 
-def _fit_group(members: list[dict], size: str, level: float, hp: str, warnings: list[str]) -> dict:
+def _fit_group(members: list[dict], size: str, level: float, hp: str, warnings: list[str]) -> TransferGroup:
     group = members[0]["curve"].group
     label = frames.group_label(group)
-    valid = [m for m in members if m["result"]["log2_opt"] is not None]
+    valid = [m for m in members if m["result"].log2_opt is not None]
     sizes = np.array([m["curve"].size for m in valid])
-    opts = np.array([m["result"]["log2_opt"] for m in valid])
+    opts = np.array([m["result"].log2_opt for m in valid])
     step = _grid_step(members)
     result = {"group": group, "label": label, "sizes": sizes.tolist(), "log2_opt": opts.tolist(),
               "gamma": None, "gamma_ci": [None, None], "intercept_log2": None, "ci_method": None,
               "drift_steps": None, "drift_steps_ci": [None, None], "grid_step_log2": step,
               "drift_by_size": {}}
-    missing = [m["curve"].size for m in members if m["result"]["log2_opt"] is None]
+    missing = [m["curve"].size for m in members if m["result"].log2_opt is None]
     if missing:
         warnings.append(f"{label}: no optimum at {size}={[_num(s) for s in missing]}; γ uses the other sizes")
     if sizes.size < 2:
         result["note"] = f"γ needs optima at ≥ 2 values of {size} (have {sizes.size})"
         if len(members) >= 2:
             warnings.append(f"{label}: {result['note']}")
-        return result
+        return TransferGroup(**result)
     lx = np.log2(sizes)
     fit = sps.linregress(lx, opts)
     result.update(gamma=float(fit.slope), intercept_log2=float(fit.intercept))
@@ -314,7 +315,7 @@ def _fit_group(members: list[dict], size: str, level: float, hp: str, warnings: 
     elif sizes.size >= 3:
         result["gamma_ci"] = t_interval(float(fit.slope), float(fit.stderr), sizes.size - 2, level)
         result["ci_method"] = "OLS t-interval over sizes (one seed: no bootstrap)"
-    return result
+    return TransferGroup(**result)
 
 
 def _grid_step(members: list[dict]) -> float | None:

@@ -14,10 +14,11 @@ import pandas as pd
 from trainer.config import UserError
 
 from . import frames
+from .results import TuningCurve, TuningResult
 
 
 def tuning_cost(trials: pd.DataFrame, *, size: str = "d_model", loss: str = "final_val_loss",
-                compute: str = "flops") -> dict:
+                compute: str = "flops") -> TuningResult:
     frames.require_columns(trials, [loss, "parametrization", "outcome"], "the tuning-cost curve")
     warnings: list[str] = []
     if compute not in trials.columns:
@@ -35,11 +36,11 @@ def tuning_cost(trials: pd.DataFrame, *, size: str = "d_model", loss: str = "fin
     keys = [k for k in ("sweep", "parametrization", size) if k in chosen.columns]
     curves = [_curve(group, sub, loss, compute) for group, sub in frames.iter_groups(chosen, keys)]
     _match(curves, size)
-    return {"analysis": "tuning", "compute": compute, "loss": loss,
-            "selection": "search-sweep runs (µP with tuning) and runs with learnable multipliers",
-            "treatment": {"diverged": "compute counted, never improves the best loss",
-                          "failed": "compute counted when known, never improves the best loss"},
-            "curves": curves, "warnings": warnings}
+    return TuningResult(compute=compute, loss=loss,
+                        selection="search-sweep runs (µP with tuning) and runs with learnable multipliers",
+                        treatment={"diverged": "compute counted, never improves the best loss",
+                                   "failed": "compute counted when known, never improves the best loss"},
+                        curves=[TuningCurve(**c) for c in curves], warnings=warnings)
 
 
 def _curve(group: dict, runs: pd.DataFrame, loss: str, compute: str) -> dict:

@@ -28,9 +28,8 @@ import time
 import torch
 
 from trainer.config import TrainConfig
-from trainer.data import Batches, load_tokens
-from trainer.fused import FusedTrainer
-from trainer.loop import Trainer
+from trainer.data import load_tokens
+from trainer.fused_probe import time_arms
 
 
 def paired_ratio(a: list[float], b: list[float]) -> str:
@@ -73,28 +72,7 @@ def main() -> None:
             if width * K > args.max_width_k:
                 continue
             cfgs = [TrainConfig(**shape, d_model=width, seed=k, lr=1e-3 * 2 ** (k % 4)) for k in range(K)]
-            alone = [Trainer(c, Batches(c, tokens)) for c in cfgs]
-            fused = FusedTrainer(cfgs, tokens)
-            for t in alone + [fused]:
-                t.train_step()  # warm-up
-            t_alone, t_fused = [], []
-
-            def run_alone():
-                tic = clock()
-                for t in alone:
-                    for _ in range(args.steps):
-                        t.train_step()
-                t_alone.append(clock() - tic)
-
-            def run_fused():
-                tic = clock()
-                for _ in range(args.steps):
-                    fused.train_step()
-                t_fused.append(clock() - tic)
-
-            for r in range(args.rounds):
-                for arm in ((run_alone, run_fused) if r % 2 == 0 else (run_fused, run_alone)):
-                    arm()
+            t_alone, t_fused = time_arms(cfgs, args.steps, args.rounds, clock, tokens)
             per = lambda ts: statistics.median(ts) / (K * args.steps) * 1e3  # noqa: E731
             print(f"{width:>6} {K:>3} {per(t_alone):>21.1f} {per(t_fused):>21.1f} "
                   f"{paired_ratio(t_alone, t_fused):>29s}", flush=True)

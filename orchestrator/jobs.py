@@ -181,19 +181,22 @@ def runtime_env(working_dir: Path, excludes: list[str] | None = None) -> dict:
     return env
 
 
-def entrypoint(sweep_rel: str, tracking_uri: str, storage: str | None, max_concurrent: int | None) -> str:
+def entrypoint(sweep_rel: str, tracking_uri: str, storage: str | None, max_concurrent: int | None,
+               fuse: int | str | None = None) -> str:
     args = ["python", "-m", "orchestrator.cli", "run", sweep_rel, "--address", "auto",
             "--tracking-uri", tracking_uri]
     if storage:
         args += ["--storage", storage]
     if max_concurrent:
         args += ["--max-concurrent", str(max_concurrent)]
+    if fuse is not None:
+        args += ["--fuse", str(fuse)]
     return " ".join(shlex.quote(a) for a in args)
 
 
 def submit_sweep(sweep: str, address: str | None, tracking_uri: str | None = None, storage: str | None = None,
                  max_concurrent: int | None = None, working_dir: str = ".", dry_run: bool = False,
-                 out=None) -> str | None:
+                 out=None, fuse: int | str | None = None) -> str | None:
     """Submit; the job id. With dry_run: print what would be uploaded and submitted to `out`
     (stdout) and return None, without contacting the cluster."""
     import sys
@@ -215,7 +218,7 @@ def submit_sweep(sweep: str, address: str | None, tracking_uri: str | None = Non
     if not wd.is_dir():
         raise UserError(f"--working-dir {working_dir}: not a directory")
     files, excludes, secrets = check_upload(wd)
-    command = entrypoint(sweep_path.relative_to(wd).as_posix(), uri, storage, max_concurrent)
+    command = entrypoint(sweep_path.relative_to(wd).as_posix(), uri, storage, max_concurrent, fuse)
     if dry_run and not secrets:
         size = sum((wd / f).stat().st_size for f in files)
         print(f"would upload {len(files)} file(s), {size / 1e6:.1f} MB, from {wd}:", file=out)

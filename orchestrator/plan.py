@@ -2,7 +2,7 @@
 trials are already done in MLflow, and totals. Pure data here; printing is in plan_cli."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from trainer.estimate import estimate
 
@@ -28,20 +28,51 @@ def trial_row(trial: Trial, done: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def build_plan(spec: SweepSpec, where: Locations, done: dict[str, str]) -> dict[str, Any]:
-    """The whole plan as plain data (what `plan --json` prints)."""
+def build_plan(spec: SweepSpec, where: Locations, done: dict[str, str],
+               measure: Callable[[list, float], float] | None = None) -> dict[str, Any]:
+    """The whole plan as plain data (what `plan --json` prints). `measure(configs)` gives a
+    CPU pack's speed-up over its members one at a time on `cpus` CPUs (None: not measured)."""
     plan: dict[str, Any] = {
         "sweep": spec.name, "file": spec.source, "experiment": spec.experiment,
         "tracking_uri": where.tracking_uri, "storage": where.storage, "mode": spec.mode,
         "concurrency": spec.concurrency, "retries": spec.retries, "seeds": spec.seeds, "from_study": spec.from_study,
+        "fuse": spec.fuse,
     }
     if spec.mode == "grid":
-        rows = [trial_row(t, done) for t in spec.trials()]
+        trials = spec.trials()
+        rows = [trial_row(t, done) for t in trials]
         plan["trials"] = rows
         plan["totals"] = _totals(rows, spec.concurrency)
+        plan["packs"] = pack_rows(spec, [t for t in trials if t.hash not in done], trials, measure)
     else:
         plan.update(_search_plan(spec, where.study_url, done))
     return plan
+
+
+def pack_rows(spec: SweepSpec, pending: list[Trial], trials: list[Trial],
+              measure: Callable[[list, float], float] | None) -> list[dict[str, Any]]:
+    """The fused packs `run` would form from the trials still to run (packing.py); lone
+    trials are not listed. A CPU pack's speed-up is measured once per shape and size."""
+    from trainer.pack_rules import pack_key
+
+    from .packing import make_packs
+
+    number = {t.hash: i for i, t in enumerate(trials, 1)}
+    speedups: dict[tuple, float | None] = {}
+    rows = []
+    for pack in make_packs(pending, spec.fuse, spec.resources["gpu"] == "auto", spec.gpu_memory_gb):
+        if not pack.fused:
+            continue
+        on_gpu = pack.resources["gpu"] > 0
+        key = (pack_key(pack.members[0].config), len(pack.members))
+        if key not in speedups:
+            speedups[key] = (measure([t.config for t in pack.members], pack.resources["cpu"])
+                             if measure and not on_gpu else None)
+        rows.append({"id": pack.hash, "k": len(pack.members), "trials": [number[t.hash] for t in pack.members],
+                     "hashes": [t.hash for t in pack.members], "memory_bytes": int(pack.memory_bytes),
+                     "cpu": pack.resources["cpu"], "gpu": pack.resources["gpu"], "speedup": speedups[key],
+                     "speedup_measured_on": None if on_gpu or not measure else "this machine's CPU"})
+    return rows
 
 
 def _totals(rows: list[dict[str, Any]], concurrency: int | None) -> dict[str, Any]:
@@ -113,7 +144,27 @@ def format_plan(plan: dict[str, Any]) -> str:
         head.append(f"from study {fs['study']!r} ({fs['storage']}): {values}")
     if plan["mode"] == "search":
         return "\n".join(head + _format_search(plan) + _format_totals(plan["totals"]))
-    return "\n".join(head + [""] + _format_table(plan["trials"]) + [""] + _format_totals(plan["totals"]))
+    return "\n".join(head + [""] + _format_table(plan["trials"]) + [""] + _format_totals(plan["totals"])
+                     + _format_packs(plan))
+
+
+def _format_packs(plan: dict[str, Any]) -> list[str]:
+    packs = plan.get("packs") or []
+    if not packs:
+        return [] if plan["fuse"] in ("auto", "off", 1) else [f"fuse: {plan['fuse']} → no trials share a pack"]
+    fused = sum(p["k"] for p in packs)
+    lines = [f"fuse: {plan['fuse']} → {fused} of {plan['totals']['to_run']} trials to run in {len(packs)} fused "
+             "pack(s), one Ray trial each (each member keeps its own MLflow run and checkpoints):"]
+    for p in packs:
+        if p["speedup"] is not None:
+            speed = f"{p['speedup']:.2f}× the step throughput of its members one at a time (measured here)"
+        elif p["gpu"]:
+            speed = "speed-up not measured (a GPU pack; benchmarks/bench_fused.py on the GPU measures it)"
+        else:
+            speed = "speed-up not measured (--no-measure)"
+        lines.append(f"  {p['id']}: K={p['k']}, trials #{', #'.join(map(str, p['trials']))}, "
+                     f"memory {size(p['memory_bytes'])}, gpu {p['gpu']:g}; {speed}")
+    return lines
 
 
 def _format_table(rows: list[dict[str, Any]]) -> list[str]:

@@ -7,6 +7,7 @@ import sys
 
 from .layout import tracking_uri_help
 from .locations import STORAGE_HELP, Locations
+from .packing import FUSE_HELP, parse_fuse_flag
 from .ui_cli import print_study_hint
 
 
@@ -26,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plan.add_argument("--json", action="store_true", help="print the plan as JSON (for scripts)")
     plan.add_argument("--tracking-uri", default=None, help=tracking_uri_help())
     plan.add_argument("--storage", default=None, help=STORAGE_HELP + "; as given to `scalelab run`")
+    plan.add_argument("--fuse", default=None, metavar="auto|off|N", help=FUSE_HELP)
+    plan.add_argument("--no-measure", action="store_true", help="do not time fused CPU packs against their "
+                      "members one at a time (a few seconds per pack shape)")
     plan.set_defaults(func=run_plan)
 
 
@@ -51,10 +55,14 @@ def run_plan(args: argparse.Namespace) -> int:
 
     spec = load_sweep(args.sweep)
     spec.check_corpora()
+    fuse = parse_fuse_flag(args.fuse)
+    if fuse is not None:
+        spec.fuse = fuse
     where = Locations.resolve(spec, args.tracking_uri, args.storage)
     if not args.json:
         print(f"checking MLflow at {where.tracking_uri} for finished trials ...", file=sys.stderr)
-    plan = build_plan(spec, where, finished_hashes(where.tracking_uri, spec.experiment))
+    plan = build_plan(spec, where, finished_hashes(where.tracking_uri, spec.experiment),
+                      measure=None if args.no_measure else _measure_pack)
     if args.json:
         json.dump(plan, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
@@ -62,3 +70,20 @@ def run_plan(args: argparse.Namespace) -> int:
         print(format_plan(plan))
     return 0
 
+
+def _measure_pack(cfgs: list, cpus: float) -> float:
+    """A CPU pack's step-throughput ratio over its members alone, on the threads its trial gets."""
+    import torch
+
+    from trainer.fused_probe import speedup
+
+    from .trainable import set_threads
+
+    print(f"measuring a fused pack of {len(cfgs)} (width {cfgs[0].d_model}) against its members one at a time ...",
+          file=sys.stderr, flush=True)
+    saved = torch.get_num_threads()
+    set_threads(cfgs[0], cpus)
+    try:
+        return speedup(cfgs)
+    finally:
+        torch.set_num_threads(saved)

@@ -52,8 +52,8 @@ class ProgressPrinter(tune.Callback):
         self.finished_work: list[str] = []      # hashes of ended trials
         self.durations: list[float] = []        # their observed durations, same order
         self.started: dict[str, float] = {}     # trial_id -> start time
-        self.outcomes: dict[str, str] = {}
-        self.running: set[str] = set()
+        self.outcomes: dict[tuple, str] = {}    # (Tune trial id, trial hash) -> outcome
+        self.running: set[tuple] = set()
         self.announced: set[str] = set()   # trials whose resume was reported in this attempt
         self.started_at: float | None = None
 
@@ -80,54 +80,67 @@ class ProgressPrinter(tune.Callback):
               f"{count['diverged']} diverged, {count['failed']} failed), {len(self.running)} running | "
               f"{best} | ETA {eta}" + (f" | {note}" if note else ""), file=self.out, flush=True)
 
+    def _members(self, trial) -> list:
+        from .packing import trials_of
+
+        return trials_of(self.resolve(trial.config))
+
     def on_trial_start(self, iteration, trials, trial, **info):
         now = time.time()
         if self.started_at is None:
             self.started_at = now
         self.started.setdefault(trial.trial_id, now)
-        self.running.add(trial.trial_id)
+        self.running |= {(trial.trial_id, m.hash) for m in self._members(trial)} - set(self.outcomes)
         self.announced.discard(trial.trial_id)
         self._line(f"started {self.resolve(trial.config).label}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         payload = result.get(REPORT_KEY) or {}
+        members = self._members(trial)
+        member = members[0] if len(members) == 1 else next(
+            (m for m in members if m.hash == payload.get("hash")), None)  # a fused pack: the member reporting
+        if member is None:
+            return
+        key = (trial.trial_id, member.hash)
         if payload.get("skipped"):
-            self.outcomes[trial.trial_id] = "finished"
+            self.outcomes[key] = "finished"
             return
         if payload.get("resumed_from") is not None and trial.trial_id not in self.announced:
             self.announced.add(trial.trial_id)
             self._line(f"resumed {self.resolve(trial.config).label} from step {payload['resumed_from']}")
         metrics = payload.get("metrics") or {}
-        if not metrics.get("final"):
-            return
-        self._count_work(trial)
-        self.outcomes[trial.trial_id] = metrics.get("status", "finished")
+        if not metrics.get("final") or (payload.get("replay") and key in self.outcomes):
+            return  # a retried pack replays the members that ended before: said already
+        self._count_work(trial, member, len(members))
+        self.outcomes[key] = metrics.get("status", "finished")
         value = metrics.get(self.metric)
-        label = self.resolve(trial.config).label
         if isinstance(value, (int, float)) and better(float(value), self.best, self.mode):
-            self.best = (float(value), label)
-        self.running.discard(trial.trial_id)
-        self._line(f"{self.outcomes[trial.trial_id]} {label}")
+            self.best = (float(value), member.label)
+        self.running.discard(key)
+        self._line(f"{self.outcomes[key]} {member.label}")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self._line(f"retrying {self.resolve(trial.config).label} from its last checkpoint")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._count_work(trial)
-        self.outcomes[trial.trial_id] = "failed"
-        self.running.discard(trial.trial_id)
+        members = self._members(trial)
+        for member in members:
+            key = (trial.trial_id, member.hash)
+            if key not in self.outcomes:  # a pack's members that ended before keep their outcome
+                self._count_work(trial, member, len(members))
+                self.outcomes[key] = "failed"
+            self.running.discard(key)
         self._line(f"failed {self.resolve(trial.config).label}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.running.discard(trial.trial_id)
+        self.running -= {(trial.trial_id, m.hash) for m in self._members(trial)}
 
-    def _count_work(self, trial) -> None:
-        trial_hash = self.resolve(trial.config).hash
-        if trial.trial_id in self.outcomes or trial_hash not in self.work:  # once per trial
+    def _count_work(self, trial, member, pack_size: int) -> None:
+        if (trial.trial_id, member.hash) in self.outcomes or member.hash not in self.work:  # once per trial
             return
-        if trial.trial_id in self.started:
-            self.finished_work.append(trial_hash)
-            self.durations.append(time.time() - self.started[trial.trial_id])
+        if trial.trial_id in self.started:  # a pack's members share its wall time
+            self.finished_work.append(member.hash)
+            self.durations.append((time.time() - self.started[trial.trial_id]) / pack_size)
 
     def _cost_model(self) -> tuple[float, float]:
         """(a, b) of duration ≈ a + b·estimate: fitted once the ended trials differ in size,

@@ -10,6 +10,7 @@ from trainer.config import UserError
 
 from .layout import TrackingUnreachable, tracking_uri_help
 from .locations import STORAGE_HELP
+from .packing import FUSE_HELP, parse_fuse_flag
 
 RUN_HELP = "run a sweep: local embedded Ray by default, or an existing cluster with --address"
 
@@ -30,6 +31,7 @@ def register(subparsers) -> None:
                      help="while MLflow is unreachable trials keep training and reports are queued; stop "
                      "the sweep (exit 1, nothing lost) after this long (default: $SCALELAB_TRACKING_GRACE, "
                      "else 1800)")
+    run.add_argument("--fuse", default=None, metavar="auto|off|N", help=FUSE_HELP)
     run.set_defaults(func=cmd_run)
 
     submit = subparsers.add_parser("submit", help="submit a sweep to a Ray cluster as a Ray Job",
@@ -45,6 +47,7 @@ def register(subparsers) -> None:
     submit.add_argument("--storage", default=None, help="storage directory on the cluster (a shared "
                         "filesystem for multi-node clusters; default: ~/.scalelab on the driver node)")
     submit.add_argument("--max-concurrent", type=int, default=None, help="passed on to `scalelab run`")
+    submit.add_argument("--fuse", default=None, metavar="auto|off|N", help="passed on to `scalelab run`")
     submit.add_argument("--working-dir", default=".", help="project directory to upload (default: .)")
     submit.add_argument("--dry-run", action="store_true", help="list the files that would be uploaded and the "
                         "command that would run; contact no cluster")
@@ -89,7 +92,7 @@ def cmd_run(args) -> int:
         spec.check_corpora()
     opts = RunOptions(tracking_uri=args.tracking_uri, storage=args.storage, address=args.address,
                       max_concurrent=args.max_concurrent, num_cpus=args.num_cpus,
-                      tracking_grace=args.tracking_grace)
+                      tracking_grace=args.tracking_grace, fuse=parse_fuse_flag(args.fuse))
     from mlflow.exceptions import MlflowException
     from ray.exceptions import RayError
     from ray.tune.error import TuneError
@@ -117,7 +120,7 @@ def cmd_submit(args) -> int:
     _positive(args.max_concurrent, "--max-concurrent")
     job_id = submit_sweep(args.sweep, address=args.address, tracking_uri=args.tracking_uri,
                           storage=args.storage, max_concurrent=args.max_concurrent, working_dir=args.working_dir,
-                          dry_run=args.dry_run)
+                          dry_run=args.dry_run, fuse=parse_fuse_flag(args.fuse))
     if job_id is None:  # --dry-run
         return 0
     print(job_id)

@@ -89,6 +89,7 @@ class RunOptions:
     max_concurrent: int | None = None
     num_cpus: int | None = None
     tracking_grace: float | None = None   # --tracking-grace seconds (None: $SCALELAB_TRACKING_GRACE, 30 min)
+    fuse: int | str | None = None     # --fuse (None: the sweep file's `fuse`; packing.py)
     out: TextIO = sys.stdout
 
     def locations(self, spec) -> Locations:
@@ -130,9 +131,12 @@ def _run_sweep(spec, opts: RunOptions) -> SweepSummary:
     summary = SweepSummary(spec.name, 0, parent_run_id=tracker.parent_id)
     print(f"[{spec.name}] tracking {where.tracking_uri} (experiment {spec.experiment!r}, "
           f"parent run {tracker.parent_id}); storage {where.storage}", file=opts.out, flush=True)
+    if opts.fuse is not None:
+        spec.fuse = opts.fuse
     mode = sweep_mode(spec, where.study_url)
     mode.plan_run(tracker, done, opts.out)
     mode.claim(tracker, opts.out)
+    mode.pack(opts.out)
     summary.total = mode.total
     if mode.to_run > 0:
         outbox = Outbox(grace_seconds(opts.tracking_grace),
@@ -229,7 +233,7 @@ def _execute(spec, mode, tracker: SweepTracker, where: Locations, opts: RunOptio
         results = tuner.fit()
     # Ctrl-C makes Tune stop its trials and return early: fewer trials ended than planned. (A
     # search sweep taken over by another run stops early too, but that is said on its own.)
-    return results.num_terminated + results.num_errors < mode.to_run and not tracker.sweep_lost()
+    return results.num_terminated + results.num_errors < mode.tune_trials and not tracker.sweep_lost()
 
 
 class OutageStopper(tune.Stopper):

@@ -126,6 +126,7 @@ class SweepSpec:
         self.description = parsed.description
         self.concurrency = parsed.concurrency
         self.retries = parsed.retries
+        self.fuse: int | str = parsed.fuse   # "auto" | "off" | N (orchestrator/packing.py)
         self.mode: Literal["grid", "search"] = "search" if parsed.search else "grid"
         gpu = parsed.resources.gpu
         self.resources = {"cpu": float(parsed.resources.cpu), "gpu": gpu if gpu == "auto" else float(gpu)}
@@ -484,9 +485,14 @@ class SweepSpec:
         gpu = self.resources["gpu"]
         if gpu != "auto":
             return gpu
-        need = estimate(cfg)["memory_bytes"] / (self.gpu_memory_gb * 2 ** 30)
-        # whole GPUs are capped at 1: the trainer uses one device
-        return next((f for f in GPU_FRACTIONS if need <= f), 1.0)
+        return gpu_fraction(estimate(cfg)["memory_bytes"], self.gpu_memory_gb)
+
+
+def gpu_fraction(memory_bytes: float, gpu_memory_gb: float) -> float:
+    """`gpu: auto`: the smallest GPU_FRACTIONS share that holds `memory_bytes`; whole GPUs are
+    capped at 1 (the trainer uses one device)."""
+    need = memory_bytes / (gpu_memory_gb * 2 ** 30)
+    return next((f for f in GPU_FRACTIONS if need <= f), 1.0)
 
 
 @lru_cache(maxsize=1)

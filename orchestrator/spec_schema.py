@@ -80,7 +80,15 @@ class SweepFile(_Strict):
     resources: ResourcesFile = Field(default_factory=ResourcesFile)
     concurrency: int | None = Field(None, ge=1)
     retries: int = Field(1, ge=0)
+    fuse: int | Literal["auto", "off"] = Field(
+        "auto", description="fused packs (orchestrator/packing.py): 'auto', 'off' or at most N trials per pack")
     search: SearchFile | None = None
+
+    @field_validator("fuse", mode="before")
+    @classmethod
+    def _fuse(cls, value: Any) -> Any:
+        from .packing import check_fuse
+        return check_fuse(value)
 
     @field_validator("name")
     @classmethod

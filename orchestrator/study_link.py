@@ -28,9 +28,10 @@ class StudyRunLinker(tune.Callback):
         self._study = None
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        rec = self.tracking.records.get(trial.trial_id)
-        if rec is None:
+        recs = self.tracking.records.get(trial.trial_id)
+        if not recs:
             return
+        rec = recs[0]  # a search sample is never a fused pack
         # the child run is created by the tracking callback's outbox: link once it exists
         config = dict(trial.config)
         self.tracking.after_writes(lambda: self._link(config, rec))

@@ -23,6 +23,10 @@ class GridTrials:
     def __init__(self, trials: list):
         self.by_hash = {t.hash: t for t in trials}
 
+    def add_packs(self, packs: list) -> None:
+        """Fused packs answer for their own config (a lone trial is already known by its hash)."""
+        self.by_hash.update({p.hash: p for p in packs if p.fused})
+
     def __call__(self, config: dict):
         return self.by_hash[config[GRID_TRIAL_KEY]["hash"]]
 
@@ -66,7 +70,9 @@ class GridSweep:
         self.name = spec.name
         self.trials = spec.trials()
         self.lookup = GridTrials(self.trials)
+        self.fuse, self.gpu_auto, self.gpu_memory_gb = spec.fuse, spec.resources["gpu"] == "auto", spec.gpu_memory_gb
         self.pending: list = []
+        self.packs: list = []   # packing.Pack: how the pending trials run (one Ray trial each)
         self.done_before: dict[str, str] = {}
         self.known: dict[str, float | None] = {}
         self.work: dict[str, float] = {}   # hash -> estimated compute seconds of pending trials
@@ -107,9 +113,23 @@ class GridSweep:
         if done:
             print(f"[{self.name}] {len(done)} trial(s) got a result meanwhile", file=out, flush=True)
 
+    def pack(self, out: TextIO) -> None:
+        """Group the trials this invocation holds into fused packs (`fuse`, packing.py)."""
+        from .packing import make_packs, pack_summary
+
+        self.packs = make_packs(self.pending, self.fuse, self.gpu_auto, self.gpu_memory_gb)
+        self.lookup.add_packs(self.packs)
+        note = pack_summary(self.packs, self.fuse)
+        if note:
+            print(f"[{self.name}] {note}", file=out, flush=True)
+
+    @property
+    def tune_trials(self) -> int:
+        return len(self.packs)
+
     @property
     def param_space(self) -> dict:
-        return {GRID_TRIAL_KEY: tune.grid_search([t.to_payload() for t in self.pending])} if self.pending else {}
+        return {GRID_TRIAL_KEY: tune.grid_search([p.to_payload() for p in self.packs])} if self.packs else {}
 
     @staticmethod
     def trial_dirname(tune_trial) -> str:
@@ -196,6 +216,13 @@ class SearchSweep:
     @staticmethod
     def trial_dirname(tune_trial) -> str:
         return tune_trial.trial_id
+
+    def pack(self, out: TextIO) -> None:
+        """Samples are drawn one at a time: never fused."""
+
+    @property
+    def tune_trials(self) -> int:
+        return self.to_run
 
     def outcomes(self, tracker) -> dict[str, str]:
         return {h: child.outcome for h, child in tracker.children.items() if child.outcome}

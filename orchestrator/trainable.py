@@ -25,6 +25,7 @@ FAULT_ENV = "SCALELAB_FAULT_INJECT"
 GRID_TRIAL_KEY = "scalelab_trial"  # a grid sweep's Tune config: {GRID_TRIAL_KEY: Trial.to_payload()}
 OBJECTIVE_KEY = "objective"        # the value of each report that Tune's searcher optimises
 REPORT_KEY = "scalelab"            # each report carries its journal entry under this key
+PACK_MEMBERS_KEY = "members"       # a fused pack's payload (orchestrator/packing.py) lists its trials
 
 
 @dataclass
@@ -176,6 +177,8 @@ def set_threads(cfg, cpus: float) -> None:
 def run_trial(config: dict, ctx: TrialContext) -> None:
     from ray import tune
 
+    if PACK_MEMBERS_KEY in config.get(GRID_TRIAL_KEY, {}):
+        return run_pack(config, ctx)
     trial = trial_from_config(config, ctx)
     if trial.hash in ctx.known:  # a sampled point already trained: hand back its known result
         value = ctx.known[trial.hash]
@@ -227,6 +230,112 @@ def _train(trial, ctx: TrialContext, trial_dir: Path, journal: Journal, resume_f
     journal.append(entry)
     prune_checkpoints(trial_dir / "checkpoints", keep=entry.get("checkpoint"), trial_dir=trial_dir)
     tune.report(payload(entry, ctx, replay=False, resumed_from=resumed_step))
+
+
+# --- fused packs ----------------------------------------------------------------------------
+
+@dataclass
+class PackMember:
+    """One member's own files, exactly as a lone trial keeps them (journal, checkpoints)."""
+    trial: Any
+    trial_dir: Path
+    journal: Journal
+    entries: list[dict]
+
+    @classmethod
+    def open(cls, trial, ctx: TrialContext) -> "PackMember":
+        trial_dir = Path(ctx.trials_root) / trial.hash
+        (trial_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        journal = Journal(trial_dir / "reports.jsonl")
+        return cls(trial, trial_dir, journal, journal.read())
+
+    @property
+    def ended(self) -> bool:
+        return bool(self.entries) and bool(self.entries[-1]["metrics"].get("final"))
+
+
+def run_pack(config: dict, ctx: TrialContext) -> None:
+    """A fused pack (trainer/fused.py) on one Ray worker: members that ended before (their
+    journal holds the final report) only replay it; the rest resume together from their
+    newest common checkpoint and train as one stacked model. Each member's reports carry its
+    own hash, so the driver files them under its own MLflow run."""
+    from ray import tune
+
+    from .spec import Trial
+
+    members = [PackMember.open(Trial.from_payload(p), ctx) for p in config[GRID_TRIAL_KEY][PACK_MEMBERS_KEY]]
+    live = []
+    for m in members:
+        if m.ended:  # only replayed (resumed_from None: the pack resumes from the others' step)
+            for entry in m.entries:
+                tune.report(payload(entry, ctx, replay=True))
+        else:
+            live.append(m)
+    if not live:
+        return
+    paths, replays = _common_resume(live)
+    resumed_step = int(replays[0][-1]["metrics"]["step"]) if replays[0] else None
+    for m, replay in zip(live, replays):
+        m.journal.rewrite(replay)
+        for entry in replay:
+            tune.report(payload(entry, ctx, replay=True, resumed_from=resumed_step))
+    _train_pack(live, ctx, paths, resumed_step)
+
+
+def _common_resume(live: list[PackMember]) -> tuple[list[str | None], list[list[dict]]]:
+    """Each member's checkpoint and journal entries at the newest step all of them can resume
+    from (a pack resumes from one step); none: the pack starts afresh."""
+    def on_disk(m: PackMember) -> dict[int, tuple[str, list[dict]]]:
+        found = {}
+        for i, entry in enumerate(m.entries):
+            ckpt = entry.get("checkpoint")
+            if ckpt and (m.trial_dir / ckpt / "state.pt").is_file():
+                found[int(entry["metrics"]["step"])] = (str(m.trial_dir / ckpt), m.entries[:i + 1])
+        return found
+
+    found = [on_disk(m) for m in live]
+    common = set.intersection(*(set(f) for f in found))
+    if not common:
+        return [None] * len(live), [[] for _ in live]
+    step = max(common)
+    return [f[step][0] for f in found], [f[step][1] for f in found]
+
+
+def _train_pack(live: list[PackMember], ctx: TrialContext, paths: list[str | None], resumed_step: int | None) -> None:
+    from ray import tune
+    from trainer.fused import train_fused
+
+    first = live[0].trial
+    set_threads(first.config, first.resources.get("cpu", 1))
+    fault = ctx.fault_inject if ctx.fault_inject is not None else os.environ.get(FAULT_ENV)
+    finals: dict[int, dict] = {}
+
+    def reporter(k: int):
+        m = live[k]
+
+        def on_report(metrics: dict, checkpoint_path: str | None) -> None:
+            entry = {"hash": m.trial.hash, "ts": int(time.time() * 1000), "metrics": metrics,
+                     "checkpoint": os.path.relpath(checkpoint_path, m.trial_dir) if checkpoint_path else None}
+            if metrics.get("final"):
+                maybe_inject_fault(fault, m.trial.hash, int(metrics["step"]), m.trial_dir)
+                finals[k] = entry  # journaled and sent with its multiplier table by on_end
+                return
+            m.journal.append(entry)
+            maybe_inject_fault(fault, m.trial.hash, int(metrics["step"]), m.trial_dir)
+            tune.report(payload(entry, ctx, replay=False, resumed_from=resumed_step))
+        return on_report
+
+    def on_end(k: int, result) -> None:
+        m = live[k]
+        entry = finals[k]
+        entry["multipliers"] = result.multipliers
+        m.journal.append(entry)
+        prune_checkpoints(m.trial_dir / "checkpoints", keep=entry.get("checkpoint"), trial_dir=m.trial_dir)
+        tune.report(payload(entry, ctx, replay=False, resumed_from=resumed_step))
+
+    train_fused([m.trial.config for m in live], reports=[reporter(k) for k in range(len(live))],
+                checkpoint_dirs=[str(m.trial_dir / "checkpoints") for m in live],
+                resume_from=paths if any(paths) else None, on_end=on_end)
 
 
 def prune_checkpoints(directory: Path, keep: str | None, trial_dir: Path) -> None:

@@ -17,11 +17,11 @@ share a pack. Muon is not fused (its orthogonalisation is per matrix; train it a
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -33,73 +33,10 @@ from .fused_model import FusedGPT, runs
 from .loop import Report, Trainer, TrainResult, _print_progress, final_metrics, peak_flops, pick_device, report_metrics
 from .model import GPT
 from .optim import Optimizers, lr_factor
+from .pack_rules import MEMBER_FIELDS, PACK_FIELDS, check_pack, group_packs, pack_key, unfusable_reason
 from .stats import multiplier_table
-
-# Fields every member of a pack shares: they fix the tensors' shapes and which parameters
-# exist (shape, multiplier placement, frozen norms), the data layout (corpus, split, batch),
-# the loop (steps, eval cadence) and how the pack runs (device, threads, compile). Every other
-# TrainConfig field (MEMBER_FIELDS) is a number the stacked model or optimizer holds per member.
-PACK_FIELDS = ("d_model", "n_layers", "head_dim", "mlp_ratio", "vocab_size", "seq_len", "freeze_norms",
-               "multipliers", "multiplier_placement", "multiplier_overrides", "optimizer",
-               "corpus", "parquet_column", "val_fraction", "batch_size", "cache_dir",
-               "steps", "eval_interval", "eval_batches", "device", "compile", "threads")
-MEMBER_FIELDS = ("scheme", "multiplier_init", "base_width", "base_depth", "width_recipe", "depth_scaling",
-                 "init_std", "emb_init_std", "head_init_std", "alpha_emb", "alpha_out", "alpha_attn",
-                 "lr_mult_emb", "lr_mult_hidden", "lr_mult_head", "lr_mult_vector", "lr_mult_multiplier",
-                 "multiplier_lr_width_exponent", "wd_mult_emb", "wd_mult_hidden", "wd_mult_head",
-                 "wd_mult_vector", "multiplier_wd", "lr", "weight_decay", "wd_mode", "beta1", "beta2", "eps",
-                 "muon_momentum", "grad_clip", "schedule", "warmup_steps", "decay_frac", "min_lr_ratio",
-                 "seed", "divergence_factor", "peak_flops", "record_activations")
-
-
-def unfusable_reason(cfg: TrainConfig) -> str | None:
-    if cfg.optimizer != "adamw":
-        return (f"optimizer={cfg.optimizer} cannot be fused (Muon orthogonalises each matrix on its own); "
-                "train it alone with trainer.loop.train")
-    return None
-
-
-def pack_key(cfg: TrainConfig) -> tuple:
-    """Configs with equal keys can share a pack. ConfigError if `cfg` cannot be fused at all."""
-    reason = unfusable_reason(cfg)
-    if reason:
-        raise ConfigError(reason)
-    return tuple((name, json.dumps(getattr(cfg, name), sort_keys=True)) for name in PACK_FIELDS)
-
-
-def check_pack(cfgs: list[TrainConfig]) -> None:
-    """ConfigError naming the field (and the members) that keep these configs from one pack."""
-    if not cfgs:
-        raise ConfigError("a fused pack needs at least one config")
-    for i, cfg in enumerate(cfgs):
-        reason = unfusable_reason(cfg)
-        if reason:
-            raise ConfigError(f"member {i}: {reason}")
-    for name in PACK_FIELDS:
-        values = [getattr(c, name) for c in cfgs]
-        if any(v != values[0] for v in values):
-            odd = next(i for i, v in enumerate(values) if v != values[0])
-            raise ConfigError(f"cannot fuse: {name} differs between members (member 0: {values[0]!r}, "
-                              f"member {odd}: {values[odd]!r}); a pack's members share every field of "
-                              "trainer.fused.PACK_FIELDS (shapes, multiplier placement, data, steps, runtime)")
-
-
-def group_packs(cfgs: list[TrainConfig], max_members: int = 16) -> list[list[int]]:
-    """Indices of `cfgs` in packs that train_fused accepts (first-seen order, at most
-    `max_members` each). A config that cannot be fused is a pack of its own: run it with
-    trainer.loop.train (`unfusable_reason` says why)."""
-    packs: dict[object, list[list[int]]] = {}
-    out: list[list[int]] = []
-    for i, cfg in enumerate(cfgs):
-        if unfusable_reason(cfg):
-            out.append([i])
-            continue
-        chunks = packs.setdefault(pack_key(cfg), [])
-        if not chunks or len(chunks[-1]) >= max_members:
-            chunks.append([])
-            out.append(chunks[-1])
-        chunks[-1].append(i)
-    return out
+__all__ = ["FusedTrainer", "StackedAdamW", "train_fused", "MEMBER_FIELDS", "PACK_FIELDS", "check_pack",
+           "group_packs", "pack_key", "unfusable_reason"]  # the pack rules live in pack_rules.py (no torch)
 
 
 def _per_member(values: list[float], dims: int, device: torch.device) -> float | torch.Tensor:
@@ -352,13 +289,16 @@ class FusedTrainer:
 
 def train_fused(cfgs: list[TrainConfig], reports: list[Report | None] | None = None,
                 checkpoint_dirs: list[str | None] | None = None,
-                resume_from: str | list[str | None] | None = None, progress: bool = False) -> list[TrainResult]:
+                resume_from: str | list[str | None] | None = None, progress: bool = False,
+                on_end: Callable[[int, TrainResult], None] | None = None) -> list[TrainResult]:
     """Train the configs as one fused pack (check_pack says whether they can be); one
     TrainResult per config, in order. `reports[k](metrics, checkpoint_path)` gets member k's
     reports exactly as `train(cfgs[k], report=...)` would; `checkpoint_dirs[k]` is where member
     k's checkpoints go; `resume_from` is "latest" (each member's latest checkpoint in its
     directory) or one checkpoint path per member. Members that already reported a final result
-    are left out of a resumed pack by the caller."""
+    are left out of a resumed pack by the caller. `on_end(k, result)` is called once member k
+    has ended (diverged mid-pack, or finished), right after its final report: a caller can
+    record a member's result while the others still train."""
     K = len(cfgs)
     reports = list(reports) if reports is not None else [None] * K
     dirs = list(checkpoint_dirs) if checkpoint_dirs is not None else [None] * K
@@ -423,8 +363,13 @@ def train_fused(cfgs: list[TrainConfig], reports: list[Report | None] | None = N
                 _print_progress(members[k].history[-1], members[k].cfg)
             if reports[k]:
                 reports[k](members[k].history[-1], paths[k])
+            if on_end and members[k].status != "training":
+                on_end(k, _result(members[k]))
         if eval_point:
             interval_time = 0.0
 
-    return [TrainResult(m.history[-1]["status"], m.history[-1], multiplier_table(m.model), m.history)
-            for m in members]
+    return [_result(m) for m in members]
+
+
+def _result(m: Member) -> TrainResult:
+    return TrainResult(m.history[-1]["status"], m.history[-1], multiplier_table(m.model), m.history)

@@ -1,0 +1,93 @@
+"""Typed fit results (analysis/results.py): each fit returns its dataclass, to_dict() is the JSON,
+and the dict-style compatibility path reads the same values as the attributes."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from analysis import results as R
+from analysis import synthetic as syn
+from analysis.fits import FitOptions, run_fits
+from analysis.stats import jsonable
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    tables, _ = syn.synthetic_tables(seed=3, transfer=syn.TransferSpec(widths=(128, 256, 512), seeds=2),
+                                     norms=syn.NormSpec(), tuning=syn.TuningSpec(), freedom=syn.FreedomSpec())
+    return run_fits(tables, FitOptions(n_boot=30, n_boot_scaling=20))
+
+
+TYPES = {"comparison": (R.Comparison, None), "transfer": (R.TransferResult, "groups"),
+         "multipliers": (R.MultiplierResult, "groups"), "norms": (R.NormsResult, "sweeps"),
+         "freedom": (R.FreedomResult, "groups"), "scaling": (R.ScalingResult, "fits"),
+         "tuning": (R.TuningResult, "curves"), "coord_check": (R.CoordCheckResult, "groups")}
+PARTS = {"transfer": R.TransferGroup, "multipliers": R.MultiplierGroup, "norms": R.NormsSweep,
+         "freedom": R.FreedomGroup, "scaling": R.ScalingFit, "tuning": R.TuningCurve, "coord_check": R.CoordGroup}
+
+
+def test_every_fit_returns_its_dataclass(fitted):
+    assert fitted["skipped"] == {}
+    results = fitted["results"]
+    assert set(results) == set(TYPES)
+    for name, (cls, parts) in TYPES.items():
+        assert type(results[name]) is cls, name
+        assert results[name].analysis == name
+        if parts:
+            assert results[name][parts] and all(type(p) is PARTS[name] for p in getattr(results[name], parts)), name
+    assert all(type(c) is R.TransferCurve for c in results["transfer"].curves)
+
+
+def _walk(result: R.Result):
+    yield result
+    for _, value in result.items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, R.Result):
+                yield from _walk(item)
+
+
+def test_to_dict_is_the_json_and_item_access_agrees_with_attributes(fitted):
+    for name, result in fitted["results"].items():
+        data = result.to_dict()
+        assert json.loads(json.dumps(data, allow_nan=False)) == data, name
+        assert jsonable(result) == data
+        back = R.load(json.loads(json.dumps(data)))            # summary.json read back: the same result
+        assert type(back) is type(result) and back.to_dict() == data and back == result
+        for part in _walk(result):
+            d = part.to_dict()
+            assert list(d) == part.keys()
+            for key in d:
+                assert key in part
+                field = "size" if isinstance(part, R.NormsSweep) and key == part.size_column else key
+                assert part[key] is getattr(part, field), (name, key)
+            assert "no_such_key" not in part and part.get("no_such_key", 7) == 7
+            with pytest.raises(KeyError):
+                part["no_such_key"]
+
+
+def test_optional_fields_leave_the_json_as_before(fitted):
+    transfer = fitted["results"]["transfer"]
+    assert list(transfer.to_dict()) == ["analysis", "hp", "size", "loss", "k", "n_boot", "ci_level", "init_loss",
+                                        "sensitivity_range_log2", "group_keys", "outcomes", "treatment", "curves",
+                                        "groups", "warnings"]
+    for g in transfer.groups:
+        assert ("note" in g.to_dict()) == (g.note is not None)
+    fits = fitted["results"]["scaling"].fits
+    fit = next(f for f in fits if f.E is not None)          # 3 widths: the fit is exact, no interval
+    assert fit.exact_fit and "E" in fit and "E_ci" not in fit and "B" not in fit and fit.E_ci is None
+    short = next(f for f in fits if f.E is None)
+    assert list(short.to_dict()) == ["group", "label", "n_points", "n_sizes", "N_range", "points", "note"]
+    sweep = fitted["results"]["norms"].sweeps[0]
+    assert list(sweep.to_dict())[:4] == ["group", "label", "d_model", "sqrt_lr_wd"]
+    assert sweep["d_model"] == sweep.size and "size" not in sweep and "size_column" not in sweep
+
+
+def test_a_mistyped_attribute_raises_and_results_are_frozen(fitted):
+    transfer = fitted["results"]["transfer"]
+    with pytest.raises(AttributeError):
+        transfer.groups[0].gama
+    with pytest.raises(AttributeError):
+        transfer.curvs
+    with pytest.raises(AttributeError):        # dataclasses.FrozenInstanceError
+        transfer.hp = "weight_decay"
