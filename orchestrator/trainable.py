@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,46 @@ def resume_point(entries: list[dict], trial_dir: Path) -> tuple[str | None, list
         if ckpt and (trial_dir / ckpt / "state.pt").is_file():
             return str(trial_dir / ckpt), entries[:i + 1]
     return None, []
+
+
+# --- one writer per trial folder ------------------------------------------------------------
+
+LOCK_FILE = "writer.lock"
+LOCK_NOTE_S = 30.0   # how often a waiting worker says it is still waiting
+
+
+@contextmanager
+def trial_lock(trial_dirs: list[Path], note=print):
+    """Hold an exclusive lock on each trial folder (sorted order: two packs sharing members
+    cannot deadlock) while this worker reads, trains and writes it. Another process that holds
+    one — a `scalelab run` whose claim lapsed while MLflow was unreachable, still training —
+    is waited for: once it ends, the journal holds what it wrote and this worker resumes or
+    replays from there, so a trial folder never has two writers. The claim in MLflow (which
+    invocation runs a trial) is checked before; this lock is the storage's own guarantee
+    (flock: local disks, and NFS whose clients map it to byte-range locks)."""
+    import fcntl
+
+    held = []
+    try:
+        for trial_dir in sorted(trial_dirs):
+            trial_dir.mkdir(parents=True, exist_ok=True)
+            fh = open(trial_dir / LOCK_FILE, "a+")
+            held.append(fh)
+            waited = 0.0
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if waited % LOCK_NOTE_S == 0:
+                        note(f"trial {trial_dir.name}: another process is writing its folder; waiting for it "
+                             "to end (its results are then replayed, not trained again)")
+                    time.sleep(1.0)
+                    waited += 1.0
+        yield
+    finally:
+        for fh in held:
+            fh.close()  # closing releases the lock
 
 
 # --- fault injection -----------------------------------------------------------------------
@@ -186,6 +227,13 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
                      REPORT_KEY: {"skipped": True, "hash": trial.hash}})
         return
     trial_dir = Path(ctx.trials_root) / trial.hash
+    with trial_lock([trial_dir]):
+        _run_locked(trial, ctx, trial_dir)
+
+
+def _run_locked(trial, ctx: TrialContext, trial_dir: Path) -> None:
+    from ray import tune
+
     (trial_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     journal = Journal(trial_dir / "reports.jsonl")
     entries = journal.read()
@@ -259,11 +307,17 @@ def run_pack(config: dict, ctx: TrialContext) -> None:
     journal holds the final report) only replay it; the rest resume together from their
     newest common checkpoint and train as one stacked model. Each member's reports carry its
     own hash, so the driver files them under its own MLflow run."""
-    from ray import tune
-
     from .spec import Trial
 
-    members = [PackMember.open(Trial.from_payload(p), ctx) for p in config[GRID_TRIAL_KEY][PACK_MEMBERS_KEY]]
+    trials = [Trial.from_payload(p) for p in config[GRID_TRIAL_KEY][PACK_MEMBERS_KEY]]
+    with trial_lock([Path(ctx.trials_root) / t.hash for t in trials]):
+        _run_pack_locked(trials, ctx)
+
+
+def _run_pack_locked(trials: list, ctx: TrialContext) -> None:
+    from ray import tune
+
+    members = [PackMember.open(t, ctx) for t in trials]
     live = []
     for m in members:
         if m.ended:  # only replayed (resumed_from None: the pack resumes from the others' step)

@@ -237,3 +237,40 @@ def test_a_malformed_fault_spec_is_refused_before_the_run(tmp_path, monkeypatch,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "SCALELAB_FAULT_INJECT" in err[0]
     assert not (tmp_path / "m.db").exists()
+
+
+def test_a_trial_folder_has_one_writer_the_second_waits_and_then_sees_the_first_ones_results(tmp_path):
+    """A `scalelab run` whose claim lapsed may still be training a trial that another run took
+    over. The taker's worker waits on the folder's lock instead of writing beside it, and once
+    the first process ends it reads that process's journal (replay, no second training)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from orchestrator.trainable import trial_lock
+
+    trial_dir = tmp_path / "abc"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import json, sys, time
+        from pathlib import Path
+        from orchestrator.trainable import trial_lock
+        d = Path({str(trial_dir)!r})
+        with trial_lock([d]):
+            print("locked", flush=True)
+            time.sleep(2.5)
+            with open(d / "reports.jsonl", "a") as fh:
+                fh.write(json.dumps({{"hash": "abc", "metrics": {{"step": 20, "final": True}}}}) + "\\n")
+        """)], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        notes: list[str] = []
+        with trial_lock([tmp_path / "other", trial_dir], note=notes.append):
+            entries = Journal(trial_dir / "reports.jsonl").read()
+            assert entries and entries[-1]["metrics"]["final"], "acquired while the other writer still held it"
+        assert len(notes) == 1 and "another process is writing its folder" in notes[0]
+    finally:
+        holder.kill()
+        holder.wait()
+    with trial_lock([trial_dir], note=notes.append):  # free again: no wait, no note
+        pass
+    assert len(notes) == 1
