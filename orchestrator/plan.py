@@ -43,25 +43,28 @@ def build_plan(spec: SweepSpec, where: Locations, done: dict[str, str],
         rows = [trial_row(t, done) for t in trials]
         plan["trials"] = rows
         plan["totals"] = _totals(rows, spec.concurrency)
-        plan["packs"] = pack_rows(spec, [t for t in trials if t.hash not in done], trials, measure)
+        plan["packs"], plan["alone"] = pack_rows(spec, [t for t in trials if t.hash not in done], trials, measure)
     else:
         plan.update(_search_plan(spec, where.study_url, done))
     return plan
 
 
 def pack_rows(spec: SweepSpec, pending: list[Trial], trials: list[Trial],
-              measure: Callable[[list, float], float] | None) -> list[dict[str, Any]]:
-    """The fused packs `run` would form from the trials still to run (packing.py); lone
-    trials are not listed. A CPU pack's speed-up is measured once per shape and size."""
+              measure: Callable[[list, float], float] | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The fused packs `run` would form from the trials still to run (packing.py), and the
+    trials that run alone for a reason (e.g. Muon). A CPU pack's speed-up is measured once
+    per shape and size."""
     from trainer.pack_rules import pack_key
 
     from .packing import make_packs
 
     number = {t.hash: i for i, t in enumerate(trials, 1)}
     speedups: dict[tuple, float | None] = {}
-    rows = []
+    rows, alone = [], []
     for pack in make_packs(pending, spec.fuse, spec.resources["gpu"] == "auto", spec.gpu_memory_gb):
         if not pack.fused:
+            if pack.note:
+                alone.append({"trial": number[pack.hash], "hash": pack.hash, "note": pack.note})
             continue
         on_gpu = pack.resources["gpu"] > 0
         key = (pack_key(pack.members[0].config), len(pack.members))
@@ -72,7 +75,7 @@ def pack_rows(spec: SweepSpec, pending: list[Trial], trials: list[Trial],
                      "hashes": [t.hash for t in pack.members], "memory_bytes": int(pack.memory_bytes),
                      "cpu": pack.resources["cpu"], "gpu": pack.resources["gpu"], "speedup": speedups[key],
                      "speedup_measured_on": None if on_gpu or not measure else "this machine's CPU"})
-    return rows
+    return rows, alone
 
 
 def _totals(rows: list[dict[str, Any]], concurrency: int | None) -> dict[str, Any]:
@@ -150,8 +153,13 @@ def format_plan(plan: dict[str, Any]) -> str:
 
 def _format_packs(plan: dict[str, Any]) -> list[str]:
     packs = plan.get("packs") or []
+    notes: dict[str, list[int]] = {}
+    for row in plan.get("alone") or []:
+        if plan["fuse"] not in ("auto", "off", 1):  # auto's CPU note would be on every CPU sweep
+            notes.setdefault(row["note"], []).append(row["trial"])
+    alone = [f"  alone: #{', #'.join(map(str, n))}: {note}" for note, n in notes.items()]
     if not packs:
-        return [] if plan["fuse"] in ("auto", "off", 1) else [f"fuse: {plan['fuse']} → no trials share a pack"]
+        return [] if plan["fuse"] in ("auto", "off", 1) else [f"fuse: {plan['fuse']} → no trials share a pack"] + alone
     fused = sum(p["k"] for p in packs)
     lines = [f"fuse: {plan['fuse']} → {fused} of {plan['totals']['to_run']} trials to run in {len(packs)} fused "
              "pack(s), one Ray trial each (each member keeps its own MLflow run and checkpoints):"]
@@ -164,7 +172,7 @@ def _format_packs(plan: dict[str, Any]) -> list[str]:
             speed = "speed-up not measured (--no-measure)"
         lines.append(f"  {p['id']}: K={p['k']}, trials #{', #'.join(map(str, p['trials']))}, "
                      f"memory {size(p['memory_bytes'])}, gpu {p['gpu']:g}; {speed}")
-    return lines
+    return lines + alone
 
 
 def _format_table(rows: list[dict[str, Any]]) -> list[str]:

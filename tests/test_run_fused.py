@@ -183,3 +183,16 @@ def test_plan_shows_the_packs_with_memory_and_a_speedup_measured_once_per_shape(
     assert len(out["packs"]) == 2 and all(isinstance(p["speedup"], float) and p["speedup"] > 0 for p in out["packs"])
     assert main(["plan", str(path), "--json", "--fuse", "off", "--tracking-uri", uri]) == 0
     assert json.loads(capsys.readouterr().out)["packs"] == []
+
+
+def test_plan_says_which_trials_run_alone_and_why(tmp_path, tiny_sweep):
+    from orchestrator.locations import Locations
+    from orchestrator.plan import build_plan, format_plan
+
+    spec = load_sweep(str(tiny_sweep("mixed", fuse=4, grid={"lr": [1e-3, 2e-3], "optimizer": ["adamw", "muon"]})))
+    plan = build_plan(spec, Locations.resolve(spec, "sqlite:///" + str(tmp_path / "none.db")), {}, None)
+    muon = [i for i, t in enumerate(spec.trials(), 1) if t.config.optimizer == "muon"]
+    assert [a["trial"] for a in plan["alone"]] == muon and len(plan["packs"]) == 1
+    text = format_plan(plan)
+    assert f"alone: #{muon[0]}, #{muon[1]}: optimizer=muon cannot be fused" in text
+    assert "speed-up not measured (--no-measure)" in text
