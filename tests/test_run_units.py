@@ -159,6 +159,19 @@ def test_entrypoint_quotes_and_connects_to_the_cluster():
                    "--tracking-uri http://h:5000 --max-concurrent 4")
 
 
+def test_submit_passes_fuse_on_to_the_run_on_the_cluster(tmp_path, capsys):
+    from orchestrator.cli import main
+
+    assert jobs.entrypoint("a.yaml", "http://h:5000", None, None, fuse=8).endswith("--fuse 8")
+    sweep = tmp_path / "a.yaml"
+    sweep.write_text("name: a\nbase: {steps: 100}\n")
+    assert main(["submit", str(sweep), "--tracking-uri", "http://127.0.0.1:1", "--working-dir", str(tmp_path),
+                 "--fuse", "off", "--dry-run"]) == 0
+    assert "--fuse off" in capsys.readouterr().out
+    assert main(["submit", str(sweep), "--tracking-uri", "http://127.0.0.1:1", "--working-dir", str(tmp_path),
+                 "--fuse", "many", "--dry-run"]) == 2
+
+
 def test_auth_token_from_env_or_file(tmp_path, monkeypatch):
     import os
 
