@@ -23,7 +23,7 @@ from trainer.config import UserError
 
 from . import frames
 from .layers import block_product, role_values
-from .results import MultiplierGroup, MultiplierResult
+from .results import MatrixNorm, MultiplierGroup, MultiplierResult, MultiplierSeries
 from .stats import loglog_fit
 
 STATS = ("scalar", "row_rms", "col_rms", "row_mean", "col_mean")
@@ -91,16 +91,16 @@ def _fit_group(group: dict, runs: pd.DataFrame, size: str, level: float) -> Mult
     if n_sizes < 2:
         result["note"] = f"one value of {size}: no width exponent"
         return MultiplierGroup(**result)
-    result["matrix_norms"] = [{"role": role, **loglog_fit(widths, values, level), "points": _points(widths, values)}
+    result["matrix_norms"] = [MatrixNorm(role=role, fit=loglog_fit(widths, values, level), points=_points(widths, values))
                               for role, values in role_values(runs, "weight_rms").items()]
     for name, values in role_series(runs).items():
         fit = loglog_fit(widths, values, level)
         role = name.split(" ")[0]
         prediction = PREDICTIONS.get(role)
-        result["series"].append({"name": name, "role": role, "source": _source(name, runs), **fit, "prediction": prediction,
-                    "minus_prediction": None if prediction is None or fit["exponent"] is None
-                    else fit["exponent"] - prediction,
-                    "points": _points(widths, values)})
+        result["series"].append(MultiplierSeries(
+            name=name, role=role, source=_source(name, runs), fit=fit, prediction=prediction,
+            minus_prediction=None if prediction is None or fit.exponent is None else fit.exponent - prediction,
+            points=_points(widths, values)))
     return MultiplierGroup(**result)
 
 
