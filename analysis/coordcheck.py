@@ -15,7 +15,7 @@ import pandas as pd
 from trainer.config import UserError
 
 from . import frames
-from .results import CoordCheckResult, CoordGroup, CoordSlope
+from .results import CoordCheckResult, CoordGroup, CoordPoint, CoordSlope
 from .stats import loglog_fit
 
 
@@ -68,8 +68,8 @@ def _fit_group(group: dict, data: pd.DataFrame, size: str, setting: float | None
             v = part["value"].abs().to_numpy(float)
             v = v[np.isfinite(v) & (v > 0)]
             if v.size:
-                points.append({"name": name, "step": int(step), "size": float(width),
-                               "mean_abs": float(np.exp(np.log(v).mean())), "n": int(v.size)})
+                points.append(CoordPoint(name=name, step=int(step), size=float(width),
+                                         mean_abs=float(np.exp(np.log(v).mean())), n=int(v.size)))
     last = max(s.step for s in slopes)
     worst = max((abs(s.fit.exponent) for s in slopes if s.step == last and s.fit.exponent is not None), default=None)
     return CoordGroup(group=group, label=frames.group_label(group), setting=setting,

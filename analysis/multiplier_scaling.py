@@ -23,7 +23,7 @@ from trainer.config import UserError
 
 from . import frames
 from .layers import block_product, role_values
-from .results import MatrixNorm, MultiplierGroup, MultiplierResult, MultiplierSeries
+from .results import MatrixNorm, MultiplierGroup, MultiplierResult, MultiplierSeries, WidthPoint
 from .stats import loglog_fit
 
 STATS = ("scalar", "row_rms", "col_rms", "row_mean", "col_mean")
@@ -112,11 +112,11 @@ def _source(name: str, runs: pd.DataFrame) -> str:
     return "mult/... metrics"
 
 
-def _points(widths: np.ndarray, values: np.ndarray) -> list[dict]:
+def _points(widths: np.ndarray, values: np.ndarray) -> list[WidthPoint]:
     out = []
     for w in np.unique(widths):
         v = values[(widths == w) & np.isfinite(values) & (values > 0)]
         if v.size:
-            out.append({"size": float(w), "geo_mean": float(np.exp(np.log(v).mean())),
-                        "min": float(v.min()), "max": float(v.max()), "n": int(v.size)})
+            out.append(WidthPoint(size=float(w), geo_mean=float(np.exp(np.log(v).mean())),
+                                  min=float(v.min()), max=float(v.max()), n=int(v.size)))
     return out

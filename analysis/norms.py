@@ -19,7 +19,8 @@ from trainer.config import UserError
 
 from . import frames
 from .layers import geometric_mean, layer_columns, role_values
-from .results import LossProfile, NormsResult, NormsSeries, NormsSweep, NormsVerdict, SpreadComparison
+from .results import (LossPoint, LossProfile, NormPoint, NormsResult, NormsSeries, NormsSweep, NormsVerdict,
+                      SpreadComparison)
 from .stats import loglog_fit
 
 MIN_S_VALUES = 3
@@ -151,16 +152,16 @@ def _loss_profile(S: np.ndarray, runs: pd.DataFrame, loss: str) -> LossProfile:
     if loss not in runs.columns:
         return LossProfile(points=[], spread=None)
     values = pd.to_numeric(runs[loss], errors="coerce").to_numpy(dtype=float)
-    points = [{"S": float(s), "loss_mean": float(np.nanmean(values[S == s])), "n": int(np.isfinite(values[S == s]).sum())}
+    points = [LossPoint(S=float(s), loss_mean=float(np.nanmean(values[S == s])), n=int(np.isfinite(values[S == s]).sum()))
               for s in np.unique(S) if np.isfinite(values[S == s]).any()]
-    means = [p["loss_mean"] for p in points]
+    means = [p.loss_mean for p in points]
     return LossProfile(points=points, spread=float(max(means) - min(means)) if means else None)
 
 
-def _points(S: np.ndarray, values: np.ndarray) -> list[dict]:
+def _points(S: np.ndarray, values: np.ndarray) -> list[NormPoint]:
     out = []
     for s in np.unique(S):
         v = values[(S == s) & np.isfinite(values) & (values > 0)]
         if v.size:
-            out.append({"S": float(s), "geo_mean": float(np.exp(np.log(v).mean())), "n": int(v.size)})
+            out.append(NormPoint(S=float(s), geo_mean=float(np.exp(np.log(v).mean())), n=int(v.size)))
     return out

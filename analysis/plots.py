@@ -1,4 +1,4 @@
-"""Figures of a report, drawn from the fits' result dicts (and the history table for training
+"""Figures of a report, drawn from the fits' typed results (and the history table for training
 curves). Object-oriented matplotlib (`Figure`, no pyplot): no global state, no display needed
 (PNG through Agg, SVG through its own backend).
 
@@ -97,7 +97,7 @@ def _size_name(size: str) -> str:
 def plot_transfer(result: TransferResult) -> Figure:
     """Loss vs log2(hp), one panel per parametrization, width as colour, optima marked."""
     curves = result.curves
-    labels = sorted({c.label for c in curves if any(p["loss_mean"] is not None for p in c.points)})
+    labels = sorted({c.label for c in curves if any(p.loss_mean is not None for p in c.points)})
     if not labels:
         raise SkipFigure("no transfer curve has a finite loss")
     fig, axes = _grid(len(labels))
@@ -117,13 +117,13 @@ def plot_transfer(result: TransferResult) -> Figure:
 
 
 def _draw_curve(ax, curve: TransferCurve, colour, size: str) -> None:
-    pts = [p for p in curve.points if p["loss_mean"] is not None]
-    x = np.array([p["hp"] for p in pts])
-    y = np.array([p["loss_mean"] for p in pts])
-    err = np.array([p["loss_sem"] or 0.0 for p in pts])
+    pts = [p for p in curve.points if p.loss_mean is not None]
+    x = np.array([p.hp for p in pts])
+    y = np.array([p.loss_mean for p in pts])
+    err = np.array([p.loss_sem or 0.0 for p in pts])
     ax.errorbar(x, y, yerr=err, color=colour, marker="o", ms=3, lw=1, capsize=2,
                 label=f"{curve.size:g}")
-    diverged = [p["hp"] for p in curve.points if p["loss_mean"] is None and p["n_diverged"] == p["n"]]
+    diverged = [p.hp for p in curve.points if p.loss_mean is None and p.n_diverged == p.n]
     if diverged and len(y):
         ax.scatter(diverged, [np.nanmax(y)] * len(diverged), marker="x", color=colour, s=25)
     if curve.opt is not None:
@@ -199,11 +199,11 @@ def _draw_power_law(ax, series: MultiplierSeries, colour, label: str) -> None:
     pts, fit = series.points, series.fit
     if not pts:
         return
-    x = np.array([p["size"] for p in pts])
-    y = np.array([p["geo_mean"] for p in pts])
+    x = np.array([p.size for p in pts])
+    y = np.array([p.geo_mean for p in pts])
     # clipped at 0 both ways: a geometric mean of one run differs from it in the last bit
-    err = np.array([[max(0.0, yy - p["min"]) for yy, p in zip(y, pts)],
-                    [max(0.0, p["max"] - yy) for yy, p in zip(y, pts)]])
+    err = np.array([[max(0.0, yy - p.min) for yy, p in zip(y, pts)],
+                    [max(0.0, p.max - yy) for yy, p in zip(y, pts)]])
     text = f"{label}: p = {_ci_text(fit.exponent, fit.exponent_ci, '{:.2f}')}"
     ax.errorbar(x, y, yerr=err, marker="o", ls="none", ms=4, capsize=2, color=colour, label=text)
     if fit.exponent is not None:
@@ -225,13 +225,13 @@ def plot_scaling(result: ScalingResult) -> Figure:
     for f in fits:
         if f.E is None:
             continue
-        N = np.array([p["N"] for p in f.points])
-        L = np.array([p["loss_mean"] for p in f.points])
-        err = np.array([p["loss_std"] or 0.0 for p in f.points])
+        N = np.array([p.N for p in f.points])
+        L = np.array([p.loss_mean for p in f.points])
+        err = np.array([p.loss_std or 0.0 for p in f.points])
         text = (f"{f.label}: E={_ci_text(f.E, f.E_ci)}, α={_ci_text(f.alpha, f.alpha_ci, '{:.2f}')}")
         ax.errorbar(N, L, yerr=err, marker="o", ls="none", ms=4, capsize=2, color=colours[f.label], label=text)
         xs = np.geomspace(N.min(), N.max(), 50)
-        D = np.median([p["D"] for p in f.points if p["D"]]) if f.B is not None else None
+        D = np.median([p.D for p in f.points if p.D]) if f.B is not None else None
         ax.plot(xs, predict(f, xs, D), color=colours[f.label], lw=1)
     ax.set_xscale("log")
     ax.set_xlabel("parameters N")
@@ -273,7 +273,7 @@ NORMS_X = "S = sqrt(η/λ) of the hidden matrices"
 def plot_norms(result: NormsResult) -> Figure:
     sweeps = result.sweeps[:MAX_PANELS // 2]
     fig, axes = _grid(2 * len(sweeps), ncols=2)
-    losses = [p["loss_mean"] for sw in sweeps for p in sw.loss.points]
+    losses = [p.loss_mean for sw in sweeps for p in sw.loss.points]
     for i, sweep in enumerate(sweeps):
         ax_n, ax_l = axes[2 * i], axes[2 * i + 1]
         series = sweep.series + [dataclasses.replace(p, kind=k) for k, p in sweep.pooled.items()]
@@ -283,7 +283,7 @@ def plot_norms(result: NormsResult) -> Figure:
             pts = s.points
             matrix = s.kind == "weight_rms"
             pooled = s.role == POOLED
-            ax_n.plot([p["S"] for p in pts], [p["geo_mean"] for p in pts], "-" if matrix else "--", marker="o",
+            ax_n.plot([p.S for p in pts], [p.geo_mean for p in pts], "-" if matrix else "--", marker="o",
                       ms=3, lw=2.2 if pooled else 1.2, color=colours[s.role], label=s.role if matrix else None)
         ax_n.set_xscale("log", base=2)
         ax_n.set_yscale("log")
@@ -293,7 +293,7 @@ def plot_norms(result: NormsResult) -> Figure:
         ax_n.set_title(f"{sweep.label}\nnorms vs S (slopes in report.md)", fontsize=9)
         ax_n.legend(fontsize=6, ncol=2)
         pts = sweep.loss.points
-        ax_l.plot([p["S"] for p in pts], [p["loss_mean"] for p in pts], marker="o")
+        ax_l.plot([p.S for p in pts], [p.loss_mean for p in pts], marker="o")
         ax_l.set_xscale("log", base=2)
         _plain_ticks(ax_l, "x")
         if losses:  # one y range for every sweep, so a flat curve looks flat
@@ -351,8 +351,8 @@ def plot_tuning(result: TuningResult) -> Figure:
     fig, (ax,) = _grid(1)
     colours = _label_colours([c.label for c in curves])
     for c in curves:
-        x = [p["compute"] for p in c.points]
-        y = [p["best_loss"] for p in c.points]
+        x = [p.compute for p in c.points]
+        y = [p.best_loss for p in c.points]
         ax.step(x, y, where="post", color=colours[c.label], ls="-" if c.kind == "search" else "--",
                 label=f"{c.label} ({c.kind}, {c.n_trials} runs)")
     ax.set_xscale("log")
@@ -414,13 +414,13 @@ def plot_coord_check(result: CoordCheckResult) -> Figure:
         steps = [steps[i] for i in np.linspace(0, len(steps) - 1, 4).round().astype(int)]
     fig, axes = _grid(len(groups) * len(steps), ncols=len(steps), sharey=True)
     for gi, g in enumerate(groups[:MAX_PANELS // max(1, len(steps))]):
-        names = sorted({p["name"] for p in g.points})
+        names = sorted({p.name for p in g.points})
         colours = _label_colours(names)
         for si, step in enumerate(steps):
             ax = axes[gi * len(steps) + si]
             for name in names:
-                pts = sorted((p for p in g.points if p["name"] == name and p["step"] == step), key=lambda p: p["size"])
-                ax.plot([p["size"] for p in pts], [p["mean_abs"] for p in pts], marker="o", ms=3,
+                pts = sorted((p for p in g.points if p.name == name and p.step == step), key=lambda p: p.size)
+                ax.plot([p.size for p in pts], [p.mean_abs for p in pts], marker="o", ms=3,
                         color=colours[name], label=name)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")

@@ -6,8 +6,8 @@ keys named and ordered as the fields, and `load(data)` reads it back (report_md.
 either). A field's JSON key may differ from its name (`json_key`): a fixed one (`with_` is
 "with"), one named after a data column ("{size_column}": d_model), or none (left out); `optional`
 leaves a field out when it does not apply; `inline` puts a nested result's keys in the row's own
-object (a row's log-log fit). Rows whose keys follow the data (the comparison's best-loss and gap
-rows, keyed by the size columns and best_<hp>) and the `points` behind a figure stay plain dicts.
+object (a row's log-log fit). The comparison's best-loss and gap rows stay plain dicts: their keys
+follow the data (the size columns, n_layers and tokens when they vary, best_<hp>).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-Row = dict[str, Any]   # one plain JSON row: a point, a best-loss or gap row
+Row = dict[str, Any]   # one plain JSON row: a best-loss or gap row, keyed by the data
 
 
 def _not_none(result: "Result", value: Any) -> bool:
@@ -195,6 +195,17 @@ class Comparison(Result):
 # ---- transfer.fit_transfer --------------------------------------------------------------------
 
 @dataclass(frozen=True, kw_only=True)
+class TransferPoint(Result):
+    """One grid value of the swept hp: the mean loss over its seeds."""
+    log2_hp: float
+    hp: float
+    loss_mean: float | None       # of the finite seeds; None when every seed diverged (or none has a loss)
+    loss_sem: float | None
+    n: int
+    n_diverged: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class TransferCurve(Result):
     """Loss vs log2(hp) of one parametrization at one size, and its parabola optimum."""
     group: dict[str, Any]
@@ -204,7 +215,7 @@ class TransferCurve(Result):
     n_seeds: int                  # most runs at one grid point
     n_diverged: int
     n_nan_loss: int               # finished runs without a loss value, left out
-    points: list[Row]             # per grid value: hp, log2_hp, loss_mean, loss_sem, n, n_diverged
+    points: list[TransferPoint]   # per grid value
     log2_opt: float | None
     log2_opt_ci: list[float | None]
     opt: float | None
@@ -260,6 +271,16 @@ class TransferResult(Result):
 # ---- multiplier_scaling.fit_multipliers -------------------------------------------------------
 
 @dataclass(frozen=True, kw_only=True)
+class WidthPoint(Result):
+    """The values of one series at one width: their geometric mean and range over runs."""
+    size: float
+    geo_mean: float
+    min: float
+    max: float
+    n: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class MultiplierSeries(Result):
     """A learned multiplier (or product of them) against width."""
     name: str                     # role, plus the stat of a vector multiplier ("attn_q row_rms")
@@ -268,7 +289,7 @@ class MultiplierSeries(Result):
     fit: LogLogFit = inline()
     prediction: float | None      # µP width exponent, where there is one
     minus_prediction: float | None
-    points: list[Row]             # per width: size, geo_mean, min, max, n
+    points: list[WidthPoint]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -276,7 +297,7 @@ class MatrixNorm(Result):
     """The stored matrix RMS (weight_rms) of one role against width."""
     role: str
     fit: LogLogFit = inline()
-    points: list[Row]
+    points: list[WidthPoint]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -307,18 +328,32 @@ class MultiplierResult(Result):
 # ---- norms.fit_norms --------------------------------------------------------------------------
 
 @dataclass(frozen=True, kw_only=True)
+class NormPoint(Result):
+    S: float
+    geo_mean: float               # over the runs at this S
+    n: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class LossPoint(Result):
+    S: float
+    loss_mean: float
+    n: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class NormsSeries(Result):
     """The RMS of one role (or the pooled swept matrices) against S."""
     kind: str | None = optional()  # weight_rms or eff_rms; a pooled fit is filed under its kind instead
     role: str
     fit: LogLogFit = inline()
     predicted: float              # the predicted slope
-    points: list[Row]             # per S: S, geo_mean, n
+    points: list[NormPoint]
 
 
 @dataclass(frozen=True, kw_only=True)
 class LossProfile(Result):
-    points: list[Row]             # per S: S, loss_mean, n
+    points: list[LossPoint]
     spread: float | None          # max − min of the mean losses
 
 
@@ -439,6 +474,16 @@ def _with_interval(fit: "ScalingFit", value: Any) -> bool:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ScalingPoint(Result):
+    """The losses of one cell (N, D) over its runs."""
+    N: float
+    D: float | None               # None when tokens do not vary
+    loss_mean: float
+    loss_std: float | None
+    n: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class ScalingFit(Result):
     """L = E + A/N^alpha (+ B/D^beta) of one parametrization; no law (a note) below 3 sizes."""
     group: dict[str, Any]
@@ -446,7 +491,7 @@ class ScalingFit(Result):
     n_points: int
     n_sizes: int
     N_range: list[float] | None
-    points: list[Row]             # per (N, D): loss_mean, loss_std, n
+    points: list[ScalingPoint]    # per (N, D)
     note: str | None = optional()
     exact_fit: bool | None = optional()   # as many cells as parameters: no interval
     E: float | None = optional(_fitted)
@@ -480,6 +525,12 @@ class ScalingResult(Result):
 # ---- tuning.tuning_cost -----------------------------------------------------------------------
 
 @dataclass(frozen=True, kw_only=True)
+class TuningPoint(Result):
+    compute: float                # cumulative, up to and including this run
+    best_loss: float              # so far
+
+
+@dataclass(frozen=True, kw_only=True)
 class TuningCurve(Result):
     group: dict[str, Any]
     label: str
@@ -489,7 +540,7 @@ class TuningCurve(Result):
     total_compute: float
     best_loss: float | None
     compute_to_best: float | None
-    points: list[Row]             # compute, best_loss so far
+    points: list[TuningPoint]
     compute_to_match: dict[str, float | None] | None = optional()   # search curves: per multiplier curve
 
 
@@ -515,13 +566,22 @@ class CoordSlope(Result):
 
 
 @dataclass(frozen=True, kw_only=True)
+class CoordPoint(Result):
+    name: str
+    step: int
+    size: float
+    mean_abs: float               # geometric mean of |activation| over the runs
+    n: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class CoordGroup(Result):
     group: dict[str, Any]
     label: str
     setting: float | None         # the hp value every width is compared at
     max_abs_exponent_last_step: float | None
     slopes: list[CoordSlope]      # per activation name and step
-    points: list[Row]             # per name, step and width: mean_abs
+    points: list[CoordPoint]      # per name, step and width
 
 
 @dataclass(frozen=True, kw_only=True)
