@@ -15,7 +15,7 @@ import pandas as pd
 from trainer.config import UserError
 
 from . import frames
-from .results import CoordCheckResult, CoordGroup
+from .results import CoordCheckResult, CoordGroup, CoordPoint, CoordSlope
 from .stats import loglog_fit
 
 
@@ -63,14 +63,14 @@ def _fit_group(group: dict, data: pd.DataFrame, size: str, setting: float | None
     for (key, step), sub in data.groupby(["key", "step"], sort=True):
         name = key.split("/", 1)[1]
         fit = loglog_fit(sub[size].to_numpy(float), sub["value"].abs().to_numpy(float), level)
-        slopes.append({"name": name, "step": int(step), **fit})
+        slopes.append(CoordSlope(name=name, step=int(step), fit=fit))
         for width, part in sub.groupby(size):
             v = part["value"].abs().to_numpy(float)
             v = v[np.isfinite(v) & (v > 0)]
             if v.size:
-                points.append({"name": name, "step": int(step), "size": float(width),
-                               "mean_abs": float(np.exp(np.log(v).mean())), "n": int(v.size)})
-    last = max(s["step"] for s in slopes)
-    worst = max((abs(s["exponent"]) for s in slopes if s["step"] == last and s["exponent"] is not None), default=None)
+                points.append(CoordPoint(name=name, step=int(step), size=float(width),
+                                         mean_abs=float(np.exp(np.log(v).mean())), n=int(v.size)))
+    last = max(s.step for s in slopes)
+    worst = max((abs(s.fit.exponent) for s in slopes if s.step == last and s.fit.exponent is not None), default=None)
     return CoordGroup(group=group, label=frames.group_label(group), setting=setting,
                       max_abs_exponent_last_step=worst, slopes=slopes, points=points)

@@ -21,7 +21,7 @@ import pandas as pd
 from trainer.config import TrainConfig, UserError
 
 from . import frames
-from .results import FreedomGroup, FreedomResult
+from .results import FreedomGroup, FreedomResult, Penalty, Relief
 from .stats import welch_contrast
 
 KNOBS = ("alpha_emb", "alpha_out", "alpha_attn", "lr_mult_emb", "lr_mult_hidden", "lr_mult_head",
@@ -82,8 +82,7 @@ def _fit_group(group: dict, runs: pd.DataFrame, knobs: list[str], loss: str,
     for p in labels:
         for s in settings:
             if (p, s) in samples and (p, "default") in samples:
-                penalties[(p, s)] = {"parametrization": p, "setting": s,
-                                     **_penalty(samples[(p, s)], samples[(p, "default")], level)}
+                penalties[(p, s)] = _penalty(p, s, samples[(p, s)], samples[(p, "default")], level)
     reliefs = []
     for lrm in (p for p in labels if frames.is_lrm(p)):
         plain = lrm.split("+")[0]
@@ -98,18 +97,20 @@ def _finite(values: np.ndarray) -> np.ndarray:
     return values[np.isfinite(values)]
 
 
-def _penalty(mis: np.ndarray, ref: np.ndarray, level: float) -> dict:
-    out = {"n": int(mis.size), "n_reference": int(ref.size), "n_diverged": int((~np.isfinite(mis)).sum()),
-           "loss_mean": float(_finite(mis).mean()) if _finite(mis).size else None,
-           "reference_mean": float(_finite(ref).mean()) if _finite(ref).size else None}
-    if not _finite(mis).size:
-        return {**out, "penalty": math.inf, "penalty_ci": [None, None]}
-    penalty, ci = welch_contrast([_finite(mis), _finite(ref)], [1.0, -1.0], level)
-    return {**out, "penalty": penalty, "penalty_ci": ci}
+def _penalty(label: str, setting: str, mis: np.ndarray, ref: np.ndarray, level: float) -> Penalty:
+    if _finite(mis).size:
+        penalty, ci = welch_contrast([_finite(mis), _finite(ref)], [1.0, -1.0], level)
+    else:
+        penalty, ci = math.inf, [None, None]
+    return Penalty(parametrization=label, setting=setting, n=int(mis.size), n_reference=int(ref.size),
+                   n_diverged=int((~np.isfinite(mis)).sum()),
+                   loss_mean=float(_finite(mis).mean()) if _finite(mis).size else None,
+                   reference_mean=float(_finite(ref).mean()) if _finite(ref).size else None,
+                   penalty=penalty, penalty_ci=ci)
 
 
-def _relief(samples: dict, plain: str, lrm: str, setting: str, penalties: dict, level: float) -> dict:
-    without, with_ = penalties[(plain, setting)]["penalty"], penalties[(lrm, setting)]["penalty"]
+def _relief(samples: dict, plain: str, lrm: str, setting: str, penalties: dict, level: float) -> Relief:
+    without, with_ = penalties[(plain, setting)].penalty, penalties[(lrm, setting)].penalty
     if without is None or with_ is None or math.isinf(with_):
         estimate, ci = None, [None, None]
     elif math.isinf(without):
@@ -117,7 +118,7 @@ def _relief(samples: dict, plain: str, lrm: str, setting: str, penalties: dict, 
     else:
         cells = [_finite(samples[k]) for k in ((plain, setting), (plain, "default"), (lrm, setting), (lrm, "default"))]
         estimate, ci = welch_contrast(cells, [1.0, -1.0, -1.0, 1.0], level)
-    return {"setting": setting, "with": lrm, "without": plain, "relief": estimate, "relief_ci": ci,
-            "penalty_without": without, "penalty_with": with_,
-            # every seed diverged without multipliers, and not with them: as clear as it gets
-            "clearly_smaller_with_multipliers": bool(estimate == math.inf or ci[0] is not None and ci[0] > 0)}
+    return Relief(setting=setting, with_=lrm, without=plain, relief=estimate, relief_ci=ci,
+                  penalty_without=without, penalty_with=with_,
+                  # every seed diverged without multipliers, and not with them: as clear as it gets
+                  clearly_smaller_with_multipliers=bool(estimate == math.inf or ci[0] is not None and ci[0] > 0))

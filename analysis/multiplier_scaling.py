@@ -23,7 +23,7 @@ from trainer.config import UserError
 
 from . import frames
 from .layers import block_product, role_values
-from .results import MultiplierGroup, MultiplierResult
+from .results import MatrixNorm, MultiplierGroup, MultiplierResult, MultiplierSeries, WidthPoint
 from .stats import loglog_fit
 
 STATS = ("scalar", "row_rms", "col_rms", "row_mean", "col_mean")
@@ -91,16 +91,16 @@ def _fit_group(group: dict, runs: pd.DataFrame, size: str, level: float) -> Mult
     if n_sizes < 2:
         result["note"] = f"one value of {size}: no width exponent"
         return MultiplierGroup(**result)
-    result["matrix_norms"] = [{"role": role, **loglog_fit(widths, values, level), "points": _points(widths, values)}
+    result["matrix_norms"] = [MatrixNorm(role=role, fit=loglog_fit(widths, values, level), points=_points(widths, values))
                               for role, values in role_values(runs, "weight_rms").items()]
     for name, values in role_series(runs).items():
         fit = loglog_fit(widths, values, level)
         role = name.split(" ")[0]
         prediction = PREDICTIONS.get(role)
-        result["series"].append({"name": name, "role": role, "source": _source(name, runs), **fit, "prediction": prediction,
-                    "minus_prediction": None if prediction is None or fit["exponent"] is None
-                    else fit["exponent"] - prediction,
-                    "points": _points(widths, values)})
+        result["series"].append(MultiplierSeries(
+            name=name, role=role, source=_source(name, runs), fit=fit, prediction=prediction,
+            minus_prediction=None if prediction is None or fit.exponent is None else fit.exponent - prediction,
+            points=_points(widths, values)))
     return MultiplierGroup(**result)
 
 
@@ -112,11 +112,11 @@ def _source(name: str, runs: pd.DataFrame) -> str:
     return "mult/... metrics"
 
 
-def _points(widths: np.ndarray, values: np.ndarray) -> list[dict]:
+def _points(widths: np.ndarray, values: np.ndarray) -> list[WidthPoint]:
     out = []
     for w in np.unique(widths):
         v = values[(widths == w) & np.isfinite(values) & (values > 0)]
         if v.size:
-            out.append({"size": float(w), "geo_mean": float(np.exp(np.log(v).mean())),
-                        "min": float(v.min()), "max": float(v.max()), "n": int(v.size)})
+            out.append(WidthPoint(size=float(w), geo_mean=float(np.exp(np.log(v).mean())),
+                                  min=float(v.min()), max=float(v.max()), n=int(v.size)))
     return out

@@ -19,7 +19,8 @@ from trainer.config import UserError
 
 from . import frames
 from .layers import geometric_mean, layer_columns, role_values
-from .results import NormsResult, NormsSweep
+from .results import (LossPoint, LossProfile, NormPoint, NormsResult, NormsSeries, NormsSweep, NormsVerdict,
+                      SpreadComparison)
 from .stats import loglog_fit
 
 MIN_S_VALUES = 3
@@ -103,34 +104,34 @@ def _fit_sweep(group: dict, runs: pd.DataFrame, size: str, loss: str, level: flo
             continue  # without multipliers eff_rms is weight_rms
         for role, values in role_values(runs, kind).items():
             fit = loglog_fit(S, values, level)
-            if role not in swept or fit["n_runs"] == 0:
+            if role not in swept or fit.n_runs == 0:
                 continue
-            out["series"].append({"kind": kind, "role": role, **fit, "predicted": PREDICTED[kind],
-                                  "points": _points(S, values)})
+            out["series"].append(NormsSeries(kind=kind, role=role, fit=fit, predicted=PREDICTED[kind],
+                                             points=_points(S, values)))
         cols = [c for r, cs in layer_columns(runs, kind).items() if r in swept for c in cs]
         if cols:  # every swept matrix at once: the number the criterion is read from
             values = geometric_mean(runs[cols])
-            out["pooled"][kind] = {"role": POOLED, **loglog_fit(S, values, level), "predicted": PREDICTED[kind],
-                                   "points": _points(S, values)}
+            out["pooled"][kind] = NormsSeries(role=POOLED, fit=loglog_fit(S, values, level), predicted=PREDICTED[kind],
+                                              points=_points(S, values))
     return NormsSweep(**out, verdict=_verdict(out))
 
 
-def _verdict(sweep: dict) -> dict:
+def _verdict(sweep: dict) -> NormsVerdict:
     """The pooled slope against its criterion: weight RMS for plain runs, effective RMS for LRM."""
     kind = "eff_rms" if sweep["lrm"] else "weight_rms"
     pooled = sweep["pooled"].get(kind)
-    slope = None if pooled is None else pooled["exponent"]
+    slope = None if pooled is None else pooled.fit.exponent
     if kind == "weight_rms":
         target = f"slope in [{WEIGHT_SLOPE_RANGE[0]}, {WEIGHT_SLOPE_RANGE[1]}]"
         met = slope is not None and WEIGHT_SLOPE_RANGE[0] <= slope <= WEIGHT_SLOPE_RANGE[1]
     else:
         target = f"|slope| < {EFF_SLOPE_MAX}"
         met = slope is not None and abs(slope) < EFF_SLOPE_MAX
-    return {"quantity": kind, "slope": slope, "slope_ci": None if pooled is None else pooled["exponent_ci"],
-            "target": target, "met": bool(met)}
+    return NormsVerdict(quantity=kind, slope=slope, slope_ci=None if pooled is None else pooled.fit.exponent_ci,
+                        target=target, met=bool(met))
 
 
-def _compare_spreads(sweeps: list[NormsSweep], size: str) -> list[dict]:
+def _compare_spreads(sweeps: list[NormsSweep], size: str) -> list[SpreadComparison]:
     """Loss spread over S with multipliers vs without, at the same width and sqrt(η·λ)."""
     out = []
     for lrm in (s for s in sweeps if s.lrm):
@@ -138,29 +139,29 @@ def _compare_spreads(sweeps: list[NormsSweep], size: str) -> list[dict]:
             same = (plain.size == lrm.size and np.isclose(plain.sqrt_lr_wd, lrm.sqrt_lr_wd, rtol=0.01)
                     and {k: v for k, v in plain.group.items() if k != "parametrization"}
                     == {k: v for k, v in lrm.group.items() if k != "parametrization"})
-            a, b = lrm.loss["spread"], plain.loss["spread"]
+            a, b = lrm.loss.spread, plain.loss.spread
             if same and a is not None and b is not None:
-                out.append({"with": lrm.label, "without": plain.label, size: lrm.size,
-                            "spread_with": a, "spread_without": b,
-                            "ratio": a / b if b > 0 else None, "smaller_with_multipliers": bool(a < b)})
+                out.append(SpreadComparison(with_=lrm.label, without=plain.label, size_column=size, size=lrm.size,
+                                            spread_with=a, spread_without=b, ratio=a / b if b > 0 else None,
+                                            smaller_with_multipliers=bool(a < b)))
     return out
 
 
-def _loss_profile(S: np.ndarray, runs: pd.DataFrame, loss: str) -> dict:
+def _loss_profile(S: np.ndarray, runs: pd.DataFrame, loss: str) -> LossProfile:
     """Mean loss per S, and its spread (max − min of the means): flat with multipliers."""
     if loss not in runs.columns:
-        return {"points": [], "spread": None}
+        return LossProfile(points=[], spread=None)
     values = pd.to_numeric(runs[loss], errors="coerce").to_numpy(dtype=float)
-    points = [{"S": float(s), "loss_mean": float(np.nanmean(values[S == s])), "n": int(np.isfinite(values[S == s]).sum())}
+    points = [LossPoint(S=float(s), loss_mean=float(np.nanmean(values[S == s])), n=int(np.isfinite(values[S == s]).sum()))
               for s in np.unique(S) if np.isfinite(values[S == s]).any()]
-    means = [p["loss_mean"] for p in points]
-    return {"points": points, "spread": float(max(means) - min(means)) if means else None}
+    means = [p.loss_mean for p in points]
+    return LossProfile(points=points, spread=float(max(means) - min(means)) if means else None)
 
 
-def _points(S: np.ndarray, values: np.ndarray) -> list[dict]:
+def _points(S: np.ndarray, values: np.ndarray) -> list[NormPoint]:
     out = []
     for s in np.unique(S):
         v = values[(S == s) & np.isfinite(values) & (values > 0)]
         if v.size:
-            out.append({"S": float(s), "geo_mean": float(np.exp(np.log(v).mean())), "n": int(v.size)})
+            out.append(NormPoint(S=float(s), geo_mean=float(np.exp(np.log(v).mean())), n=int(v.size)))
     return out

@@ -1,4 +1,4 @@
-"""Figures of a report, drawn from the fits' result dicts (and the history table for training
+"""Figures of a report, drawn from the fits' typed results (and the history table for training
 curves). Object-oriented matplotlib (`Figure`, no pyplot): no global state, no display needed
 (PNG through Agg, SVG through its own backend).
 
@@ -6,6 +6,7 @@ Each `plot_*` returns a Figure or raises `SkipFigure(reason)` when its data is n
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Callable
@@ -17,8 +18,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from .norms import POOLED
-from .results import (CoordCheckResult, Comparison, FreedomResult, MultiplierResult, NormsResult, ScalingResult,
-                      TransferCurve, TransferResult, TuningResult)
+from .results import (CoordCheckResult, Comparison, FreedomResult, MultiplierResult, MultiplierSeries, NormsResult,
+                      ScalingResult, TransferCurve, TransferResult, TuningResult)
 from .scaling import predict
 
 FORMATS = ("png", "svg")
@@ -96,7 +97,7 @@ def _size_name(size: str) -> str:
 def plot_transfer(result: TransferResult) -> Figure:
     """Loss vs log2(hp), one panel per parametrization, width as colour, optima marked."""
     curves = result.curves
-    labels = sorted({c.label for c in curves if any(p["loss_mean"] is not None for p in c.points)})
+    labels = sorted({c.label for c in curves if any(p.loss_mean is not None for p in c.points)})
     if not labels:
         raise SkipFigure("no transfer curve has a finite loss")
     fig, axes = _grid(len(labels))
@@ -116,13 +117,13 @@ def plot_transfer(result: TransferResult) -> Figure:
 
 
 def _draw_curve(ax, curve: TransferCurve, colour, size: str) -> None:
-    pts = [p for p in curve.points if p["loss_mean"] is not None]
-    x = np.array([p["hp"] for p in pts])
-    y = np.array([p["loss_mean"] for p in pts])
-    err = np.array([p["loss_sem"] or 0.0 for p in pts])
+    pts = [p for p in curve.points if p.loss_mean is not None]
+    x = np.array([p.hp for p in pts])
+    y = np.array([p.loss_mean for p in pts])
+    err = np.array([p.loss_sem or 0.0 for p in pts])
     ax.errorbar(x, y, yerr=err, color=colour, marker="o", ms=3, lw=1, capsize=2,
                 label=f"{curve.size:g}")
-    diverged = [p["hp"] for p in curve.points if p["loss_mean"] is None and p["n_diverged"] == p["n"]]
+    diverged = [p.hp for p in curve.points if p.loss_mean is None and p.n_diverged == p.n]
     if diverged and len(y):
         ax.scatter(diverged, [np.nanmax(y)] * len(diverged), marker="x", color=colour, s=25)
     if curve.opt is not None:
@@ -166,7 +167,7 @@ def plot_multipliers(result: MultiplierResult) -> Figure:
     groups = [g for g in result.groups if g.series]
     # vector multipliers: the RMS of rows and columns (their means are in report.md)
     # the series µP makes a prediction for first: with many roles the panels run out (MAX_PANELS)
-    names = sorted({s["name"] for g in groups for s in g.series if not s["name"].endswith("_mean")},
+    names = sorted({s.name for g in groups for s in g.series if not s.name.endswith("_mean")},
                    key=lambda n: (n.split(" ")[0] not in result.predictions, _series_order(n)))
     if not names:
         raise SkipFigure("no learned multipliers at ≥ 2 widths")
@@ -174,8 +175,8 @@ def plot_multipliers(result: MultiplierResult) -> Figure:
     colours = _label_colours([g.label for g in groups])
     for ax, name in zip(axes, names):
         for g in groups:
-            for s in (s for s in g.series if s["name"] == name):
-                _draw_power_law(ax, s, colours[g.label], g.label, "size")
+            for s in (s for s in g.series if s.name == name):
+                _draw_power_law(ax, s, colours[g.label], g.label)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel(_size_name(result.size))
@@ -194,26 +195,23 @@ def _series_order(name: str):
     return (roles.index(role) if role in roles else len(roles), name)
 
 
-def _draw_power_law(ax, series: dict, colour, label: str, x_key: str) -> None:
-    pts = series["points"]
+def _draw_power_law(ax, series: MultiplierSeries, colour, label: str) -> None:
+    pts, fit = series.points, series.fit
     if not pts:
         return
-    x = np.array([p[x_key] for p in pts])
-    y = np.array([p["geo_mean"] for p in pts])
-    err = None
-    if "min" in pts[0]:
-        # clipped at 0 both ways: a geometric mean of one run differs from it in the last bit
-        err = np.array([[max(0.0, yy - p["min"]) for yy, p in zip(y, pts)],
-                        [max(0.0, p["max"] - yy) for yy, p in zip(y, pts)]])
-    text = f"{label}: p = {_ci_text(series['exponent'], series['exponent_ci'], '{:.2f}')}"
+    x = np.array([p.size for p in pts])
+    y = np.array([p.geo_mean for p in pts])
+    # clipped at 0 both ways: a geometric mean of one run differs from it in the last bit
+    err = np.array([[max(0.0, yy - p.min) for yy, p in zip(y, pts)],
+                    [max(0.0, p.max - yy) for yy, p in zip(y, pts)]])
+    text = f"{label}: p = {_ci_text(fit.exponent, fit.exponent_ci, '{:.2f}')}"
     ax.errorbar(x, y, yerr=err, marker="o", ls="none", ms=4, capsize=2, color=colour, label=text)
-    if series["exponent"] is not None:
+    if fit.exponent is not None:
         xs = np.geomspace(x.min(), x.max(), 20)
-        ax.plot(xs, series["prefactor"] * xs ** series["exponent"], color=colour, lw=1)
-        prediction = series.get("prediction", series.get("predicted"))
-        if prediction is not None:
-            anchor = series["prefactor"] * xs[0] ** series["exponent"]
-            ax.plot(xs, anchor * (xs / xs[0]) ** prediction, color=colour, lw=1, ls="--")
+        ax.plot(xs, fit.prefactor * xs ** fit.exponent, color=colour, lw=1)
+        if series.prediction is not None:
+            anchor = fit.prefactor * xs[0] ** fit.exponent
+            ax.plot(xs, anchor * (xs / xs[0]) ** series.prediction, color=colour, lw=1, ls="--")
 
 
 # ---- scaling laws and the comparison -------------------------------------------------------
@@ -227,13 +225,13 @@ def plot_scaling(result: ScalingResult) -> Figure:
     for f in fits:
         if f.E is None:
             continue
-        N = np.array([p["N"] for p in f.points])
-        L = np.array([p["loss_mean"] for p in f.points])
-        err = np.array([p["loss_std"] or 0.0 for p in f.points])
+        N = np.array([p.N for p in f.points])
+        L = np.array([p.loss_mean for p in f.points])
+        err = np.array([p.loss_std or 0.0 for p in f.points])
         text = (f"{f.label}: E={_ci_text(f.E, f.E_ci)}, α={_ci_text(f.alpha, f.alpha_ci, '{:.2f}')}")
         ax.errorbar(N, L, yerr=err, marker="o", ls="none", ms=4, capsize=2, color=colours[f.label], label=text)
         xs = np.geomspace(N.min(), N.max(), 50)
-        D = np.median([p["D"] for p in f.points if p["D"]]) if f.B is not None else None
+        D = np.median([p.D for p in f.points if p.D]) if f.B is not None else None
         ax.plot(xs, predict(f, xs, D), color=colours[f.label], lw=1)
     ax.set_xscale("log")
     ax.set_xlabel("parameters N")
@@ -275,18 +273,18 @@ NORMS_X = "S = sqrt(η/λ) of the hidden matrices"
 def plot_norms(result: NormsResult) -> Figure:
     sweeps = result.sweeps[:MAX_PANELS // 2]
     fig, axes = _grid(2 * len(sweeps), ncols=2)
-    losses = [p["loss_mean"] for sw in sweeps for p in sw.loss["points"]]
+    losses = [p.loss_mean for sw in sweeps for p in sw.loss.points]
     for i, sweep in enumerate(sweeps):
         ax_n, ax_l = axes[2 * i], axes[2 * i + 1]
-        series = sweep.series + [{**p, "kind": k} for k, p in sweep.pooled.items()]
-        colours = _label_colours([s["role"] for s in series])
+        series = sweep.series + [dataclasses.replace(p, kind=k) for k, p in sweep.pooled.items()]
+        colours = _label_colours([s.role for s in series])
         colours[POOLED] = "black"
         for s in series:
-            pts = s["points"]
-            matrix = s["kind"] == "weight_rms"
-            pooled = s["role"] == POOLED
-            ax_n.plot([p["S"] for p in pts], [p["geo_mean"] for p in pts], "-" if matrix else "--", marker="o",
-                      ms=3, lw=2.2 if pooled else 1.2, color=colours[s["role"]], label=s["role"] if matrix else None)
+            pts = s.points
+            matrix = s.kind == "weight_rms"
+            pooled = s.role == POOLED
+            ax_n.plot([p.S for p in pts], [p.geo_mean for p in pts], "-" if matrix else "--", marker="o",
+                      ms=3, lw=2.2 if pooled else 1.2, color=colours[s.role], label=s.role if matrix else None)
         ax_n.set_xscale("log", base=2)
         ax_n.set_yscale("log")
         _plain_ticks(ax_n, "x")
@@ -294,8 +292,8 @@ def plot_norms(result: NormsResult) -> Figure:
         ax_n.set_ylabel("RMS (solid: matrix, dashed: effective)")
         ax_n.set_title(f"{sweep.label}\nnorms vs S (slopes in report.md)", fontsize=9)
         ax_n.legend(fontsize=6, ncol=2)
-        pts = sweep.loss["points"]
-        ax_l.plot([p["S"] for p in pts], [p["loss_mean"] for p in pts], marker="o")
+        pts = sweep.loss.points
+        ax_l.plot([p.S for p in pts], [p.loss_mean for p in pts], marker="o")
         ax_l.set_xscale("log", base=2)
         _plain_ticks(ax_l, "x")
         if losses:  # one y range for every sweep, so a flat curve looks flat
@@ -303,7 +301,7 @@ def plot_norms(result: NormsResult) -> Figure:
             ax_l.set_ylim(min(losses) - pad, max(losses) + pad)
         ax_l.set_xlabel(NORMS_X)
         ax_l.set_ylabel("loss (nats/token)")
-        ax_l.set_title(f"{sweep.label}\nloss vs S (spread {_ci_text(sweep.loss['spread'], None)} nats)",
+        ax_l.set_title(f"{sweep.label}\nloss vs S (spread {_ci_text(sweep.loss.spread, None)} nats)",
                        fontsize=9)
     fig.suptitle("Equilibrium norms in a sqrt(η/λ) sweep at fixed sqrt(η·λ)")
     return fig
@@ -320,23 +318,23 @@ def plot_freedom(result: FreedomResult) -> Figure:
         raise SkipFigure("no setting has runs both with and without learnable multipliers")
     fig, axes = _grid(len(groups), ncols=1)
     for ax, g in zip(axes, groups):
-        pen = {(x["parametrization"], x["setting"]): x for x in g.penalties}
-        finite = [v for x in g.penalties for v in [x["penalty"], x["penalty_ci"][1]]
+        pen = {(x.parametrization, x.setting): x for x in g.penalties}
+        finite = [v for x in g.penalties for v in [x.penalty, x.penalty_ci[1]]
                   if v is not None and math.isfinite(v)]
         top = max(finite + [0.01]) * 1.15   # room for the intervals, and the height of a 'diverged' bar
         for i, r in enumerate(g.reliefs):
-            for shift, label, colour in ((-0.2, r["without"], "tab:grey"), (0.2, r["with"], "tab:blue")):
-                x = pen[(label, r["setting"])]
+            for shift, label, colour in ((-0.2, r.without, "tab:grey"), (0.2, r.with_, "tab:blue")):
+                x = pen[(label, r.setting)]
                 kwargs = {"color": colour, "label": label if i == 0 else None, "width": 0.38}
-                if x["penalty"] is None or not math.isfinite(x["penalty"]):
+                if x.penalty is None or not math.isfinite(x.penalty):
                     ax.bar(i + shift, top, hatch="//", alpha=0.4, **kwargs)
                     ax.text(i + shift, top * 0.5, "diverged", rotation=90, ha="center", va="center", fontsize=7)
                     continue
-                lo, hi = x["penalty_ci"]
-                err = None if lo is None else [[x["penalty"] - lo], [hi - x["penalty"]]]
-                ax.bar(i + shift, x["penalty"], yerr=err, capsize=3, **kwargs)
+                lo, hi = x.penalty_ci
+                err = None if lo is None else [[x.penalty - lo], [hi - x.penalty]]
+                ax.bar(i + shift, x.penalty, yerr=err, capsize=3, **kwargs)
         ax.axhline(0, color="black", lw=0.8)
-        ax.set_xticks(range(len(g.reliefs)), [r["setting"] for r in g.reliefs], fontsize=8, rotation=15)
+        ax.set_xticks(range(len(g.reliefs)), [r.setting for r in g.reliefs], fontsize=8, rotation=15)
         ax.set_ylim(top=top)
         ax.set_ylabel(f"{result.loss} − default (nats)")
         ax.set_title(f"Loss penalty of a mis-set fixed multiplier\n({g.label})", fontsize=9)
@@ -353,8 +351,8 @@ def plot_tuning(result: TuningResult) -> Figure:
     fig, (ax,) = _grid(1)
     colours = _label_colours([c.label for c in curves])
     for c in curves:
-        x = [p["compute"] for p in c.points]
-        y = [p["best_loss"] for p in c.points]
+        x = [p.compute for p in c.points]
+        y = [p.best_loss for p in c.points]
         ax.step(x, y, where="post", color=colours[c.label], ls="-" if c.kind == "search" else "--",
                 label=f"{c.label} ({c.kind}, {c.n_trials} runs)")
     ax.set_xscale("log")
@@ -416,13 +414,13 @@ def plot_coord_check(result: CoordCheckResult) -> Figure:
         steps = [steps[i] for i in np.linspace(0, len(steps) - 1, 4).round().astype(int)]
     fig, axes = _grid(len(groups) * len(steps), ncols=len(steps), sharey=True)
     for gi, g in enumerate(groups[:MAX_PANELS // max(1, len(steps))]):
-        names = sorted({p["name"] for p in g.points})
+        names = sorted({p.name for p in g.points})
         colours = _label_colours(names)
         for si, step in enumerate(steps):
             ax = axes[gi * len(steps) + si]
             for name in names:
-                pts = sorted((p for p in g.points if p["name"] == name and p["step"] == step), key=lambda p: p["size"])
-                ax.plot([p["size"] for p in pts], [p["mean_abs"] for p in pts], marker="o", ms=3,
+                pts = sorted((p for p in g.points if p.name == name and p.step == step), key=lambda p: p.size)
+                ax.plot([p.size for p in pts], [p.mean_abs for p in pts], marker="o", ms=3,
                         color=colours[name], label=name)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")

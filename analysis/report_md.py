@@ -2,10 +2,11 @@
 that put the parametrizations side by side, the figures, what was skipped and why, and every warning."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from .results import (CoordCheckResult, Comparison, FreedomResult, MultiplierResult, NormsResult, ScalingResult,
-                      TransferCurve, TransferResult, TuningResult, load)
+from .results import (CoordCheckResult, Comparison, FreedomResult, LogLogFit, MultiplierResult, NormsResult, Penalty,
+                      ScalingResult, TransferCurve, TransferResult, TuningResult, load)
 
 
 def render(summary: dict) -> str:
@@ -136,11 +137,10 @@ def _multipliers(m: MultiplierResult, s: dict) -> str:
     for g in m.groups:
         if not g.series:
             continue
-        rows = [[x["name"], with_ci(x["exponent"], x["exponent_ci"], 3), num(x["prediction"]),
-                 num(x["minus_prediction"], 3), x["n_runs"], x["source"]] for x in g.series]
+        rows = [[x.name, _exponent(x.fit), num(x.prediction), num(x.minus_prediction, 3), x.fit.n_runs, x.source]
+                for x in g.series]
         out += [f"### {g.label}", table(["series", "exponent p [CI]", "µP prediction", "p − prediction", "runs", "source"], rows)]
-        norms = [[x["role"], with_ci(x["exponent"], x["exponent_ci"], 3), x["n_runs"]] for x in g.matrix_norms or []
-                 if x["exponent"] is not None]
+        norms = [[x.role, _exponent(x.fit), x.fit.n_runs] for x in g.matrix_norms or [] if x.fit.exponent is not None]
         if norms:
             out += [f"Matrix RMS (stored weights, weight_rms) vs {m.size}: the paper finds it roughly "
                     "width-independent (exponent ≈ 0) once multipliers carry the scale.",
@@ -149,22 +149,26 @@ def _multipliers(m: MultiplierResult, s: dict) -> str:
     return "\n\n".join(o for o in out if o)
 
 
+def _exponent(fit: LogLogFit) -> str:
+    return with_ci(fit.exponent, fit.exponent_ci, 3)
+
+
 def _norms(n: NormsResult, s: dict) -> str:
     out = ["## Equilibrium norms",
            "Log-log slope against S = sqrt(η/λ) of the hidden matrices (lr·lr_mult_hidden / weight_decay·wd_mult_hidden): matrix RMS should follow S (slope 1); with learnable "
            "multipliers the effective RMS should stay flat (slope 0), and so should the loss."]
     for sw in n.sweeps:
-        rows = [[x["kind"], x["role"], with_ci(x["exponent"], x["exponent_ci"], 3), num(x["predicted"]), x["n_runs"]]
-                for x in sw.series + [{**p, "kind": k} for k, p in sw.pooled.items()]]
+        rows = [[x.kind, x.role, _exponent(x.fit), num(x.predicted), x.fit.n_runs]
+                for x in sw.series + [dataclasses.replace(p, kind=k) for k, p in sw.pooled.items()]]
         v = sw.verdict
         out += [f"### {sw.label} (sqrt(η·λ) = {num(sw.sqrt_lr_wd, 3)}, S from {num(min(sw.S_values), 3)} to "
-                f"{num(max(sw.S_values), 3)}, loss spread over S: {num(sw.loss['spread'], 3)} nats)",
-                f"Criterion: pooled {v['quantity']} {v['target']}: slope {with_ci(v['slope'], v['slope_ci'], 3)} — "
-                f"**{'met' if v['met'] else 'not met'}**.",
+                f"{num(max(sw.S_values), 3)}, loss spread over S: {num(sw.loss.spread, 3)} nats)",
+                f"Criterion: pooled {v.quantity} {v.target}: slope {with_ci(v.slope, v.slope_ci, 3)} — "
+                f"**{'met' if v.met else 'not met'}**.",
                 table(["quantity", "role", "slope [CI]", "predicted", "runs"], rows)]
     if n.comparisons:
-        rows = [[c["with"], c["without"], num(c["spread_with"], 3), num(c["spread_without"], 3), num(c["ratio"], 3),
-                 "yes" if c["smaller_with_multipliers"] else "no"] for c in n.comparisons]
+        rows = [[c.with_, c.without, num(c.spread_with, 3), num(c.spread_without, 3), num(c.ratio, 3),
+                 "yes" if c.smaller_with_multipliers else "no"] for c in n.comparisons]
         out += ["### Loss spread over S with and without multipliers (max − min of the mean loss over S)",
                 table(["with multipliers", "without", "spread with", "spread without", "ratio", "smaller with?"], rows)]
     out.append(_figure(s, "equilibrium_norms"))
@@ -177,25 +181,25 @@ def _freedom(f: FreedomResult, s: dict) -> str:
            f"relief = penalty without learnable multipliers − penalty with them (positive: the learnable multipliers "
            f"absorb the mis-set scale). Intervals: {f.ci_method}."]
     for g in f.groups:
-        pen = {(x["parametrization"], x["setting"]): x for x in g.penalties}
+        pen = {(x.parametrization, x.setting): x for x in g.penalties}
         rows = []
         for r in g.reliefs:
-            plain, lrm = pen[(r["without"], r["setting"])], pen[(r["with"], r["setting"])]
-            rows.append([r["setting"], _penalty(plain), _penalty(lrm), with_ci(r["relief"], r["relief_ci"], 3),
-                         "yes" if r["clearly_smaller_with_multipliers"] else "no"])
+            plain, lrm = pen[(r.without, r.setting)], pen[(r.with_, r.setting)]
+            rows.append([r.setting, _penalty(plain), _penalty(lrm), with_ci(r.relief, r.relief_ci, 3),
+                         "yes" if r.clearly_smaller_with_multipliers else "no"])
         if rows:
-            head = ["setting", f"penalty without ({g.reliefs[0]['without']})",
-                    f"penalty with ({g.reliefs[0]['with']})", "relief [CI]", "clearly smaller with?"]
+            head = ["setting", f"penalty without ({g.reliefs[0].without})",
+                    f"penalty with ({g.reliefs[0].with_})", "relief [CI]", "clearly smaller with?"]
             out += [f"### {g.label}", table(head, rows)]
     out.append(_figure(s, "mis_set_penalty"))
     return "\n\n".join(o for o in out if o)
 
 
-def _penalty(x: dict) -> str:
-    if x["n_diverged"] == x["n"]:
-        return f"diverged ({x['n']}/{x['n']} seeds)"
-    text = with_ci(x["penalty"], x["penalty_ci"], 3) + f" (n={x['n']}"
-    return text + (f", {x['n_diverged']} diverged)" if x["n_diverged"] else ")")
+def _penalty(x: Penalty) -> str:
+    if x.n_diverged == x.n:
+        return f"diverged ({x.n}/{x.n} seeds)"
+    text = with_ci(x.penalty, x.penalty_ci, 3) + f" (n={x.n}"
+    return text + (f", {x.n_diverged} diverged)" if x.n_diverged else ")")
 
 
 def _scaling(sc: ScalingResult, s: dict) -> str:
@@ -235,8 +239,8 @@ def _coord(cc: CoordCheckResult, s: dict) -> str:
     rows = []
     for g in cc.groups:
         for x in g.slopes:
-            if x["step"] == last:
-                rows.append([g.label, x["name"], with_ci(x["exponent"], x["exponent_ci"], 3), num(g.setting, 3)])
+            if x.step == last:
+                rows.append([g.label, x.name, _exponent(x.fit), num(g.setting, 3)])
     return "\n\n".join(["## Coordinate check",
                         f"Slope of log mean |activation| vs log {cc.size} at step {last} (≈ 0: width-independent, "
                         "as µP intends); the figure shows every step.",

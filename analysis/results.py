@@ -1,10 +1,13 @@
-"""What the fits return: one frozen dataclass per result and per group / curve / fit inside it.
+"""What the fits return: one frozen dataclass per result, per group / curve / fit inside it, and
+per fixed-key row of those (a log-log fit, a penalty, a verdict, ...).
 
 Readers (plots, report_md) use attributes; `to_dict()` is the JSON object summary.json holds,
-keys named and ordered as the fields (a field may be left out of it: see `optional`), and
-`load(data)` reads it back (report_md.render accepts either). Rows
-whose keys follow the data (points, best-loss and gap rows keyed by the size column,
-penalties, reliefs, log-log fits) stay plain dicts.
+keys named and ordered as the fields, and `load(data)` reads it back (report_md.render accepts
+either). A field's JSON key may differ from its name (`json_key`): a fixed one (`with_` is
+"with"), one named after a data column ("{size_column}": d_model), or none (left out); `optional`
+leaves a field out when it does not apply; `inline` puts a nested result's keys in the row's own
+object (a row's log-log fit). The comparison's best-loss and gap rows stay plain dicts: their keys
+follow the data (the size columns, n_layers and tokens when they vary, best_<hp>).
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-Row = dict[str, Any]   # one plain JSON row: a point, a table row, a log-log fit
+Row = dict[str, Any]   # one plain JSON row: a best-loss or gap row, keyed by the data
 
 
 def _not_none(result: "Result", value: Any) -> bool:
@@ -25,19 +28,32 @@ def optional(when: Callable[["Result", Any], bool] = _not_none) -> Any:
     return field(default=None, metadata={"when": when})
 
 
+def json_key(key: str | None) -> Any:
+    """A field under another JSON key: "with" (a Python keyword), "{size_column}" (the value of the
+    field size_column: a data column's name), or None (not in the JSON)."""
+    return field(metadata={"json_key": key})
+
+
+def inline() -> Any:
+    """A nested result whose keys stand in the row's own JSON object (a row's log-log fit)."""
+    return field(metadata={"inline": True})
+
+
 @dataclass(frozen=True, kw_only=True)
 class Result:
     """Base of every typed result: to_dict() for JSON; r["key"], r.get, r.keys, `in`: the
-    read-only compatibility path for dict-style readers (the JSON keys, the JSON's presence)."""
+    read-only compatibility path for dict-style readers (the JSON keys, the JSON's presence).
+    A JSON key that is no field's name reads as an attribute too: getattr(r, "with")."""
 
     def items(self) -> list[tuple[str, Any]]:
         out = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if "json_key" in f.metadata:
-                if f.metadata["json_key"] is None:
-                    continue                              # not part of the JSON
-                out.append((getattr(self, f.metadata["json_key"]), value))
+            if "inline" in f.metadata:
+                out += value.items()
+            elif "json_key" in f.metadata:
+                if f.metadata["json_key"] is not None:
+                    out.append((f.metadata["json_key"].format_map(vars(self)), value))
             elif "when" not in f.metadata or f.metadata["when"](self, value):
                 out.append((f.name, value))
         return out
@@ -46,17 +62,26 @@ class Result:
         return {key: _plain(value) for key, value in self.items()}
 
     @classmethod
+    def fixed_keys(cls) -> set[str]:
+        """The JSON keys that do not follow the data (every key but a column's name)."""
+        hints = typing.get_type_hints(cls)
+        return set().union(*(hints[f.name].fixed_keys() if "inline" in f.metadata
+                             else {f.metadata.get("json_key", f.name)} for f in dataclasses.fields(cls)))
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Result":
         """The inverse of to_dict(): nested results typed again."""
         hints = typing.get_type_hints(cls)
-        fields = dataclasses.fields(cls)
-        extra = [k for k in data if k not in {f.name for f in fields}]   # a key named after a column
+        extra = [k for k in data if k not in cls.fixed_keys()]   # a key named after a column
         kwargs = {}
-        for f in fields:
-            if "json_key" in f.metadata:
-                kwargs[f.name] = extra[0] if f.metadata["json_key"] is None else data[extra[0]]
-            elif f.name in data:
-                kwargs[f.name] = _load(hints[f.name], data[f.name])
+        for f in dataclasses.fields(cls):
+            key = f.metadata.get("json_key", f.name)
+            if "inline" in f.metadata:
+                kwargs[f.name] = hints[f.name].from_dict(data)
+            elif key is None or "{" in key:
+                kwargs[f.name] = extra[0] if key is None else data[extra[0]]
+            elif key in data:
+                kwargs[f.name] = _load(hints[f.name], data[key])
         return cls(**kwargs)
 
     def map_values(self, fn: Callable[[Any], Any]) -> "Result":
@@ -68,6 +93,14 @@ class Result:
             if k == key:
                 return value
         raise KeyError(key)
+
+    def __getattr__(self, name: str) -> Any:   # only asked when `name` is no field or method
+        if name.startswith("__"):
+            raise AttributeError(name)
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}") from None
 
     def get(self, key: str, default: Any = None) -> Any:
         try:
@@ -92,12 +125,20 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _is_result(hint: Any) -> bool:
+    return isinstance(hint, type) and issubclass(hint, Result)
+
+
 def _load(hint: Any, value: Any) -> Any:
     args = typing.get_args(hint)
-    if isinstance(hint, type) and issubclass(hint, Result):
+    if type(None) in args and value is not None:           # X | None: as X
+        return _load(next(a for a in args if a is not type(None)), value)
+    if _is_result(hint):
         return hint.from_dict(value)
-    if typing.get_origin(hint) is list and args and isinstance(args[0], type) and issubclass(args[0], Result):
+    if typing.get_origin(hint) is list and args and _is_result(args[0]):
         return [args[0].from_dict(v) for v in value]
+    if typing.get_origin(hint) is dict and args and _is_result(args[1]):
+        return {k: args[1].from_dict(v) for k, v in value.items()}
     return value
 
 
@@ -116,6 +157,19 @@ def _map(value: Any, fn: Callable[[Any], Any]) -> Any:
     if isinstance(value, (list, tuple, set)):
         return [_map(v, fn) for v in value]
     return fn(value)
+
+
+# ---- stats.loglog_fit: the power law of a row ---------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class LogLogFit(Result):
+    """y = prefactor·x^exponent by OLS of log y on log x over runs (no interval below 3 runs)."""
+    exponent: float | None
+    exponent_ci: list[float | None]
+    prefactor: float | None
+    n_runs: int
+    n_x: int                      # distinct x values; < 2: no fit
+    ci_method: str | None
 
 
 # ---- comparison.compare -----------------------------------------------------------------------
@@ -141,6 +195,17 @@ class Comparison(Result):
 # ---- transfer.fit_transfer --------------------------------------------------------------------
 
 @dataclass(frozen=True, kw_only=True)
+class TransferPoint(Result):
+    """One grid value of the swept hp: the mean loss over its seeds."""
+    log2_hp: float
+    hp: float
+    loss_mean: float | None       # of the finite seeds; None when every seed diverged (or none has a loss)
+    loss_sem: float | None
+    n: int
+    n_diverged: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class TransferCurve(Result):
     """Loss vs log2(hp) of one parametrization at one size, and its parabola optimum."""
     group: dict[str, Any]
@@ -150,7 +215,7 @@ class TransferCurve(Result):
     n_seeds: int                  # most runs at one grid point
     n_diverged: int
     n_nan_loss: int               # finished runs without a loss value, left out
-    points: list[Row]             # per grid value: hp, log2_hp, loss_mean, loss_sem, n, n_diverged
+    points: list[TransferPoint]   # per grid value
     log2_opt: float | None
     log2_opt_ci: list[float | None]
     opt: float | None
@@ -206,14 +271,44 @@ class TransferResult(Result):
 # ---- multiplier_scaling.fit_multipliers -------------------------------------------------------
 
 @dataclass(frozen=True, kw_only=True)
+class WidthPoint(Result):
+    """The values of one series at one width: their geometric mean and range over runs."""
+    size: float
+    geo_mean: float
+    min: float
+    max: float
+    n: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class MultiplierSeries(Result):
+    """A learned multiplier (or product of them) against width."""
+    name: str                     # role, plus the stat of a vector multiplier ("attn_q row_rms")
+    role: str
+    source: str                   # the metrics it was read from
+    fit: LogLogFit = inline()
+    prediction: float | None      # µP width exponent, where there is one
+    minus_prediction: float | None
+    points: list[WidthPoint]
+
+
+@dataclass(frozen=True, kw_only=True)
+class MatrixNorm(Result):
+    """The stored matrix RMS (weight_rms) of one role against width."""
+    role: str
+    fit: LogLogFit = inline()
+    points: list[WidthPoint]
+
+
+@dataclass(frozen=True, kw_only=True)
 class MultiplierGroup(Result):
     group: dict[str, Any]
     label: str
     n_runs: int
     n_sizes: int
-    series: list[Row]             # per multiplier series: log-log fit, prediction, points
+    series: list[MultiplierSeries]
     note: str | None = optional()  # why there is no width exponent
-    matrix_norms: list[Row] | None = optional()   # per role: log-log fit of weight_rms vs width
+    matrix_norms: list[MatrixNorm] | None = optional()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -233,21 +328,73 @@ class MultiplierResult(Result):
 # ---- norms.fit_norms --------------------------------------------------------------------------
 
 @dataclass(frozen=True, kw_only=True)
+class NormPoint(Result):
+    S: float
+    geo_mean: float               # over the runs at this S
+    n: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class LossPoint(Result):
+    S: float
+    loss_mean: float
+    n: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class NormsSeries(Result):
+    """The RMS of one role (or the pooled swept matrices) against S."""
+    kind: str | None = optional()  # weight_rms or eff_rms; a pooled fit is filed under its kind instead
+    role: str
+    fit: LogLogFit = inline()
+    predicted: float              # the predicted slope
+    points: list[NormPoint]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LossProfile(Result):
+    points: list[LossPoint]
+    spread: float | None          # max − min of the mean losses
+
+
+@dataclass(frozen=True, kw_only=True)
+class NormsVerdict(Result):
+    quantity: str                 # the pooled kind the criterion reads: weight_rms, or eff_rms with multipliers
+    slope: float | None
+    slope_ci: list[float | None] | None
+    target: str
+    met: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpreadComparison(Result):
+    """The loss spread over S with multipliers vs without, at one width and sqrt(η·λ)."""
+    with_: str = json_key("with")
+    without: str
+    size_column: str = json_key(None)
+    size: float = json_key("{size_column}")
+    spread_with: float
+    spread_without: float
+    ratio: float | None
+    smaller_with_multipliers: bool
+
+
+@dataclass(frozen=True, kw_only=True)
 class NormsSweep(Result):
     """One sqrt(η/λ) sweep: one parametrization at one width and one sqrt(η·λ)."""
     group: dict[str, Any]
     label: str
-    size_column: str = field(metadata={"json_key": None})
-    size: float = field(metadata={"json_key": "size_column"})   # in the JSON under its column's name
+    size_column: str = json_key(None)
+    size: float = json_key("{size_column}")   # in the JSON under its column's name
     sqrt_lr_wd: float
     S_values: list[float]
     n_runs: int
     lrm: bool                     # learnable multipliers
     swept_roles: list[str]        # roles whose own η/λ moves with S
-    series: list[Row]             # per kind and role: log-log fit against S
-    pooled: dict[str, Row]        # per kind: the fit of the geometric mean over every swept matrix
-    loss: Row                     # points (mean loss per S) and spread
-    verdict: Row                  # pooled slope against the replication criterion
+    series: list[NormsSeries]     # per kind and role
+    pooled: dict[str, NormsSeries]   # per kind: the fit of the geometric mean over every swept matrix
+    loss: LossProfile
+    verdict: NormsVerdict         # pooled slope against the replication criterion
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -261,19 +408,46 @@ class NormsResult(Result):
     criteria: dict[str, Any]
     treatment: dict[str, str]
     sweeps: list[NormsSweep]
-    comparisons: list[Row]        # loss spread with vs without multipliers at one width
+    comparisons: list[SpreadComparison]
     warnings: list[str]
 
 
 # ---- freedom.fit_freedom ----------------------------------------------------------------------
 
 @dataclass(frozen=True, kw_only=True)
+class Penalty(Result):
+    """Mean loss at a mis-set setting − at the default, of one parametrization (inf: every seed diverged)."""
+    parametrization: str
+    setting: str
+    n: int
+    n_reference: int
+    n_diverged: int
+    loss_mean: float | None
+    reference_mean: float | None
+    penalty: float | None
+    penalty_ci: list[float | None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Relief(Result):
+    """Penalty without − with learnable multipliers at one setting."""
+    setting: str
+    with_: str = json_key("with")
+    without: str
+    relief: float | None
+    relief_ci: list[float | None]
+    penalty_without: float | None
+    penalty_with: float | None
+    clearly_smaller_with_multipliers: bool
+
+
+@dataclass(frozen=True, kw_only=True)
 class FreedomGroup(Result):
     group: dict[str, Any]
     label: str
     settings: list[str]           # mis-set settings, named by their ratios to the defaults
-    penalties: list[Row]          # per parametrization and setting
-    reliefs: list[Row]            # per setting: penalty without − with multipliers
+    penalties: list[Penalty]      # per parametrization and setting
+    reliefs: list[Relief]         # per setting and parametrization with learnable multipliers
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -300,6 +474,16 @@ def _with_interval(fit: "ScalingFit", value: Any) -> bool:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ScalingPoint(Result):
+    """The losses of one cell (N, D) over its runs."""
+    N: float
+    D: float | None               # None when tokens do not vary
+    loss_mean: float
+    loss_std: float | None
+    n: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class ScalingFit(Result):
     """L = E + A/N^alpha (+ B/D^beta) of one parametrization; no law (a note) below 3 sizes."""
     group: dict[str, Any]
@@ -307,7 +491,7 @@ class ScalingFit(Result):
     n_points: int
     n_sizes: int
     N_range: list[float] | None
-    points: list[Row]             # per (N, D): loss_mean, loss_std, n
+    points: list[ScalingPoint]    # per (N, D)
     note: str | None = optional()
     exact_fit: bool | None = optional()   # as many cells as parameters: no interval
     E: float | None = optional(_fitted)
@@ -341,6 +525,12 @@ class ScalingResult(Result):
 # ---- tuning.tuning_cost -----------------------------------------------------------------------
 
 @dataclass(frozen=True, kw_only=True)
+class TuningPoint(Result):
+    compute: float                # cumulative, up to and including this run
+    best_loss: float              # so far
+
+
+@dataclass(frozen=True, kw_only=True)
 class TuningCurve(Result):
     group: dict[str, Any]
     label: str
@@ -350,7 +540,7 @@ class TuningCurve(Result):
     total_compute: float
     best_loss: float | None
     compute_to_best: float | None
-    points: list[Row]             # compute, best_loss so far
+    points: list[TuningPoint]
     compute_to_match: dict[str, float | None] | None = optional()   # search curves: per multiplier curve
 
 
@@ -368,13 +558,30 @@ class TuningResult(Result):
 # ---- coordcheck.coord_check -------------------------------------------------------------------
 
 @dataclass(frozen=True, kw_only=True)
+class CoordSlope(Result):
+    """Mean |activation| of one name at one step against width."""
+    name: str
+    step: int
+    fit: LogLogFit = inline()
+
+
+@dataclass(frozen=True, kw_only=True)
+class CoordPoint(Result):
+    name: str
+    step: int
+    size: float
+    mean_abs: float               # geometric mean of |activation| over the runs
+    n: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class CoordGroup(Result):
     group: dict[str, Any]
     label: str
     setting: float | None         # the hp value every width is compared at
     max_abs_exponent_last_step: float | None
-    slopes: list[Row]             # per activation name and step: log-log fit against width
-    points: list[Row]             # per name, step and width: mean_abs
+    slopes: list[CoordSlope]      # per activation name and step
+    points: list[CoordPoint]      # per name, step and width
 
 
 @dataclass(frozen=True, kw_only=True)

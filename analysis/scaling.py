@@ -25,7 +25,7 @@ from scipy.optimize import minimize
 from trainer.config import UserError
 
 from . import frames
-from .results import ScalingFit, ScalingResult
+from .results import ScalingFit, ScalingPoint, ScalingResult
 from .stats import MIN_VALID_REPLICATES, percentile_ci
 
 DELTA = 1e-3
@@ -299,9 +299,9 @@ def predict(fit: ScalingFit, N: np.ndarray, D: np.ndarray | None = None) -> np.n
     return out
 
 
-def _points(N: np.ndarray, D: np.ndarray | None, L: np.ndarray) -> list[dict]:
+def _points(N: np.ndarray, D: np.ndarray | None, L: np.ndarray) -> list[ScalingPoint]:
     frame = pd.DataFrame({"N": N, "D": D if D is not None else np.nan, "L": L})
     agg = frame.groupby(["N", "D"], dropna=False)["L"].agg(["mean", "std", "count"]).reset_index()
-    return [{"N": float(r.N), "D": None if np.isnan(r.D) else float(r.D), "loss_mean": float(r["mean"]),
-             "loss_std": None if np.isnan(r["std"]) else float(r["std"]), "n": int(r["count"])}
+    return [ScalingPoint(N=float(r.N), D=None if np.isnan(r.D) else float(r.D), loss_mean=float(r["mean"]),
+                         loss_std=None if np.isnan(r["std"]) else float(r["std"]), n=int(r["count"]))
             for _, r in agg.iterrows()]

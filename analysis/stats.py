@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
-from .results import Result
+from .results import LogLogFit, Result
 
 MIN_VALID_REPLICATES = 10  # fewer valid bootstrap replicates than this: no interval
 
@@ -112,23 +112,23 @@ def welch_contrast(groups: list[np.ndarray], weights: list[float], level: float)
     return estimate, [estimate - half, estimate + half]
 
 
-def loglog_fit(x: np.ndarray, y: np.ndarray, level: float) -> dict[str, Any]:
+def loglog_fit(x: np.ndarray, y: np.ndarray, level: float) -> LogLogFit:
     """Power law y = C·x^p by OLS of log y on log x over individual runs, with the OLS
     t-interval of p (pooled residuals: better calibrated than a bootstrap with the 2-5 seeds
     per width a sweep has). No interval with fewer than 3 runs."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     keep = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
     lx, ly = np.log(x[keep]), np.log(y[keep])
-    result: dict[str, Any] = {"exponent": None, "exponent_ci": [None, None], "prefactor": None,
-                              "n_runs": int(keep.sum()), "n_x": int(np.unique(lx).size), "ci_method": None}
-    if result["n_x"] < 2:
-        return result
+    n_runs, n_x = int(keep.sum()), int(np.unique(lx).size)
+    if n_x < 2:
+        return LogLogFit(exponent=None, exponent_ci=[None, None], prefactor=None, n_runs=n_runs, n_x=n_x, ci_method=None)
     fit = sps.linregress(lx, ly)
-    result.update(exponent=float(fit.slope), prefactor=float(math.exp(fit.intercept)))
-    if result["n_runs"] >= 3:
-        result["exponent_ci"] = t_interval(float(fit.slope), float(fit.stderr), result["n_runs"] - 2, level)
-        result["ci_method"] = "OLS t-interval of the log-log slope over runs"
-    return result
+    ci, method = [None, None], None
+    if n_runs >= 3:
+        ci = t_interval(float(fit.slope), float(fit.stderr), n_runs - 2, level)
+        method = "OLS t-interval of the log-log slope over runs"
+    return LogLogFit(exponent=float(fit.slope), exponent_ci=ci, prefactor=float(math.exp(fit.intercept)),
+                     n_runs=n_runs, n_x=n_x, ci_method=method)
 
 
 def jsonable(obj: Any) -> Any:

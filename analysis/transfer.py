@@ -21,7 +21,7 @@ from scipy import stats as sps
 from trainer.config import UserError
 
 from . import frames
-from .results import TransferCurve, TransferGroup, TransferResult
+from .results import TransferCurve, TransferGroup, TransferPoint, TransferResult
 from .stats import batched_slopes, bootstrap_means, finite_mean, pad, percentile_ci, t_interval
 
 
@@ -218,13 +218,13 @@ def _fit_curve(curve: Curve, k: int, n_boot: int, level: float, rng: np.random.G
             "boot_sens": boot_sens}
 
 
-def _points(curve: Curve, means: np.ndarray) -> list[dict]:
+def _points(curve: Curve, means: np.ndarray) -> list[TransferPoint]:
     out = []
     for x, s, m in zip(curve.x, curve.samples, means):
         finite = s[np.isfinite(s)]
         sem = float(finite.std(ddof=1) / math.sqrt(finite.size)) if finite.size > 1 else None
-        out.append({"log2_hp": float(x), "hp": float(2 ** x), "loss_mean": float(m), "loss_sem": sem,
-                    "n": int(s.size), "n_diverged": int(np.isinf(s).sum())})
+        out.append(TransferPoint(log2_hp=float(x), hp=float(2 ** x), loss_mean=float(m), loss_sem=sem,
+                                 n=int(s.size), n_diverged=int(np.isinf(s).sum())))
     return out
 
 

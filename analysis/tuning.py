@@ -14,7 +14,7 @@ import pandas as pd
 from trainer.config import UserError
 
 from . import frames
-from .results import TuningCurve, TuningResult
+from .results import TuningCurve, TuningPoint, TuningResult
 
 
 def tuning_cost(trials: pd.DataFrame, *, size: str = "d_model", loss: str = "final_val_loss",
@@ -57,7 +57,7 @@ def _curve(group: dict, runs: pd.DataFrame, loss: str, compute: str) -> dict:
             "n_finished": int(runs["outcome"].eq("finished").sum()), "total_compute": float(cumulative[-1]),
             "best_loss": float(best[-1]) if finite.any() else None,
             "compute_to_best": float(cumulative[np.argmax(best == best[-1])]) if finite.any() else None,
-            "points": [{"compute": float(c), "best_loss": float(b)} for c, b in zip(cumulative[finite], best[finite])]}
+            "points": [TuningPoint(compute=float(c), best_loss=float(b)) for c, b in zip(cumulative[finite], best[finite])]}
 
 
 def _match(curves: list[dict], size: str) -> None:
@@ -71,5 +71,5 @@ def _match(curves: list[dict], size: str) -> None:
             same_size = other["group"].get(size) == curve["group"].get(size)
             if other["kind"] != "multipliers" or not same_size or other["best_loss"] is None:
                 continue
-            reached = [p["compute"] for p in curve["points"] if p["best_loss"] <= other["best_loss"]]
+            reached = [p.compute for p in curve["points"] if p.best_loss <= other["best_loss"]]
             curve["compute_to_match"][other["label"]] = reached[0] if reached else None

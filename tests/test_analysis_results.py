@@ -91,3 +91,64 @@ def test_a_mistyped_attribute_raises_and_results_are_frozen(fitted):
         transfer.curvs
     with pytest.raises(AttributeError):        # dataclasses.FrozenInstanceError
         transfer.hp = "weight_decay"
+
+
+ROWS = {"multipliers": [("groups", "series", R.MultiplierSeries), ("groups", "matrix_norms", R.MatrixNorm)],
+        "norms": [("sweeps", "series", R.NormsSeries), ("sweeps", "pooled", R.NormsSeries),
+                  ("sweeps", "verdict", R.NormsVerdict), ("sweeps", "loss", R.LossProfile),
+                  ("comparisons", None, R.SpreadComparison)],
+        "freedom": [("groups", "penalties", R.Penalty), ("groups", "reliefs", R.Relief)],
+        "coord_check": [("groups", "slopes", R.CoordSlope), ("groups", "points", R.CoordPoint)],
+        "transfer": [("curves", "points", R.TransferPoint)], "scaling": [("fits", "points", R.ScalingPoint)],
+        "tuning": [("curves", "points", R.TuningPoint)]}
+
+
+def _rows(parts: list, name: str | None) -> list:
+    out = []
+    for part in parts:
+        value = part if name is None else getattr(part, name)
+        out += list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else [value]
+    return [row for row in out if row is not None]
+
+
+def test_fixed_key_rows_are_typed(fitted):
+    results = fitted["results"]
+    for analysis, specs in ROWS.items():
+        for parts, name, cls in specs:
+            rows = _rows(getattr(results[analysis], parts), name)
+            assert rows and all(type(row) is cls for row in rows), (analysis, parts, name)
+    series = results["multipliers"].groups[-1].series[0]
+    assert type(series.fit) is R.LogLogFit and type(series.points[0]) is R.WidthPoint
+    sweep = results["norms"].sweeps[0]
+    assert all(type(p) is R.NormPoint for p in sweep.series[0].points)
+    assert all(type(p) is R.LossPoint for p in sweep.loss.points)
+
+
+def test_row_json_keeps_its_keys_and_reads_back(fitted):
+    relief = fitted["results"]["freedom"].groups[0].reliefs[0]
+    data = relief.to_dict()
+    assert list(data)[:3] == ["setting", "with", "without"] and "with_" not in data
+    assert data["with"] == relief.with_ == relief["with"] == getattr(relief, "with")
+    assert R.Relief.from_dict(data) == relief
+
+    comparison = fitted["results"]["norms"].comparisons[0]
+    data = comparison.to_dict()
+    assert list(data) == ["with", "without", "d_model", "spread_with", "spread_without", "ratio",
+                          "smaller_with_multipliers"]
+    assert data["d_model"] == comparison.size and comparison.size_column == "d_model"
+    assert R.SpreadComparison.from_dict(data) == comparison
+
+    series = next(s for g in fitted["results"]["multipliers"].groups for s in g.series)
+    data = series.to_dict()      # the log-log fit's keys in the row's own object, between its names and points
+    assert list(data) == ["name", "role", "source", "exponent", "exponent_ci", "prefactor", "n_runs", "n_x",
+                          "ci_method", "prediction", "minus_prediction", "points"]
+    assert data["exponent"] == series.fit.exponent == series["exponent"]
+    assert R.MultiplierSeries.from_dict(data) == series
+
+    sweep = fitted["results"]["norms"].sweeps[0]
+    pooled = sweep.pooled["weight_rms"]
+    assert "kind" not in pooled.to_dict() and sweep.series[0].to_dict()["kind"] == sweep.series[0].kind
+    back = R.load(json.loads(json.dumps(fitted["results"]["norms"].to_dict())))
+    assert back.sweeps[0].pooled == sweep.pooled and back.comparisons == fitted["results"]["norms"].comparisons
+    back = R.load(json.loads(json.dumps(fitted["results"]["freedom"].to_dict())))
+    assert back.groups[0].penalties == fitted["results"]["freedom"].groups[0].penalties
