@@ -151,7 +151,8 @@ def _run_sweep(spec, opts: RunOptions) -> SweepSummary:
             outbox.close()
         summary.ran = mode.to_run
         tracker.refresh()
-    summary.tuning_cost = tracker.finish_parent()
+    if not tracker.others_active():  # else the run still at work closes the parent (and logs the cost)
+        summary.tuning_cost = tracker.finish_parent()
     _fill_outcomes(summary, mode, tracker)
     print(summary.text(), file=opts.out, flush=True)
     print(f"  browse: {browse_hint(where.tracking_uri)} (experiment {spec.experiment!r})", file=opts.out, flush=True)

@@ -447,6 +447,17 @@ class SweepTracker:
         self.client.set_terminated(child.run_id, "FAILED" if outcome == "failed" else "FINISHED")
 
     # --- the parent ---
+    def others_active(self) -> bool:
+        """Another live `scalelab run` still holds a claim in this sweep (a trial's, or a search
+        sweep's on the parent): it closes the parent when it ends, not this invocation."""
+        now, lease = int(time.time() * 1000), lease_seconds()
+        self.children = self._load_children()
+        if any(c.outcome not in DONE_OUTCOMES and c.held_by_other(self.owner, now, lease)
+               for c in self.children.values()):
+            return True
+        tags = self._tags(self.parent_id)
+        return held_by_other(tags.get(TAG_OWNER, ""), int(tags.get(TAG_HEARTBEAT) or 0), self.owner, now, lease)
+
     def finish_parent(self, log_cost: bool = True) -> dict[str, float]:
         """Record the tuning cost (trials run, their summed FLOPs) and close the parent run."""
         cost = {}

@@ -292,6 +292,10 @@ def test_two_runs_of_one_sweep_at_once_make_one_run_per_trial(store, stagger, tm
         assert steps == sorted(set(steps)) and sum(bool(e["metrics"].get("final")) for e in entries) == 1, steps
     assert any("held by another scalelab run" in text for text in logs) or \
         any("3 already done, 0 to run" in text for text in logs), logs
+    # the parent is closed once no run is at work on the sweep, with the whole sweep's cost last
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FINISHED" and parent.data.metrics["tuning_trials"] == 3.0, logs
 
 
 @pytest.mark.slow
@@ -318,6 +322,9 @@ def test_two_runs_of_one_search_sweep_at_once_draw_its_samples_once(store, stagg
     parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
     holder = parent.data.tags[TAG_OWNER]                                # the winner's claim, released
     assert parent.data.tags["scalelab.heartbeat"] == "0"
+    # only the holder closes the parent and records the tuning cost: no partial count from the other
+    assert parent.info.status == "FINISHED"
+    assert [h.value for h in client.get_metric_history(parent.info.run_id, "tuning_trials")] == [3.0], logs
     losers = [text for text in logs if "search sweep held by another scalelab run" in text]
     assert len(losers) == 1 and f"held by another scalelab run ({holder})" in losers[0], logs
 
