@@ -2,11 +2,13 @@
 
 `fuse` in a sweep file, or `--fuse` of `run` and `plan` (the flag wins):
 
-    off    every trial alone: one Ray trial each
+    off    (default) every trial alone: one Ray trial each
     N      trials that share a shape (trainer.fused.pack_key) go in packs of at most N
-    auto   (default) GPU trials in packs sized from their estimated memory (at most 16);
-           CPU trials alone: on CPU a pack measured slower than one trial at a time except
-           for the smallest steps (README, "Fused packs")
+    auto   GPU trials in packs sized from their estimated memory (at most 16); CPU trials
+           alone: on CPU a pack measured slower than one trial at a time except for the
+           smallest steps (README, "Fused packs")
+
+`off` is the default because fused training has not yet been run on a GPU by this project.
 
 A pack is only how trials share a Ray trial and a step loop: each member keeps its own hash,
 MLflow run, outcome, journal and checkpoint directory, so dedupe, claims, resume and the
@@ -26,13 +28,15 @@ FUSE_CHOICES = ("auto", "off")
 MAX_FUSE = 64
 AUTO_MAX_MEMBERS = 16     # HFTA's gains flatten out well before this; memory decides below it
 MEMORY_USE = 0.9          # share of the device's memory a pack may plan for (allocator slack)
-FUSE_HELP = ("fused packs: 'auto' (GPU trials in packs sized from their memory, CPU trials alone), "
-             "'off', or N (at most N same-shaped trials per pack); overrides the sweep's `fuse`")
+FUSE_HELP = ("fused packs: 'off', 'auto' (GPU trials in packs sized from their memory, CPU trials alone) "
+             "or N (at most N same-shaped trials per pack); overrides the sweep's `fuse` (default off)")
 
 
 def check_fuse(value):
     """The sweep file's `fuse` value, or ValueError saying what is allowed."""
-    if value in FUSE_CHOICES:
+    if value is False:  # YAML 1.1 reads an unquoted `off` as false
+        return "off"
+    if isinstance(value, str) and value in FUSE_CHOICES:
         return value
     if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_FUSE:
         return value

@@ -81,7 +81,7 @@ class SweepFile(_Strict):
     concurrency: int | None = Field(None, ge=1)
     retries: int = Field(1, ge=0)
     fuse: int | Literal["auto", "off"] = Field(
-        "auto", description="fused packs (orchestrator/packing.py): 'auto', 'off' or at most N trials per pack")
+        "off", description="fused packs (orchestrator/packing.py): 'off', 'auto' or at most N trials per pack")
     search: SearchFile | None = None
 
     @field_validator("fuse", mode="before")

@@ -49,7 +49,8 @@ def run(path: Path, uri: str, storage: Path, fuse=None) -> tuple:
 
 def test_fuse_key_and_flag_are_checked():
     spec = load_sweep_text("name: s\nfuse: 4\nbase: {steps: 100}\ngrid: {lr: [0.1, 0.2]}\n")
-    assert spec.fuse == 4 and load_sweep_text("name: s\nbase: {steps: 100}\n").fuse == "auto"
+    assert spec.fuse == 4 and load_sweep_text("name: s\nbase: {steps: 100}\n").fuse == "off"
+    assert load_sweep_text("name: s\nfuse: off\nbase: {steps: 100}\n").fuse == "off"   # YAML's off is false
     for bad in ("true", "0", "65", "2.5", "fast"):
         with pytest.raises(UserError, match=r"fuse \(line 2\).*'auto', 'off' or a pack size"):
             load_sweep_text(f"name: s\nfuse: {bad}\nbase: {{steps: 100}}\n")
