@@ -24,6 +24,8 @@ from trainer.errors import brief
 from trainer.estimate import estimate, machine_memory_bytes
 from trainer.pack_rules import group_packs, unfusable_reason
 
+from .trainable import PACK_MEMBERS_KEY
+
 FUSE_CHOICES = ("auto", "off")
 MAX_FUSE = 64
 AUTO_MAX_MEMBERS = 16     # HFTA's gains flatten out well before this; memory decides below it
@@ -41,6 +43,11 @@ def check_fuse(value):
     if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_FUSE:
         return value
     raise ValueError(f"expected 'auto', 'off' or a pack size from 1 to {MAX_FUSE}, got {brief(value)}")
+
+
+def fusion_asked(fuse) -> bool:
+    """Did the user ask for packs (N > 1)? `auto` only packs GPU trials, so it is not news."""
+    return fuse not in ("auto", "off", 1)
 
 
 def parse_fuse_flag(text: str | None):
@@ -87,7 +94,7 @@ class Pack:
         if not self.fused:
             return self.members[0].to_payload()
         return {"hash": self.hash, "label": self.label, "resources": dict(self.resources),
-                "members": [t.to_payload() for t in self.members]}
+                PACK_MEMBERS_KEY: [t.to_payload() for t in self.members]}
 
 
 def make_packs(trials: list, fuse, gpu_auto: bool, gpu_memory_gb: float) -> list[Pack]:
@@ -146,7 +153,7 @@ def pack_summary(packs: list[Pack], fuse) -> str:
     """One line on how the trials run, when any are fused or fusion was asked for."""
     fused = [p for p in packs if p.fused]
     alone = len(packs) - len(fused)
-    if not fused and fuse in ("auto", "off", 1):
+    if not fused and not fusion_asked(fuse):
         return ""
     sizes = ", ".join(str(len(p.members)) for p in fused) or "none"
     why = sorted({p.note for p in packs if not p.fused and p.note})

@@ -152,14 +152,16 @@ def format_plan(plan: dict[str, Any]) -> str:
 
 
 def _format_packs(plan: dict[str, Any]) -> list[str]:
+    from .packing import fusion_asked
+
     packs = plan.get("packs") or []
     notes: dict[str, list[int]] = {}
     for row in plan.get("alone") or []:
-        if plan["fuse"] not in ("auto", "off", 1):  # auto's CPU note would be on every CPU sweep
+        if fusion_asked(plan["fuse"]):  # auto's CPU note would be on every CPU sweep
             notes.setdefault(row["note"], []).append(row["trial"])
     alone = [f"  alone: #{', #'.join(map(str, n))}: {note}" for note, n in notes.items()]
     if not packs:
-        return [] if plan["fuse"] in ("auto", "off", 1) else [f"fuse: {plan['fuse']} → no trials share a pack"] + alone
+        return [f"fuse: {plan['fuse']} → no trials share a pack"] + alone if fusion_asked(plan["fuse"]) else []
     fused = sum(p["k"] for p in packs)
     lines = [f"fuse: {plan['fuse']} → {fused} of {plan['totals']['to_run']} trials to run in {len(packs)} fused "
              "pack(s), one Ray trial each (each member keeps its own MLflow run and checkpoints):"]

@@ -76,14 +76,21 @@ class Journal:
             os.fsync(fh.fileno())
 
 
-def resume_point(entries: list[dict], trial_dir: Path) -> tuple[str | None, list[dict]]:
-    """The newest journaled checkpoint still on disk, and the entries up to it (those are
-    replayed; later ones will be produced again by training)."""
-    for i in range(len(entries) - 1, -1, -1):
-        ckpt = entries[i].get("checkpoint")
+def resume_points(entries: list[dict], trial_dir: Path) -> dict[int, tuple[str, list[dict]]]:
+    """step -> (journaled checkpoint still on disk, the entries up to it: those are replayed;
+    later ones will be produced again by training)."""
+    found = {}
+    for i, entry in enumerate(entries):
+        ckpt = entry.get("checkpoint")
         if ckpt and (trial_dir / ckpt / "state.pt").is_file():
-            return str(trial_dir / ckpt), entries[:i + 1]
-    return None, []
+            found[int(entry["metrics"]["step"])] = (str(trial_dir / ckpt), entries[:i + 1])
+    return found
+
+
+def resume_point(entries: list[dict], trial_dir: Path) -> tuple[str | None, list[dict]]:
+    """The newest journaled checkpoint still on disk, and the entries up to it."""
+    found = resume_points(entries, trial_dir)
+    return found[max(found)] if found else (None, [])
 
 
 # --- one writer per trial folder ------------------------------------------------------------
@@ -250,34 +257,53 @@ def _run_locked(trial, ctx: TrialContext, trial_dir: Path) -> None:
     _train(trial, ctx, trial_dir, journal, resume_from, resumed_step)
 
 
+class TrialWriter:
+    """Where one trial's reports go while it trains, alone or in a pack: the journal first, then
+    Tune. The final report waits for the multiplier table (`finish`)."""
+
+    def __init__(self, trial, trial_dir: Path, journal: Journal, ctx: TrialContext, resumed_step: int | None):
+        self.trial, self.trial_dir, self.journal, self.ctx = trial, trial_dir, journal, ctx
+        self.resumed_step = resumed_step
+        self.fault = ctx.fault_inject if ctx.fault_inject is not None else os.environ.get(FAULT_ENV)
+        self.final: dict | None = None
+
+    def _entry(self, metrics: dict, checkpoint_path: str | None) -> dict:
+        return {"hash": self.trial.hash, "ts": int(time.time() * 1000), "metrics": metrics,
+                "checkpoint": os.path.relpath(checkpoint_path, self.trial_dir) if checkpoint_path else None}
+
+    def report(self, metrics: dict, checkpoint_path: str | None) -> None:
+        from ray import tune
+
+        entry = self._entry(metrics, checkpoint_path)
+        if metrics.get("final"):
+            maybe_inject_fault(self.fault, self.trial.hash, int(metrics["step"]), self.trial_dir)
+            self.final = entry
+            return
+        self.journal.append(entry)
+        maybe_inject_fault(self.fault, self.trial.hash, int(metrics["step"]), self.trial_dir)
+        tune.report(payload(entry, self.ctx, replay=False, resumed_from=self.resumed_step))
+
+    def finish(self, result) -> None:
+        """The final report with the trial's multiplier table: journaled, old checkpoints
+        pruned, sent."""
+        from ray import tune
+
+        entry = self.final or self._entry({**result.metrics, "final": True}, None)
+        entry["multipliers"] = result.multipliers
+        self.journal.append(entry)
+        prune_checkpoints(self.trial_dir / "checkpoints", keep=entry.get("checkpoint"), trial_dir=self.trial_dir)
+        tune.report(payload(entry, self.ctx, replay=False, resumed_from=self.resumed_step))
+
+
 def _train(trial, ctx: TrialContext, trial_dir: Path, journal: Journal, resume_from: str | None,
            resumed_step: int | None) -> None:
-    from ray import tune
     from trainer.loop import train
 
     set_threads(trial.config, trial.resources.get("cpu", 1))
-    fault = ctx.fault_inject if ctx.fault_inject is not None else os.environ.get(FAULT_ENV)
-    final: list[dict] = []
-
-    def on_report(metrics: dict, checkpoint_path: str | None) -> None:
-        entry = {"hash": trial.hash, "ts": int(time.time() * 1000), "metrics": metrics,
-                 "checkpoint": os.path.relpath(checkpoint_path, trial_dir) if checkpoint_path else None}
-        if metrics.get("final"):
-            maybe_inject_fault(fault, trial.hash, int(metrics["step"]), trial_dir)
-            final.append(entry)  # sent with the multiplier table once train() returns
-            return
-        journal.append(entry)
-        maybe_inject_fault(fault, trial.hash, int(metrics["step"]), trial_dir)
-        tune.report(payload(entry, ctx, replay=False, resumed_from=resumed_step))
-
-    result = train(trial.config, report=on_report, checkpoint_dir=str(trial_dir / "checkpoints"),
+    writer = TrialWriter(trial, trial_dir, journal, ctx, resumed_step)
+    result = train(trial.config, report=writer.report, checkpoint_dir=str(trial_dir / "checkpoints"),
                    resume_from=resume_from, progress=False)
-    entry = final[-1] if final else {"hash": trial.hash, "ts": int(time.time() * 1000),
-                                     "metrics": {**result.metrics, "final": True}, "checkpoint": None}
-    entry["multipliers"] = result.multipliers
-    journal.append(entry)
-    prune_checkpoints(trial_dir / "checkpoints", keep=entry.get("checkpoint"), trial_dir=trial_dir)
-    tune.report(payload(entry, ctx, replay=False, resumed_from=resumed_step))
+    writer.finish(result)
 
 
 # --- fused packs ----------------------------------------------------------------------------
@@ -339,15 +365,7 @@ def _run_pack_locked(trials: list, ctx: TrialContext) -> None:
 def _common_resume(live: list[PackMember]) -> tuple[list[str | None], list[list[dict]]]:
     """Each member's checkpoint and journal entries at the newest step all of them can resume
     from (a pack resumes from one step); none: the pack starts afresh."""
-    def on_disk(m: PackMember) -> dict[int, tuple[str, list[dict]]]:
-        found = {}
-        for i, entry in enumerate(m.entries):
-            ckpt = entry.get("checkpoint")
-            if ckpt and (m.trial_dir / ckpt / "state.pt").is_file():
-                found[int(entry["metrics"]["step"])] = (str(m.trial_dir / ckpt), m.entries[:i + 1])
-        return found
-
-    found = [on_disk(m) for m in live]
+    found = [resume_points(m.entries, m.trial_dir) for m in live]
     common = set.intersection(*(set(f) for f in found))
     if not common:
         return [None] * len(live), [[] for _ in live]
@@ -356,40 +374,15 @@ def _common_resume(live: list[PackMember]) -> tuple[list[str | None], list[list[
 
 
 def _train_pack(live: list[PackMember], ctx: TrialContext, paths: list[str | None], resumed_step: int | None) -> None:
-    from ray import tune
     from trainer.fused import train_fused
 
     first = live[0].trial
     set_threads(first.config, first.resources.get("cpu", 1))
-    fault = ctx.fault_inject if ctx.fault_inject is not None else os.environ.get(FAULT_ENV)
-    finals: dict[int, dict] = {}
-
-    def reporter(k: int):
-        m = live[k]
-
-        def on_report(metrics: dict, checkpoint_path: str | None) -> None:
-            entry = {"hash": m.trial.hash, "ts": int(time.time() * 1000), "metrics": metrics,
-                     "checkpoint": os.path.relpath(checkpoint_path, m.trial_dir) if checkpoint_path else None}
-            if metrics.get("final"):
-                maybe_inject_fault(fault, m.trial.hash, int(metrics["step"]), m.trial_dir)
-                finals[k] = entry  # journaled and sent with its multiplier table by on_end
-                return
-            m.journal.append(entry)
-            maybe_inject_fault(fault, m.trial.hash, int(metrics["step"]), m.trial_dir)
-            tune.report(payload(entry, ctx, replay=False, resumed_from=resumed_step))
-        return on_report
-
-    def on_end(k: int, result) -> None:
-        m = live[k]
-        entry = finals[k]
-        entry["multipliers"] = result.multipliers
-        m.journal.append(entry)
-        prune_checkpoints(m.trial_dir / "checkpoints", keep=entry.get("checkpoint"), trial_dir=m.trial_dir)
-        tune.report(payload(entry, ctx, replay=False, resumed_from=resumed_step))
-
-    train_fused([m.trial.config for m in live], reports=[reporter(k) for k in range(len(live))],
+    writers = [TrialWriter(m.trial, m.trial_dir, m.journal, ctx, resumed_step) for m in live]
+    train_fused([m.trial.config for m in live], reports=[w.report for w in writers],
                 checkpoint_dirs=[str(m.trial_dir / "checkpoints") for m in live],
-                resume_from=paths if any(paths) else None, on_end=on_end)
+                resume_from=paths if any(paths) else None,
+                on_end=lambda k, result: writers[k].finish(result))  # a member's end, mid-pack or last
 
 
 def prune_checkpoints(directory: Path, keep: str | None, trial_dir: Path) -> None:
