@@ -24,6 +24,7 @@ from trainer.errors import brief
 from trainer.estimate import estimate, machine_memory_bytes
 from trainer.pack_rules import group_packs, unfusable_reason
 
+from .spec import gpu_fraction
 from .trainable import PACK_MEMBERS_KEY
 
 FUSE_CHOICES = ("auto", "off")
@@ -136,8 +137,6 @@ def _fused(trials: list, fuse, on_gpu: bool, gpu_auto: bool, gpu_memory_gb: floa
 def _resources(members: tuple, per_member: float, on_gpu: bool, gpu_auto: bool, gpu_memory_gb: float) -> dict:
     """A pack asks for one member's CPUs (the pack's step loop is one process) and, under
     `gpu: auto`, the GPU share its K members' memory needs (else one member's setting)."""
-    from .spec import gpu_fraction
-
     resources = dict(members[0].resources)
     if on_gpu and gpu_auto:
         resources["gpu"] = gpu_fraction(per_member * len(members), gpu_memory_gb)

@@ -451,7 +451,7 @@ class SweepTracker:
         """Another live `scalelab run` still holds a claim in this sweep (a trial's, or a search
         sweep's on the parent): it closes the parent when it ends, not this invocation."""
         now, lease = int(time.time() * 1000), lease_seconds()
-        self.children = self._load_children()
+        self.refresh()
         if any(c.outcome not in DONE_OUTCOMES and c.held_by_other(self.owner, now, lease)
                for c in self.children.values()):
             return True
