@@ -41,6 +41,14 @@ def sweep_writer():
     return write_sweep
 
 
+@pytest.fixture(scope="session")
+def process_tools():
+    """free_port, wait_http and stop_group for tests that start servers themselves."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(free_port=free_port, wait_http=wait_http, stop_group=stop_group)
+
+
 @pytest.fixture
 def tiny_sweep(tmp_path):
     return lambda name, **sections: write_sweep(tmp_path, name, **sections)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -42,12 +41,10 @@ def _playwright():
 
 
 @pytest.fixture(scope="module")
-def browsed_sweep(tmp_path_factory, sweep_writer):
+def browsed_sweep(tmp_path_factory, sweep_writer, process_tools):
     """A real sweep (2 widths x 2 LRs) run and reported against a real mlflow server."""
     tmp = tmp_path_factory.mktemp("browse")  # (conftest's server fixture is per test: this one is per module)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = process_tools.free_port()
     log = tmp / "mlflow-server.log"
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
                PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
@@ -58,7 +55,7 @@ def browsed_sweep(tmp_path_factory, sweep_writer):
         stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, env=env)
     server = f"http://127.0.0.1:{port}"
     try:
-        _wait(server + "/health", 180, proc, log)
+        process_tools.wait_http(server + "/health", 180, proc, log)
         path = sweep_writer(tmp, "browse", base={"steps": 30, "eval_interval": 5},
                             grid={"lr": [1e-3, 3e-3]}, concurrency=2)
         doc = yaml.safe_load(path.read_text())  # the width is swept: not in base
@@ -83,28 +80,7 @@ def browsed_sweep(tmp_path_factory, sweep_writer):
         trials = [r for r in runs if r.data.tags.get("scalelab.kind") == "trial"]
         yield server, exp.experiment_id, parent, trials
     finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(timeout=5)
-                break
-            except ProcessLookupError:
-                break
-            except subprocess.TimeoutExpired:
-                continue
-
-
-def _wait(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited ({proc.returncode}) before {url} answered:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except Exception:  # noqa: BLE001 - not up yet
-            time.sleep(0.5)
-    raise RuntimeError(f"{url} did not answer within {timeout}s:\n{log.read_text()[-3000:]}")
+        process_tools.stop_group(proc)
 
 
 class Browser:
@@ -238,21 +214,19 @@ def test_comparing_the_lr_curves_of_one_width(browsed_sweep, browser):
             page.screenshot(path=str(out))
 
 
-def test_scalelab_ui_serves_the_local_store(tmp_path):
+def test_scalelab_ui_serves_the_local_store(tmp_path, process_tools):
     """`scalelab ui` started as a process: prints its URL, serves the UI and this store's
     experiments on 127.0.0.1, stops when its process group is ended."""
     uri = "sqlite:///" + str(tmp_path / "mlflow.db")
     MlflowClient(tracking_uri=uri).create_experiment("seen-in-ui")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = process_tools.free_port()
     log = tmp_path / "ui.log"
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui", "--tracking-uri", uri, "--port", str(port)],
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
                             env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=tmp_path)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait(url + "/health", 180, proc, log)
+        process_tools.wait_http(url + "/health", 180, proc, log)
         assert f"MLflow UI: {url}" in log.read_text()
         with urllib.request.urlopen(url + "/", timeout=10) as page:
             assert "<title>MLflow</title>" in page.read().decode()
