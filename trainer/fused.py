@@ -30,7 +30,8 @@ from .config import ConfigError, TrainConfig, UserError
 from .data import Batches, load_tokens
 from .estimate import flops_per_token
 from .fused_model import FusedGPT, runs
-from .loop import Report, Trainer, TrainResult, _print_progress, final_metrics, peak_flops, pick_device, report_metrics
+from .loop import (Report, Trainer, TrainResult, _print_progress, final_metrics, peak_flops, report_metrics,
+                   start_runtime)
 from .model import GPT
 from .optim import Optimizers, lr_factor
 from .pack_rules import MEMBER_FIELDS, PACK_FIELDS, check_pack, group_packs, pack_key, unfusable_reason
@@ -180,9 +181,7 @@ class FusedTrainer:
     def __init__(self, cfgs: list[TrainConfig], tokens=None):
         check_pack(cfgs)
         cfg = cfgs[0]
-        self.device = pick_device(cfg)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        self.device = start_runtime(cfg)
         tokens = load_tokens(cfg) if tokens is None else tokens
         self.members: list[Member] = []
         for c in cfgs:

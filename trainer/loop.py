@@ -15,6 +15,7 @@ import torch
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, UserError
+from .cpu_memory import keep_freed_memory
 from .data import Batches
 from .estimate import PEAK_FLOPS, flops_per_token
 from .model import GPT
@@ -41,6 +42,16 @@ def pick_device(cfg: TrainConfig) -> torch.device:
     return torch.device("cpu")
 
 
+def start_runtime(cfg: TrainConfig) -> torch.device:
+    """The device a trainer runs on, with torch's threads and (on CPU) the allocator set up."""
+    device = pick_device(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if device.type == "cpu":
+        keep_freed_memory()
+    return device
+
+
 def peak_flops(cfg: TrainConfig, device: torch.device) -> float | None:
     if cfg.peak_flops:
         return cfg.peak_flops
@@ -53,9 +64,7 @@ def peak_flops(cfg: TrainConfig, device: torch.device) -> float | None:
 class Trainer:
     def __init__(self, cfg: TrainConfig, batches: Batches | None = None):
         self.cfg = cfg
-        self.device = pick_device(cfg)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        self.device = start_runtime(cfg)
         self.batches = batches or Batches(cfg)
         torch.manual_seed(cfg.seed)
         self.model = GPT(cfg).to(self.device)
