@@ -5,7 +5,9 @@ throughput against a plain, minimal PyTorch loop of the same architecture writte
 two broadcast products), swapped in for its turn, so old and new are measured in one run.
 Variants are interleaved round by round so machine noise hits them alike; each ratio is taken
 within a round (adjacent timings share the machine's state) and the median ratio is reported
-with its interquartile range, so the noise shows.
+with its interquartile range [q1, q3], so the noise shows, and a 95% bootstrap interval of the
+median (lo-hi). On a shared machine many rounds of single steps (--steps 1 --rounds 60) pin the
+median down far better than a few rounds of many steps.
 
     python benchmarks/bench_multipliers.py [--widths 128,256,512] [--rounds 5] [--steps 8] [--pack 4]
 
@@ -19,6 +21,7 @@ import contextlib
 import statistics
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -115,10 +118,13 @@ VARIANTS = {"none": ("none", None), "scalar": ("scalar", None), "vector": ("vect
 
 
 def paired_ratio(a: list[float], b: list[float]) -> str:
-    """Median of the per-round ratios a_i / b_i, with the interquartile range."""
-    ratios = sorted(x / y for x, y in zip(a, b))
-    q1, med, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
-    return f"{med:.3f} [{q1:.3f}, {q3:.3f}]"
+    """Median of the per-round ratios a_i / b_i, with the interquartile range and a 95%
+    bootstrap interval of the median (how well the rounds pin it down)."""
+    ratios = np.array([x / y for x, y in zip(a, b)])
+    q1, med, q3 = np.quantile(ratios, [0.25, 0.5, 0.75])
+    boot = np.median(np.random.default_rng(0).choice(ratios, (2000, len(ratios))), axis=1)
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    return f"{med:.3f} [{q1:.3f}, {q3:.3f}] ({lo:.3f}-{hi:.3f})"
 
 
 CLOCK = time.perf_counter  # --clock cpu: time.process_time, the CPU time this process used
@@ -183,7 +189,7 @@ def main() -> None:
             continue
         print(f"\n## Learnable multipliers, {title}: step time relative to no multipliers (median of rounds)")
         print(f"{'width':>6} " + " ".join(f"{v + ' ms':>20}" for v in VARIANTS) + " "
-              + " ".join(f"{v + '/none [IQR]':>30}" for v in list(VARIANTS)[1:]))
+              + " ".join(f"{v + '/none [IQR] (CI)':>44}" for v in list(VARIANTS)[1:]))
         for width in widths:
             trainers = {}
             for name, (kind, impl) in VARIANTS.items():
@@ -199,7 +205,7 @@ def main() -> None:
                         times[name].append(time_steps(t, args.steps))
             med = {k: statistics.median(v) for k, v in times.items()}
             print(f"{width:>6} " + " ".join(f"{med[v] * 1e3:>20.1f}" for v in VARIANTS) + " "
-                  + " ".join(f"{paired_ratio(times[v], times['none']):>30s}" for v in list(VARIANTS)[1:]))
+                  + " ".join(f"{paired_ratio(times[v], times['none']):>44s}" for v in list(VARIANTS)[1:]))
 
     if args.no_plain:
         return

@@ -84,9 +84,9 @@ class MultipliedMatrix(nn.Module):
         if self.scale is not None:
             return w * (self.scale * f)
         if self.row is not None:  # the fixed factor rides on the smallest tensor it can
-            return row_col_scaled(w, self.row * f, self.col)
+            return row_col_scaled(w, self.row if f == 1.0 else self.row * f, self.col)
         if self.col is not None:
-            return row_col_scaled(w, None, self.col * f)
+            return row_col_scaled(w, None, self.col if f == 1.0 else self.col * f)
         return w if f == 1.0 else w * f
 
     @torch.no_grad()
