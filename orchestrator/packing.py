@@ -99,9 +99,9 @@ class Pack:
 
 
 def make_packs(trials: list, fuse, gpu_auto: bool, gpu_memory_gb: float) -> list[Pack]:
-    """The pending trials as packs, in sweep order (first member's position)."""
+    """The pending trials as packs (or alone), longest first."""
     if fuse == "off" or fuse == 1 or not trials:
-        return [Pack((t,), dict(t.resources)) for t in trials]
+        return longest_first([Pack((t,), dict(t.resources)) for t in trials])
     on_gpu = [t.resources["gpu"] > 0 for t in trials]
     packs: list[Pack] = []
     for device_gpu in (True, False):
@@ -112,8 +112,15 @@ def make_packs(trials: list, fuse, gpu_auto: bool, gpu_memory_gb: float) -> list
             packs += [Pack((t,), dict(t.resources), note="fuse: auto leaves CPU trials alone") for t in chosen]
             continue
         packs += _fused(chosen, fuse, device_gpu, gpu_auto, gpu_memory_gb)
-    order = {t.hash: i for i, t in enumerate(trials)}
-    return sorted(packs, key=lambda p: order[p.members[0].hash])
+    return longest_first(packs)
+
+
+def longest_first(packs: list[Pack]) -> list[Pack]:
+    """Longest estimated compute first, ties in sweep order: a long trial or pack started last
+    runs on while the other workers have nothing left (longest-processing-time-first)."""
+    from .sweep_modes import estimated_seconds
+
+    return sorted(packs, key=lambda p: -sum(estimated_seconds(t) for t in p.members))
 
 
 def _fused(trials: list, fuse, on_gpu: bool, gpu_auto: bool, gpu_memory_gb: float) -> list[Pack]:

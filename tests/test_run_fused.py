@@ -76,6 +76,19 @@ def test_packs_group_by_shape_keep_muon_alone_and_auto_leaves_cpu_trials_alone()
     assert [len(p.members) for p in packs] == [1, 1] and "optimizer=muon cannot be fused" in packs[0].note
 
 
+def test_longest_trials_and_packs_start_first():
+    """A long trial or pack started last runs on alone while the other workers idle (the fused
+    quickstart's tail): Tune gets them longest first, ties in sweep order."""
+    text = ("name: s\nbase: {steps: 100, head_dim: 16}\n"
+            "grid: {d_model: [32, 128, 64], lr: [0.1, 0.2]}\n")
+    trials = load_sweep_text(text).trials()
+    alone = make_packs(trials, "off", gpu_auto=False, gpu_memory_gb=80)
+    assert [p.members[0].config.d_model for p in alone] == [128, 128, 64, 64, 32, 32]
+    assert [p.members[0].config.lr for p in alone[:2]] == [0.1, 0.2]            # a tie keeps sweep order
+    packs = make_packs(trials, 2, gpu_auto=False, gpu_memory_gb=80)
+    assert [(p.members[0].config.d_model, len(p.members)) for p in packs] == [(128, 2), (64, 2), (32, 2)]
+
+
 def test_gpu_auto_sizes_packs_from_estimated_memory():
     text = ("name: g\nresources: {gpu: auto, gpu_memory_gb: 1}\nbase: {steps: 100, d_model: 256, n_layers: 2, "
             "batch_size: 16}\ngrid: {lr: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]}\n")
