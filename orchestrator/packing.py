@@ -115,11 +115,15 @@ def make_packs(trials: list, fuse, gpu_auto: bool, gpu_memory_gb: float) -> list
     return longest_first(packs)
 
 
+def estimated_seconds(trial) -> float:
+    """Compute time of a trial from the trainer's estimate, on the device it will use."""
+    cost = estimate(trial.config)
+    return cost["seconds_gpu"] if trial.resources.get("gpu") else cost["seconds_cpu"]
+
+
 def longest_first(packs: list[Pack]) -> list[Pack]:
     """Longest estimated compute first, ties in sweep order: a long trial or pack started last
     runs on while the other workers have nothing left (longest-processing-time-first)."""
-    from .sweep_modes import estimated_seconds
-
     return sorted(packs, key=lambda p: -sum(estimated_seconds(t) for t in p.members))
 
 

@@ -14,6 +14,7 @@ from ray import tune
 from trainer.config import UserError
 
 from .layout import DONE_OUTCOMES, TAG_HASH, TAG_OUTCOME
+from .packing import estimated_seconds
 from .trainable import GRID_TRIAL_KEY
 
 
@@ -233,11 +234,3 @@ class SearchSweep:
 
 def sweep_mode(spec, study_url: str | None = None):
     return SearchSweep(spec, study_url) if spec.mode == "search" else GridSweep(spec)
-
-
-def estimated_seconds(trial) -> float:
-    """Compute time of a trial from the trainer's estimate, on the device it will use."""
-    from trainer.estimate import estimate
-
-    cost = estimate(trial.config)
-    return cost["seconds_gpu"] if trial.resources.get("gpu") else cost["seconds_cpu"]

@@ -49,8 +49,3 @@ def test_a_cpu_trainer_reuses_freed_activation_memory():
     assert plain > 20_000, plain
     assert tuned < 1_000, (plain, tuned)
 
-
-def test_keep_freed_memory_is_idempotent():
-    from trainer.cpu_memory import keep_freed_memory
-
-    assert keep_freed_memory() == keep_freed_memory()

@@ -5,7 +5,7 @@ glibc hands out large blocks (above 128 KiB at start, a threshold it raises on i
 32 MiB) as fresh mappings and gives them back to the kernel on free, so each step touches new
 zeroed pages again. Measured on the 2-core development machine (one thread): a fused pack of 8
 width-64 models at 16 × 128 tokens per step took 32,600 minor page faults per step, a single
-width-256 model 7,500; with mmap off and no trimming, 1–2 and ~1,000 (tests/test_cpu_memory.py
+width-256 model 7,500; with mmap off and no trimming, 1–2 and 300–700 (tests/test_cpu_memory.py
 counts them). Raising the threshold alone is not enough: it stops at 32 MiB, and a pack of 8
 at width 128 has 32 MiB activations (31,000 faults per step). Preloading jemalloc or tcmalloc
 (PyTorch's CPU tuning guide) does the same, but needs a library on every worker and a
