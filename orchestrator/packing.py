@@ -5,8 +5,8 @@
     off    (default) every trial alone: one Ray trial each
     N      trials that share a shape (trainer.fused.pack_key) go in packs of at most N
     auto   GPU trials in packs sized from their estimated memory (at most 16); CPU trials
-           alone: on CPU a pack measured slower than one trial at a time except for the
-           smallest steps (README, "Fused packs")
+           alone: on CPU a pack measured no faster than one trial at a time except for
+           small steps, and the fused quickstart took longer (README, "Fused packs")
 
 `off` is the default because fused training has not yet been run on a GPU by this project.
 
