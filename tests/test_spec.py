@@ -383,8 +383,7 @@ def test_fixed_gpu_passes_through(tmp_path):
 def test_the_examples_in_the_docs_are_valid(tmp_path, monkeypatch):
     import pathlib
     import re
-    readme = (pathlib.Path(_repo_root()) / "README.md").read_text(encoding="utf-8")
-    doc = next(part for part in readme.split("\n## ") if part.startswith("Sweep files"))
+    doc = (pathlib.Path(_repo_root()) / "docs" / "sweeps.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```yaml\n(.*?)```", doc, flags=re.S)
     assert len(blocks) >= 3
     monkeypatch.chdir(tmp_path)
