@@ -1,4 +1,4 @@
-""""Multipliers free the scale" (REFERENCE.md §5, first bullet): the loss penalty of a mis-set
+""""Multipliers free the scale" (docs/science.md §5, first bullet): the loss penalty of a mis-set
 fixed multiplier (a µP forward multiplier α, or a WD / LR / init multiplier, off by a factor)
 with learnable multipliers and without.
 

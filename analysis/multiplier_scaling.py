@@ -5,11 +5,11 @@ Runs: finished grid runs with learnable multipliers (labels with '+'); at each w
 at the swept hyperparameter value with the best mean loss (the tuned point of that width).
 Each run's value of a role is the geometric mean over blocks. The head has no multiplier in the
 paper's placement: its scale is then read from the final RMSNorm weight (norm/final_norm/mean),
-which acts as the head's column multiplier (REFERENCE.md §2). `head total` multiplies that by
+which acts as the head's column multiplier (docs/science.md §2). `head total` multiplies that by
 the head matrix's effective RMS: the head's whole scale, which is what µP's d⁻¹ is about when
 the stored head matrix does not stay width-independent.
 
-µP prediction (REFERENCE.md §5, for the total scale at fixed η and λ): d⁻¹ for the head's logit
+µP prediction (docs/science.md §5, for the total scale at fixed η and λ): d⁻¹ for the head's logit
 scale, d⁻² for the q·k product (attn_q × attn_k multipliers of the same block). Beside them,
 the stored matrices' RMS (weight_rms) against width: the paper finds it roughly
 width-independent once the multipliers carry the scale.
@@ -57,7 +57,7 @@ def fit_multipliers(trials: pd.DataFrame, *, size: str = "d_model", hp: str = "l
                             aggregation="geometric mean of |multiplier| over blocks", predictions=PREDICTIONS,
                             treatment={"diverged": "excluded (a diverged run's multipliers are not a trained value)",
                                        "failed": "excluded"},
-                            prediction_note="µP prediction for the total scale at fixed η, λ (REFERENCE.md §5); "
+                            prediction_note="µP prediction for the total scale at fixed η, λ (docs/science.md §5); "
                                             "under scheme mup the fixed µP multipliers already carry these factors",
                             ci_level=level, groups=groups, warnings=warnings)
 

@@ -1,4 +1,4 @@
-"""Equilibrium norms (REFERENCE.md §1, §5): in a sweep of S = sqrt(η/λ) at fixed sqrt(η·λ),
+"""Equilibrium norms (docs/science.md §1, §5): in a sweep of S = sqrt(η/λ) at fixed sqrt(η·λ),
 the matrix RMS should follow S (log-log slope 1) while, with learnable multipliers, the
 effective scale (multiplier × matrix, eff_rms/...) stays flat (slope 0) and so does the loss.
 
@@ -74,7 +74,7 @@ def fit_norms(trials: pd.DataFrame, *, size: str = "d_model", loss: str = "final
     if not sweeps:
         raise UserError(f"equilibrium norms need a sqrt(η/λ) sweep: ≥ {MIN_S_VALUES} values of sqrt(η/λ) of the "
                         f"hidden matrices (lr·lr_mult_hidden / weight_decay·wd_mult_hidden) at one width and one "
-                        f"sqrt(η·λ) (REFERENCE.md §5); these runs have none")
+                        f"sqrt(η·λ) (docs/science.md §5); these runs have none")
     return NormsResult(x="S = sqrt(η/λ) of the hidden matrices", predicted_slopes=PREDICTED,
                        selection="finished grid runs; groups of one width and one sqrt(η·λ) of the hidden matrices",
                        aggregation="geometric mean over blocks (pooled: over every swept matrix)", ci_level=level,

@@ -67,7 +67,7 @@ class TransferSpec:
 
 @dataclass
 class NormSpec:
-    """A sqrt(η/λ) sweep at fixed sqrt(η·λ) (REFERENCE.md §5)."""
+    """A sqrt(η/λ) sweep at fixed sqrt(η·λ) (docs/science.md §5)."""
     labels: tuple[str, ...] = ("mup", "mup+scalar")
     width: int = 256
     product: float = 0.01            # sqrt(η·λ)
@@ -83,7 +83,7 @@ class NormSpec:
 @dataclass
 class FreedomSpec:
     """µP at its default multipliers and at mis-set ones, with and without learnable multipliers
-    (REFERENCE.md §5, first bullet): true loss penalty per (label, setting)."""
+    (docs/science.md §5, first bullet): true loss penalty per (label, setting)."""
     width: int = 128
     seeds: int = 3
     lr: float = 2 ** -7

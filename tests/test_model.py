@@ -1,4 +1,4 @@
-"""Learnable multipliers: folding, gradients (REFERENCE.md §2), clipping, optimizer groups."""
+"""Learnable multipliers: folding, gradients (docs/science.md §2), clipping, optimizer groups."""
 import pytest
 import torch
 

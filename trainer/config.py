@@ -39,7 +39,7 @@ MAX_TEXT = 4096
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
-    # --- model (REFERENCE.md: decoder-only, pre-RMSNorm, RoPE, SwiGLU, untied head) ---
+    # --- model (docs/science.md: decoder-only, pre-RMSNorm, RoPE, SwiGLU, untied head) ---
     d_model: int = Field(128, ge=8, description="width d")
     n_layers: int = Field(2, ge=1, description="depth L")
     head_dim: int = Field(32, ge=2, description="fixed head size; heads = d_model / head_dim")
@@ -54,7 +54,7 @@ class TrainConfig(BaseModel):
         "none", description="learnable multipliers on every matrix (paper placement: "
         "embedding rows+cols, head none); 'vector' = rows and columns")
     multiplier_placement: Literal["paper", "minimal"] = Field(
-        "paper", description="'minimal' = the symmetry-free placement of REFERENCE.md §3")
+        "paper", description="'minimal' = the symmetry-free placement of docs/science.md §3")
     multiplier_overrides: dict[str, MultiplierKind] = Field(
         default_factory=dict, description="per-role kind, e.g. {head: scalar, attn_k: none}")
     multiplier_init: Literal["one", "forward"] = Field(
@@ -62,7 +62,7 @@ class TrainConfig(BaseModel):
     base_width: int = Field(128, ge=1, description="µP base width d_base; m = d_model / d_base")
     base_depth: int = Field(2, ge=1, description="depth-scaling base; depth multiplier = n_layers / base_depth")
     width_recipe: Literal["lr", "lr_wd", "multiplier"] = Field(
-        "lr", description="REFERENCE.md §4 Table 1: scale hidden matrices through LR, LR and WD, or the forward multiplier")
+        "lr", description="docs/science.md §4 Table 1: scale hidden matrices through LR, LR and WD, or the forward multiplier")
     depth_scaling: Literal["none", "completep", "depth_mup"] = "none"
     init_std: float = Field(1.0, gt=0, description="σ: hidden init std = σ / sqrt(fan_in)")
     emb_init_std: float = Field(1.0, gt=0, description="embedding init std (width-independent)")
@@ -77,7 +77,7 @@ class TrainConfig(BaseModel):
     lr_mult_vector: float = Field(1.0, gt=0, description="norm weights")
     lr_mult_multiplier: float = Field(1.0, gt=0, description="learnable multipliers")
     multiplier_lr_width_exponent: float = Field(
-        0.0, description="multiplier LR × m^exponent (open question of REFERENCE.md §5; 0 = width-independent)")
+        0.0, description="multiplier LR × m^exponent (open question of docs/science.md §5; 0 = width-independent)")
     wd_mult_emb: float = Field(1.0, ge=0)
     wd_mult_hidden: float = Field(1.0, ge=0)
     wd_mult_head: float = Field(1.0, ge=0)

@@ -1,4 +1,4 @@
-"""Coordinate check (microsoft/mup; REFERENCE.md §6): mean |activation| per layer against
+"""Coordinate check (microsoft/mup; docs/science.md §6): mean |activation| per layer against
 width over the first few training steps. Flat in width under µP, growing under SP. The
 numbers only: analysis/coord_figure.py draws them for `scalelab coord-check`."""
 from __future__ import annotations

@@ -88,7 +88,7 @@ class StackedAdamW:
 
     @torch.no_grad()
     def clip(self, active: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-member clip of every gradient but the multipliers' (REFERENCE.md §2), as
+        """Per-member clip of every gradient but the multipliers' (docs/science.md §2), as
         clip_grad_norm_ does for one model; a frozen member's gradients are zeroed. Returns each
         member's gradient norm before clipping and its multipliers' gradient norm."""
         if not all(active):

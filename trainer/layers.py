@@ -1,10 +1,10 @@
-"""Matrix layers that can carry learnable multipliers (REFERENCE.md §2), and RMSNorm.
+"""Matrix layers that can carry learnable multipliers (docs/science.md §2), and RMSNorm.
 
 W_eff = f · s · (r ⊙ W ⊙ c): f is the fixed forward multiplier of the parametrization, s a
 learnable scalar, r (d_out entries) and c (d_in entries) learnable row and column scales.
 The multipliers are applied to the weight, not to the activations: that is d_out·d_in extra
 elementwise work per step instead of tokens·d, cheaper whenever a batch holds more tokens
-than the layer's width. Row/column multipliers have their REFERENCE.md §2 gradients written
+than the layer's width. Row/column multipliers have their docs/science.md §2 gradients written
 out (row_col_scaled); a scalar goes through autograd.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ KINDS = ("none", "scalar", "row", "col", "vector")
 
 
 class _RowColScaled(torch.autograd.Function):
-    """W_eff = r ⊙ W ⊙ c (r or c may be absent) with the gradients of REFERENCE.md §2 written
+    """W_eff = r ⊙ W ⊙ c (r or c may be absent) with the gradients of docs/science.md §2 written
     out. Autograd through two broadcast products keeps r ⊙ W alive for backward and forms four
     d_out × d_in temporaries there; this saves W, r, c only and forms one: H = G ⊙ W, from which
     ∂L/∂r = H c and ∂L/∂c = rᵀ H (vector-matrix products, no further temporary), and then

@@ -88,7 +88,7 @@ class Optimizers:
             opt.load_state_dict(state)
 
     def clipped_params(self) -> list[torch.nn.Parameter]:
-        """Everything but the learnable multipliers: REFERENCE.md §2 leaves their gradients
+        """Everything but the learnable multipliers: docs/science.md §2 leaves their gradients
         out of the global clip (including them clipped too hard early and erased the gain)."""
         return [p for g in self.groups if not g["is_multiplier"] for p in g["params"]]
 

@@ -1,7 +1,7 @@
 """Parametrizations: one pure function from (role, width mult, depth mult, scheme, tunables)
 to (init std, LR multiplier, WD multiplier, forward multiplier).
 
-Every rule names the row of REFERENCE.md §4 (Tensor Programs V, Table 8 for Adam; Table 1 of
+Every rule names the row of docs/science.md §4 (Tensor Programs V, Table 8 for Adam; Table 1 of
 the learnable-multipliers paper for the three width recipes) that it implements, so the code
 can be checked line by line against the table. Nothing here touches torch.
 """
@@ -94,7 +94,7 @@ def param_rule(role: str, width_mult: float, depth_mult: float, scheme: str,
         return ParamRule(1.0, tun.lr_mult_vector, tun.wd_mult_vector, 1.0)
 
     if role == "multiplier":
-        # REFERENCE.md §2: AdamW with their own LR and a small WD (multiplier_wd, 2e-3); the
+        # docs/science.md §2: AdamW with their own LR and a small WD (multiplier_wd, 2e-3); the
         # LR's width exponent is the paper's open question (0 = width-independent).
         return ParamRule(1.0, tun.lr_mult_multiplier * m ** tun.multiplier_lr_width_exponent, 1.0, 1.0)
 
@@ -115,7 +115,7 @@ def rules_for_config(cfg: TrainConfig) -> dict[str, ParamRule]:
             for role in ALL_ROLES}
 
 
-# --- where learnable multipliers go (REFERENCE.md §2-3) ----------------------------------
+# --- where learnable multipliers go (docs/science.md §2-3) ----------------------------------
 # Paper placement: every matrix, embedding rows+cols, LM head none (the final norm weight is
 # already its column multiplier; per-logit rows hurt).
 # Minimal symmetry-free placement of §3: row on q, none on k/v, row+col on o; row on gate,
