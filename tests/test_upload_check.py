@@ -39,7 +39,7 @@ REFUSED = [
     ("server.log", "2026-01-01 login user=ana password=hunter22\n", "assigns a value to password"),
     ("cfg.json", '{"api_token' + '": "tok-abc-123"}', "assigns a value to api_token"),
     ("creds.py", 'DB_PASSWORD' + ' = "s3cr3t!"\n', "assigns a value to DB_PASSWORD"),
-    ("deploy.txt", "-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n", "private key"),
+    ("deploy.txt", "-----BEGIN OPENSSH " + "PRIVATE KEY-----\nabc\n", "private key"),
     # by name or kind, whatever they hold
     (".bash_history", "ls\n", "shell or REPL history"),
     (".python_history", "1+1\n", "shell or REPL history"),
