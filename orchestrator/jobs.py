@@ -14,8 +14,8 @@ from pathlib import Path
 
 from trainer.config import UserError
 
-from . import upload_check
-from .layout import ARTIFACT_DIR, DEFAULT_TRACKING_DB, LOCK_SUFFIX
+from . import upload_check, uri_auth
+from .layout import ARTIFACT_DIR, DEFAULT_TRACKING_DB, LOCK_SUFFIX, TRACKING_URI_ENV
 from .locations import DEFAULT_STORAGE, STUDY_FILE
 
 # Never uploaded: environments, local tracking/storage, outputs, VCS data.
@@ -71,7 +71,7 @@ def check_remote_tracking(uri: str) -> None:
     scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
     if scheme in LOCAL_SCHEMES or not scheme:
         raise UserError(
-            f"tracking URI {uri!r} is a local file, but a cluster's driver and workers run on other "
+            f"tracking URI {uri_auth.redact(uri)!r} is a local file, but a cluster's driver and workers run on other "
             "machines: start an MLflow server on an address the cluster reaches (mlflow server --host "
             "PRIVATE_IP --port 5000 --backend-store-uri sqlite:///mlflow.db; see README, On a Ray "
             "cluster, for the risk) and pass --tracking-uri http://HOST:5000")
@@ -128,12 +128,21 @@ def refuse_secrets(working_dir: Path, found: list[str]) -> None:
                         "with `scalelab submit --dry-run`")
 
 
-def runtime_env(working_dir: Path, excludes: list[str] | None = None) -> dict:
+def secret_env(tracking_uri: str) -> dict[str, str]:
+    """What the job needs to reach the tracking store with credentials: through its environment
+    (Ray redacts env_vars in its dashboard and job list), never its entrypoint."""
+    env = {k: os.environ[k] for k in (uri_auth.USERNAME_ENV, uri_auth.PASSWORD_ENV) if k in os.environ}
+    if uri_auth.has_credentials(tracking_uri):  # a database URI keeps them inside
+        env[TRACKING_URI_ENV] = tracking_uri
+    return env
+
+
+def runtime_env(working_dir: Path, excludes: list[str] | None = None, secrets: dict[str, str] | None = None) -> dict:
     from .tracking import code_version
 
     excludes = upload_excludes(working_dir) if excludes is None else excludes
     env = {"working_dir": str(working_dir), "excludes": excludes,
-           "env_vars": {"SCALELAB_CODE_VERSION": code_version(), "PYTHONUNBUFFERED": "1"}}
+           "env_vars": {"SCALELAB_CODE_VERSION": code_version(), "PYTHONUNBUFFERED": "1", **(secrets or {})}}
     # The code travels with the job unless the working directory already holds it.
     modules = []
     for name in PACKAGES:
@@ -147,8 +156,9 @@ def runtime_env(working_dir: Path, excludes: list[str] | None = None) -> dict:
 
 def entrypoint(sweep_rel: str, tracking_uri: str, storage: str | None, max_concurrent: int | None,
                fuse: int | str | None = None) -> str:
-    args = ["python", "-m", "orchestrator.cli", "run", sweep_rel, "--address", "auto",
-            "--tracking-uri", tracking_uri]
+    args = ["python", "-m", "orchestrator.cli", "run", sweep_rel, "--address", "auto"]
+    if not uri_auth.has_credentials(tracking_uri):  # else the job reads it from $MLFLOW_TRACKING_URI
+        args += ["--tracking-uri", tracking_uri]
     if storage:
         args += ["--storage", storage]
     if max_concurrent:
@@ -203,9 +213,10 @@ def submit_sweep(sweep: str, address: str | None, tracking_uri: str | None = Non
     from .ui_cli import announce_experiment, experiment_url
     mlflow_url = experiment_url(uri, spec.experiment)
     return client(address).submit_job(
-        entrypoint=announce_experiment(command, mlflow_url),
-        submission_id=job_id, runtime_env=runtime_env(wd, excludes),
-        metadata={"scalelab_sweep": spec.name, "tracking_uri": uri, "mlflow_experiment": mlflow_url})
+        entrypoint=announce_experiment(command, uri_auth.redact(mlflow_url)),
+        submission_id=job_id, runtime_env=runtime_env(wd, excludes, secret_env(uri)),
+        metadata={"scalelab_sweep": spec.name, "tracking_uri": uri_auth.redact(uri),
+                  "mlflow_experiment": uri_auth.redact(mlflow_url)})
 
 
 # --- status and logs -------------------------------------------------------------------------

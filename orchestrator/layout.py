@@ -10,6 +10,8 @@ from typing import Callable, Iterator
 
 from trainer.config import UserError
 
+from . import uri_auth
+
 TAG_KIND = "scalelab.kind"                    # KIND_SWEEP (parent run) | KIND_TRIAL (child run)
 TAG_SWEEP = "scalelab.sweep"
 TAG_HASH = "scalelab.trial_hash"
@@ -48,7 +50,7 @@ def resolve_tracking_uri(flag: str | None, sweep_uri: str | None = None) -> str:
     `tracking_uri_help` says the same in words."""
     for uri in (flag, os.environ.get(TRACKING_URI_ENV), sweep_uri):
         if uri:
-            return uri
+            return uri_auth.adopt(uri)  # an HTTP server's user:password moves to MLflow's variables
     return "sqlite:///" + os.path.abspath(DEFAULT_TRACKING_DB)
 
 
@@ -82,14 +84,15 @@ def probe_tracking(tracking_uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
     import urllib.error
     import urllib.request
 
+    request = urllib.request.Request(tracking_uri.rstrip("/") + "/health", headers=uri_auth.basic_auth_header())
     try:
-        with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout):
+        with urllib.request.urlopen(request, timeout=timeout):
             return
     except urllib.error.HTTPError:  # it answers (perhaps asking for a token): it is up
         return
     except (OSError, ValueError) as err:
         reason = getattr(err, "reason", None) or err
-        raise TrackingUnreachable(f"MLflow at {tracking_uri} is unreachable ({reason}); start it or pass another "
+        raise TrackingUnreachable(f"MLflow at {uri_auth.redact(tracking_uri)} is unreachable ({reason}); start it or pass another "
                         "--tracking-uri") from None
 
 

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+from . import uri_auth
 from .layout import ARTIFACT_DIR, resolve_tracking_uri, sqlite_path, tracking_uri_help
 
 DEFAULT_PORT = 5000
@@ -73,8 +74,9 @@ def experiment_url(tracking_uri: str, experiment: str, timeout: float = 5.0) -> 
     base = tracking_uri.rstrip("/")
     query = urllib.parse.urlencode({"experiment_name": experiment})
     try:
-        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?{query}",
-                                    timeout=timeout) as answer:
+        request = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/get-by-name?{query}",
+                                         headers=uri_auth.basic_auth_header())
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
             exp_id = json.load(answer)["experiment"]["experiment_id"]
         return f"{base}/#/experiments/{exp_id}"
     except Exception:  # noqa: BLE001 - not created yet (404) or not reachable from here
