@@ -1,4 +1,4 @@
-"""Checkpoints on disk: one directory per step holding the trainer's state (`Trainer.state_dict`:
+"""Checkpoints on disk: one directory per step holding a model's run state (`loop.RunState.state_dict`:
 model, optimizer, step = data position and schedule, RNG states, history). Written to a
 temporary directory and renamed, so a crash never leaves a half checkpoint."""
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch
 from .config import TrainConfig, UserError
 
 KEEP = 2  # checkpoints kept per run; older ones are removed after a new one lands
+LATEST = "latest"  # as `resume_from`: the newest checkpoint in the run's checkpoint directory
 
 
 def save_checkpoint(directory: str, step: int, state: dict) -> str:
