@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from typing import Iterator
@@ -17,12 +18,85 @@ LOOPBACK = "127.0.0.1"
 _RAY_MULTI_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
+PRIVATE_PREFIX = "scalelab-ray-"
+OWNER_FILE = "owner"  # "<pid> <process start time>" of the run that made the folder
+
+
 def private_temp_dir() -> str:
     """A fresh directory for one embedded Ray's session files (sockets, logs): made by mkdtemp,
     so mode 0700 and owned by us. Ray makes its own folder inside it world-writable; this
     parent keeps others out. Short, because unix socket paths are limited to ~107 characters.
-    Never a predictable name: a planted `ray_current_cluster` there redirected runs."""
-    return os.path.join(tempfile.mkdtemp(prefix="scalelab-ray-"), "r")
+    Never a predictable name: a planted `ray_current_cluster` there redirected runs. The owner
+    file lets a later run remove it when this one was killed before it could."""
+    parent = tempfile.mkdtemp(prefix=PRIVATE_PREFIX)
+    with open(os.path.join(parent, OWNER_FILE), "w") as fh:
+        fh.write(f"{os.getpid()} {_start_time(os.getpid())}")
+    return os.path.join(parent, "r")
+
+
+def remove_stale_private_dirs(root: str | None = None) -> list[str]:
+    """Remove the private Ray folders of earlier runs whose owner process is gone (a hard-killed
+    run cannot clean up after itself) and that no live process still uses. Only folders of this
+    user with an owner file are touched. Returns the folders removed."""
+    root = root or tempfile.gettempdir()
+    removed = []
+    try:
+        names = [n for n in os.listdir(root) if n.startswith(PRIVATE_PREFIX)]
+    except OSError:
+        return removed
+    for name in names:
+        folder = os.path.join(root, name)
+        try:
+            st = os.lstat(folder)
+            with open(os.path.join(folder, OWNER_FILE)) as fh:
+                pid_text, _, started = fh.read().partition(" ")
+            pid = int(pid_text)
+        except (OSError, ValueError):
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            continue
+        if _alive(pid, started) or _in_use(folder):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux), so a reused pid is not
+    taken for the owner; '' elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _alive(pid: int, started: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not started or not _start_time(pid) or _start_time(pid) == started
+
+
+def _in_use(folder: str) -> bool:
+    """Whether a live process names the folder on its command line (Ray's raylet and GCS do)."""
+    needle = folder.encode()
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return False
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if needle in fh.read():
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 def init_private_ray(num_cpus: int | None = None, **kwargs) -> str:
@@ -33,6 +107,7 @@ def init_private_ray(num_cpus: int | None = None, **kwargs) -> str:
     import ray
     from ray._private import ray_constants
 
+    remove_stale_private_dirs()
     temp_dir = private_temp_dir()
     saved_env, saved_flag = os.environ.get(_RAY_MULTI_NODE_ENV), ray_constants.ENABLE_RAY_CLUSTER
     saved_umask = os.umask(0o077)
