@@ -1,7 +1,8 @@
 """The errors a user can fix. Their own module so that trainer/config.py and the YAML loader it
 uses (trainer/yaml_lines.py) both import them without importing each other; the public names
-are `trainer.config.UserError`, `ConfigError` and `DataError`. `brief` is the one way a value
-is quoted in a message (bounded: YAML aliases can make huge values)."""
+are `trainer.config.UserError`, `ConfigError` and `DataError`, and
+`trainer.checkpoint.CheckpointError`. `brief` is the one way a value is quoted in a message
+(bounded: YAML aliases can make huge values)."""
 import reprlib
 from typing import Any
 
@@ -26,3 +27,8 @@ class ConfigError(UserError, ValueError):
 
 class DataError(UserError):
     """Missing, empty or unreadable corpus; the message names the path."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used (missing, corrupt, not in the safe format); the message
+    names its file. Nothing of such a file is loaded."""
