@@ -25,8 +25,8 @@ def enumerated(cfg: TrainConfig) -> dict:
             "flops_per_token": 6.0 * matmul + 6.0 * cfg.n_layers * cfg.seq_len * cfg.d_model}
 
 
-@pytest.mark.parametrize("d_model,n_layers,mlp_ratio,vocab", itertools.product([8, 96], [1, 3, 12], [1.0, 8 / 3],
-                                                                             [2, 50257]))
+@pytest.mark.parametrize("d_model,n_layers,mlp_ratio,vocab", list(itertools.product([8, 96], [1, 3, 12], [1.0, 8 / 3],
+                                                                                  [2, 50257])))
 @pytest.mark.parametrize("multipliers,placement,overrides", [
     ("none", "paper", {}), ("scalar", "minimal", {}), ("vector", "paper", {}), ("row", "minimal", {}),
     ("col", "paper", {"head": "scalar", "attn_k": "none", "mlp_down": "vector"})])
@@ -48,3 +48,64 @@ def test_estimate_costs_the_same_at_any_depth(n_layers):
     got = estimate(cfg)
     assert time.perf_counter() - start < 1.0  # a walk over 10^9 layers takes minutes or all memory
     assert got["n_params"] > n_layers * 12 * 1_048_576 ** 2 and got["memory_bytes"] > 16 * got["n_params"]
+
+
+# --- brief: quoting any value in a message ------------------------------------------------------
+
+class FailingRepr:
+    def __repr__(self):
+        raise RuntimeError("no repr")
+
+
+class HugeRepr:
+    def __repr__(self):
+        return "x" * 10 ** 6
+
+
+class NoClass:
+    @property
+    def __class__(self):
+        raise RuntimeError("no class")
+
+
+class Text(str):
+    pass
+
+
+HUGE = 16 ** 20_000  # `steps: 0x` + 20,000 hex digits: Python refuses str() past 4,300 digits
+
+
+ODD_VALUES = [
+    HUGE, -HUGE, [HUGE, {HUGE: (HUGE,)}], 10 ** 5000, "s" * 10 ** 6, b"b" * 10 ** 6, bytearray(10 ** 5),
+    Text("t" * 10 ** 6), FailingRepr, HugeRepr, NoClass, {"k" * 1000: ["v" * 1000] * 100},
+    [[[[[[1]]]]]], float("nan"), None, True, 12, "short"]
+
+
+@pytest.mark.parametrize("index", range(len(ODD_VALUES)))  # by index: pytest cannot name a NoClass
+def test_brief_quotes_any_value_briefly_without_failing(index):
+    from trainer.errors import MAX_BRIEF, brief
+
+    value = ODD_VALUES[index]
+    value = value() if isinstance(value, type) else value
+    start = time.perf_counter()
+    text = brief(value)
+    assert time.perf_counter() - start < 0.5
+    assert isinstance(text, str) and 0 < len(text) <= MAX_BRIEF
+
+
+def test_brief_says_what_it_cannot_print():
+    from trainer.errors import brief
+
+    assert brief(HUGE) == "<an integer of about 24,083 digits>"
+    assert brief(12) == "12" and brief("short") == "'short'" and brief([1, "a"]) == "[1, 'a']"
+    assert brief(10 ** 60).startswith("1000") and "..." in brief(10 ** 60)  # still quoted, shortened
+    assert brief("s" * 1000).startswith("'sss") and len(brief("s" * 1000)) < 100
+
+
+def test_a_huge_integer_in_a_sweep_is_one_clean_line():
+    from orchestrator.spec import load_sweep_text
+    from trainer.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        load_sweep_text(f"name: x\nbase: {{steps: 0x{'f' * 20_000}}}\n", source="big.yaml")
+    assert str(err.value).startswith("big.yaml: base.steps") and len(str(err.value)) < 300
