@@ -109,3 +109,75 @@ def test_a_huge_integer_in_a_sweep_is_one_clean_line():
     with pytest.raises(ConfigError) as err:
         load_sweep_text(f"name: x\nbase: {{steps: 0x{'f' * 20_000}}}\n", source="big.yaml")
     assert str(err.value).startswith("big.yaml: base.steps") and len(str(err.value)) < 300
+
+
+# --- YAML tags on values they do not fit ---------------------------------------------------------
+
+TAGS = ["!!timestamp", "!!bool", "!!int", "!!float", "!!binary", "!!set", "!!omap", "!!pairs", "!!str", "!!null",
+        "!!map", "!!seq", "!!merge", "!!value", "!<tag:yaml.org,2002:int>", "!local",
+        "!!python/object:os.system", "!!python/object/apply:os.system", "!!python/name:os.system",
+        "!!python/tuple", "!!python/bytes"]
+SCALARS = ["99", "-1", "maybe", "yes", "1.5", "1e-3", "0x1f", "0b12", "0o7", "1_000", "12:30", ".inf", ".nan", "~",
+           "null", "''", "'x'", '"2001-12-14"', "2001-12-14", "2001-13-45", "2001-12-14t21:59:43.10-05:00", "AAA",
+           "abc", "-", "=", "<<", "", "[1, 2]", "{a: 1}", "[[a, b]]", "[{a: 1}]", "{a, b}"]
+
+
+@pytest.mark.parametrize("tag", TAGS)
+def test_a_tag_on_any_value_loads_or_is_one_clean_line(tag):
+    from trainer.config import ConfigError
+    from trainer.yaml_lines import load_yaml_text
+
+    for value in SCALARS:
+        for text in (f"description: {tag} {value}\n", f"{tag} {value}\n", f"a: [{tag} {value}]\n",
+                     f"? {tag} {value}\n: 1\n"):
+            try:
+                load_yaml_text(text, source="t.yaml")
+            except ConfigError as err:
+                assert str(err).startswith("t.yaml: ") and "\n" not in str(err), text
+
+
+@pytest.mark.parametrize("text, message", [
+    ("description: !!timestamp 99\n", "line 1, column 14: !!timestamp '99': '99' is not a date or time"),
+    ("description: !!bool maybe\n", "!!bool 'maybe': 'maybe' is not a boolean"),
+    ("x: !!int ''\n", "'' is not an integer"), ("x: !!float abc\n", "'abc' is not a number"),
+    ("x: 2001-13-45\n", "'2001-13-45' is not a date or time (2024-01-31, 2024-01-31T12:00:00Z); quote it"),
+    ("x: !!binary A\n", "base64"), ("x: !!set 3\n", "expected a mapping node"),
+    ("x: !!python/object/apply:os.system [ls]\n", "could not determine a constructor"),
+])
+def test_a_tag_that_does_not_fit_says_where_and_what(text, message):
+    from trainer.config import ConfigError
+    from trainer.yaml_lines import load_yaml_text
+
+    with pytest.raises(ConfigError, match="^t.yaml: not valid YAML at line 1, column") as err:
+        load_yaml_text(text, source="t.yaml")
+    assert message in str(err.value)
+
+
+def test_tags_that_fit_still_load():
+    import datetime
+
+    from trainer.yaml_lines import load_yaml_text
+
+    text = ("a: !!str 1\nb: !!int 0x1f\nc: !!float 1\nd: !!bool yes\ne: !!timestamp 2001-12-14\n"
+            "f: !!binary AAAA\ng: !!set {x, y}\nh: !!omap [x: 1]\ni: !!pairs [x: 1]\nj: !!null ''\n")
+    assert load_yaml_text(text).data == {"a": "1", "b": 31, "c": 1.0, "d": True, "e": datetime.date(2001, 12, 14),
+                                         "f": b"\0\0\0", "g": {"x", "y"}, "h": [("x", 1)], "i": [("x", 1)],
+                                         "j": None}
+
+
+@pytest.mark.parametrize("text", ["name: x\ndescription: !!timestamp 99\n", "name: x\nbase: {freeze_norms: !!bool maybe}\n",
+                                  f"name: x\nbase: {{steps: 0x{'f' * 20_000}}}\n"])
+def test_the_cli_answers_a_hostile_file_with_one_line(tmp_path, text):
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "hostile.yaml"
+    path.write_text(text)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "validate", str(path)], capture_output=True,
+                          text=True, cwd=root, env=env, timeout=120)
+    out = (done.stdout + done.stderr).strip()
+    assert done.returncode == 2, out
+    assert "Traceback" not in out and len(out.splitlines()) == 1 and str(path) in out

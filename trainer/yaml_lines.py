@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, brief
 
 KeyPath = tuple  # of str (mapping keys) and int (list indices)
 
@@ -108,6 +108,40 @@ NumberLoader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+# PyYAML's constructors for these scalar tags assume text their resolver matched: given other
+# text through an explicit tag (`!!bool maybe`, `!!timestamp 99`, `!!int ''`) they fail with
+# KeyError, AttributeError or IndexError. Each is wrapped to say which value is not what.
+_SCALAR_KINDS = {"bool": "a boolean (true or false)", "int": "an integer", "float": "a number",
+                 "timestamp": "a date or time (2024-01-31, 2024-01-31T12:00:00Z)", "binary": "base64 data"}
+
+
+def _checked_scalar(name: str, what: str, construct):
+    def checked(loader, node):
+        if not isinstance(node, yaml.ScalarNode):
+            return construct(loader, node)  # PyYAML's own ConstructorError names the node kind
+        try:
+            value = construct(loader, node)
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError):
+            raise yaml.constructor.ConstructorError(None, None, _not_a(loader, node, name, what),
+                                                    node.start_mark) from None
+        return value
+    return checked
+
+
+def _not_a(loader, node, name: str, what: str) -> str:
+    value = brief(node.value)
+    if loader.resolve(yaml.ScalarNode, node.value, (True, False)) != node.tag:  # the tag was written
+        return f"!!{name} {value}: {value} is not {what}; fix the value or remove the tag"
+    if name == "int":  # matched the integer pattern, but Python refuses to read that many digits
+        return f"an integer of {len(node.value):,} digits is more than Python reads; quote it to keep it as text"
+    return f"{value} is not {what}; quote it to keep it as text"
+
+
+for _name, _what in _SCALAR_KINDS.items():
+    _tag = f"tag:yaml.org,2002:{_name}"
+    NumberLoader.add_constructor(_tag, _checked_scalar(_name, _what, yaml.SafeLoader.yaml_constructors[_tag]))
+
+
 @dataclass
 class LoadedYaml:
     source: str                     # the file name used in messages
@@ -183,8 +217,8 @@ def load_yaml_text(text: str, source: str = "<string>") -> LoadedYaml:
                           f"at position {err.position})") from None
     except RecursionError:
         raise ConfigError(f"{source}: the YAML is nested too deeply") from None
-    # Other failures of the constructor on odd input (`!!int x`, `!!timestamp 99`) are still
-    # the file's fault, not ours.
+    # Scalar tags on text they do not fit raise the MarkedYAMLError above (_checked_scalar); any
+    # other failure of a constructor on odd input is still the file's fault, not ours.
     except (yaml.YAMLError, ValueError, TypeError, OverflowError) as err:
         raise ConfigError(f"{source}: not valid YAML: {err}") from None
     finally:
