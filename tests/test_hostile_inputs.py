@@ -102,13 +102,39 @@ def test_brief_says_what_it_cannot_print():
     assert brief("s" * 1000).startswith("'sss") and len(brief("s" * 1000)) < 100
 
 
-def test_a_huge_integer_in_a_sweep_is_one_clean_line():
+def test_a_huge_integer_in_a_config_is_one_clean_line():
+    from trainer.config import ConfigError, TrainConfig
+
+    with pytest.raises(ConfigError) as err:
+        TrainConfig.build({"steps": HUGE}, source="big.yaml")
+    assert "steps" in str(err.value) and "24,083 digits" in str(err.value) and len(str(err.value)) < 300
+
+
+@pytest.mark.parametrize("text, where", [
+    ("base: {{steps: {n}}}", "line 2, column 15"), ("seeds: {n}", "line 2"), ("retries: {n}", "line 2"),
+    ("search: {{num_samples: 2, space: {{lr: {{uniform: [0, {n}]}}}}}}", "line 2"),
+    ("search: {{num_samples: {n}, space: {{lr: {{uniform: [0, 1]}}}}}}", "line 2"), ("base:\n  ? {n}\n  : 1", "line 3"),
+    ("grid: {{d_model: [-{n}]}}", "line 2")])
+@pytest.mark.parametrize("n", [f"0x{'f' * 20_000}", "9" * 5000, "1" * 80])
+def test_integers_no_file_means_are_refused_where_they_are_written(text, where, n):
+    """Past MAX_INT_BITS: before, a seeds count past 4300 digits was quoted with Python's advice to
+    raise its limit, a search bound raised OverflowError and a retry count was taken as is."""
     from orchestrator.spec import load_sweep_text
     from trainer.config import ConfigError
 
     with pytest.raises(ConfigError) as err:
-        load_sweep_text(f"name: x\nbase: {{steps: 0x{'f' * 20_000}}}\n", source="big.yaml")
-    assert str(err.value).startswith("big.yaml: base.steps") and len(str(err.value)) < 300
+        load_sweep_text("name: x\n" + text.format(n=n) + "\n", source="big.yaml")
+    message = str(err.value)
+    assert message.startswith(f"big.yaml: not valid YAML at {where}") and "at most 256 bits" in message
+    assert len(message) < 200
+
+
+def test_large_but_readable_integers_are_still_judged_by_their_key():
+    from orchestrator.spec import load_sweep_text
+    from trainer.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"base.steps \(line 2\): expected an integer of at most"):
+        load_sweep_text("name: x\nbase: {steps: 99999999999999999999}\n", source="big.yaml")
 
 
 # --- YAML tags on values they do not fit ---------------------------------------------------------

@@ -24,6 +24,9 @@ KeyPath = tuple  # of str (mapping keys) and int (list indices)
 MAX_FILE_BYTES = 256 << 10  # 256 KiB; real sweep files are a few KB (PyYAML reads ~150 KB/s)
 MAX_NODES = 50_000          # nodes after alias expansion (an alias counts as the whole node it repeats)
 MAX_DEPTH = 40              # nesting of lists/mappings
+# Integers past this are no count, size or seed any file means, and past ~1024 bits they cannot
+# even become a float (`search` bounds) or, past 4300 digits, be printed in a message.
+MAX_INT_BITS = 256
 
 
 try:  # libyaml's parser (events in C, ~4x faster); our Python composer on top, to count nodes
@@ -124,6 +127,9 @@ def _checked_scalar(name: str, what: str, construct):
         except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError):
             raise yaml.constructor.ConstructorError(None, None, _not_a(loader, node, name, what),
                                                     node.start_mark) from None
+        if name == "int" and value.bit_length() > MAX_INT_BITS:
+            raise yaml.constructor.ConstructorError(None, None, _too_large(int(value.bit_length() * 0.30103) + 1),
+                                                    node.start_mark)
         return value
     return checked
 
@@ -133,8 +139,13 @@ def _not_a(loader, node, name: str, what: str) -> str:
     if loader.resolve(yaml.ScalarNode, node.value, (True, False)) != node.tag:  # the tag was written
         return f"!!{name} {value}: {value} is not {what}; fix the value or remove the tag"
     if name == "int":  # matched the integer pattern, but Python refuses to read that many digits
-        return f"an integer of {len(node.value):,} digits is more than Python reads; quote it to keep it as text"
+        return _too_large(len(node.value))
     return f"{value} is not {what}; quote it to keep it as text"
+
+
+def _too_large(digits: int) -> str:
+    return (f"an integer of about {digits:,} digits; numbers in a sweep or config file have at most "
+            f"{MAX_INT_BITS} bits (about {int(MAX_INT_BITS * 0.30103) + 1} digits)")
 
 
 for _name, _what in _SCALAR_KINDS.items():
