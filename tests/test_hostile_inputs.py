@@ -191,7 +191,8 @@ def test_tags_that_fit_still_load():
                                          "j": None}
 
 
-@pytest.mark.parametrize("text", ["name: x\ndescription: !!timestamp 99\n", "name: x\nbase: {freeze_norms: !!bool maybe}\n",
+@pytest.mark.parametrize("text", ["name: x\ndescription: !!timestamp 99\n",
+                                  "name: x\nbase: {freeze_norms: !!bool maybe}\n",
                                   f"name: x\nbase: {{steps: 0x{'f' * 20_000}}}\n"])
 def test_the_cli_answers_a_hostile_file_with_one_line(tmp_path, text):
     import os

@@ -99,22 +99,25 @@ def _storable(state: dict) -> dict:
     name, keys, pos, has_gauss, cached = rng["numpy"]
     state = {**state, "rng": {**rng, "numpy": [str(name), np.asarray(keys).tolist(), int(pos), int(has_gauss),
                                                float(cached)]}}
-    _check_plain(state, "state")
+    _check_plain(state)
     return state
 
 
-def _check_plain(value, where: str) -> None:
+def _check_plain(value, path: tuple = ()) -> None:
     kind = type(value)
     if kind in (dict, OrderedDict):
+        if all(type(k) in _SCALARS and type(v) in _SCALARS for k, v in value.items()):
+            return  # the common case (a history entry, a config): one pass, no recursion
         for key, item in value.items():
-            _check_plain(key, f"{where} key")
-            _check_plain(item, f"{where}[{brief(key)}]")
+            _check_plain(key, path)
+            _check_plain(item, (*path, key))
     elif kind in (list, tuple):
         for i, item in enumerate(value):
-            _check_plain(item, f"{where}[{i}]")
+            _check_plain(item, (*path, i))
     elif kind not in _SCALARS and not isinstance(value, torch.Tensor):
-        raise TypeError(f"checkpoint {where}: a {type(value).__name__} cannot be stored (the weights-only "
-                        "loader reads tensors, plain containers and numbers only)")
+        where = "state" + "".join(f"[{brief(part)}]" for part in path)
+        raise TypeError(f"checkpoint {where}: a {kind.__name__} cannot be stored (the weights-only loader "
+                        "reads tensors, plain containers and numbers only)")
 
 
 def _numpy_rng_state(stored) -> tuple:
