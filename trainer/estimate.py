@@ -18,8 +18,18 @@ def _multiplier_count(kind: str, d_in: int, d_out: int) -> int:
     return {"none": 0, "scalar": 1, "row": d_out, "col": d_in, "vector": d_in + d_out}[kind]
 
 
+def matrix_groups(cfg: TrainConfig) -> list[tuple[str, int, int, int]]:
+    """(role, d_in, d_out, how many) of the model's matrices: one embedding and head, n_layers of
+    each hidden role. Every count below is a sum over these few groups, so it costs the same at
+    any depth (a config is priced while it is validated, before anything bounds n_layers)."""
+    return [("embedding", *cfg.matrix_shape("embedding"), 1),
+            *((role, *cfg.matrix_shape(role), cfg.n_layers) for role in HIDDEN_ROLES),
+            ("head", *cfg.matrix_shape("head"), 1)]
+
+
 def matrix_shapes(cfg: TrainConfig) -> list[tuple[str, int, int]]:
-    """(role, d_in, d_out) of every matrix of the model."""
+    """(role, d_in, d_out) of every matrix, in the model's order: n_layers long, so for checking
+    a built model only; costs come from `matrix_groups`."""
     roles = ["embedding", *HIDDEN_ROLES * cfg.n_layers, "head"]
     return [(role, *cfg.matrix_shape(role)) for role in roles]
 
@@ -27,7 +37,7 @@ def matrix_shapes(cfg: TrainConfig) -> list[tuple[str, int, int]]:
 def flops_per_token(cfg: TrainConfig) -> float:
     """Training FLOPs per token: 6 × matmul parameters (embedding lookups are free) plus the
     attention scores and mixing (Kaplan et al.: 6 · n_layers · seq_len · d_model)."""
-    matmul = sum(i * o for role, i, o in matrix_shapes(cfg) if role != "embedding")
+    matmul = sum(n * i * o for role, i, o, n in matrix_groups(cfg) if role != "embedding")
     return 6.0 * matmul + 6.0 * cfg.n_layers * cfg.seq_len * cfg.d_model
 
 
@@ -56,9 +66,9 @@ def memory_problem(cfg: TrainConfig, available_bytes: float | None, device: str)
 
 def estimate(cfg: TrainConfig) -> dict[str, float]:
     kinds = multiplier_placement(cfg.multipliers, cfg.multiplier_placement, cfg.multiplier_overrides)
-    shapes = matrix_shapes(cfg)
-    weights = sum(i * o for _, i, o in shapes)
-    multipliers = sum(_multiplier_count(kinds[role], i, o) for role, i, o in shapes)
+    groups = matrix_groups(cfg)
+    weights = sum(n * i * o for _, i, o, n in groups)
+    multipliers = sum(n * _multiplier_count(kinds[role], i, o) for role, i, o, n in groups)
     norms = (2 * cfg.n_layers + 1) * cfg.d_model
     n_params = weights + multipliers + norms
     tokens = cfg.steps * cfg.tokens_per_step

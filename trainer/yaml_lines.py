@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, brief
 
 KeyPath = tuple  # of str (mapping keys) and int (list indices)
 
@@ -24,6 +24,9 @@ KeyPath = tuple  # of str (mapping keys) and int (list indices)
 MAX_FILE_BYTES = 256 << 10  # 256 KiB; real sweep files are a few KB (PyYAML reads ~150 KB/s)
 MAX_NODES = 50_000          # nodes after alias expansion (an alias counts as the whole node it repeats)
 MAX_DEPTH = 40              # nesting of lists/mappings
+# Integers past this are no count, size or seed any file means, and past ~1024 bits they cannot
+# even become a float (`search` bounds) or, past 4300 digits, be printed in a message.
+MAX_INT_BITS = 256
 
 
 try:  # libyaml's parser (events in C, ~4x faster); our Python composer on top, to count nodes
@@ -108,6 +111,48 @@ NumberLoader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+# PyYAML's constructors for these scalar tags assume text their resolver matched: given other
+# text through an explicit tag (`!!bool maybe`, `!!timestamp 99`, `!!int ''`) they fail with
+# KeyError, AttributeError or IndexError. Each is wrapped to say which value is not what.
+_SCALAR_KINDS = {"bool": "a boolean (true or false)", "int": "an integer", "float": "a number",
+                 "timestamp": "a date or time (2024-01-31, 2024-01-31T12:00:00Z)", "binary": "base64 data"}
+
+
+def _checked_scalar(name: str, what: str, construct):
+    def checked(loader, node):
+        if not isinstance(node, yaml.ScalarNode):
+            return construct(loader, node)  # PyYAML's own ConstructorError names the node kind
+        try:
+            value = construct(loader, node)
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError):
+            raise yaml.constructor.ConstructorError(None, None, _not_a(loader, node, name, what),
+                                                    node.start_mark) from None
+        if name == "int" and value.bit_length() > MAX_INT_BITS:
+            raise yaml.constructor.ConstructorError(None, None, _too_large(int(value.bit_length() * 0.30103) + 1),
+                                                    node.start_mark)
+        return value
+    return checked
+
+
+def _not_a(loader, node, name: str, what: str) -> str:
+    value = brief(node.value)
+    if loader.resolve(yaml.ScalarNode, node.value, (True, False)) != node.tag:  # the tag was written
+        return f"!!{name} {value}: {value} is not {what}; fix the value or remove the tag"
+    if name == "int":  # matched the integer pattern, but Python refuses to read that many digits
+        return _too_large(len(node.value))
+    return f"{value} is not {what}; quote it to keep it as text"
+
+
+def _too_large(digits: int) -> str:
+    return (f"an integer of about {digits:,} digits; numbers in a sweep or config file have at most "
+            f"{MAX_INT_BITS} bits (about {int(MAX_INT_BITS * 0.30103) + 1} digits)")
+
+
+for _name, _what in _SCALAR_KINDS.items():
+    _tag = f"tag:yaml.org,2002:{_name}"
+    NumberLoader.add_constructor(_tag, _checked_scalar(_name, _what, yaml.SafeLoader.yaml_constructors[_tag]))
+
+
 @dataclass
 class LoadedYaml:
     source: str                     # the file name used in messages
@@ -183,8 +228,8 @@ def load_yaml_text(text: str, source: str = "<string>") -> LoadedYaml:
                           f"at position {err.position})") from None
     except RecursionError:
         raise ConfigError(f"{source}: the YAML is nested too deeply") from None
-    # Other failures of the constructor on odd input (`!!int x`, `!!timestamp 99`) are still
-    # the file's fault, not ours.
+    # Scalar tags on text they do not fit raise the MarkedYAMLError above (_checked_scalar); any
+    # other failure of a constructor on odd input is still the file's fault, not ours.
     except (yaml.YAMLError, ValueError, TypeError, OverflowError) as err:
         raise ConfigError(f"{source}: not valid YAML: {err}") from None
     finally:
