@@ -58,7 +58,7 @@ def test_resuming_a_run_from_a_planted_file_refuses_it(tmp_path):
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint", "truncated", "list", "wrong shape", "bad rng"])
 def test_a_broken_checkpoint_is_named_not_used(tmp_path, content):
     cfg = TrainConfig(**TINY)
-    path = save_checkpoint(str(tmp_path), 4, Trainer(cfg).state_dict())
+    path = save_checkpoint(str(tmp_path), 4, Trainer(cfg).run.state_dict())
     file = os.path.join(path, "state.pt")
     if content == "truncated":
         data = open(file, "rb").read()
@@ -84,7 +84,7 @@ def test_a_missing_checkpoint_is_a_checkpoint_error(tmp_path):
 
 
 def test_saving_refuses_what_the_safe_loader_could_not_read(tmp_path):
-    state = Trainer(TrainConfig(**TINY)).state_dict()
+    state = Trainer(TrainConfig(**TINY)).run.state_dict()
     state["history"] = [{"loss": np.float64(1.0)}]  # a float subclass pickled as numpy: refused on load
     with pytest.raises(TypeError, match="float64"):
         save_checkpoint(str(tmp_path), 1, state)
@@ -97,18 +97,18 @@ def test_a_round_trip_restores_the_trainer_exactly(tmp_path, kw):
     a = Trainer(cfg)
     for _ in range(3):
         a.train_step()
-    a.history.append({"step": 3, "train_loss": 1.5, "note": "x", "nan": float("nan")})
-    a.initial_loss, a.elapsed = 5.25, 1.5
+    a.run.history.append({"step": 3, "train_loss": 1.5, "note": "x", "nan": float("nan")})
+    a.run.initial_loss, a.run.elapsed = 5.25, 1.5
     random.random(), np.random.random(), torch.rand(1)  # move every RNG off its seed
-    path = save_checkpoint(str(tmp_path), a.step, a.state_dict())
+    path = save_checkpoint(str(tmp_path), a.step, a.run.state_dict())
     expected = (random.random(), np.random.random(), torch.rand(1).item())
     steps_a = [a.train_step() for _ in range(2)]
 
     b = Trainer(cfg)
-    b.load_state_dict(load_checkpoint(path, cfg))
+    b.run.load_state_dict(load_checkpoint(path, cfg))
     assert (random.random(), np.random.random(), torch.rand(1).item()) == expected
-    assert (b.step, b.initial_loss, b.elapsed) == (3, 5.25, 1.5)
-    assert b.history[-1]["note"] == "x" and np.isnan(b.history[-1]["nan"])
+    assert (b.step, b.run.initial_loss, b.run.elapsed) == (3, 5.25, 1.5)
+    assert b.run.history[-1]["note"] == "x" and np.isnan(b.run.history[-1]["nan"])
     assert [b.train_step() for _ in range(2)] == steps_a
-    for (name, pa), pb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+    for (name, pa), pb in zip(a.run.model.state_dict().items(), b.run.model.state_dict().values()):
         assert torch.equal(pa, pb), name
