@@ -43,16 +43,15 @@ def inline() -> Any:
 
 @dataclass(frozen=True, kw_only=True)
 class Result:
-    """Base of every typed result: to_dict() for JSON; r["key"], r.get, r.keys, `in`: the
-    read-only compatibility path for dict-style readers (the JSON keys, the JSON's presence).
-    A JSON key that is no field's name reads as an attribute too: getattr(r, "with")."""
+    """Base of every typed result: read by attribute; to_dict() for JSON, from_dict() back."""
 
-    def items(self) -> list[tuple[str, Any]]:
+    def _json_items(self) -> list[tuple[str, Any]]:
+        """(JSON key, value) in field order, as to_dict() writes them."""
         out = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if "inline" in f.metadata:
-                out += value.items()
+                out += value._json_items()
             elif "json_key" in f.metadata:
                 if f.metadata["json_key"] is not None:
                     out.append((f.metadata["json_key"].format_map(vars(self)), value))
@@ -61,7 +60,7 @@ class Result:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {key: _plain(value) for key, value in self.items()}
+        return {key: _plain(value) for key, value in self._json_items()}
 
     @classmethod
     def fixed_keys(cls) -> set[str]:
@@ -89,32 +88,6 @@ class Result:
     def map_values(self, fn: Callable[[Any], Any]) -> "Result":
         """The same result with fn applied to every leaf value (run_fits: numpy -> JSON types)."""
         return dataclasses.replace(self, **{f.name: _map(getattr(self, f.name), fn) for f in dataclasses.fields(self)})
-
-    def __getitem__(self, key: str) -> Any:
-        for k, value in self.items():
-            if k == key:
-                return value
-        raise KeyError(key)
-
-    def __getattr__(self, name: str) -> Any:   # only asked when `name` is no field or method
-        if name.startswith("__"):
-            raise AttributeError(name)
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}") from None
-
-    def get(self, key: str, default: Any = None) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            return default
-
-    def keys(self) -> list[str]:
-        return [k for k, _ in self.items()]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.keys()
 
 
 def _plain(value: Any) -> Any:

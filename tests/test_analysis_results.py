@@ -1,7 +1,8 @@
-"""Typed fit results (analysis/results.py): each fit returns its dataclass, to_dict() is the JSON,
-and the dict-style compatibility path reads the same values as the attributes."""
+"""Typed fit results (each defined beside its fit, on the base in analysis/results.py): each fit
+returns its dataclass, read by attribute; to_dict() is the JSON and registry.load reads it back."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -12,7 +13,6 @@ from analysis import synthetic as syn
 from analysis.fits import FitOptions, run_fits
 from analysis.registry import load
 from analysis.results import Result
-from analysis.stats import jsonable
 
 
 @pytest.fixture(scope="module")
@@ -38,35 +38,38 @@ def test_every_fit_returns_its_dataclass(fitted):
         assert type(results[name]) is cls, name
         assert results[name].analysis == name
         if parts:
-            assert results[name][parts] and all(type(p) is PARTS[name] for p in getattr(results[name], parts)), name
+            assert getattr(results[name], parts) and all(type(p) is PARTS[name] for p in getattr(results[name], parts)), name
     assert all(type(c) is transfer.TransferCurve for c in results["transfer"].curves)
 
 
 def _walk(result: Result):
     yield result
-    for _, value in result.items():
-        for item in value if isinstance(value, list) else [value]:
+    for f in dataclasses.fields(result):
+        value = getattr(result, f.name)
+        for item in value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]:
             if isinstance(item, Result):
                 yield from _walk(item)
 
 
-def test_to_dict_is_the_json_and_item_access_agrees_with_attributes(fitted):
+def test_to_dict_is_the_json_and_reads_back(fitted):
     for name, result in fitted["results"].items():
         data = result.to_dict()
         assert json.loads(json.dumps(data, allow_nan=False)) == data, name
-        assert jsonable(result) == data
+        assert stats.jsonable(result) == data
         back = load(json.loads(json.dumps(data)))            # summary.json read back: the same result
         assert type(back) is type(result) and back.to_dict() == data and back == result
-        for part in _walk(result):
-            d = part.to_dict()
-            assert list(d) == part.keys()
-            for key in d:
-                assert key in part
-                field = "size" if isinstance(part, norms.NormsSweep) and key == part.size_column else key
-                assert part[key] is getattr(part, field), (name, key)
-            assert "no_such_key" not in part and part.get("no_such_key", 7) == 7
-            with pytest.raises(KeyError):
-                part["no_such_key"]
+        for part in _walk(result):                           # every nested result reads back on its own
+            assert type(part).from_dict(part.to_dict()) == part, (name, type(part).__name__)
+
+
+def test_results_have_no_dict_access(fitted):
+    """Readers use attributes: a JSON key is no attribute, and r["key"] is no way in."""
+    relief = fitted["results"]["freedom"].groups[0].reliefs[0]
+    with pytest.raises(TypeError):
+        relief["setting"]
+    with pytest.raises(AttributeError):
+        getattr(relief, "with")
+    assert not hasattr(relief, "get") and not hasattr(relief, "keys")
 
 
 def test_optional_fields_leave_the_json_as_before(fitted):
@@ -78,12 +81,14 @@ def test_optional_fields_leave_the_json_as_before(fitted):
         assert ("note" in g.to_dict()) == (g.note is not None)
     fits = fitted["results"]["scaling"].fits
     fit = next(f for f in fits if f.E is not None)          # 3 widths: the fit is exact, no interval
-    assert fit.exact_fit and "E" in fit and "E_ci" not in fit and "B" not in fit and fit.E_ci is None
+    data = fit.to_dict()
+    assert fit.exact_fit and "E" in data and "E_ci" not in data and "B" not in data and fit.E_ci is None
     short = next(f for f in fits if f.E is None)
     assert list(short.to_dict()) == ["group", "label", "n_points", "n_sizes", "N_range", "points", "note"]
     sweep = fitted["results"]["norms"].sweeps[0]
     assert list(sweep.to_dict())[:4] == ["group", "label", "d_model", "sqrt_lr_wd"]
-    assert sweep["d_model"] == sweep.size and "size" not in sweep and "size_column" not in sweep
+    data = sweep.to_dict()
+    assert data["d_model"] == sweep.size and "size" not in data and "size_column" not in data
 
 
 def test_a_mistyped_attribute_raises_and_results_are_frozen(fitted):
@@ -131,7 +136,7 @@ def test_row_json_keeps_its_keys_and_reads_back(fitted):
     relief = fitted["results"]["freedom"].groups[0].reliefs[0]
     data = relief.to_dict()
     assert list(data)[:3] == ["setting", "with", "without"] and "with_" not in data
-    assert data["with"] == relief.with_ == relief["with"] == getattr(relief, "with")
+    assert data["with"] == relief.with_
     assert freedom.Relief.from_dict(data) == relief
 
     comparison = fitted["results"]["norms"].comparisons[0]
@@ -145,7 +150,7 @@ def test_row_json_keeps_its_keys_and_reads_back(fitted):
     data = series.to_dict()      # the log-log fit's keys in the row's own object, between its names and points
     assert list(data) == ["name", "role", "source", "exponent", "exponent_ci", "prefactor", "n_runs", "n_x",
                           "ci_method", "prediction", "minus_prediction", "points"]
-    assert data["exponent"] == series.fit.exponent == series["exponent"]
+    assert data["exponent"] == series.fit.exponent
     assert mult.MultiplierSeries.from_dict(data) == series
 
     sweep = fitted["results"]["norms"].sweeps[0]
