@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Callable
 
 from . import frames
-from .fits import FitOptions, run_fits
+from .fits import run_fits
+from .options import FitOptions
 from .plots import SkipFigure, save
 from .registry import FIGURES
 from .report_md import render
