@@ -11,6 +11,8 @@ from orchestrator.locations import safe_component
 from trainer.config import TrainConfig, UserError
 from trainer.paths import writable_dir, writable_file
 
+from .options import FitOptions
+
 REPORT_HELP = """\
 Fit and plot a sweep: hyperparameter transfer (optima, γ, drift, LR sensitivity), learned
 multipliers vs width, equilibrium norms, scaling laws, tuning cost, coordinate check. Writes
@@ -31,14 +33,16 @@ def register(subparsers) -> None:
     report.add_argument("source", nargs="+", metavar="EXPERIMENT_OR_PARQUET")
     report.add_argument("--out", help="output directory (default reports/<experiment>)")
     _tracking(report)
-    report.add_argument("--hp", default="lr", help="swept hyperparameter of the transfer fit (default lr; "
-                        "any numeric column, e.g. weight_decay)")
-    report.add_argument("--size", default="d_model", help="size column (default d_model; n_layers for depth)")
-    report.add_argument("--loss", default="final_val_loss", help="loss column (default final_val_loss)")
-    report.add_argument("--k", type=int, default=2, help="parabola window: best grid point ± k points (default 2)")
-    report.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates (default 200)")
-    report.add_argument("--level", type=float, default=0.95, help="confidence level (default 0.95)")
-    report.add_argument("--seed", type=int, default=0, help="bootstrap RNG seed (default 0)")
+    default = FitOptions()   # the defaults are FitOptions'; %(default)s shows them in --help
+    report.add_argument("--hp", default=default.hp, help="swept hyperparameter of the transfer fit (default "
+                        "%(default)s; any numeric column, e.g. weight_decay)")
+    report.add_argument("--size", default=default.size, help="size column (default %(default)s; n_layers for depth)")
+    report.add_argument("--loss", default=default.loss, help="loss column (default %(default)s)")
+    report.add_argument("--k", type=int, default=default.k,
+                        help="parabola window: best grid point ± k points (default %(default)s)")
+    report.add_argument("--n-boot", type=int, default=default.n_boot, help="bootstrap replicates (default %(default)s)")
+    report.add_argument("--level", type=float, default=default.level, help="confidence level (default %(default)s)")
+    report.add_argument("--seed", type=int, default=default.seed, help="bootstrap RNG seed (default %(default)s)")
     report.add_argument("--reference", help="parametrization the loss gaps are measured against (default mup)")
     report.add_argument("--no-attach", action="store_true", help="do not log the report to the parent run")
     report.add_argument("--no-history", action="store_true",
@@ -87,12 +91,11 @@ def is_snapshot(source: str) -> bool:
 
 
 def run_report(args) -> int:
-    from .fits import FitOptions
     from .report import build_report
     from .tables import Tables
 
     say = _say("report")
-    options = _options(args, FitOptions)
+    options = _options(args)
     snapshots = [s for s in args.source if is_snapshot(s)]
     if snapshots and len(args.source) > 1:
         raise UserError(f"give one snapshot file, or one or more experiment names (got {args.source})")
@@ -117,15 +120,16 @@ def run_report(args) -> int:
     return 0
 
 
-def _options(args, FitOptions):
+def _options(args) -> FitOptions:
     if args.k < 1:
         raise UserError(f"--k {args.k}: the parabola window needs k ≥ 1 (3 points)")
     if args.n_boot < 20:
         raise UserError(f"--n-boot {args.n_boot}: use at least 20 replicates for an interval")
     if not 0 < args.level < 1:
         raise UserError(f"--level {args.level}: a confidence level is between 0 and 1, e.g. 0.95")
+    # the scaling-law bootstrap refits per replicate: at most its default number of them
     return FitOptions(hp=args.hp, size=args.size, loss=args.loss, k=args.k, n_boot=args.n_boot,
-                      n_boot_scaling=min(args.n_boot, 100), level=args.level, seed=args.seed,
+                      n_boot_scaling=min(args.n_boot, FitOptions.n_boot_scaling), level=args.level, seed=args.seed,
                       reference=args.reference)
 
 

@@ -5,6 +5,7 @@ two sides' seeds are independent samples with possibly different spreads)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -12,8 +13,26 @@ import pandas as pd
 from trainer.config import UserError
 
 from . import frames
-from .results import Comparison
+from .results import Result, Row
 from .stats import welch_contrast
+
+
+@dataclass(frozen=True, kw_only=True)
+class Comparison(Result):
+    analysis: str = "comparison"
+    size: str
+    hp: str
+    by: list[str]                 # columns of a size: `size`, plus n_layers/tokens when they vary
+    loss: str
+    reference: str                # the parametrization the gaps are measured against
+    selection: str
+    parametrizations: list[str]
+    best: list[Row]               # per parametrization and size: loss_mean, loss_sem, n, best_<hp>
+    treatment: dict[str, str]
+    gaps: list[Row]               # per parametrization and size: gap to the reference, gap_ci
+    ci_level: float
+    ci_method: str
+    warnings: list[str]
 
 
 def compare(trials: pd.DataFrame, *, size: str = "d_model", hp: str = "lr", loss: str = "final_val_loss",

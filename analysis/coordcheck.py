@@ -9,14 +9,56 @@ swept hyperparameter varies, the value present at every width nearest the middle
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
 from trainer.config import UserError
 
 from . import frames
-from .results import CoordCheckResult, CoordGroup, CoordPoint, CoordSlope
-from .stats import loglog_fit
+from .results import Result, inline
+from .stats import LogLogFit, loglog_fit
+
+
+@dataclass(frozen=True, kw_only=True)
+class CoordSlope(Result):
+    """Mean |activation| of one name at one step against width."""
+    name: str
+    step: int
+    fit: LogLogFit = inline()
+
+
+@dataclass(frozen=True, kw_only=True)
+class CoordPoint(Result):
+    name: str
+    step: int
+    size: float
+    mean_abs: float               # geometric mean of |activation| over the runs
+    n: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class CoordGroup(Result):
+    group: dict[str, Any]
+    label: str
+    setting: float | None         # the hp value every width is compared at
+    max_abs_exponent_last_step: float | None
+    slopes: list[CoordSlope]      # per activation name and step
+    points: list[CoordPoint]      # per name, step and width
+
+
+@dataclass(frozen=True, kw_only=True)
+class CoordCheckResult(Result):
+    analysis: str = "coord_check"
+    size: str
+    steps: list[int]
+    ci_level: float
+    selection: str
+    groups: list[CoordGroup]
+    treatment: dict[str, str]
+    warnings: list[str]
 
 
 def coord_check(trials: pd.DataFrame, history: pd.DataFrame, *, size: str = "d_model", hp: str = "lr",

@@ -14,6 +14,8 @@ has an infinite penalty (reported as diverged, never averaged).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,11 +23,60 @@ import pandas as pd
 from trainer.config import TrainConfig, UserError
 
 from . import frames
-from .results import FreedomGroup, FreedomResult, Penalty, Relief
+from .results import Result, json_key
 from .stats import welch_contrast
 
 KNOBS = ("alpha_emb", "alpha_out", "alpha_attn", "lr_mult_emb", "lr_mult_hidden", "lr_mult_head",
          "wd_mult_emb", "wd_mult_hidden", "wd_mult_head", "init_std", "emb_init_std", "head_init_std")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Penalty(Result):
+    """Mean loss at a mis-set setting − at the default, of one parametrization (inf: every seed diverged)."""
+    parametrization: str
+    setting: str
+    n: int
+    n_reference: int
+    n_diverged: int
+    loss_mean: float | None
+    reference_mean: float | None
+    penalty: float | None
+    penalty_ci: list[float | None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Relief(Result):
+    """Penalty without − with learnable multipliers at one setting."""
+    setting: str
+    with_: str = json_key("with")
+    without: str
+    relief: float | None
+    relief_ci: list[float | None]
+    penalty_without: float | None
+    penalty_with: float | None
+    clearly_smaller_with_multipliers: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class FreedomGroup(Result):
+    group: dict[str, Any]
+    label: str
+    settings: list[str]           # mis-set settings, named by their ratios to the defaults
+    penalties: list[Penalty]      # per parametrization and setting
+    reliefs: list[Relief]         # per setting and parametrization with learnable multipliers
+
+
+@dataclass(frozen=True, kw_only=True)
+class FreedomResult(Result):
+    analysis: str = "freedom"
+    knobs: list[str]
+    loss: str
+    ci_level: float
+    ci_method: str
+    selection: str
+    treatment: dict[str, str]
+    groups: list[FreedomGroup]
+    warnings: list[str]
 
 
 def default_of(knob: str) -> float:

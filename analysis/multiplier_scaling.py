@@ -16,6 +16,9 @@ width-independent once the multipliers carry the scale.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -23,14 +26,69 @@ from trainer.config import UserError
 
 from . import frames
 from .layers import block_product, role_values
-from .results import MatrixNorm, MultiplierGroup, MultiplierResult, MultiplierSeries, WidthPoint
-from .stats import loglog_fit
+from .results import Result, inline, optional
+from .stats import LogLogFit, loglog_fit
 
 STATS = ("scalar", "row_rms", "col_rms", "row_mean", "col_mean")
 PREDICTIONS = {"head": -1.0, "attn_q·attn_k": -2.0}
 HEAD_TOTAL = "head total"   # final-norm weight × effective head RMS (multiplier × matrix)
 FINAL_NORM = "norm/final_norm/mean"   # the head's column multiplier in the paper's placement
 HEAD_EFF_RMS = "eff_rms/head"
+
+
+@dataclass(frozen=True, kw_only=True)
+class WidthPoint(Result):
+    """The values of one series at one width: their geometric mean and range over runs."""
+    size: float
+    geo_mean: float
+    min: float
+    max: float
+    n: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class MultiplierSeries(Result):
+    """A learned multiplier (or product of them) against width."""
+    name: str                     # role, plus the stat of a vector multiplier ("attn_q row_rms")
+    role: str
+    source: str                   # the metrics it was read from
+    fit: LogLogFit = inline()
+    prediction: float | None      # µP width exponent, where there is one
+    minus_prediction: float | None
+    points: list[WidthPoint]
+
+
+@dataclass(frozen=True, kw_only=True)
+class MatrixNorm(Result):
+    """The stored matrix RMS (weight_rms) of one role against width."""
+    role: str
+    fit: LogLogFit = inline()
+    points: list[WidthPoint]
+
+
+@dataclass(frozen=True, kw_only=True)
+class MultiplierGroup(Result):
+    group: dict[str, Any]
+    label: str
+    n_runs: int
+    n_sizes: int
+    series: list[MultiplierSeries]
+    note: str | None = optional()  # why there is no width exponent
+    matrix_norms: list[MatrixNorm] | None = optional()
+
+
+@dataclass(frozen=True, kw_only=True)
+class MultiplierResult(Result):
+    analysis: str = "multipliers"
+    size: str
+    selection: str
+    aggregation: str
+    predictions: dict[str, float]  # µP width exponent per role
+    treatment: dict[str, str]
+    prediction_note: str
+    ci_level: float
+    groups: list[MultiplierGroup]
+    warnings: list[str]
 
 
 def fit_multipliers(trials: pd.DataFrame, *, size: str = "d_model", hp: str = "lr", loss: str = "final_val_loss",

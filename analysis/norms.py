@@ -12,6 +12,9 @@ sqrt(η·λ) (rounded to 1%).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -19,9 +22,8 @@ from trainer.config import UserError
 
 from . import frames
 from .layers import geometric_mean, layer_columns, role_values
-from .results import (LossPoint, LossProfile, NormPoint, NormsResult, NormsSeries, NormsSweep, NormsVerdict,
-                      SpreadComparison)
-from .stats import loglog_fit
+from .results import Result, inline, json_key, optional
+from .stats import LogLogFit, loglog_fit
 
 MIN_S_VALUES = 3
 PREDICTED = {"weight_rms": 1.0, "eff_rms": 0.0}
@@ -31,6 +33,91 @@ EFF_SLOPE_MAX = 0.3               # with multipliers: |slope| of the effective s
 # The LR/WD multiplier columns of each role's parameter group (trainer/parametrization.py).
 GROUP_OF_ROLE = {"embedding": "emb", "head": "head"}   # every other matrix role: hidden
 POOLED = "all swept matrices"
+
+
+@dataclass(frozen=True, kw_only=True)
+class NormPoint(Result):
+    S: float
+    geo_mean: float               # over the runs at this S
+    n: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class LossPoint(Result):
+    S: float
+    loss_mean: float
+    n: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class NormsSeries(Result):
+    """The RMS of one role (or the pooled swept matrices) against S."""
+    kind: str | None = optional()  # weight_rms or eff_rms; a pooled fit is filed under its kind instead
+    role: str
+    fit: LogLogFit = inline()
+    predicted: float              # the predicted slope
+    points: list[NormPoint]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LossProfile(Result):
+    points: list[LossPoint]
+    spread: float | None          # max − min of the mean losses
+
+
+@dataclass(frozen=True, kw_only=True)
+class NormsVerdict(Result):
+    quantity: str                 # the pooled kind the criterion reads: weight_rms, or eff_rms with multipliers
+    slope: float | None
+    slope_ci: list[float | None] | None
+    target: str
+    met: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpreadComparison(Result):
+    """The loss spread over S with multipliers vs without, at one width and sqrt(η·λ)."""
+    with_: str = json_key("with")
+    without: str
+    size_column: str = json_key(None)
+    size: float = json_key("{size_column}")
+    spread_with: float
+    spread_without: float
+    ratio: float | None
+    smaller_with_multipliers: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class NormsSweep(Result):
+    """One sqrt(η/λ) sweep: one parametrization at one width and one sqrt(η·λ)."""
+    group: dict[str, Any]
+    label: str
+    size_column: str = json_key(None)
+    size: float = json_key("{size_column}")   # in the JSON under its column's name
+    sqrt_lr_wd: float
+    S_values: list[float]
+    n_runs: int
+    lrm: bool                     # learnable multipliers
+    swept_roles: list[str]        # roles whose own η/λ moves with S
+    series: list[NormsSeries]     # per kind and role
+    pooled: dict[str, NormsSeries]   # per kind: the fit of the geometric mean over every swept matrix
+    loss: LossProfile
+    verdict: NormsVerdict         # pooled slope against the replication criterion
+
+
+@dataclass(frozen=True, kw_only=True)
+class NormsResult(Result):
+    analysis: str = "norms"
+    x: str
+    predicted_slopes: dict[str, float]
+    selection: str
+    aggregation: str
+    ci_level: float
+    criteria: dict[str, Any]
+    treatment: dict[str, str]
+    sweeps: list[NormsSweep]
+    comparisons: list[SpreadComparison]
+    warnings: list[str]
 
 
 def group_lr_wd(runs: pd.DataFrame, group: str) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -17,10 +16,14 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from .norms import POOLED
-from .results import (CoordCheckResult, Comparison, FreedomResult, MultiplierResult, MultiplierSeries, NormsResult,
-                      ScalingResult, TransferCurve, TransferResult, TuningResult)
-from .scaling import predict
+from .comparison import Comparison
+from .coordcheck import CoordCheckResult
+from .freedom import FreedomResult
+from .multiplier_scaling import MultiplierResult, MultiplierSeries
+from .norms import POOLED, NormsResult
+from .scaling import ScalingResult, predict
+from .transfer import TransferCurve, TransferResult
+from .tuning import TuningResult
 
 FORMATS = ("png", "svg")
 PANEL = (4.6, 3.5)   # inches per panel
@@ -433,29 +436,3 @@ def plot_coord_check(result: CoordCheckResult) -> Figure:
     fig.suptitle("Coordinate check: flat in width under µP, growing under SP")
     return fig
 
-
-# name -> (description, results it needs, drawing function)
-FIGURES: dict[str, tuple[str, tuple[str, ...], Callable]] = {
-    "loss_vs_hp": ("Loss vs the swept hyperparameter per width, parabola optima marked", ("transfer",),
-                   lambda r, t: plot_transfer(r["transfer"])),
-    "optimum_vs_size": ("Optimal hyperparameter vs width with the fitted transfer exponent γ", ("transfer",),
-                        lambda r, t: plot_optima(r["transfer"])),
-    "optimum_vs_depth": ("Optimal hyperparameter vs depth", ("transfer_depth",),
-                         lambda r, t: plot_optima(r["transfer_depth"])),
-    "multipliers_vs_width": ("Learned multipliers vs width per role, beside the µP prediction", ("multipliers",),
-                             lambda r, t: plot_multipliers(r["multipliers"])),
-    "loss_vs_params": ("Best loss vs parameters with the fitted scaling law", ("scaling",),
-                       lambda r, t: plot_scaling(r["scaling"])),
-    "loss_gap": ("Loss gap to the reference parametrization at each size", ("comparison",),
-                 lambda r, t: plot_gaps(r["comparison"])),
-    "equilibrium_norms": ("Matrix and effective RMS vs sqrt(η/λ), and the loss", ("norms",),
-                          lambda r, t: plot_norms(r["norms"])),
-    "mis_set_penalty": ("Loss penalty of mis-set fixed multipliers with and without learnable multipliers",
-                        ("freedom",), lambda r, t: plot_freedom(r["freedom"])),
-    "tuning_cost": ("Best loss so far vs cumulative compute", ("tuning",),
-                    lambda r, t: plot_tuning(r["tuning"])),
-    "training_curves": ("Validation loss vs tokens of each size's best runs", ("comparison",),
-                        lambda r, t: plot_training_curves(t.history, t.trials, r["comparison"])),
-    "coord_check": ("Mean |activation| per block vs width over the first steps", ("coord_check",),
-                    lambda r, t: plot_coord_check(r["coord_check"])),
-}

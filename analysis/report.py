@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Callable
 
 from . import frames
-from .fits import FitOptions, run_fits
-from .plots import FIGURES, SkipFigure, save
+from .fits import run_fits
+from .options import FitOptions
+from .plots import SkipFigure, save
+from .registry import FIGURES
 from .report_md import render
 from .tables import Tables
 
@@ -51,20 +53,20 @@ def _json(summary: dict) -> dict:
 
 def _draw(summary: dict, tables: Tables, fig_dir: Path, say: Callable[[str], None]) -> None:
     results, skipped = summary["results"], summary["skipped"]
-    for name, (description, needs, draw) in FIGURES.items():
-        missing = [n for n in needs if n not in results]
-        if missing:
-            reason = skipped.get(missing[0])
-            if reason or missing[0] != "transfer_depth":   # depth transfer only runs when depth varies
-                summary["skipped_figures"][name] = reason or f"{missing[0]} not computed"
+    for figure in FIGURES:
+        name = figure.analysis.name
+        if name not in results:   # skipped: say why; not run (it does not apply, e.g. depth transfer): nothing
+            if name in skipped:
+                summary["skipped_figures"][figure.name] = skipped[name]
             continue
-        say(f"figure: {name}")
+        say(f"figure: {figure.name}")
         try:
-            fig = draw(results, tables)
+            fig = figure.draw(results[name], tables)
         except SkipFigure as err:
-            summary["skipped_figures"][name] = str(err)
+            summary["skipped_figures"][figure.name] = str(err)
             continue
-        summary["figures"][name] = {"description": description, "files": [f"figures/{f}" for f in save(fig, fig_dir, name)]}
+        files = save(fig, fig_dir, figure.name)
+        summary["figures"][figure.name] = {"description": figure.description, "files": [f"figures/{f}" for f in files]}
 
 
 def _write(path: Path, text: str) -> None:

@@ -1,21 +1,29 @@
 """report.md from a summary dict (its `results`: typed results, or their JSON as in summary.json): tables
-that put the parametrizations side by side, the figures, what was skipped and why, and every warning."""
+that put the parametrizations side by side, the figures, what was skipped and why, and every warning.
+One section per analysis (`*_section(result, summary)`), in the order of registry.ANALYSES."""
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
-from .results import (CoordCheckResult, Comparison, FreedomResult, LogLogFit, MultiplierResult, NormsResult, Penalty,
-                      ScalingResult, TransferCurve, TransferResult, TuningResult, load)
+from .comparison import Comparison
+from .coordcheck import CoordCheckResult
+from .freedom import FreedomResult, Penalty
+from .multiplier_scaling import MultiplierResult
+from .norms import NormsResult
+from .scaling import ScalingResult
+from .stats import LogLogFit
+from .transfer import TransferCurve, TransferResult
+from .tuning import TuningResult
 
 
 def render(summary: dict) -> str:
+    from .registry import ANALYSES, load   # here: the registry imports the sections below
+
     r = {name: load(result) for name, result in summary["results"].items()}
     summary = {**summary, "results": r}
     parts = [_header(summary)]
-    for name, section in SECTIONS:
-        if name in r:
-            parts.append(section(r[name], summary))
+    parts += [a.section(r[a.name], summary) for a in ANALYSES if a.name in r]
     parts += [_figures(summary), _skipped(summary), _warnings(summary), _treatment(summary)]
     return "\n\n".join(p for p in parts if p).rstrip() + "\n"
 
@@ -65,7 +73,7 @@ def _header(s: dict) -> str:
             f"(bootstrap seed {s['options']['seed']}); every number is in summary.json.")
 
 
-def _comparison(c: Comparison, s: dict) -> str:
+def comparison_section(c: Comparison, s: dict) -> str:
     by, labels = c.by, c.parametrizations
     hp_key = f"best_{c.hp}"
     cells: dict[tuple, dict] = {}
@@ -88,7 +96,7 @@ def _comparison(c: Comparison, s: dict) -> str:
     return "\n\n".join(o for o in out if o)
 
 
-def _transfer(t: TransferResult, s: dict, figure: str = "optimum_vs_size") -> str:
+def transfer_section(t: TransferResult, s: dict, figure: str = "optimum_vs_size") -> str:
     hp, size = t.hp, t.size
     groups = [[g.label, with_ci(g.gamma, g.gamma_ci, 3), with_ci(g.drift_steps, g.drift_steps_ci, 3),
                ", ".join(num(x) for x in g.sizes) or "—", g.ci_method or g.note or "—"]
@@ -126,11 +134,11 @@ def _flags(c: TransferCurve) -> str:
     return ", ".join(flags) or "—"
 
 
-def _transfer_depth(t: TransferResult, s: dict) -> str:
-    return _transfer(t, s, "optimum_vs_depth")
+def transfer_depth_section(t: TransferResult, s: dict) -> str:
+    return transfer_section(t, s, "optimum_vs_depth")
 
 
-def _multipliers(m: MultiplierResult, s: dict) -> str:
+def multipliers_section(m: MultiplierResult, s: dict) -> str:
     out = ["## Learned multipliers vs width",
            f"Exponent p of multiplier ∝ {m.size}^p ({m.aggregation}; {m.selection}). "
            f"{m.prediction_note}."]
@@ -153,7 +161,7 @@ def _exponent(fit: LogLogFit) -> str:
     return with_ci(fit.exponent, fit.exponent_ci, 3)
 
 
-def _norms(n: NormsResult, s: dict) -> str:
+def norms_section(n: NormsResult, s: dict) -> str:
     out = ["## Equilibrium norms",
            "Log-log slope against S = sqrt(η/λ) of the hidden matrices (lr·lr_mult_hidden / weight_decay·wd_mult_hidden): matrix RMS should follow S (slope 1); with learnable "
            "multipliers the effective RMS should stay flat (slope 0), and so should the loss."]
@@ -175,7 +183,7 @@ def _norms(n: NormsResult, s: dict) -> str:
     return "\n\n".join(out)
 
 
-def _freedom(f: FreedomResult, s: dict) -> str:
+def freedom_section(f: FreedomResult, s: dict) -> str:
     out = ["## Mis-set multipliers: does learning the scale remove the penalty?",
            f"Penalty = mean {f.loss} at a mis-set fixed multiplier − at the default setting (same parametrization); "
            f"relief = penalty without learnable multipliers − penalty with them (positive: the learnable multipliers "
@@ -202,7 +210,7 @@ def _penalty(x: Penalty) -> str:
     return text + (f", {x.n_diverged} diverged)" if x.n_diverged else ")")
 
 
-def _scaling(sc: ScalingResult, s: dict) -> str:
+def scaling_section(sc: ScalingResult, s: dict) -> str:
     with_d = sc.tokens_vary
     headers = ["parametrization", "E", "A", "α"] + (["B", "β"] if with_d else []) + ["sizes", "residual RMS (log)"]
     rows = []
@@ -219,7 +227,7 @@ def _scaling(sc: ScalingResult, s: dict) -> str:
                         table(headers, rows), _figure(s, "loss_vs_params")])
 
 
-def _tuning(tu: TuningResult, s: dict) -> str:
+def tuning_section(tu: TuningResult, s: dict) -> str:
     rows = []
     for c in tu.curves:
         match = c.compute_to_match or {}
@@ -234,7 +242,7 @@ def _tuning(tu: TuningResult, s: dict) -> str:
                         _figure(s, "tuning_cost")])
 
 
-def _coord(cc: CoordCheckResult, s: dict) -> str:
+def coord_check_section(cc: CoordCheckResult, s: dict) -> str:
     last = cc.steps[-1] if cc.steps else None
     rows = []
     for g in cc.groups:
@@ -271,7 +279,3 @@ def _warnings(s: dict) -> str:
 def _treatment(s: dict) -> str:
     return "\n".join(["## How runs were counted"] + [f"- {k}: {v}" for k, v in s["treatment"].items()])
 
-
-SECTIONS = [("comparison", _comparison), ("transfer", _transfer), ("transfer_depth", _transfer_depth),
-            ("multipliers", _multipliers), ("norms", _norms), ("freedom", _freedom), ("scaling", _scaling), ("tuning", _tuning),
-            ("coord_check", _coord)]

@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,13 +27,70 @@ from scipy.optimize import minimize
 from trainer.config import UserError
 
 from . import frames
-from .results import ScalingFit, ScalingPoint, ScalingResult
+from .results import Result, optional
 from .stats import MIN_VALID_REPLICATES, percentile_ci
 
 DELTA = 1e-3
 GRID = {"a": np.arange(0, 30, 5.0), "alpha": np.arange(0, 2.5, 0.5), "e": np.arange(-1, 1.5, 0.5)}
 N_STARTS = 5          # L-BFGS-B runs from the best grid points
 EXPONENT_BOUNDS = (0.0, 10.0)
+
+
+def _fitted(fit: "ScalingFit", value: Any) -> bool:
+    return fit.exact_fit is not None
+
+
+def _with_interval(fit: "ScalingFit", value: Any) -> bool:
+    return fit.exact_fit is False and value is not None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScalingPoint(Result):
+    """The losses of one cell (N, D) over its runs."""
+    N: float
+    D: float | None               # None when tokens do not vary
+    loss_mean: float
+    loss_std: float | None
+    n: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScalingFit(Result):
+    """L = E + A/N^alpha (+ B/D^beta) of one parametrization; no law (a note) below 3 sizes."""
+    group: dict[str, Any]
+    label: str
+    n_points: int
+    n_sizes: int
+    N_range: list[float] | None
+    points: list[ScalingPoint]    # per (N, D)
+    note: str | None = optional()
+    exact_fit: bool | None = optional()   # as many cells as parameters: no interval
+    E: float | None = optional(_fitted)
+    A: float | None = optional(_fitted)
+    alpha: float | None = optional(_fitted)
+    B: float | None = optional()           # B and beta: only when tokens vary
+    beta: float | None = optional()
+    residual_rms: float | None = optional(_fitted)   # in log loss
+    E_ci: list[float | None] | None = optional(_with_interval)
+    A_ci: list[float | None] | None = optional(_with_interval)
+    alpha_ci: list[float | None] | None = optional(_with_interval)
+    B_ci: list[float | None] | None = optional(_with_interval)
+    beta_ci: list[float | None] | None = optional(_with_interval)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScalingResult(Result):
+    analysis: str = "scaling"
+    model: str
+    method: str
+    loss: str
+    selection: str
+    n_boot: int
+    ci_level: float
+    tokens_vary: bool             # the law has the B/D^beta term
+    treatment: dict[str, str]
+    fits: list[ScalingFit]
+    warnings: list[str]
 
 
 class LSEModel:

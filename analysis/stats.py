@@ -7,14 +7,26 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import stats as sps
 
-from .results import LogLogFit, Result
+from .results import Result
 
 MIN_VALID_REPLICATES = 10  # fewer valid bootstrap replicates than this: no interval
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogLogFit(Result):
+    """y = prefactor·x^exponent by OLS of log y on log x over runs (no interval below 3 runs)."""
+    exponent: float | None
+    exponent_ci: list[float | None]
+    prefactor: float | None
+    n_runs: int
+    n_x: int                      # distinct x values; < 2: no fit
+    ci_method: str | None
 
 
 def percentile_ci(samples: np.ndarray, level: float) -> list[float | None]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import warnings as pywarnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,8 +22,82 @@ from scipy import stats as sps
 from trainer.config import UserError
 
 from . import frames
-from .results import TransferCurve, TransferGroup, TransferPoint, TransferResult
+from .results import Result, optional
 from .stats import batched_slopes, bootstrap_means, finite_mean, pad, percentile_ci, t_interval
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransferPoint(Result):
+    """One grid value of the swept hp: the mean loss over its seeds."""
+    log2_hp: float
+    hp: float
+    loss_mean: float | None       # of the finite seeds; None when every seed diverged (or none has a loss)
+    loss_sem: float | None
+    n: int
+    n_diverged: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransferCurve(Result):
+    """Loss vs log2(hp) of one parametrization at one size, and its parabola optimum."""
+    group: dict[str, Any]
+    label: str
+    size: float
+    n_runs: int
+    n_seeds: int                  # most runs at one grid point
+    n_diverged: int
+    n_nan_loss: int               # finished runs without a loss value, left out
+    points: list[TransferPoint]   # per grid value
+    log2_opt: float | None
+    log2_opt_ci: list[float | None]
+    opt: float | None
+    opt_ci: list[float | None]
+    loss_at_opt: float | None
+    best_grid_log2: float | None  # the bare argmin of the grid
+    window_log2: list[float] | None   # range of the points the parabola went through
+    n_window: int
+    at_edge: bool | None          # best grid value is the first or last tried: the optimum is a bound
+    clipped: bool | None          # vertex outside the window, clipped to it
+    convex: bool | None           # False: not convex, the optimum is the best grid point
+    sensitivity: float | None
+    sensitivity_ci: list[float | None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransferGroup(Result):
+    """The transfer exponent γ of one parametrization: log2 η* = intercept_log2 + γ·log2(size)."""
+    group: dict[str, Any]
+    label: str
+    sizes: list[float]            # sizes with an optimum
+    log2_opt: list[float]
+    gamma: float | None
+    gamma_ci: list[float | None]
+    intercept_log2: float | None
+    ci_method: str | None
+    drift_steps: float | None     # change of log2 η*, smallest to largest size, in grid steps
+    drift_steps_ci: list[float | None]
+    grid_step_log2: float | None
+    drift_by_size: dict[str, float | None]
+    note: str | None = optional()  # why there is no γ
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransferResult(Result):
+    analysis: str = "transfer"
+    hp: str
+    size: str
+    loss: str
+    k: int                        # parabola window: best grid point ± k
+    n_boot: int
+    ci_level: float
+    init_loss: float              # ℓ_init of the sensitivity
+    sensitivity_range_log2: list[float] | None
+    group_keys: list[str]
+    outcomes: dict[str, int]
+    treatment: dict[str, str]
+    curves: list[TransferCurve]
+    groups: list[TransferGroup]
+    warnings: list[str]
 
 
 @dataclass

@@ -8,13 +8,47 @@ tuning process, so its numbers carry no interval.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
 from trainer.config import UserError
 
 from . import frames
-from .results import TuningCurve, TuningPoint, TuningResult
+from .results import Result, optional
+
+
+@dataclass(frozen=True, kw_only=True)
+class TuningPoint(Result):
+    compute: float                # cumulative, up to and including this run
+    best_loss: float              # so far
+
+
+@dataclass(frozen=True, kw_only=True)
+class TuningCurve(Result):
+    group: dict[str, Any]
+    label: str
+    kind: str                     # "search" or "multipliers"
+    n_trials: int
+    n_finished: int
+    total_compute: float
+    best_loss: float | None
+    compute_to_best: float | None
+    points: list[TuningPoint]
+    compute_to_match: dict[str, float | None] | None = optional()   # search curves: per multiplier curve
+
+
+@dataclass(frozen=True, kw_only=True)
+class TuningResult(Result):
+    analysis: str = "tuning"
+    compute: str                  # the compute column: flops, or wall_time_s
+    loss: str
+    selection: str
+    treatment: dict[str, str]
+    curves: list[TuningCurve]
+    warnings: list[str]
 
 
 def tuning_cost(trials: pd.DataFrame, *, size: str = "d_model", loss: str = "final_val_loss",

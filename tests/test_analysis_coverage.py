@@ -49,18 +49,18 @@ def seeded_transfer():
 
 def test_transfer_optimum_seed_bootstrap_coverage(seeded_transfer):
     result, truth = seeded_transfer
-    curves = result["curves"]
-    truths = [truth["log2_opt"][c["group"]["parametrization"]][int(c["size"])] for c in curves]
-    cov = coverage(truths, [c["log2_opt_ci"] for c in curves])
+    curves = result.curves
+    truths = [truth["log2_opt"][c.group["parametrization"]][int(c.size)] for c in curves]
+    cov = coverage(truths, [c.log2_opt_ci for c in curves])
     assert len(curves) == 800
     assert 0.85 <= cov <= 0.99, cov
 
 
 def test_gamma_seed_bootstrap_coverage(seeded_transfer):
     result, truth = seeded_transfer
-    groups = result["groups"]
-    assert {g["ci_method"] for g in groups} == {"bootstrap over seeds"}
-    cov = coverage([truth["gamma"][g["group"]["parametrization"]] for g in groups], [g["gamma_ci"] for g in groups])
+    groups = result.groups
+    assert {g.ci_method for g in groups} == {"bootstrap over seeds"}
+    cov = coverage([truth["gamma"][g.group["parametrization"]] for g in groups], [g.gamma_ci for g in groups])
     assert len(groups) == 200
     assert 0.85 <= cov <= 0.99, cov
 
@@ -68,9 +68,9 @@ def test_gamma_seed_bootstrap_coverage(seeded_transfer):
 def test_gamma_ols_coverage_with_one_seed():
     trials, truth = transfer_sweeps(300, seeds=1, seed=12)
     result = fit_transfer(trials, n_boot=10, level=LEVEL, seed=0)   # one seed: the bootstrap is unused
-    groups = result["groups"]
-    assert {g["ci_method"] for g in groups} == {"OLS t-interval over sizes (one seed: no bootstrap)"}
-    cov = coverage([truth["gamma"][g["group"]["parametrization"]] for g in groups], [g["gamma_ci"] for g in groups])
+    groups = result.groups
+    assert {g.ci_method for g in groups} == {"OLS t-interval over sizes (one seed: no bootstrap)"}
+    cov = coverage([truth["gamma"][g.group["parametrization"]] for g in groups], [g.gamma_ci for g in groups])
     assert 0.90 <= cov <= 0.99, cov
 
 
@@ -81,7 +81,7 @@ def test_loss_gap_coverage():
     labels = {"mup": syn.LabelTruth(c=-7.0, gamma=0.0), "sp": syn.LabelTruth(c=-7.0, gamma=0.0, offset=0.01)}
     spec = syn.TransferSpec(labels=labels, widths=tuple(range(100, 400)), log2_lrs=(-8.0, -7.0, -6.0), seeds=3)
     tables, _ = syn.synthetic_tables(seed=5, transfer=spec, history=False, coord_steps=0)
-    gaps = compare(tables.trials[COLUMNS], level=LEVEL)["gaps"]
+    gaps = compare(tables.trials[COLUMNS], level=LEVEL).gaps
     assert len(gaps) == 300
     assert 0.92 <= coverage([0.01] * len(gaps), [g["gap_ci"] for g in gaps]) <= 0.99
 
@@ -103,7 +103,7 @@ def test_loglog_ols_coverage():
     rng = np.random.default_rng(3)
     x = np.repeat([128.0, 256.0, 512.0, 1024.0], 3)
     y = 0.5 * x ** -0.4 * np.exp(rng.normal(0, 0.05, (500, x.size)))
-    cov = coverage([-0.4] * len(y), [loglog_fit(x, row, LEVEL)["exponent_ci"] for row in y])
+    cov = coverage([-0.4] * len(y), [loglog_fit(x, row, LEVEL).exponent_ci for row in y])
     assert 0.92 <= cov <= 0.98, cov
 
 
@@ -117,7 +117,7 @@ def test_scaling_bootstrap_coverage_with_one_run_per_size():
         L = (E + A / N ** alpha) * np.exp(rng.normal(0, 0.01, N.size))
         trials = pd.DataFrame({"parametrization": "mup", "outcome": "finished", "d_model": N, "n_params": N,
                                "tokens": 1e9, "final_val_loss": L})
-        (fit,) = fit_scaling(trials, n_boot=40, level=LEVEL, seed=i)["fits"]
+        (fit,) = fit_scaling(trials, n_boot=40, level=LEVEL, seed=i).fits
         truths += [E, A, alpha]
-        intervals += [fit["E_ci"], fit["A_ci"], fit["alpha_ci"]]
+        intervals += [fit.E_ci, fit.A_ci, fit.alpha_ci]
     assert 0.87 <= coverage(truths, intervals) <= 0.99

@@ -14,7 +14,7 @@ from analysis.multiplier_scaling import fit_multipliers
 from analysis.norms import fit_norms
 from analysis.scaling import fit_scaling
 from analysis.stats import jsonable
-from analysis.transfer import fit_transfer, parabola_optima
+from analysis.transfer import TransferCurve, TransferResult, fit_transfer, parabola_optima
 from analysis.tuning import tuning_cost
 from trainer.config import UserError
 
@@ -35,26 +35,26 @@ def world():
 @pytest.fixture(scope="module")
 def transfer(world):
     tables, _ = world
-    return jsonable(fit_transfer(tables.trials, n_boot=300, seed=0))
+    return fit_transfer(tables.trials, n_boot=300, seed=0).map_values(jsonable)   # as run_fits keeps it
 
 
-def _transfer_curves(result: dict) -> list[dict]:
-    return [c for c in result["curves"] if c["group"].get("sweep") == "transfer"]
+def _transfer_curves(result: TransferResult) -> list[TransferCurve]:
+    return [c for c in result.curves if c.group.get("sweep") == "transfer"]
 
 
 # ---- hyperparameter transfer ---------------------------------------------------------------
 
 def test_transfer_recovers_gamma_within_its_interval(world, transfer):
     _, truth = world
-    gammas = {g["group"]["parametrization"]: g for g in transfer["groups"] if g["group"].get("sweep") == "transfer"}
+    gammas = {g.group["parametrization"]: g for g in transfer.groups if g.group.get("sweep") == "transfer"}
     for label, gamma in truth["transfer"]["gamma"].items():
         g = gammas[label]
-        assert inside(gamma, g["gamma_ci"]), (label, g["gamma"], g["gamma_ci"])
-        assert g["gamma_ci"][1] - g["gamma_ci"][0] < 0.15          # informative, not just wide
-        assert g["ci_method"] == "bootstrap over seeds"
+        assert inside(gamma, g.gamma_ci), (label, g.gamma, g.gamma_ci)
+        assert g.gamma_ci[1] - g.gamma_ci[0] < 0.15          # informative, not just wide
+        assert g.ci_method == "bootstrap over seeds"
     # SP drifts by one grid step (a factor 2 of lr) per doubling of width: 3 steps over 128..1024
-    assert gammas["sp"]["drift_steps"] == pytest.approx(-3.0, abs=0.15)
-    assert abs(gammas["mup"]["drift_steps"]) < 0.2
+    assert gammas["sp"].drift_steps == pytest.approx(-3.0, abs=0.15)
+    assert abs(gammas["mup"].drift_steps) < 0.2
 
 
 def test_transfer_optima_are_parabola_vertices_close_to_the_truth(world, transfer):
@@ -62,10 +62,10 @@ def test_transfer_optima_are_parabola_vertices_close_to_the_truth(world, transfe
     curves = _transfer_curves(transfer)
     covered = []
     for c in curves:
-        true = truth["transfer"]["log2_opt"][c["group"]["parametrization"]][int(c["size"])]
-        assert c["log2_opt"] == pytest.approx(true, abs=0.06)
-        covered.append(inside(true, c["log2_opt_ci"]))
-        assert c["n_window"] >= 3 and c["convex"] and not c["at_edge"]
+        true = truth["transfer"]["log2_opt"][c.group["parametrization"]][int(c.size)]
+        assert c.log2_opt == pytest.approx(true, abs=0.06)
+        covered.append(inside(true, c.log2_opt_ci))
+        assert c.n_window >= 3 and c.convex and not c.at_edge
     assert np.mean(covered) >= 0.75, covered   # 95% intervals; a bootstrap over 5 seeds is a bit optimistic
 
 
@@ -93,11 +93,11 @@ def test_lr_sensitivity_is_larger_for_a_sharper_basin():
     def sensitivity(curvature):
         spec = syn.TransferSpec(labels={"mup": syn.LabelTruth(c=-7.3, gamma=0)}, curvature=curvature,
                                 seeds=3, diverge_above=100.0)
-        return fit_transfer(syn.synthetic_tables(transfer=spec, history=False)[0].trials, n_boot=50)["curves"]
+        return fit_transfer(syn.synthetic_tables(transfer=spec, history=False)[0].trials, n_boot=50).curves
     for flat, sharp in zip(sensitivity(0.01), sensitivity(0.05)):
         # E[κ(x − x*)²] − min: proportional to the curvature κ, up to noise
-        assert 3 * flat["sensitivity"] < sharp["sensitivity"] < 7 * flat["sensitivity"]
-        assert inside(sharp["sensitivity"], sharp["sensitivity_ci"])
+        assert 3 * flat.sensitivity < sharp.sensitivity < 7 * flat.sensitivity
+        assert inside(sharp.sensitivity, sharp.sensitivity_ci)
 
 
 def test_lr_sensitivity_formula_caps_diverged_points_at_the_initial_loss():
@@ -107,18 +107,18 @@ def test_lr_sensitivity_formula_caps_diverged_points_at_the_initial_loss():
     trials = pd.DataFrame({"parametrization": "mup", "outcome": np.where(diverged, "diverged", "finished"),
                            "d_model": 128, "lr": 2.0 ** x, "seed": 0,
                            "final_val_loss": np.where(diverged, np.nan, loss)})
-    (curve,) = fit_transfer(trials, n_boot=20, init_loss=3.0)["curves"]
+    (curve,) = fit_transfer(trials, n_boot=20, init_loss=3.0).curves
     expected = np.mean(np.minimum(np.where(diverged, np.inf, loss), 3.0) - 2.0)
-    assert curve["sensitivity"] == pytest.approx(expected)
-    assert curve["n_diverged"] == 3 and curve["log2_opt"] == pytest.approx(-7.0)
+    assert curve.sensitivity == pytest.approx(expected)
+    assert curve.n_diverged == 3 and curve.log2_opt == pytest.approx(-7.0)
 
 
 def test_transfer_on_another_column(world):
     tables, _ = world
     result = fit_transfer(tables.trials, hp="weight_decay", n_boot=50)
-    assert result["hp"] == "weight_decay"
+    assert result.hp == "weight_decay"
     # λ is constant in the width sweep: those curves have one point and say so
-    assert any("finite loss" in w for w in result["warnings"])
+    assert any("finite loss" in w for w in result.warnings)
 
 
 # ---- transfer edge cases --------------------------------------------------------------------
@@ -131,17 +131,17 @@ def _small(**kw) -> pd.DataFrame:
 
 def test_one_width_gives_no_gamma_and_says_why():
     result = fit_transfer(_small(widths=(256,), seeds=3), n_boot=50)
-    assert all(g["gamma"] is None for g in result["groups"])
-    assert any("≥ 2 values of d_model" in w and "[256]" in w for w in result["warnings"])
-    assert all(c["log2_opt"] is not None for c in result["curves"])  # the optima are still there
+    assert all(g.gamma is None for g in result.groups)
+    assert any("≥ 2 values of d_model" in w and "[256]" in w for w in result.warnings)
+    assert all(c.log2_opt is not None for c in result.curves)  # the optima are still there
 
 
 def test_one_seed_gives_no_bootstrap_interval_but_an_ols_one_for_gamma():
     result = fit_transfer(_small(seeds=1), n_boot=50)
-    assert all(c["log2_opt_ci"] == [None, None] for c in result["curves"])
-    assert any("one seed per grid point" in w for w in result["warnings"])
-    sp = next(g for g in result["groups"] if g["group"]["parametrization"] == "sp")
-    assert sp["ci_method"].startswith("OLS t-interval") and inside(-1.0, sp["gamma_ci"])
+    assert all(c.log2_opt_ci == [None, None] for c in result.curves)
+    assert any("one seed per grid point" in w for w in result.warnings)
+    sp = next(g for g in result.groups if g.group["parametrization"] == "sp")
+    assert sp.ci_method.startswith("OLS t-interval") and inside(-1.0, sp.gamma_ci)
 
 
 def test_all_diverged_at_one_width_is_reported_and_gamma_uses_the_rest():
@@ -150,12 +150,12 @@ def test_all_diverged_at_one_width_is_reported_and_gamma_uses_the_rest():
     trials.loc[wide, "outcome"] = "diverged"
     trials.loc[wide, "final_val_loss"] = np.nan
     result = fit_transfer(trials, n_boot=50)
-    curve = next(c for c in result["curves"] if c["label"] == "mup" and c["size"] == 1024)
-    assert curve["log2_opt"] is None and curve["n_diverged"] == curve["n_runs"]
-    assert any("mup d_model=1024: every run diverged" in w for w in result["warnings"])
-    mup = next(g for g in result["groups"] if g["label"] == "mup")
-    assert mup["sizes"] == [128, 256, 512] and mup["gamma"] is not None
-    assert any("no optimum at d_model=[1024]" in w for w in result["warnings"])
+    curve = next(c for c in result.curves if c.label == "mup" and c.size == 1024)
+    assert curve.log2_opt is None and curve.n_diverged == curve.n_runs
+    assert any("mup d_model=1024: every run diverged" in w for w in result.warnings)
+    mup = next(g for g in result.groups if g.label == "mup")
+    assert mup.sizes == [128, 256, 512] and mup.gamma is not None
+    assert any("no optimum at d_model=[1024]" in w for w in result.warnings)
 
 
 def test_nan_losses_and_failed_runs_are_left_out_and_counted():
@@ -163,10 +163,10 @@ def test_nan_losses_and_failed_runs_are_left_out_and_counted():
     trials.loc[trials.index[:4], "final_val_loss"] = np.nan           # finished, but no loss
     trials.loc[trials.index[10:13], "outcome"] = "failed"
     result = fit_transfer(trials, n_boot=50)
-    assert result["outcomes"]["failed"] == 3
-    assert sum(c["n_nan_loss"] for c in result["curves"]) == 4
-    assert any("without a final_val_loss value" in w for w in result["warnings"])
-    assert sum(c["n_runs"] for c in result["curves"]) == len(trials) - 3 - 4
+    assert result.outcomes["failed"] == 3
+    assert sum(c.n_nan_loss for c in result.curves) == 4
+    assert any("without a final_val_loss value" in w for w in result.warnings)
+    assert sum(c.n_runs for c in result.curves) == len(trials) - 3 - 4
 
 
 def test_missing_columns_name_what_is_missing():
@@ -179,28 +179,23 @@ def test_missing_columns_name_what_is_missing():
         fit_transfer(_small(seeds=2), hp="scheme")
 
 
-def test_every_result_is_plain_json(transfer):
-    import json
-    json.dumps(transfer, allow_nan=False)   # raises on NaN/inf or numpy types
-
-
 # ---- learned multipliers, norms ----------------------------------------------------------------
 
 def test_multiplier_exponents_recovered_beside_the_mup_prediction(world):
     tables, truth = world
     result = fit_multipliers(tables.trials)
-    group = next(g for g in result["groups"] if g["group"].get("sweep") == "transfer")
-    series = {s["name"]: s for s in group["series"]}
+    group = next(g for g in result.groups if g.group.get("sweep") == "transfer")
+    series = {s.name: s for s in group.series}
     expected = dict(truth["transfer"]["mult_exponents"])
     expected["attn_q·attn_k"] = expected["attn_q"] + expected["attn_k"]
     covered = []
     for name, exponent in expected.items():
-        assert series[name]["exponent"] == pytest.approx(exponent, abs=0.04), name
-        covered.append(inside(exponent, series[name]["exponent_ci"]))
+        assert series[name].fit.exponent == pytest.approx(exponent, abs=0.04), name
+        covered.append(inside(exponent, series[name].fit.exponent_ci))
     assert np.mean(covered) >= 0.8, covered      # 95% intervals, 10 of them
-    assert series["head"]["prediction"] == -1.0 and series["attn_q·attn_k"]["prediction"] == -2.0
-    assert series["head"]["source"].startswith("norm/final_norm/mean")
-    assert series["attn_q·attn_k"]["minus_prediction"] == pytest.approx(series["attn_q·attn_k"]["exponent"] + 2)
+    assert series["head"].prediction == -1.0 and series["attn_q·attn_k"].prediction == -2.0
+    assert series["head"].source.startswith("norm/final_norm/mean")
+    assert series["attn_q·attn_k"].minus_prediction == pytest.approx(series["attn_q·attn_k"].fit.exponent + 2)
 
 
 def test_multipliers_need_learnable_multiplier_runs():
@@ -213,17 +208,17 @@ def test_multipliers_need_learnable_multiplier_runs():
 def test_equilibrium_norm_slopes(world):
     tables, truth = world
     result = fit_norms(tables.trials)
-    assert {s["label"] for s in result["sweeps"]} == {"mup [sweep=sqrt-eta-over-lambda]",
+    assert {s.label for s in result.sweeps} == {"mup [sweep=sqrt-eta-over-lambda]",
                                                       "mup+scalar [sweep=sqrt-eta-over-lambda]"}
     covered = []
-    for sweep in result["sweeps"]:
-        for s in sweep["series"]:
-            target = truth["norms"]["weight_slope"] if s["kind"] == "weight_rms" else truth["norms"]["eff_slope_lrm"]
-            assert s["exponent"] == pytest.approx(target, abs=0.03), (sweep["label"], s["kind"], s["role"])
-            covered.append(inside(target, s["exponent_ci"]))
-        assert any(s["kind"] == "eff_rms" for s in sweep["series"]) == sweep["lrm"]
+    for sweep in result.sweeps:
+        for s in sweep.series:
+            target = truth["norms"]["weight_slope"] if s.kind == "weight_rms" else truth["norms"]["eff_slope_lrm"]
+            assert s.fit.exponent == pytest.approx(target, abs=0.03), (sweep.label, s.kind, s.role)
+            covered.append(inside(target, s.fit.exponent_ci))
+        assert any(s.kind == "eff_rms" for s in sweep.series) == sweep.lrm
     assert len(covered) == 24 and np.mean(covered) >= 0.8
-    spreads = {s["lrm"]: s["loss"]["spread"] for s in result["sweeps"]}
+    spreads = {s.lrm: s.loss.spread for s in result.sweeps}
     assert spreads[True] < 0.02 < spreads[False]    # flat with multipliers, a bowl without
 
 
@@ -239,11 +234,11 @@ def test_scaling_law_recovers_E_A_alpha_within_intervals():
                             widths=(64, 128, 256, 512, 1024, 2048), seeds=3, noise=0.003)
     trials = syn.synthetic_tables(seed=3, transfer=spec, history=False)[0].trials
     result = fit_scaling(trials, n_boot=60)
-    (fit,) = result["fits"]
-    assert result["model"] == "L = E + A/N^alpha"           # one token count: no D term
+    (fit,) = result.fits
+    assert result.model == "L = E + A/N^alpha"           # one token count: no D term
     for name, true in (("E", spec.E), ("A", spec.A), ("alpha", spec.alpha)):
-        assert inside(true, fit[f"{name}_ci"]), (name, fit[name], fit[f"{name}_ci"])
-    assert fit["alpha_ci"][1] - fit["alpha_ci"][0] < 0.05
+        assert inside(true, getattr(fit, f"{name}_ci")), (name, getattr(fit, name), getattr(fit, f"{name}_ci"))
+    assert fit.alpha_ci[1] - fit.alpha_ci[0] < 0.05
 
 
 def test_scaling_law_with_varying_tokens_fits_the_data_term():
@@ -255,10 +250,10 @@ def test_scaling_law_with_varying_tokens_fits_the_data_term():
     trials = pd.DataFrame({"parametrization": "mup", "outcome": "finished", "d_model": N, "n_params": N,
                            "tokens": D, "final_val_loss": L})
     result = fit_scaling(trials, n_boot=40)
-    (fit,) = result["fits"]
-    assert result["tokens_vary"] and "B/D^beta" in result["model"]
-    assert fit["alpha"] == pytest.approx(alpha, abs=0.08) and fit["beta"] == pytest.approx(beta, abs=0.08)
-    assert fit["residual_rms"] < 0.005
+    (fit,) = result.fits
+    assert result.tokens_vary and "B/D^beta" in result.model
+    assert fit.alpha == pytest.approx(alpha, abs=0.08) and fit.beta == pytest.approx(beta, abs=0.08)
+    assert fit.residual_rms < 0.005
 
 
 def _one_run_per_size(L: np.ndarray, N: np.ndarray, **extra) -> pd.DataFrame:
@@ -271,35 +266,35 @@ def test_scaling_law_with_one_run_per_size_has_real_intervals():
     itself; the residual bootstrap must give intervals of non-zero width around the estimate."""
     N = np.geomspace(1e6, 1e9, 7)
     L = (1.7 + 400 / N ** 0.34) * np.exp(np.random.default_rng(4).normal(0, 0.01, N.size))
-    (fit,) = fit_scaling(_one_run_per_size(L, N), n_boot=40)["fits"]
+    (fit,) = fit_scaling(_one_run_per_size(L, N), n_boot=40).fits
     for name in ("E", "A", "alpha"):
-        lo, hi = fit[f"{name}_ci"]
-        assert lo < fit[name] < hi, (name, fit[name], fit[f"{name}_ci"])
-        assert (hi - lo) / fit[name] > 0.01       # 1% noise: intervals of percents, not of rounding
+        value, (lo, hi) = getattr(fit, name), getattr(fit, f"{name}_ci")
+        assert lo < value < hi, (name, value, lo, hi)
+        assert (hi - lo) / value > 0.01       # 1% noise: intervals of percents, not of rounding
 
 
 def test_scaling_law_on_noise_free_points_gives_no_interval_and_says_why():
     N = np.geomspace(1e6, 1e9, 5)
     result = fit_scaling(_one_run_per_size(1.7 + 400 / N ** 0.34, N), n_boot=20)
-    (fit,) = result["fits"]
-    assert fit["E"] == pytest.approx(1.7) and not fit["exact_fit"]
-    assert fit["E_ci"] == fit["A_ci"] == fit["alpha_ci"] == [None, None]
-    assert any("do not vary" in w and "no interval" in w for w in result["warnings"])
+    (fit,) = result.fits
+    assert fit.E == pytest.approx(1.7) and not fit.exact_fit
+    assert fit.E_ci == fit.A_ci == fit.alpha_ci == [None, None]
+    assert any("do not vary" in w and "no interval" in w for w in result.warnings)
 
 
 def test_scaling_law_selection_says_what_was_done():
     N = np.geomspace(1e6, 1e9, 5)
     L = 1.7 + 400 / N ** 0.34
     untuned = fit_scaling(_one_run_per_size(L, N), n_boot=10)
-    assert "no lr column" in untuned["selection"] and "best lr" not in untuned["selection"]
+    assert "no lr column" in untuned.selection and "best lr" not in untuned.selection
     tuned = fit_scaling(_one_run_per_size(L, N, lr=1e-3), n_boot=10)
-    assert tuned["selection"] == "finished grid runs at the best lr of each model size (n_params)"
+    assert tuned.selection == "finished grid runs at the best lr of each model size (n_params)"
     rng = np.random.default_rng(0)
     N2, D2 = np.repeat([1e6, 1e7, 1e8], 2), np.tile([1e8, 1e9], 3)
     cells = pd.DataFrame({"parametrization": "mup", "outcome": "finished", "d_model": N2, "n_params": N2,
                           "tokens": D2, "lr": 1e-3,
                           "final_val_loss": (1.7 + 400 / N2 ** 0.34 + 2000 / D2 ** 0.28) * np.exp(rng.normal(0, 0.01, 6))})
-    assert "(N, D) cell" in fit_scaling(cells, n_boot=10)["selection"]
+    assert "(N, D) cell" in fit_scaling(cells, n_boot=10).selection
 
 
 def test_five_cells_with_varying_tokens_give_an_exact_fit_without_intervals():
@@ -307,9 +302,9 @@ def test_five_cells_with_varying_tokens_give_an_exact_fit_without_intervals():
     trials = pd.DataFrame({"parametrization": "mup", "outcome": "finished", "d_model": N, "n_params": N,
                            "tokens": D, "final_val_loss": 1.7 + 400 / N ** 0.34 + 2000 / D ** 0.28 + [0, .01, 0, .01, 0]})
     result = fit_scaling(trials, n_boot=10)
-    (fit,) = result["fits"]
-    assert fit["exact_fit"] and "beta_ci" not in fit
-    assert any("5 parameters" in w and "no interval" in w for w in result["warnings"])
+    (fit,) = result.fits
+    assert fit.exact_fit and fit.beta_ci is None and "beta_ci" not in fit.to_dict()
+    assert any("5 parameters" in w and "no interval" in w for w in result.warnings)
 
 
 def test_scaling_needs_three_sizes():
@@ -320,14 +315,14 @@ def test_scaling_needs_three_sizes():
 def test_loss_gap_to_mup_matches_the_offsets(world):
     tables, truth = world
     result = compare(tables.trials, n_boot=300)
-    assert result["reference"] == "mup"
+    assert result.reference == "mup"
     offsets = truth["transfer"]["offsets"]
     # runs at the tuned grid point sit at most ~0.03 nats off the optimum: compare with a margin
-    for gap in result["gaps"]:
+    for gap in result.gaps:
         expected = offsets[gap["parametrization"]] - offsets["mup"]
         assert gap["gap"] == pytest.approx(expected, abs=0.02)
         assert gap["gap_ci"][0] < gap["gap"] < gap["gap_ci"][1]
-    lrm = [g for g in result["gaps"] if g["parametrization"] == "mup+scalar"]
+    lrm = [g for g in result.gaps if g["parametrization"] == "mup+scalar"]
     assert sum(g["gap_ci"][1] < 0 for g in lrm) >= 3   # LRM is better at most widths, significantly
 
 
@@ -336,15 +331,15 @@ def test_loss_gap_to_mup_matches_the_offsets(world):
 def test_tuning_cost_curves(world):
     tables, _ = world
     result = tuning_cost(tables.trials)
-    search = [c for c in result["curves"] if c["kind"] == "search"]
-    assert len(search) == 1 and search[0]["n_trials"] == syn.TuningSpec().n_trials
-    best = [p["best_loss"] for p in search[0]["points"]]
-    compute = [p["compute"] for p in search[0]["points"]]
+    search = [c for c in result.curves if c.kind == "search"]
+    assert len(search) == 1 and search[0].n_trials == syn.TuningSpec().n_trials
+    best = [p.best_loss for p in search[0].points]
+    compute = [p.compute for p in search[0].points]
     assert best == sorted(best, reverse=True) and compute == sorted(compute)
     finished = tables.trials[tables.trials["mode"].eq("search") & tables.trials["outcome"].eq("finished")]
-    assert search[0]["best_loss"] == pytest.approx(finished["final_val_loss"].min())
-    assert search[0]["total_compute"] == pytest.approx(tables.trials.loc[tables.trials["mode"].eq("search"), "flops"].sum())
-    assert any(c["kind"] == "multipliers" for c in result["curves"])
+    assert search[0].best_loss == pytest.approx(finished["final_val_loss"].min())
+    assert search[0].total_compute == pytest.approx(tables.trials.loc[tables.trials["mode"].eq("search"), "flops"].sum())
+    assert any(c.kind == "multipliers" for c in result.curves)
 
 
 def test_tuning_cost_needs_search_or_multiplier_runs():
@@ -356,17 +351,17 @@ def test_tuning_cost_needs_search_or_multiplier_runs():
 def test_coordinate_check_slopes(world):
     tables, truth = world
     result = coord_check(tables.trials, tables.history)
-    last = result["steps"][-1]
+    last = result.steps[-1]
     covered = []
-    for g in result["groups"]:
-        growth = truth["transfer"]["act_growth"][g["group"]["parametrization"]]
-        for s in (s for s in g["slopes"] if s["step"] == last):
-            assert s["exponent"] == pytest.approx(growth, abs=0.03), (g["label"], s)
-            covered.append(inside(growth, s["exponent_ci"]))
+    for g in result.groups:
+        growth = truth["transfer"]["act_growth"][g.group["parametrization"]]
+        for s in (s for s in g.slopes if s.step == last):
+            assert s.fit.exponent == pytest.approx(growth, abs=0.03), (g.label, s)
+            covered.append(inside(growth, s.fit.exponent_ci))
     assert np.mean(covered) >= 0.8, covered
-    sp = next(g for g in result["groups"] if g["group"]["parametrization"] == "sp")
-    mup = next(g for g in result["groups"] if g["group"]["parametrization"] == "mup")
-    assert sp["max_abs_exponent_last_step"] > 0.4 > 0.1 > mup["max_abs_exponent_last_step"]
+    sp = next(g for g in result.groups if g.group["parametrization"] == "sp")
+    mup = next(g for g in result.groups if g.group["parametrization"] == "mup")
+    assert sp.max_abs_exponent_last_step > 0.4 > 0.1 > mup.max_abs_exponent_last_step
 
 
 def test_coordinate_check_without_activations_says_how_to_get_them(world):
@@ -378,12 +373,11 @@ def test_coordinate_check_without_activations_says_how_to_get_them(world):
 def test_three_sizes_give_an_exact_fit_without_intervals():
     """Three sizes for three parameters: the curve passes through every point, so a bootstrap
     would report zero-width intervals; the fit must say it has none instead."""
-    from analysis.scaling import fit_scaling
     rows = [{"parametrization": "mup", "d_model": d, "lr": 1e-3, "seed": 0, "outcome": "finished",
              "n_params": n, "tokens": 1e6, "final_val_loss": 1.5 + 20 / n ** 0.3}
             for d, n in ((64, 1e5), (128, 4e5), (256, 1.6e6))]
     result = fit_scaling(pd.DataFrame(rows))
-    fit = result["fits"][0]
-    assert fit["exact_fit"] and fit.get("E") is not None
-    assert "E_ci" not in fit and "alpha_ci" not in fit
-    assert any("no interval" in w for w in result["warnings"])
+    fit = result.fits[0]
+    assert fit.exact_fit and fit.E is not None
+    assert "E_ci" not in fit.to_dict() and "alpha_ci" not in fit.to_dict()
+    assert any("no interval" in w for w in result.warnings)

@@ -31,25 +31,25 @@ def hidden_only_norm_sweep(seed: int = 0, weight_slope: float = 1.0) -> pd.DataF
 
 
 def test_hidden_only_sweep_fits_the_hidden_matrices_and_leaves_the_embedding_out():
-    result = jsonable(fit_norms(hidden_only_norm_sweep()))
-    assert len(result["sweeps"]) == 2
-    for sweep in result["sweeps"]:
-        assert "embedding" not in sweep["swept_roles"] and "attn_q" in sweep["swept_roles"]
-        assert {s["role"] for s in sweep["series"]} == set(sweep["swept_roles"])
-        assert sweep["S_values"][-1] / sweep["S_values"][0] == pytest.approx(64)
-        assert sweep["pooled"]["weight_rms"]["exponent"] == pytest.approx(1.0, abs=0.03)
-        assert sweep["verdict"]["met"], sweep["verdict"]
-    (comparison,) = result["comparisons"]
-    assert comparison["smaller_with_multipliers"] and comparison["ratio"] < 0.2
+    result = fit_norms(hidden_only_norm_sweep())
+    assert len(result.sweeps) == 2
+    for sweep in result.sweeps:
+        assert "embedding" not in sweep.swept_roles and "attn_q" in sweep.swept_roles
+        assert {s.role for s in sweep.series} == set(sweep.swept_roles)
+        assert sweep.S_values[-1] / sweep.S_values[0] == pytest.approx(64)
+        assert sweep.pooled["weight_rms"].fit.exponent == pytest.approx(1.0, abs=0.03)
+        assert sweep.verdict.met, sweep.verdict
+    (comparison,) = result.comparisons
+    assert comparison.smaller_with_multipliers and comparison.ratio < 0.2
 
 
 def test_norm_criteria_fail_when_the_norm_does_not_follow_S():
-    result = jsonable(fit_norms(hidden_only_norm_sweep(weight_slope=0.5)))
-    plain = next(s for s in result["sweeps"] if not s["lrm"])
-    lrm = next(s for s in result["sweeps"] if s["lrm"])
-    assert plain["verdict"]["slope"] == pytest.approx(0.5, abs=0.03) and not plain["verdict"]["met"]
+    result = fit_norms(hidden_only_norm_sweep(weight_slope=0.5))
+    plain = next(s for s in result.sweeps if not s.lrm)
+    lrm = next(s for s in result.sweeps if s.lrm)
+    assert plain.verdict.slope == pytest.approx(0.5, abs=0.03) and not plain.verdict.met
     # the synthetic multiplier compensates 1/S while the matrix only grows S^0.5: eff slope −0.5
-    assert lrm["verdict"]["slope"] == pytest.approx(-0.5, abs=0.03) and not lrm["verdict"]["met"]
+    assert lrm.verdict.slope == pytest.approx(-0.5, abs=0.03) and not lrm.verdict.met
 
 
 def freedom_runs(penalties: dict, seeds: int = 4, noise: float = 0.004, seed: int = 0) -> pd.DataFrame:
@@ -71,18 +71,18 @@ DEFAULT, SMALL_EMB, BIG_WD = (), (("alpha_emb", 1 / 16),), (("wd_mult_hidden", 1
 def test_learnable_multipliers_relieve_a_mis_set_scale():
     runs = freedom_runs({("mup", DEFAULT): 0.0, ("mup", SMALL_EMB): 0.06, ("mup", BIG_WD): 0.02,
                          ("mup+vector", DEFAULT): 0.0, ("mup+vector", SMALL_EMB): 0.005, ("mup+vector", BIG_WD): 0.02})
-    result = jsonable(fit_freedom(runs))
-    assert result["knobs"] == ["alpha_emb", "wd_mult_hidden"]
-    (group,) = result["groups"]
-    reliefs = {r["setting"]: r for r in group["reliefs"]}
+    result = fit_freedom(runs)
+    assert result.knobs == ["alpha_emb", "wd_mult_hidden"]
+    (group,) = result.groups
+    reliefs = {r.setting: r for r in group.reliefs}
     assert set(reliefs) == {"alpha_emb ×1/16", "wd_mult_hidden ×16"}
     small = reliefs["alpha_emb ×1/16"]
-    assert small["relief"] == pytest.approx(0.055, abs=0.01) and small["relief_ci"][0] > 0
-    assert small["clearly_smaller_with_multipliers"]
+    assert small.relief == pytest.approx(0.055, abs=0.01) and small.relief_ci[0] > 0
+    assert small.clearly_smaller_with_multipliers
     same = reliefs["wd_mult_hidden ×16"]   # the same penalty both ways: not clearly smaller
-    assert abs(same["relief"]) < 0.015 and same["relief_ci"][0] < 0
-    assert not same["clearly_smaller_with_multipliers"]
-    text = render({"results": {"freedom": result}, "figures": {}, "skipped_figures": {}, "skipped": {},
+    assert abs(same.relief) < 0.015 and same.relief_ci[0] < 0
+    assert not same.clearly_smaller_with_multipliers
+    text = render({"results": {"freedom": jsonable(result)}, "figures": {}, "skipped_figures": {}, "skipped": {},
                    "outcomes": {}, "experiments": [], "generated_utc": "", "source": "", "n_trials": 0, "sweeps": [],
                    "options": {"level": 0.95, "seed": 0}, "treatment": {}})
     assert "| alpha_emb ×1/16 |" in text and "| yes |" in text
@@ -91,12 +91,15 @@ def test_learnable_multipliers_relieve_a_mis_set_scale():
 def test_a_setting_that_diverges_only_without_multipliers_counts_as_relieved():
     runs = freedom_runs({("mup", DEFAULT): 0.0, ("mup", SMALL_EMB): np.inf,
                          ("mup+vector", DEFAULT): 0.0, ("mup+vector", SMALL_EMB): 0.01})
-    (group,) = fit_freedom(runs)["groups"]
-    (relief,) = group["reliefs"]
-    assert relief["clearly_smaller_with_multipliers"] and relief["penalty_without"] == np.inf
-    plain = next(p for p in group["penalties"] if p["parametrization"] == "mup")
-    assert plain["n_diverged"] == plain["n"] == 4
-    json.dumps(jsonable(group), allow_nan=False)   # inf leaves as null, the counts say why
+    (group,) = fit_freedom(runs).groups
+    (relief,) = group.reliefs
+    assert relief.clearly_smaller_with_multipliers and relief.penalty_without == np.inf
+    plain = next(p for p in group.penalties if p.parametrization == "mup")
+    assert plain.n_diverged == plain.n == 4
+    # in summary.json inf leaves as null, and the counts say why
+    data = json.loads(json.dumps(jsonable(group), allow_nan=False))
+    assert data["reliefs"][0]["penalty_without"] is None
+    assert data["penalties"][group.penalties.index(plain)]["penalty"] is None
 
 
 def test_freedom_needs_a_mis_set_knob_and_both_arms():

@@ -102,3 +102,34 @@ def test_coord_check_figure_is_drawn_without_pyplot(tmp_path):
     assert out.split() == ["['csv',", "'png',", "'svg']", "False"]
     assert (tmp_path / "coord_check.png").read_bytes().startswith(PNG_MAGIC)
     assert len(pd.read_csv(tmp_path / "coord_check.csv")) == 8
+
+
+def test_depth_transfer_runs_only_when_depth_varies():
+    """The registry's one conditional analysis: beside the width transfer when n_layers varies,
+    and neither run nor listed as skipped otherwise."""
+    tables, _ = syn.synthetic_tables(transfer=syn.TransferSpec(widths=(128, 256), seeds=2), history=False)
+    options = FitOptions(n_boot=20, n_boot_scaling=10)
+    assert "transfer_depth" not in run_fits(tables, options)["results"]
+    trials = tables.trials.copy()
+    trials.loc[trials["seed"].eq(1), "n_layers"] = 4
+    fits = run_fits(Tables(trials=trials), options)
+    assert list(fits["results"])[:3] == ["comparison", "transfer", "transfer_depth"]
+    assert fits["results"]["transfer_depth"].size == "n_layers" and "transfer_depth" not in fits["skipped"]
+
+
+def test_registry_names_each_analysis_and_figure_once():
+    from analysis.registry import ANALYSES, FIGURES
+
+    names = [a.name for a in ANALYSES]
+    assert len(set(names)) == len(names) and len({f.name for f in FIGURES}) == len(FIGURES)
+    assert all(f.analysis in ANALYSES for f in FIGURES)
+
+
+def test_report_cli_defaults_are_the_fit_options():
+    import argparse
+
+    from analysis import cli
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    assert cli._options(parser.parse_args(["report", "some-experiment"])) == FitOptions()

@@ -99,9 +99,9 @@ def test_loglog_fit_recovers_a_power_law_and_needs_two_x():
     x = np.repeat([128.0, 256.0, 512.0, 1024.0], 3)
     y = 3.0 * x ** -0.7 * np.exp(np.random.default_rng(1).normal(0, 0.01, x.size))
     fit = loglog_fit(x, y, 0.95)
-    assert fit["exponent"] == pytest.approx(-0.7, abs=0.02) and fit["exponent_ci"][0] < -0.7 < fit["exponent_ci"][1]
-    assert fit["prefactor"] == pytest.approx(3.0, rel=0.15)
-    assert loglog_fit(np.full(4, 128.0), y[:4], 0.95)["exponent"] is None
+    assert fit.exponent == pytest.approx(-0.7, abs=0.02) and fit.exponent_ci[0] < -0.7 < fit.exponent_ci[1]
+    assert fit.prefactor == pytest.approx(3.0, rel=0.15)
+    assert loglog_fit(np.full(4, 128.0), y[:4], 0.95).exponent is None
 
 
 def test_jsonable_turns_numpy_and_non_finite_into_plain_json():
