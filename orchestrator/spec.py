@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import TypeAdapter, ValidationError
 
-from trainer.config import ConfigError, TrainConfig, check_plain_value, missing_corpus_paths
+from trainer.config import ConfigError, TrainConfig, check_plain_value, corpus_problems
 from trainer.estimate import SIZE_KEYS, estimate, machine_memory_bytes, memory_problem
 from trainer.yaml_lines import KeyPath, LoadedYaml, load_yaml_file, load_yaml_text
 
@@ -465,15 +465,20 @@ class SweepSpec:
         """'<where>: corpus file x.txt does not exist' for each corpus path that is not here
         (an error for local runs, a warning for `scalelab submit`: the cluster may have it)."""
         configs = [t.config for t in self._trials] or [TrainConfig.model_construct(**self.base)]
-        seen, out = set(), []
+        seen, problems = set(), []
         for cfg in configs:
-            for name in missing_corpus_paths(cfg.corpus):
+            for name, why in corpus_problems(cfg.corpus):
                 if name not in seen:
                     seen.add(name)
-                    where = self.where(self._origin.get("corpus", ("base", "corpus")))
-                    out.append(f"{self.source}: {where}: corpus file or directory {brief(name)} does not exist "
-                               f"(relative paths are relative to the working directory, {os.getcwd()})")
-        return out
+                    problems.append((name, why))
+        if not problems:
+            return []
+        where = self.where(self._origin.get("corpus", ("base", "corpus")))
+        name, why = problems[0]
+        more = f" (and {len(problems) - 1} more corpus entries like it)" if len(problems) > 1 else ""
+        # One line however many entries are wrong: the first names the fix for all.
+        return [f"{self.source}: {where}: corpus entry {brief(name)} {why}{more}; relative paths are relative "
+                f"to the working directory, {brief(os.getcwd())}"]
 
     def check_corpora(self) -> None:
         """Raise ConfigError when a corpus path is missing (local runs, validate, plan)."""

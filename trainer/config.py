@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -209,11 +210,37 @@ class TrainConfig(BaseModel):
 BUILTIN_CORPORA = ("kjv",)
 
 
-def missing_corpus_paths(corpus: str | list[str]) -> list[str]:
-    """The corpus entries that name neither a built-in corpus nor an existing file/directory
-    (trainer/data.py reads them; this only looks, so that sweeps can say so before a run)."""
+# Folders that hold the system, not text: a corpus there is a slip (a walk of "/" meets
+# /proc and stops on its first unreadable entry).
+SYSTEM_FOLDERS = ("/", "/proc", "/sys", "/dev", "/run", "/boot", "/etc", "/usr", "/bin", "/sbin", "/lib", "/var")
+
+
+def corpus_problem(name: str) -> str | None:
+    """Why a corpus entry cannot be read as text, or None: the one rule for sweeps (before a
+    run) and for trainer/data.py (when it reads). Only looks; reads nothing."""
+    if name in BUILTIN_CORPORA:
+        return None
+    path = os.path.expanduser(name)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as err:
+        return f"cannot be looked at ({err.strerror or err})"
+    if stat.S_ISDIR(st.st_mode):
+        real = os.path.realpath(path)
+        if real in SYSTEM_FOLDERS or any(real.startswith(f + "/") for f in ("/proc", "/sys", "/dev")):
+            return "is a system folder, not a folder of text files"
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return "is a device, pipe or socket, not a file (give a text, .bin or .parquet file)"
+    return None
+
+
+def corpus_problems(corpus: str | list[str]) -> list[tuple[str, str]]:
+    """(entry, why) for each corpus entry that cannot be read (see corpus_problem)."""
     names = [corpus] if isinstance(corpus, str) else list(corpus)
-    return [n for n in names if n not in BUILTIN_CORPORA and not os.path.exists(os.path.expanduser(n))]
+    return [(n, why) for n in names if (why := corpus_problem(n))]
 
 
 def check_plain_value(key: str, value: Any) -> Any:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import DataError, TrainConfig
+from .config import DataError, TrainConfig, corpus_problem
 
 VAL_SEED = 1234567  # one validation set for every run, whatever its seed: losses compare
 
@@ -45,6 +45,10 @@ def _source_files(corpus: str | list[str]) -> list[Path]:
         if name == "kjv":
             files.append(kjv_path())
             continue
+        why = corpus_problem(name)
+        if why:
+            raise DataError(f"corpus {Path(name).expanduser()} {why}; give 'kjv', a text/.bin/.parquet file, "
+                            "or a directory of text files")
         path = Path(name).expanduser()
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
