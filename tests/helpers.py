@@ -127,11 +127,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def venv_env(**extra: str) -> dict[str, str]:
     """The environment for child processes: this interpreter's bin first on PATH (a Ray Job's
-    `python` is ours too) and this checkout first on PYTHONPATH; no tracking URI or injected
-    fault leaks in from the caller's environment."""
+    `python` is ours too), output unbuffered; no tracking URI or injected fault leaks in from
+    the caller's environment."""
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     for name in ("MLFLOW_TRACKING_URI", FAULT_ENV):
         env.pop(name, None)
@@ -140,11 +139,12 @@ def venv_env(**extra: str) -> dict[str, str]:
 
 
 def start_scalelab(argv: list[str], cwd: Path, log: Path | None = None, **popen) -> subprocess.Popen:
-    """`scalelab ARGV` as a child process in its own process group (end it with stop_group),
-    its output to `log` unless `popen` says otherwise."""
+    """`scalelab ARGV` from this checkout, as a child process in its own process group (end it
+    with stop_group), its output to `log` unless `popen` says otherwise."""
     if log is not None:
         popen.update(stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *argv], cwd=str(cwd), env=venv_env(),
+    env = venv_env(PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *argv], cwd=str(cwd), env=env,
                             start_new_session=True, **popen)
 
 
