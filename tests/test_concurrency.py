@@ -132,7 +132,15 @@ def test_simultaneous_search_claims_have_one_winner(tracking_uri, tmp_path, monk
         t.join()
     winners = [owner for owner, holder in results.items() if holder is None]
     assert len(winners) == 1, results
-    assert all(holder == winners[0] for holder in results.values() if holder is not None), results
+    if settle_only:
+        # A loser names the claim it read after its settle wait. Without the lock, on a loaded
+        # machine that can be a rival whose claim a later write then overrode (seen once in ~10
+        # runs: A named B, B named C, C won). The rule promises one winner (while rival writes
+        # land within CLAIM_SETTLE_S) and no loser naming itself, not the final winner's name.
+        owners = {t.owner for t in trackers}
+        assert all(holder in owners - {owner} for owner, holder in results.items() if holder is not None), results
+    else:
+        assert all(holder == winners[0] for holder in results.values() if holder is not None), results
 
 
 # --- lapsed claims: the first owner's queued writes after MLflow returns --------------------------
