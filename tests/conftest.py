@@ -1,51 +1,55 @@
-"""Shared fixtures: tiny sweep files, MLflow URIs in tmp dirs, one embedded Ray per module, a
-real `ray start --head` and a real `mlflow server` (each in its own process group, ended by
-group id — never `ray stop`, which would kill every Ray on the machine)."""
+"""Shared fixtures and the `slow`/`fast` split. Tiny sweep files, MLflow URIs in tmp dirs, one
+embedded Ray per module, a real `ray start --head` and a real `mlflow server` (each in its own
+process group, ended by group id — never `ray stop`, which would kill every Ray on the machine).
+The helpers behind them live in tests/helpers.py, which test modules import too."""
 from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-import yaml
 
-# A trial of this size trains in about a second on one CPU thread.
-TINY_BASE = {"d_model": 32, "head_dim": 16, "n_layers": 1, "seq_len": 32, "batch_size": 4,
-             "steps": 20, "warmup_steps": 2, "eval_interval": 10, "eval_batches": 1,
-             "device": "cpu", "threads": 1}
-BIN = Path(sys.executable).parent
+# Test modules `from helpers import ...`: make that work under any --import-mode, not only the
+# default one that happens to put this folder on sys.path.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from helpers import (BIN, MlflowServer, free_port, stop_group, venv_env, wait_http, wait_ready,  # noqa: E402
+                     write_sweep)
+
+# --- slow and fast ------------------------------------------------------------------------------
+# A test is slow when it starts a real system: these fixtures start one (embedded Ray, a Ray
+# head, an MLflow server, Chromium), so a test that uses one is marked slow here; a test that
+# starts one itself (a `scalelab` subprocess, say) or trains for many seconds carries
+# @pytest.mark.slow. Every other test is marked fast: `pytest -m fast` is the quick run, and
+# stays complete as tests are added.
+REAL_SYSTEM_FIXTURES = frozenset({"ray_local", "ray_head", "mlflow_server", "restartable_mlflow_server",
+                                  "browsed_sweep", "chromium", "browser"})
 
 
-def write_sweep(directory: Path, name: str, **sections) -> Path:
-    """A sweep file `<name>.yaml` with TINY_BASE (+ `base` overrides) and the given sections."""
-    doc = {"name": name, "experiment": name, "base": {**TINY_BASE, **sections.pop("base", {})},
-           "resources": {"cpu": 1, "gpu": 0}, "retries": 1}
-    doc.update(sections)
-    path = directory / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if REAL_SYSTEM_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.fast)
 
+
+# --- sweep files and stores ---------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
 def sweep_writer():
-    """`write_sweep` for module-scoped fixtures (test modules cannot import conftest)."""
+    """`write_sweep`, as a fixture (helpers.write_sweep is the same function)."""
     return write_sweep
 
 
 @pytest.fixture(scope="session")
 def process_tools():
-    """free_port, wait_http and stop_group for tests that start servers themselves."""
-    from types import SimpleNamespace
-
+    """free_port, wait_http and stop_group, as a fixture (the same functions as in helpers)."""
     return SimpleNamespace(free_port=free_port, wait_http=wait_http, stop_group=stop_group)
 
 
@@ -54,17 +58,36 @@ def tiny_sweep(tmp_path):
     return lambda name, **sections: write_sweep(tmp_path, name, **sections)
 
 
+@pytest.fixture(scope="session")
+def empty_tracking_db(tmp_path_factory) -> Path:
+    """An MLflow SQLite database with its tables made, once: making them takes seconds, a copy
+    a tenth of a second. (Its Default experiment points here; scalelab never uses it.)"""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-empty") / "mlflow.db"
+    MlflowClient(tracking_uri="sqlite:///" + str(path)).search_experiments()
+    return path
+
+
+def fresh_tracking_uri(directory: Path, empty_db: Path) -> str:
+    db = directory / "mlflow.db"
+    shutil.copyfile(empty_db, db)
+    return "sqlite:///" + str(db)
+
+
 @pytest.fixture
-def tracking_uri(tmp_path) -> str:
-    return "sqlite:///" + str(tmp_path / "mlflow.db")
+def tracking_uri(tmp_path, empty_tracking_db) -> str:
+    """A fresh SQLite MLflow of this test's own."""
+    return fresh_tracking_uri(tmp_path, empty_tracking_db)
 
 
 @pytest.fixture(scope="module")
-def shared_tracking_uri(tmp_path_factory) -> str:
-    """One SQLite MLflow per module (creating its tables takes seconds); tests use their own
-    experiment names in it."""
-    return "sqlite:///" + str(tmp_path_factory.mktemp("mlflow") / "mlflow.db")
+def shared_tracking_uri(tmp_path_factory, empty_tracking_db) -> str:
+    """One SQLite MLflow per module; tests use their own experiment names in it."""
+    return fresh_tracking_uri(tmp_path_factory.mktemp("mlflow"), empty_tracking_db)
 
+
+# --- real systems -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def ray_local():
@@ -81,149 +104,66 @@ def ray_local():
         shutdown_private_ray(temp_dir)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
-    """SIGTERM the process group we started, then SIGKILL what is left."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM if grace > 0 else signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)
-
-
-def wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited ({proc.returncode}) before {url} answered:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except urllib.error.HTTPError:  # it answers (perhaps asking for a token): it is up
-            return
-        except Exception:  # noqa: BLE001 - not up yet
-            time.sleep(0.5)
-    raise RuntimeError(f"{url} did not answer within {timeout}s:\n{log.read_text()[-3000:]}")
-
-
-def wait_job_agent(dashboard: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
-    """The dashboard answers before the head node's job agent has registered, and the head gives
-    a submission only 10 s to find one (ray.dashboard.consts.WAIT_AVAILABLE_AGENT_TIMEOUT): on a
-    loaded machine the first submit then fails with "No available agent". Submit a no-op job
-    until one is accepted."""
-    from orchestrator import jobs
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ray head exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-        try:
-            jobs.client(dashboard).submit_job(entrypoint="true")
-            return
-        except Exception as err:  # noqa: BLE001 - agent not registered yet
-            if "No available agent" not in str(err):
-                raise
-            time.sleep(2)
-    raise RuntimeError(f"the job agent of {dashboard} did not register within {timeout}s")
-
-
-def venv_env(**extra: str) -> dict[str, str]:
-    """The environment for child processes: this interpreter's bin first on PATH, so a Ray
-    Job's `python` is ours too."""
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.update(extra)
-    return env
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
-    """A real `mlflow server` on 127.0.0.1 (one worker, job execution off); yields its URI."""
-    port = free_port()
-    log = tmp_path / "mlflow-server.log"
-    proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--workers", "1", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", "sqlite:///" + str(tmp_path / "srv.db"),
-         "--artifacts-destination", str(tmp_path / "artifacts")],
-        stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
-        env=venv_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
+    """A real `mlflow server` on 127.0.0.1; yields its URI."""
+    server = MlflowServer(tmp_path)
+    server.start()
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", 180, proc, log)
-        yield f"http://127.0.0.1:{port}"
+        yield server.uri
     finally:
-        stop_group(proc)
-
-
-@pytest.fixture
-def ray_head():
-    """A real single-node Ray cluster (`ray start --head --block`); yields the dashboard URL."""
-    temp = tempfile.mkdtemp(prefix="slr-")  # short: Ray's unix socket paths are length-limited
-    port, dash = free_port(), free_port()
-    log = Path(temp) / "head.log"
-    proc = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--port", str(port),
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
-         "--temp-dir", temp, "--disable-usage-stats"],
-        stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
-        env=venv_env(RAY_TMPDIR=temp))
-    try:
-        wait_http(f"http://127.0.0.1:{dash}/api/version", 240, proc, log)
-        wait_job_agent(f"http://127.0.0.1:{dash}", 240, proc, log)
-        yield f"http://127.0.0.1:{dash}"
-    finally:
-        stop_group(proc)
-        shutil.rmtree(temp, ignore_errors=True)
-
-
-class MlflowServer:
-    """A real `mlflow server` that a test can stop (process group) and start again on the same
-    port and database: a tracking outage."""
-
-    def __init__(self, directory: Path):
-        self.dir, self.port = directory, free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        log = self.dir / f"mlflow-server-{self.starts}.log"
-        self.proc = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--workers", "1", "--host", "127.0.0.1", "--port", str(self.port),
-             "--backend-store-uri", "sqlite:///" + str(self.dir / "srv.db"),
-             "--artifacts-destination", str(self.dir / "artifacts")],
-            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
-            env=venv_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
-        wait_http(f"{self.uri}/health", 180, self.proc, log)
-
-    def stop(self, grace: float = 5.0) -> None:
-        """Stop it (grace=0: SIGKILL at once, a crash)."""
-        if self.proc is not None:
-            stop_group(self.proc, grace)
-            self.proc = None
+        server.stop()
 
 
 @pytest.fixture
 def restartable_mlflow_server(tmp_path):
+    """A real `mlflow server` the test can stop and start again (helpers.MlflowServer)."""
     server = MlflowServer(tmp_path)
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+# Ready means a job can be submitted: the dashboard answers first, and the head's job agent
+# registers later; the head gives a submission only 10 s to find one
+# (ray.dashboard.consts.WAIT_AVAILABLE_AGENT_TIMEOUT), so on a loaded machine the first submit
+# fails with "No available agent". Under CI load the agent has taken over 240 s, hence the bound.
+RAY_HEAD_READY_S = 600
+
+
+def job_accepted(dashboard: str) -> bool:
+    """Submit a no-op job; it raises until the dashboard answers and the job agent takes it."""
+    from orchestrator import jobs
+
+    jobs.client(dashboard).submit_job(entrypoint="true")
+    return True
+
+
+@pytest.fixture
+def ray_head():
+    """A real single-node Ray cluster (`ray start --head --block`); yields the dashboard URL
+    once it takes jobs."""
+    temp = tempfile.mkdtemp(prefix="slr-")  # short: Ray's unix socket paths are length-limited
+    port, dash = free_port(), free_port()
+    log = Path(temp) / "head.log"
+    ray_logs = Path(temp) / "session_latest" / "logs"
+    proc = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--port", str(port),
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
+         "--temp-dir", temp, "--disable-usage-stats"],
+        stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+        env=venv_env(RAY_TMPDIR=temp))
+    dashboard = f"http://127.0.0.1:{dash}"
+    try:
+        wait_ready(f"the Ray head's job agent to take a job at {dashboard}", lambda: job_accepted(dashboard),
+                   RAY_HEAD_READY_S, proc, log, ray_logs / "dashboard.log", ray_logs / "dashboard_agent.log",
+                   every=2)
+        yield dashboard
+    finally:
+        stop_group(proc)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 # --- leaving the test process ------------------------------------------------------------------

@@ -47,6 +47,7 @@ def seeded_transfer():
     return fit_transfer(trials, n_boot=200, level=LEVEL, seed=0), truth
 
 
+@pytest.mark.slow  # a coverage study: hundreds of refits
 def test_transfer_optimum_seed_bootstrap_coverage(seeded_transfer):
     result, truth = seeded_transfer
     curves = result.curves
@@ -56,6 +57,7 @@ def test_transfer_optimum_seed_bootstrap_coverage(seeded_transfer):
     assert 0.85 <= cov <= 0.99, cov
 
 
+@pytest.mark.slow  # a coverage study: hundreds of refits
 def test_gamma_seed_bootstrap_coverage(seeded_transfer):
     result, truth = seeded_transfer
     groups = result.groups
@@ -65,6 +67,7 @@ def test_gamma_seed_bootstrap_coverage(seeded_transfer):
     assert 0.85 <= cov <= 0.99, cov
 
 
+@pytest.mark.slow  # a coverage study: hundreds of refits
 def test_gamma_ols_coverage_with_one_seed():
     trials, truth = transfer_sweeps(300, seeds=1, seed=12)
     result = fit_transfer(trials, n_boot=10, level=LEVEL, seed=0)   # one seed: the bootstrap is unused
@@ -107,6 +110,7 @@ def test_loglog_ols_coverage():
     assert 0.92 <= cov <= 0.98, cov
 
 
+@pytest.mark.slow  # a coverage study: hundreds of refits
 def test_scaling_bootstrap_coverage_with_one_run_per_size():
     """Chinchilla-style data: one run per size, 7 sizes, 1% log-normal noise, E, A, α known."""
     rng = np.random.default_rng(21)

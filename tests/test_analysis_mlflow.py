@@ -163,6 +163,7 @@ def _cli(argv: list[str], monkeypatch) -> int:
     return cli.main(argv)
 
 
+@pytest.mark.slow  # a full report with every figure
 def test_report_attaches_artifacts_to_the_parent_run(store, monkeypatch, tmp_path):
     out = tmp_path / "rep"
     code = _cli(["report", "quick-exp", "--tracking-uri", store["uri"], "--out", str(out), "--n-boot", "40"],
@@ -178,6 +179,7 @@ def test_report_attaches_artifacts_to_the_parent_run(store, monkeypatch, tmp_pat
     assert "report/figures/loss_vs_hp.png" in figures
 
 
+@pytest.mark.slow  # a full report with every figure
 def test_export_then_report_offline(store, monkeypatch, tmp_path, capsys):
     snap = tmp_path / "snap.parquet"
     assert _cli(["export", "quick-exp", str(snap), "--tracking-uri", store["uri"]], monkeypatch) == 0

@@ -115,6 +115,7 @@ def test_setting_names_are_ratios_to_the_default():
     assert setting_name(["alpha_out"], (1.0,)) == "default"
 
 
+@pytest.mark.slow  # a full report with every figure
 def test_report_of_a_mis_set_multiplier_sweep(tmp_path):
     from analysis.report import build_report
 

@@ -26,6 +26,7 @@ def full_report(tmp_path_factory):
     return tmp / "out", summary, lines, truth
 
 
+@pytest.mark.slow  # the full report of every fit and figure
 def test_summary_json_holds_every_fit_as_strict_json(full_report):
     out, summary, _, _ = full_report
     data = json.loads((out / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
@@ -40,6 +41,7 @@ def test_summary_json_holds_every_fit_as_strict_json(full_report):
     assert data == summary
 
 
+@pytest.mark.slow  # the full report of every fit and figure
 def test_every_figure_is_written_as_png_and_svg(full_report):
     out, summary, _, _ = full_report
     expected = {"loss_vs_hp", "optimum_vs_size", "multipliers_vs_width", "loss_vs_params", "loss_gap",
@@ -50,6 +52,7 @@ def test_every_figure_is_written_as_png_and_svg(full_report):
         assert b"<svg" in (out / "figures" / f"{name}.svg").read_bytes()[:2000]
 
 
+@pytest.mark.slow  # the full report of every fit and figure
 def test_report_md_puts_parametrizations_side_by_side(full_report):
     out, _, lines, _ = full_report
     text = (out / "report.md").read_text()

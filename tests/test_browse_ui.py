@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -20,6 +19,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from helpers import (MlflowServer, complete_trials, free_port, start_scalelab, study_storage, sweep_runs,
+                     wait_http, write_search_sweep, write_sweep)
 from orchestrator.cli import main
 
 pytestmark = pytest.mark.timeout(600)
@@ -27,7 +28,6 @@ pytestmark = pytest.mark.timeout(600)
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 REPO = Path(__file__).resolve().parent.parent
 SHOT_DIR = REPO / "test-artifacts" / "browse-ui"
-BIN = Path(sys.executable).parent
 
 
 def _playwright():
@@ -41,46 +41,33 @@ def _playwright():
 
 
 @pytest.fixture(scope="module")
-def browsed_sweep(tmp_path_factory, sweep_writer, process_tools):
+def browsed_sweep(tmp_path_factory):
     """A real sweep (2 widths x 2 LRs) run and reported against a real mlflow server."""
     tmp = tmp_path_factory.mktemp("browse")  # (conftest's server fixture is per test: this one is per module)
-    port = process_tools.free_port()
-    log = tmp / "mlflow-server.log"
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
-               PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--workers", "1", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", "sqlite:///" + str(tmp / "srv.db"),
-         "--artifacts-destination", str(tmp / "artifacts")],
-        stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    server = f"http://127.0.0.1:{port}"
+    server = MlflowServer(tmp)
+    server.start()
     try:
-        process_tools.wait_http(server + "/health", 180, proc, log)
-        path = sweep_writer(tmp, "browse", base={"steps": 30, "eval_interval": 5},
-                            grid={"lr": [1e-3, 3e-3]}, concurrency=2)
+        path = write_sweep(tmp, "browse", base={"steps": 30, "eval_interval": 5}, grid={"lr": [1e-3, 3e-3]},
+                           concurrency=2)
         doc = yaml.safe_load(path.read_text())  # the width is swept: not in base
         doc["base"].pop("d_model")
         doc["grid"] = {"d_model": [64, 128], **doc["grid"]}
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        ran = start_scalelab(["run", "browse.yaml", "--tracking-uri", server.uri, "--storage", str(tmp / "store")],
+                             tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        output, _ = ran.communicate(timeout=400)
+        assert ran.returncode == 0, output[-3000:]
         cwd = os.getcwd()
-        os.chdir(tmp)
+        os.chdir(tmp)  # as the sweep's own folder would be
         try:
-            ran = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", "browse.yaml", "--tracking-uri",
-                                  server, "--storage", str(tmp / "store")], env=dict(env, PYTHONPATH=str(REPO)),
-                                 capture_output=True, text=True, timeout=400)
-            assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
-            assert main(["report", "browse", "--tracking-uri", server, "--out", str(tmp / "report"),
+            assert main(["report", "browse", "--tracking-uri", server.uri, "--out", str(tmp / "report"),
                          "--n-boot", "20"]) == 0
         finally:
             os.chdir(cwd)
-        client = MlflowClient(tracking_uri=server)
-        exp = client.get_experiment_by_name("browse")
-        runs = client.search_runs([exp.experiment_id])
-        parent = next(r for r in runs if r.data.tags.get("scalelab.kind") == "sweep")
-        trials = [r for r in runs if r.data.tags.get("scalelab.kind") == "trial"]
-        yield server, exp.experiment_id, parent, trials
+        client, (parent,), trials = sweep_runs(server.uri, "browse")
+        yield server.uri, client.get_experiment_by_name("browse").experiment_id, parent, trials
     finally:
-        process_tools.stop_group(proc)
+        server.stop()
 
 
 class Browser:
@@ -214,19 +201,18 @@ def test_comparing_the_lr_curves_of_one_width(browsed_sweep, browser):
             page.screenshot(path=str(out))
 
 
-def test_scalelab_ui_serves_the_local_store(tmp_path, process_tools):
+@pytest.mark.slow  # an MLflow server, started by `scalelab ui`
+def test_scalelab_ui_serves_the_local_store(tmp_path):
     """`scalelab ui` started as a process: prints its URL, serves the UI and this store's
     experiments on 127.0.0.1, stops when its process group is ended."""
     uri = "sqlite:///" + str(tmp_path / "mlflow.db")
     MlflowClient(tracking_uri=uri).create_experiment("seen-in-ui")
-    port = process_tools.free_port()
+    port = free_port()
     log = tmp_path / "ui.log"
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui", "--tracking-uri", uri, "--port", str(port)],
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=tmp_path)
+    proc = start_scalelab(["ui", "--tracking-uri", uri, "--port", str(port)], tmp_path, log)
     url = f"http://127.0.0.1:{port}"
     try:
-        process_tools.wait_http(url + "/health", 180, proc, log)
+        wait_http(url + "/health", MlflowServer.READY_S, proc, log)
         assert f"MLflow UI: {url}" in log.read_text()
         with urllib.request.urlopen(url + "/", timeout=10) as page:
             assert "<title>MLflow</title>" in page.read().decode()
@@ -247,7 +233,7 @@ def test_scalelab_ui_serves_the_local_store(tmp_path, process_tools):
         pytest.fail(f"{url} still answers 30 s after its process group was ended")
 
 
-@pytest.mark.parametrize("server", ["http://mlflow.example:5000/", "https://mlflow.example"])
+@pytest.mark.parametrize("server", ["http://127.0.0.2:5000/", "https://127.0.0.3"])  # only printed, never reached
 def test_scalelab_ui_with_a_server_prints_its_url(server, capsys):
     assert main(["ui", "--tracking-uri", server]) == 0
     assert capsys.readouterr().out.strip() == f"MLflow UI: {server.rstrip('/')}"
@@ -269,7 +255,7 @@ def test_experiment_url_names_the_experiment_page_once_it_exists(browsed_sweep):
     assert experiment_url("http://127.0.0.1:9", "x", timeout=2) == "http://127.0.0.1:9 (experiment 'x')"
 
 
-def test_a_submitted_job_carries_the_mlflow_experiment_url(browsed_sweep, tmp_path, sweep_writer, monkeypatch):
+def test_a_submitted_job_carries_the_mlflow_experiment_url(browsed_sweep, tmp_path, monkeypatch):
     """The Ray Job's metadata and its first log line name the experiment's page in the MLflow UI."""
     from orchestrator import jobs
 
@@ -283,7 +269,7 @@ def test_a_submitted_job_carries_the_mlflow_experiment_url(browsed_sweep, tmp_pa
 
     monkeypatch.setattr(jobs, "client", lambda address: FakeJobClient())
     monkeypatch.chdir(tmp_path)
-    sweep_writer(tmp_path, "browse")  # same experiment name as the sweep that ran
+    write_sweep(tmp_path, "browse")  # same experiment name as the sweep that ran
     jobs.submit_sweep("browse.yaml", "http://127.0.0.1:9", tracking_uri=server)
     url = f"{server}/#/experiments/{exp_id}"
     assert submitted["metadata"]["mlflow_experiment"] == url
@@ -293,41 +279,32 @@ def test_a_submitted_job_carries_the_mlflow_experiment_url(browsed_sweep, tmp_pa
     assert " && python -m orchestrator.cli run browse.yaml" in submitted["entrypoint"]
 
 
-def test_validate_prints_the_optuna_dashboard_command_of_a_search_sweep(tmp_path, sweep_writer, capsys):
-    study = "sqlite:///" + str(tmp_path / "optuna.db")
-    sweep_writer(tmp_path, "search-lr", search={
-        "metric": "final_val_loss", "mode": "min", "num_samples": 2, "storage": study, "study_name": "lr-study",
-        "space": {"lr": {"log_uniform": [1e-3, 1e-2]}}})
-    sweep_writer(tmp_path, "grid-lr", grid={"lr": [1e-3]})
+def test_validate_prints_the_optuna_dashboard_command_of_a_search_sweep(tmp_path, capsys):
+    study = study_storage(tmp_path)
+    write_search_sweep(tmp_path, "search-lr", 2)
+    write_sweep(tmp_path, "grid-lr", grid={"lr": [1e-3]})
     assert main(["validate", str(tmp_path / "search-lr.yaml")]) == 0
     assert f"optuna-dashboard {study}" in capsys.readouterr().out
     assert main(["validate", str(tmp_path / "grid-lr.yaml")]) == 0
     assert "optuna-dashboard" not in capsys.readouterr().out
 
 
-def test_search_trials_carry_their_mlflow_run_id_and_run_prints_the_dashboard_command(
-        ray_local, tmp_path, sweep_writer):
+def test_search_trials_carry_their_mlflow_run_id_and_run_prints_the_dashboard_command(ray_local, tmp_path):
     """A tiny real search sweep: every complete Optuna trial names its MLflow child run (user
     attribute mlflow_run_id), whose lr is the trial's lr; the run ends with optuna-dashboard."""
     import io
 
-    import optuna
-
     from orchestrator.runner import RunOptions, run_sweep
     from orchestrator.spec import load_sweep
 
-    study = "sqlite:///" + str(tmp_path / "optuna.db")
-    path = sweep_writer(tmp_path, "search-link", search={
-        "metric": "final_val_loss", "mode": "min", "num_samples": 2, "storage": study,
-        "study_name": "link-study", "sampler_seed": 0, "space": {"lr": {"log_uniform": [1e-3, 1e-2]}}},
-        concurrency=2)
+    study = study_storage(tmp_path)
+    path = write_search_sweep(tmp_path, "search-link", 2, study_name="link-study")
     uri = "sqlite:///" + str(tmp_path / "mlflow.db")
     out = io.StringIO()
     run_sweep(load_sweep(str(path)), RunOptions(tracking_uri=uri, storage=str(tmp_path / "store"), out=out))
     assert f"optuna-dashboard {study}" in out.getvalue()
 
-    trials = optuna.load_study(study_name="link-study", storage=study).get_trials(
-        states=(optuna.trial.TrialState.COMPLETE,))
+    trials = complete_trials(study, "link-study")
     assert len(trials) == 2
     client = MlflowClient(tracking_uri=uri)
     seen = set()

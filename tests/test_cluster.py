@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from mlflow.tracking import MlflowClient
 
+from helpers import sweep_runs
 from orchestrator import jobs
 from orchestrator.cli import main
 
@@ -47,7 +47,7 @@ def test_unreachable_cluster_is_a_clear_error(monkeypatch, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1800)  # its Ray head and MLflow server may take up to 600 s and 300 s to be ready under load
 def test_submit_runs_the_sweep_on_a_real_cluster(ray_head, mlflow_server, tmp_path, tiny_sweep,
                                                  monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
@@ -73,11 +73,7 @@ def test_submit_runs_the_sweep_on_a_real_cluster(ray_head, mlflow_server, tmp_pa
     assert main(["status", "--address", ray_head]) == 0
     assert job_id in capsys.readouterr().out
 
-    client = MlflowClient(tracking_uri=mlflow_server)
-    exp = client.get_experiment_by_name("on-cluster")
-    runs = client.search_runs([exp.experiment_id])
-    trials = [r for r in runs if r.data.tags.get("scalelab.kind") == "trial"]
-    parents = [r for r in runs if r.data.tags.get("scalelab.kind") == "sweep"]
+    client, parents, trials = sweep_runs(mlflow_server, "on-cluster")
     assert len(trials) == 2 and len(parents) == 1
     for run in trials:
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id

@@ -4,12 +4,11 @@ import math
 import pytest
 import torch
 
+from helpers import TINY_TRAIN as TINY
 from trainer.config import ConfigError, TrainConfig, UserError
 from trainer.fused import MEMBER_FIELDS, PACK_FIELDS, StackedAdamW, check_pack, group_packs, pack_key, train_fused
 from trainer.loop import train
 
-TINY = dict(d_model=32, head_dim=16, n_layers=1, seq_len=32, batch_size=4, steps=24, eval_interval=8,
-            eval_batches=2, warmup_steps=4, threads=1)
 RUNTIME_KEYS = {"tokens_per_s", "elapsed_s", "wall_time_s", "mfu"}  # wall-clock measurements
 
 

@@ -104,9 +104,9 @@ def test_an_explicit_study_storage_is_used_by_plan_and_run(tmp_path, monkeypatch
 
 def test_run_with_an_address_keeps_state_in_home(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    spec = load_sweep(write_search(tmp_path, tracking="tracking_uri: http://mlflow:5000"))
+    spec = load_sweep(write_search(tmp_path, tracking="tracking_uri: http://127.0.0.2:5000"))
     where = runner.RunOptions(address="auto").locations(spec)
-    assert where == Locations("http://mlflow:5000", str(tmp_path / "home" / ".scalelab"),
+    assert where == Locations("http://127.0.0.2:5000", str(tmp_path / "home" / ".scalelab"),
                               "sqlite:///" + str(tmp_path / "home" / ".scalelab" / "optuna.db"))
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from pathlib import Path
 
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
 
+from helpers import assert_history_matches_reports, journal, sweep_runs, write_sweep
 from orchestrator.runner import RunOptions, run_sweep
 from orchestrator.spec import load_sweep
 from orchestrator.trainable import FAULT_ENV
@@ -20,47 +19,15 @@ from trainer.estimate import estimate
 pytestmark = pytest.mark.timeout(600)
 
 
-def runs_of(uri: str, experiment: str):
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("scalelab.kind") == "sweep"]
-    children = [r for r in runs if r.data.tags.get("scalelab.kind") == "trial"]
-    return client, parents, children
-
-
-def journal(storage: Path, experiment: str, trial_hash: str) -> list[dict]:
-    path = storage / "trials" / experiment / trial_hash / "reports.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def assert_history_matches_reports(client, run, reports: list[dict]) -> None:
-    """Every numeric key of every report is in MLflow exactly once at its step, same value."""
-    expected: dict[str, dict[int, float]] = {}
-    for entry in reports:
-        m = entry["metrics"]
-        for key, value in m.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                expected.setdefault(key, {})[int(m["step"])] = float(value)
-    assert "train_loss" in expected and "final_val_loss" in expected
-    for key, by_step in expected.items():
-        history = client.get_metric_history(run.info.run_id, key)
-        steps = [h.step for h in history]
-        assert sorted(steps) == sorted(by_step), (key, steps, sorted(by_step))
-        for h in history:
-            want = by_step[h.step]
-            assert (math.isnan(h.value) and math.isnan(want)) or h.value == pytest.approx(want, rel=1e-9), key
-
-
 def sweep_opts(uri: str, storage: Path, out=None) -> RunOptions:
     return RunOptions(tracking_uri=uri, storage=str(storage), out=out or io.StringIO())
 
 
 @pytest.fixture(scope="module")
-def grid_run(ray_local, shared_tracking_uri, tmp_path_factory, sweep_writer):
+def grid_run(ray_local, shared_tracking_uri, tmp_path_factory):
     """A 4-trial grid (sp vs mup+vector × 2 LRs) run once for the tests below."""
     folder = tmp_path_factory.mktemp("grid")
-    path = sweep_writer(folder, "grid-basic", zip={"scheme": ["sp", "mup"], "multipliers": ["none", "vector"]},
+    path = write_sweep(folder, "grid-basic", zip={"scheme": ["sp", "mup"], "multipliers": ["none", "vector"]},
                        grid={"lr": [1e-3, 3e-3]}, concurrency=2)
     spec = load_sweep(str(path))
     out = io.StringIO()
@@ -73,7 +40,7 @@ def test_sweep_writes_parent_children_params_metrics_artifacts(grid_run, shared_
     trials = {t.hash: t for t in spec.trials()}
     assert len(trials) == 4
     assert summary.count("finished") == 4 and summary.count("failed") == 0
-    client, parents, children = runs_of(shared_tracking_uri, "grid-basic")
+    client, parents, children = sweep_runs(shared_tracking_uri, "grid-basic")
     assert len(parents) == 1 and len(children) == 4
     parent = parents[0]
     assert parent.data.tags["scalelab.sweep"] == "grid-basic"
@@ -109,13 +76,13 @@ def test_sweep_writes_parent_children_params_metrics_artifacts(grid_run, shared_
 
 def test_rerun_adds_no_runs(grid_run, shared_tracking_uri):
     spec, _, storage, _ = grid_run
-    client, _, before = runs_of(shared_tracking_uri, "grid-basic")
+    client, _, before = sweep_runs(shared_tracking_uri, "grid-basic")
     lengths = {r.info.run_id: len(client.get_metric_history(r.info.run_id, "train_loss")) for r in before}
     out = io.StringIO()
     summary = run_sweep(load_sweep(spec.source), sweep_opts(shared_tracking_uri, storage, out))
     assert "4 already done, 0 to run" in out.getvalue()
     assert summary.count("finished") == 4 and summary.ran == 0
-    _, parents, after = runs_of(shared_tracking_uri, "grid-basic")
+    _, parents, after = sweep_runs(shared_tracking_uri, "grid-basic")
     assert len(parents) == 1
     assert sorted(r.info.run_id for r in after) == sorted(lengths)
     assert {r.info.run_id: len(client.get_metric_history(r.info.run_id, "train_loss")) for r in after} == lengths
@@ -131,7 +98,7 @@ def test_injected_crash_is_retried_and_exhausted_retries_fail(ray_local, shared_
     out = io.StringIO()
     summary = run_sweep(spec, sweep_opts(shared_tracking_uri, tmp_path / "store", out))
     assert summary.count("failed") == 1 and summary.count("diverged") == 1 and summary.count("finished") == 2
-    client, _, children = runs_of(shared_tracking_uri, "faults")
+    client, _, children = sweep_runs(shared_tracking_uri, "faults")
     runs = {r.data.tags["scalelab.trial_hash"]: r for r in children}
     assert len(runs) == len(children) == 4
     # crashed once at step 10, retried from its checkpoint: finished, every step once
@@ -157,7 +124,7 @@ def test_injected_crash_is_retried_and_exhausted_retries_fail(ray_local, shared_
     monkeypatch.delenv(FAULT_ENV)
     summary = run_sweep(load_sweep(str(path)), sweep_opts(shared_tracking_uri, tmp_path / "store"))
     assert summary.ran == 1 and summary.count("finished") == 3 and summary.count("failed") == 0
-    client, _, children = runs_of(shared_tracking_uri, "faults")
+    client, _, children = sweep_runs(shared_tracking_uri, "faults")
     runs = {r.data.tags["scalelab.trial_hash"]: r for r in children}
     assert len(children) == 4
     assert runs[broken].data.tags["scalelab.outcome"] == "finished"

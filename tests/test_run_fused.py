@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from helpers import journal, trials_by_hash
 from orchestrator.packing import make_packs, pack_summary, parse_fuse_flag
 from orchestrator.runner import RunOptions, run_sweep
 from orchestrator.spec import load_sweep, load_sweep_text
@@ -22,23 +23,8 @@ PACKED = {"base": {"scheme": "mup", "multipliers": "scalar"}, "grid": {"lr": [1e
           "concurrency": 2}
 
 
-def children(uri: str, experiment: str) -> dict[str, list]:
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    by_hash: dict[str, list] = {}
-    for run in client.search_runs([exp.experiment_id], max_results=1000):
-        if run.data.tags.get("scalelab.kind") == "trial":
-            by_hash.setdefault(run.data.tags["scalelab.trial_hash"], []).append(run)
-    return by_hash
-
-
 def history(uri: str, run, key: str) -> list[tuple[int, float]]:
     return sorted((h.step, h.value) for h in MlflowClient(tracking_uri=uri).get_metric_history(run.info.run_id, key))
-
-
-def journal(storage: Path, experiment: str, trial_hash: str) -> list[dict]:
-    path = storage / "trials" / experiment / trial_hash / "reports.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def run(path: Path, uri: str, storage: Path, fuse=None) -> tuple:
@@ -112,7 +98,7 @@ def test_a_fused_sweep_matches_the_unfused_one_member_by_member(ray_local, share
     assert "6 trial(s) in 2 fused pack(s) (K = 4, 2), 0 alone" in out
     assert summary.count("finished") == 4 and summary.count("diverged") == 2 and summary.count("failed") == 0
     run(alone, shared_tracking_uri, tmp_path / "store-alone")
-    packed, single = children(shared_tracking_uri, "fused"), children(shared_tracking_uri, "alone")
+    packed, single = trials_by_hash(shared_tracking_uri, "fused"), trials_by_hash(shared_tracking_uri, "alone")
     assert set(packed) == set(single) and len(packed) == 6
     for trial_hash, runs in packed.items():
         assert len(runs) == 1  # one run per member
@@ -131,7 +117,7 @@ def test_a_fused_sweep_matches_the_unfused_one_member_by_member(ray_local, share
     assert not [p for p in (tmp_path / "store" / "trials" / "fused").iterdir() if p.name.startswith("pack-")]
     # finished members are done: a rerun (fused or not) runs nothing and adds no run
     again, _ = run(fused, shared_tracking_uri, tmp_path / "store")
-    assert again.ran == 0 and sum(map(len, children(shared_tracking_uri, "fused").values())) == 6
+    assert again.ran == 0 and sum(map(len, trials_by_hash(shared_tracking_uri, "fused").values())) == 6
 
 
 def test_a_crashed_pack_resumes_and_trains_only_the_members_that_had_not_ended(
@@ -148,7 +134,7 @@ def test_a_crashed_pack_resumes_and_trains_only_the_members_that_had_not_ended(
     assert summary.count("finished") == 2 and summary.count("diverged") == 1, out
     assert f"retrying {pack.label}" in out and f"resumed {pack.label} from step 10" in out
     assert out.count(f"diverged {pack.members[0].label}") == 1  # its replay is not news
-    runs = {h: rs for h, rs in children(shared_tracking_uri, "fused-crash").items()}
+    runs = {h: rs for h, rs in trials_by_hash(shared_tracking_uri, "fused-crash").items()}
     assert all(len(rs) == 1 for rs in runs.values()) and len(runs) == 3
     trials = tmp_path / "store" / "trials" / "fused-crash"
     assert (trials / last / "fault-10.count").read_text() == "1"

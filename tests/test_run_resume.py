@@ -7,14 +7,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
-pytestmark = pytest.mark.timeout(600)
+from helpers import start_scalelab, sweep_runs
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # `scalelab run` processes, killed and rerun
 
 STEPS = list(range(10, 90, 10))
 
@@ -33,20 +33,6 @@ def trial_states(trials_dir: Path) -> tuple[list[str], list[str]]:
         elif any((journal.parent / "checkpoints").glob("step_*/state.pt")) and lines:
             partial.append(journal.parent.name)
     return done, partial
-
-
-def scalelab_run(cwd: Path, sweep: str, **popen) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", sweep], cwd=cwd, env=env,
-                            start_new_session=True, **popen)
-
-
-def children(uri: str, experiment: str):
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], "tags.`scalelab.kind` = 'trial'")
-    return client, runs
 
 
 def kill_once_one_done_one_partial(proc, trials_dir, timeout: float = 300):
@@ -70,21 +56,22 @@ def test_killed_driver_resumes_without_duplicates(tmp_path, tiny_sweep):
     tiny_sweep("resume", base={"steps": 80}, grid={"lr": [1e-3, 2e-3, 3e-3]}, concurrency=1)
     trials_dir = tmp_path / ".scalelab" / "trials" / "resume"
     log1 = tmp_path / "first.log"
-    proc = scalelab_run(tmp_path, "resume.yaml", stdout=open(log1, "w"), stderr=subprocess.STDOUT)
+    proc = start_scalelab(["run", "resume.yaml"], tmp_path, log=log1)
     done, partial = kill_once_one_done_one_partial(proc, trials_dir)
     assert done and partial, f"never saw a finished and a half-done trial:\n{log1.read_text()[-3000:]}"
     interrupted = partial[0]
 
     uri = "sqlite:///" + str(tmp_path / "mlflow.db")
-    _, before = children(uri, "resume")
+    _, _, before = sweep_runs(uri, "resume")
     ids_before = {r.data.tags["scalelab.trial_hash"]: r.info.run_id for r in before}
 
-    second = scalelab_run(tmp_path, "resume.yaml", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    second = start_scalelab(["run", "resume.yaml"], tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     output, _ = second.communicate(timeout=400)
     assert second.returncode == 0, output[-3000:]
     assert "resumed" in output and "from step" in output, output[-3000:]
 
-    client, after = children(uri, "resume")
+    client, _, after = sweep_runs(uri, "resume")
     by_hash = {r.data.tags["scalelab.trial_hash"]: r for r in after}
     assert len(after) == len(by_hash) == 3                      # no duplicated runs
     assert all(r.data.tags["scalelab.outcome"] == "finished" for r in after)
@@ -107,7 +94,8 @@ def test_killed_search_requeues_the_interrupted_sample(tmp_path, tiny_sweep):
         "metric": "final_val_loss", "num_samples": 3, "sampler_seed": 1,
         "space": {"lr": {"log_uniform": [1e-3, 1e-2]}}})
     trials_dir = tmp_path / ".scalelab" / "trials" / "resume-search"
-    proc = scalelab_run(tmp_path, "resume-search.yaml", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_scalelab(["run", "resume-search.yaml"], tmp_path, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
     done, partial = kill_once_one_done_one_partial(proc, trials_dir)
     assert done and partial
     storage = "sqlite:///" + str(tmp_path / "optuna.db")   # default: next to the SQLite MLflow db
@@ -115,13 +103,13 @@ def test_killed_search_requeues_the_interrupted_sample(tmp_path, tiny_sweep):
     interrupted = [t.params for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
     assert len(interrupted) == 1
 
-    second = scalelab_run(tmp_path, "resume-search.yaml", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
+    second = start_scalelab(["run", "resume-search.yaml"], tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     output, _ = second.communicate(timeout=400)
     assert second.returncode == 0, output[-3000:]
     assert "1 interrupted sample(s) re-queued" in output and "resumed" in output, output[-3000:]
 
-    client, runs = children("sqlite:///" + str(tmp_path / "mlflow.db"), "resume-search")
+    client, _, runs = sweep_runs("sqlite:///" + str(tmp_path / "mlflow.db"), "resume-search")
     assert len(runs) == len({r.data.tags["scalelab.trial_hash"] for r in runs}) == 3
     assert all(r.data.tags["scalelab.outcome"] == "finished" for r in runs)
     # the re-queued point was trained to the end in the run that was interrupted

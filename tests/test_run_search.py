@@ -4,40 +4,27 @@ from __future__ import annotations
 
 import io
 
-import optuna
 import pytest
-from mlflow.tracking import MlflowClient
 
+from helpers import complete_trials, study_storage, sweep_runs, write_search_sweep
 from orchestrator.runner import RunOptions, run_sweep
 from orchestrator.spec import load_sweep, trial_hash
 
 pytestmark = pytest.mark.timeout(600)
 
 
-def search_sweep(writer, folder, num_samples: int):
-    return writer(folder, "search-lr", search={
-        "metric": "final_val_loss", "mode": "min", "num_samples": num_samples,
-        "storage": "sqlite:///" + str(folder / "optuna.db"), "study_name": "lr-study", "sampler_seed": 0,
-        "space": {"lr": {"log_uniform": [1e-3, 1e-2]}}}, concurrency=2)
+def search_sweep(folder, num_samples: int):
+    return write_search_sweep(folder, "search-lr", num_samples)
 
 
 def trial_runs(uri: str):
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name("search-lr")
-    runs = client.search_runs([exp.experiment_id])
-    return ([r for r in runs if r.data.tags.get("scalelab.kind") == "trial"],
-            [r for r in runs if r.data.tags.get("scalelab.kind") == "sweep"])
+    _, parents, trials = sweep_runs(uri, "search-lr")
+    return trials, parents
 
 
-def complete_trials(folder):
-    study = optuna.load_study(study_name="lr-study", storage="sqlite:///" + str(folder / "optuna.db"))
-    return study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-
-
-def test_search_uses_persistent_study_and_reruns_complete_only_what_is_owed(
-        ray_local, tracking_uri, tmp_path, sweep_writer):
+def test_search_uses_persistent_study_and_reruns_complete_only_what_is_owed(ray_local, tracking_uri, tmp_path):
     opts = RunOptions(tracking_uri=tracking_uri, storage=str(tmp_path / "store"), out=io.StringIO())
-    spec = load_sweep(str(search_sweep(sweep_writer, tmp_path, 3)))
+    spec = load_sweep(str(search_sweep(tmp_path, 3)))
     summary = run_sweep(spec, opts)
     assert summary.count("finished") == 3
 
@@ -52,7 +39,7 @@ def test_search_uses_persistent_study_and_reruns_complete_only_what_is_owed(
         # the run is the trial that `spec.resolve` makes of the sampled point
         assert tags["scalelab.trial_hash"] == trial_hash(spec.resolve({"lr": lr}).config)
         values[lr] = run.data.metrics["final_val_loss"]
-    study_trials = complete_trials(tmp_path)
+    study_trials = complete_trials(study_storage(tmp_path))
     assert len(study_trials) == 3
     # Optuna was told each trial's final_val_loss
     assert sorted(t.value for t in study_trials) == pytest.approx(sorted(values.values()))
@@ -61,16 +48,16 @@ def test_search_uses_persistent_study_and_reruns_complete_only_what_is_owed(
 
     # same file again: nothing owed, nothing run
     out = io.StringIO()
-    summary = run_sweep(load_sweep(str(search_sweep(sweep_writer, tmp_path, 3))),
+    summary = run_sweep(load_sweep(str(search_sweep(tmp_path, 3))),
                         RunOptions(tracking_uri=tracking_uri, storage=str(tmp_path / "store"), out=out))
     assert summary.ran == 0 and "3 of 3 samples done, 0 to run" in out.getvalue()
-    assert len(trial_runs(tracking_uri)[0]) == 3 and len(complete_trials(tmp_path)) == 3
+    assert len(trial_runs(tracking_uri)[0]) == 3 and len(complete_trials(study_storage(tmp_path))) == 3
 
     # one more sample asked for: exactly one more trial, in the same study and parent run
-    summary = run_sweep(load_sweep(str(search_sweep(sweep_writer, tmp_path, 4))), opts)
+    summary = run_sweep(load_sweep(str(search_sweep(tmp_path, 4))), opts)
     assert summary.ran == 1
     runs, parents = trial_runs(tracking_uri)
     assert len(runs) == 4 and len(parents) == 1
     assert len({r.data.tags["scalelab.trial_hash"] for r in runs}) == 4
-    assert len(complete_trials(tmp_path)) == 4
+    assert len(complete_trials(study_storage(tmp_path))) == 4
     assert parents[0].data.metrics["tuning_trials"] == 4

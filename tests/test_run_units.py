@@ -136,8 +136,8 @@ def test_submit_refuses_local_tracking(uri):
 
 
 def test_submit_accepts_server_tracking():
-    jobs.check_remote_tracking("http://10.0.0.5:5000")
-    jobs.check_remote_tracking("https://mlflow.example.org")
+    jobs.check_remote_tracking("http://127.0.0.2:5000")
+    jobs.check_remote_tracking("https://127.0.0.3")
 
 
 def test_runtime_env_uploads_the_project_without_local_state(tmp_path, monkeypatch):
@@ -154,15 +154,15 @@ def test_runtime_env_uploads_the_project_without_local_state(tmp_path, monkeypat
 
 
 def test_entrypoint_quotes_and_connects_to_the_cluster():
-    cmd = jobs.entrypoint("my sweeps/a.yaml", "http://h:5000", None, 4)
+    cmd = jobs.entrypoint("my sweeps/a.yaml", "http://127.0.0.2:5000", None, 4)
     assert cmd == ("python -m orchestrator.cli run 'my sweeps/a.yaml' --address auto "
-                   "--tracking-uri http://h:5000 --max-concurrent 4")
+                   "--tracking-uri http://127.0.0.2:5000 --max-concurrent 4")
 
 
 def test_submit_passes_fuse_on_to_the_run_on_the_cluster(tmp_path, capsys):
     from orchestrator.cli import main
 
-    assert jobs.entrypoint("a.yaml", "http://h:5000", None, None, fuse=8).endswith("--fuse 8")
+    assert jobs.entrypoint("a.yaml", "http://127.0.0.2:5000", None, None, fuse=8).endswith("--fuse 8")
     sweep = tmp_path / "a.yaml"
     sweep.write_text("name: a\nbase: {steps: 100}\n")
     assert main(["submit", str(sweep), "--tracking-uri", "http://127.0.0.1:1", "--working-dir", str(tmp_path),

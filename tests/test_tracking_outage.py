@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from helpers import assert_history_matches_reports, journal, start_scalelab, stop_group, sweep_runs
 from orchestrator.outbox import Outbox
 
 
@@ -70,27 +71,15 @@ def test_a_server_outage_mid_sweep_loses_nothing_and_does_not_slow_training(rest
     """The MLflow server dies mid-trial for longer than the client's retry window, then comes
     back: the run exits 0, every journaled report is in MLflow exactly once at its step, the
     progress said so while it was down, and the trial's own clock did not stop for tracking."""
-    import json
-    import math
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     from mlflow.tracking import MlflowClient
 
     server = restartable_mlflow_server
     outage_s = 12.0   # + the restart: > the run's MLflow client window (1 retry, 10 s timeout)
     sweep = tiny_sweep("outage", base={"steps": 4000, "eval_interval": 50})   # 12 s+ of training
     storage = tmp_path / "store"
-    root = Path(__file__).resolve().parents[1]
     log = tmp_path / "run.log"
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    env.pop("SCALELAB_FAULT_INJECT", None)
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(sweep), "--tracking-uri", server.uri,
-                             "--storage", str(storage), "--num-cpus", "1", "--tracking-grace", "600"],
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=str(tmp_path), env=env,
-                            start_new_session=True)
+    proc = start_scalelab(["run", str(sweep), "--tracking-uri", server.uri, "--storage", str(storage),
+                           "--num-cpus", "1", "--tracking-grace", "600"], tmp_path, log)
     try:
         client = MlflowClient(tracking_uri=server.uri)
         deadline = time.time() + 180
@@ -111,33 +100,21 @@ def test_a_server_outage_mid_sweep_loses_nothing_and_does_not_slow_training(rest
         assert proc.wait(timeout=240) == 0, log.read_text()
     finally:
         if proc.poll() is None:
-            import signal
-            os.killpg(proc.pid, signal.SIGKILL)
+            stop_group(proc, grace=0)
     out = log.read_text()
     assert "MLflow unreachable since" in out and "reports queued" in out, out
     assert "Traceback" not in out, out
 
-    client = MlflowClient(tracking_uri=server.uri)
-    exp = client.get_experiment_by_name("outage")
-    (run,) = client.search_runs([exp.experiment_id], "tags.`scalelab.kind` = 'trial'")
+    client, _, (run,) = sweep_runs(server.uri, "outage")
     assert run.data.tags["scalelab.outcome"] == "finished"
-    journal = [json.loads(line) for line in
-               (storage / "trials" / "outage" / run.data.tags["scalelab.trial_hash"] / "reports.jsonl").read_text().splitlines()]
-    expected: dict[str, dict[int, float]] = {}
-    for entry in journal:
-        for key, value in entry["metrics"].items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                expected.setdefault(key, {})[int(entry["metrics"]["step"])] = float(value)
-    for key in ("train_loss", "val_loss", "final_val_loss"):   # 0 points lost, none twice
-        history = client.get_metric_history(run.info.run_id, key)
-        assert sorted(h.step for h in history) == sorted(expected[key]), key
-        for h in history:
-            assert math.isclose(h.value, expected[key][h.step], rel_tol=1e-9), key
+    reports = journal(storage, "outage", run.data.tags["scalelab.trial_hash"])
+    # 0 points lost, none twice
+    assert_history_matches_reports(client, run, reports, keys=("train_loss", "val_loss", "final_val_loss"))
 
     # Training went on while the server was down: reports were stamped during the outage, no gap
     # between two reports comes near the outage, and the trial's own clock (wall_time_s) is about
     # what its pace outside the outage predicts.
-    stamps = [e["ts"] / 1000 for e in journal if not e["metrics"].get("final")]
+    stamps = [e["ts"] / 1000 for e in reports if not e["metrics"].get("final")]
     assert any(down_at < t < up_at for t in stamps), "the trial did not train during the outage"
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
     assert max(gaps) < outage_s / 2, gaps
@@ -152,9 +129,6 @@ def test_an_outage_past_the_grace_period_stops_the_sweep_and_a_rerun_sends_the_r
     stops with TrackingOutage saying nothing is lost; the same run afterwards sends every
     journaled report, once."""
     import io
-    import json
-
-    from mlflow.tracking import MlflowClient
 
     from orchestrator.runner import RunOptions, TrackingOutage, run_sweep
     from orchestrator.spec import load_sweep
@@ -177,13 +151,10 @@ def test_an_outage_past_the_grace_period_stops_the_sweep_and_a_rerun_sends_the_r
     summary = run_sweep(load_sweep(str(tiny_sweep("grace", grid={"lr": [0.01, 0.02]}))),
                         RunOptions(tracking_uri=tracking_uri, storage=str(tmp_path / "store"), out=io.StringIO()))
     assert summary.count("finished") == 2
-    client = MlflowClient(tracking_uri=tracking_uri)
-    exp = client.get_experiment_by_name("grace")
-    runs = client.search_runs([exp.experiment_id], "tags.`scalelab.kind` = 'trial'")
+    client, _, runs = sweep_runs(tracking_uri, "grace")
     assert len(runs) == 2
     for run in runs:
-        journal = tmp_path / "store" / "trials" / "grace" / run.data.tags["scalelab.trial_hash"] / "reports.jsonl"
-        steps = [json.loads(line)["metrics"]["step"] for line in journal.read_text().splitlines()
-                 if "train_loss" in json.loads(line)["metrics"]]
+        reports = journal(tmp_path / "store", "grace", run.data.tags["scalelab.trial_hash"])
+        steps = [e["metrics"]["step"] for e in reports if "train_loss" in e["metrics"]]
         history = client.get_metric_history(run.info.run_id, "train_loss")
         assert sorted(h.step for h in history) == sorted(set(steps))

@@ -3,11 +3,9 @@ import math
 
 import pytest
 
+from helpers import TINY_TRAIN as TINY
 from trainer.config import TrainConfig
 from trainer.loop import train
-
-TINY = dict(d_model=32, head_dim=16, n_layers=1, seq_len=32, batch_size=4, steps=24, eval_interval=8,
-            eval_batches=2, warmup_steps=4)
 
 
 class Crash(Exception):
@@ -66,6 +64,7 @@ def test_divergence_is_detected_and_reported():
     assert result.metrics["diverged_at_step"] < 60
 
 
+@pytest.mark.slow  # trains 12 models up to width 512
 def test_coordinate_check_flat_under_mup_grows_under_sp():
     from trainer import coordcheck
     base = TrainConfig(**coordcheck.DEFAULTS)
