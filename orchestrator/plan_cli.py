@@ -51,7 +51,7 @@ def run_validate(args: argparse.Namespace) -> int:
 def run_plan(args: argparse.Namespace) -> int:
     from .plan import build_plan, format_plan
     from .spec import load_sweep
-    from .tracking_query import finished_hashes
+    from . import tracking_query
 
     spec = load_sweep(args.sweep)
     spec.check_corpora()
@@ -61,8 +61,10 @@ def run_plan(args: argparse.Namespace) -> int:
     where = Locations.resolve(spec, args.tracking_uri, args.storage)
     if not args.json:
         print(f"checking MLflow at {where.tracking_uri} for finished trials ...", file=sys.stderr)
-    plan = build_plan(spec, where, finished_hashes(where.tracking_uri, spec.experiment),
-                      measure=None if args.no_measure else _measure_pack)
+    done = tracking_query.finished_hashes(where.tracking_uri, spec.experiment)
+    # the sweep's own results are among the experiment's: none there, none to look up
+    own_runs = tracking_query.sweep_runs(where.tracking_uri, spec.experiment, spec.name) if done else []
+    plan = build_plan(spec, where, done, measure=None if args.no_measure else _measure_pack, own_runs=own_runs)
     if args.json:
         json.dump(plan, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")

@@ -1,6 +1,7 @@
 """Grid and search sweeps: the two ways `scalelab run` hands a sweep to Ray Tune.
 
-Each mode owns what differs between them: its plan (what this run still owes), the way back
+Each mode owns what differs between them: what the sweep still owes (`owe`: `scalelab plan`
+and `scalelab run` both ask it), the way back
 from a Tune trial's config to a scalelab Trial, the Tune setup (param space, searcher, samples,
 each trial's folder name) and the sweep's outcomes after a run. `runner.run_sweep` drives either.
 """
@@ -9,12 +10,10 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any, TextIO
 
-from ray import tune
-
 from trainer.config import UserError
 
 from .layout import DONE_OUTCOMES, TAG_HASH, TAG_OUTCOME
-from .packing import estimated_seconds
+from .packing import estimated_seconds, make_packs, pack_summary
 from .trainable import GRID_TRIAL_KEY
 
 
@@ -86,13 +85,16 @@ class GridSweep:
     def to_run(self) -> int:
         return len(self.pending)
 
-    def plan_run(self, tracker, done: dict[str, str], out: TextIO) -> None:
-        """Owed: the trials with no result in the experiment (`done`, any sweep) or this sweep."""
-        done = dict(done)
-        done.update({h: c.outcome for h, c in tracker.children.items() if c.outcome in DONE_OUTCOMES})
+    def owe(self, done: dict[str, str], own_runs: list) -> None:
+        """Owed: the trials with no result in the experiment (`done`: {hash: outcome}, any sweep)
+        nor among this sweep's own runs (`own_runs`)."""
+        done = {**done, **own_results(own_runs)}
         self.pending = [t for t in self.trials if t.hash not in done]
         self.done_before = {t.hash: done[t.hash] for t in self.trials if t.hash in done}
         self.work = {t.hash: estimated_seconds(t) for t in self.pending}
+
+    def plan_run(self, tracker, done: dict[str, str], out: TextIO) -> None:
+        self.owe(done, tracker.child_runs())
         print(f"[{self.name}] {self.total} trials: {self.total - self.to_run} already done, "
               f"{self.to_run} to run", file=out, flush=True)
 
@@ -114,11 +116,13 @@ class GridSweep:
         if done:
             print(f"[{self.name}] {len(done)} trial(s) got a result meanwhile", file=out, flush=True)
 
+    def form_packs(self) -> list:
+        """The pending trials as fused packs (`fuse`, packing.py) or alone."""
+        return make_packs(self.pending, self.fuse, self.gpu_auto, self.gpu_memory_gb)
+
     def pack(self, out: TextIO) -> None:
         """Group the trials this invocation holds into fused packs (`fuse`, packing.py)."""
-        from .packing import make_packs, pack_summary
-
-        self.packs = make_packs(self.pending, self.fuse, self.gpu_auto, self.gpu_memory_gb)
+        self.packs = self.form_packs()
         self.lookup.add_packs(self.packs)
         note = pack_summary(self.packs, self.fuse)
         if note:
@@ -130,6 +134,8 @@ class GridSweep:
 
     @property
     def param_space(self) -> dict:
+        from ray import tune  # ~2 s to import: `scalelab plan` asks this module what is owed without Ray
+
         return {GRID_TRIAL_KEY: tune.grid_search([p.to_payload() for p in self.packs])} if self.packs else {}
 
     @staticmethod
@@ -174,18 +180,17 @@ class SearchSweep:
     def num_samples(self) -> int:
         return self.to_run
 
+    def owe(self, done: dict[str, str], own_runs: list) -> None:
+        """Owed: num_samples minus this sweep's own samples with a result (`own_runs`); `done`
+        (the whole experiment) does not count: other sweeps' runs were not drawn by this study."""
+        s = self.search
+        self.known = {h: run.data.metrics.get(s.metric) for h, run in own_results(own_runs, runs_too=True).items()}
+        self.to_run = max(0, s.num_samples - len(self.known))
+
     def plan_run(self, tracker, done: dict[str, str], out: TextIO) -> None:
-        """Owed: num_samples minus this sweep's samples with a result (`done` does not count:
-        other sweeps' runs were not drawn by this study)."""
-        self._count(tracker)
+        self.owe(done, tracker.child_runs())
         print(f"[{self.name}] search: {len(self.known)} of {self.search.num_samples} samples done, {self.to_run} "
               f"to run (study {self.search.study_name!r} at {self.study_url})", file=out, flush=True)
-
-    def _count(self, tracker) -> None:
-        s = self.search
-        done_runs = [r for r in tracker.child_runs() if r.data.tags.get(TAG_OUTCOME) in DONE_OUTCOMES]
-        self.known = {r.data.tags[TAG_HASH]: r.data.metrics.get(s.metric) for r in done_runs}
-        self.to_run = max(0, s.num_samples - len(self.known))
 
     def claim(self, tracker, out: TextIO) -> None:
         """A search sweep is one stream of samples from one study: the invocation that runs it
@@ -202,7 +207,7 @@ class SearchSweep:
                   "after its lease)", file=out, flush=True)
             return
         before = len(self.known)
-        self._count(tracker)  # the previous holder may have finished samples since plan_run
+        self.owe({}, tracker.child_runs())  # the previous holder may have finished samples since plan_run
         if len(self.known) != before:
             print(f"[{self.name}] {len(self.known) - before} sample(s) got a result meanwhile; "
                   f"{self.to_run} to run", file=out, flush=True)
@@ -230,6 +235,18 @@ class SearchSweep:
 
     def label(self, trial_hash: str) -> str | None:
         return None  # samples are labelled by their runs
+
+
+def own_results(runs: list, runs_too: bool = False) -> dict:
+    """{hash: outcome} of a sweep's own trial runs that have a result (finished wins over
+    diverged); with `runs_too`, {hash: the run} instead."""
+    out: dict = {}
+    for run in runs:
+        tags = run.data.tags
+        outcome, trial_hash = tags.get(TAG_OUTCOME), tags.get(TAG_HASH)
+        if trial_hash and outcome in DONE_OUTCOMES and (trial_hash not in out or outcome == "finished"):
+            out[trial_hash] = run if runs_too else outcome
+    return out
 
 
 def sweep_mode(spec, study_url: str | None = None):
