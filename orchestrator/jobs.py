@@ -17,6 +17,7 @@ from pathlib import Path
 from trainer.config import UserError
 
 from .layout import ARTIFACT_DIR, DEFAULT_TRACKING_DB, LOCK_SUFFIX
+from .links import announce_experiment, experiment_url
 from .locations import DEFAULT_STORAGE, STUDY_FILE
 
 # Never uploaded: environments, local tracking/storage, outputs, VCS data.
@@ -229,7 +230,6 @@ def submit_sweep(sweep: str, address: str | None, tracking_uri: str | None = Non
         return None
     refuse_secrets(wd, secrets)  # a dry run lists them in the error too
     job_id = f"scalelab-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    from .ui_cli import announce_experiment, experiment_url
     mlflow_url = experiment_url(uri, spec.experiment)
     return client(address).submit_job(
         entrypoint=announce_experiment(command, mlflow_url),

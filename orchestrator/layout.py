@@ -1,5 +1,5 @@
 """The MLflow layout of a sweep (docs/CONTRACTS.md, "MLflow layout"): where runs are tracked, tag
-names, outcomes, artifact columns and the paged run search, in one place for the writer
+names, outcomes, artifact names and columns and the paged run search, in one place for the writer
 (orchestrator) and the readers (plan, analysis). No heavy imports: `scalelab plan` and the
 analysis load this without Ray or MLflow."""
 from __future__ import annotations
@@ -27,13 +27,22 @@ TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 
 KIND_SWEEP, KIND_TRIAL = "sweep", "trial"
-DONE_OUTCOMES = ("finished", "diverged")  # a diverged trial is a result too: do not rerun it
+
+# A trial run's TAG_OUTCOME (the first two are also the trainer's `result.status`).
+OUTCOME_FINISHED, OUTCOME_DIVERGED, OUTCOME_FAILED = "finished", "diverged", "failed"
+OUTCOMES = (OUTCOME_FINISHED, OUTCOME_DIVERGED, OUTCOME_FAILED)
+DONE_OUTCOMES = (OUTCOME_FINISHED, OUTCOME_DIVERGED)  # a diverged trial is a result too: do not rerun it
+USABLE_OUTCOMES = DONE_OUTCOMES  # what the analysis fits (a diverged trial as loss +inf); failed is an error
+
+# A trial run's artifacts.
+CONFIG_ARTIFACT = "config.yaml"            # the resolved TrainConfig
+MULTIPLIERS_ARTIFACT = "multipliers.csv"   # the final multiplier table, MULTIPLIER_COLUMNS
 
 # Tags the analysis reads into columns of its trials table.
 TAG_COLUMNS = {TAG_SWEEP: "sweep", TAG_HASH: "trial_hash", TAG_OUTCOME: "outcome", TAG_MODE: "mode",
                TAG_ERROR: "error", TAG_CODE: "code_version", TAG_LABEL: "label", TAG_PARENT: "parent_run_id"}
 
-MULTIPLIER_COLUMNS = ("layer", "role", "block", "kind", "mean", "rms", "min", "max", "size")  # multipliers.csv
+MULTIPLIER_COLUMNS = ("layer", "role", "block", "kind", "mean", "rms", "min", "max", "size")  # MULTIPLIERS_ARTIFACT
 
 # --- where runs are tracked ----------------------------------------------------------------
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from trainer.estimate import estimate
-
 from .locations import Locations
 from .spec import SweepSpec, Trial
+from .fuse import fusion_asked
 from .sweep_modes import sweep_mode
+from .trial import trial_cost
 
 
 def trial_row(trial: Trial, done: dict[str, str]) -> dict[str, Any]:
-    est = estimate(trial.config)
-    on_gpu = trial.resources["gpu"] > 0
+    est = trial_cost(trial)
     return {
         "label": trial.label,
         "hash": trial.hash,
@@ -25,25 +24,26 @@ def trial_row(trial: Trial, done: dict[str, str]) -> dict[str, Any]:
         "memory_bytes": int(est["memory_bytes"]),
         "cpu": trial.resources["cpu"],
         "gpu": trial.resources["gpu"],
-        "seconds": float(est["seconds_gpu"] if on_gpu else est["seconds_cpu"]),
+        "seconds": float(est["seconds"]),
         "done": done.get(trial.hash),  # "finished" | "diverged" | None
     }
 
 
 def build_plan(spec: SweepSpec, where: Locations, done: dict[str, str],
-               measure: Callable[[list, float], float] | None = None, own_runs: list = ()) -> dict[str, Any]:
+               measure: Callable[[list, float], float] | None = None, own_runs: list = (),
+               fuse: int | str | None = None) -> dict[str, Any]:
     """The whole plan as plain data (what `plan --json` prints). `done`: {hash: outcome} of the
     experiment's results; `own_runs`: the sweep's own trial runs (tracking_query.sweep_runs);
     the sweep mode decides from both what is owed, exactly as `scalelab run` does.
     `measure(configs)` gives a CPU pack's speed-up over its members one at a time on `cpus`
-    CPUs (None: not measured)."""
-    mode = sweep_mode(spec, where.study_url)
+    CPUs (None: not measured). `fuse`: the --fuse flag (None: the sweep file's)."""
+    mode = sweep_mode(spec, where.study_url, fuse)
     mode.owe(done, list(own_runs))
     plan: dict[str, Any] = {
         "sweep": spec.name, "file": spec.source, "experiment": spec.experiment,
         "tracking_uri": where.tracking_uri, "storage": where.storage, "mode": spec.mode,
         "concurrency": spec.concurrency, "retries": spec.retries, "seeds": spec.seeds, "from_study": spec.from_study,
-        "fuse": spec.fuse,
+        "fuse": mode.fuse,
     }
     if spec.mode == "grid":
         rows = [trial_row(t, mode.done_before) for t in mode.trials]
@@ -155,8 +155,6 @@ def format_plan(plan: dict[str, Any]) -> str:
 
 
 def _format_packs(plan: dict[str, Any]) -> list[str]:
-    from .packing import fusion_asked
-
     packs = plan.get("packs") or []
     notes: dict[str, list[int]] = {}
     for row in plan.get("alone") or []:

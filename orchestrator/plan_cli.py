@@ -7,8 +7,8 @@ import sys
 
 from .layout import tracking_uri_help
 from .locations import STORAGE_HELP, Locations
-from .packing import FUSE_HELP, parse_fuse_flag
-from .ui_cli import print_study_hint
+from .fuse import FUSE_HELP, parse_fuse_flag
+from .links import print_study_hint
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,16 +55,14 @@ def run_plan(args: argparse.Namespace) -> int:
 
     spec = load_sweep(args.sweep)
     spec.check_corpora()
-    fuse = parse_fuse_flag(args.fuse)
-    if fuse is not None:
-        spec.fuse = fuse
     where = Locations.resolve(spec, args.tracking_uri, args.storage)
     if not args.json:
         print(f"checking MLflow at {where.tracking_uri} for finished trials ...", file=sys.stderr)
     done = tracking_query.finished_hashes(where.tracking_uri, spec.experiment)
     # the sweep's own results are among the experiment's: none there, none to look up
     own_runs = tracking_query.sweep_runs(where.tracking_uri, spec.experiment, spec.name) if done else []
-    plan = build_plan(spec, where, done, measure=None if args.no_measure else _measure_pack, own_runs=own_runs)
+    plan = build_plan(spec, where, done, measure=None if args.no_measure else _measure_pack, own_runs=own_runs,
+                      fuse=parse_fuse_flag(args.fuse))
     if args.json:
         json.dump(plan, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")

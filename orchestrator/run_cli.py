@@ -10,7 +10,7 @@ from trainer.config import UserError
 
 from .layout import TrackingUnreachable, tracking_uri_help
 from .locations import STORAGE_HELP
-from .packing import FUSE_HELP, parse_fuse_flag
+from .fuse import FUSE_HELP, parse_fuse_flag
 
 RUN_HELP = "run a sweep: local embedded Ray by default, or an existing cluster with --address"
 

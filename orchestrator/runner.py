@@ -19,14 +19,17 @@ from ray import tune
 
 from trainer.config import UserError
 
-from .layout import TAG_ERROR, TAG_HASH, TAG_LABEL, TAG_OUTCOME
+from .layout import DONE_OUTCOMES, OUTCOME_FAILED, OUTCOMES, TAG_ERROR, TAG_HASH, TAG_LABEL, TAG_OUTCOME
+from .links import browse_hint, print_study_hint
 from .locations import Locations
 from .outbox import RUN_HTTP_ENV, Outbox, grace_seconds, outage_message
 from .progress import ProgressPrinter, best_so_far
+from .study_link import study_links
 from .sweep_modes import sweep_mode
 from .tracking import MlflowTrackingCallback, SweepTracker
 from .tracking_query import finished_hashes
 from .trainable import FAULT_ENV, TrialContext, check_faults, run_trial
+from .trial import trial_cost
 
 
 @dataclass
@@ -45,11 +48,11 @@ class SweepSummary:
 
     @property
     def remaining(self) -> int:
-        return max(0, self.total - self.count("finished") - self.count("diverged"))
+        return max(0, self.total - sum(self.count(o) for o in DONE_OUTCOMES))
 
     def text(self) -> str:
-        lines = [f"sweep {self.name}: {self.count('finished')} finished, {self.count('diverged')} diverged, "
-                 f"{self.count('failed')} failed, {self.remaining} not done of {self.total} "
+        counts = ", ".join(f"{self.count(o)} {o}" for o in OUTCOMES)
+        lines = [f"sweep {self.name}: {counts}, {self.remaining} not done of {self.total} "
                  f"({self.ran} run now)"]
         for label, err in self.errors.items():
             lines.append(f"  failed: {label}: {err}")
@@ -71,10 +74,8 @@ def placement(resources: dict, has_gpu: bool):
 
 
 def n_params_of(trial) -> int | None:
-    from trainer.estimate import estimate
-
     try:
-        return int(estimate(trial.config)["n_params"])
+        return int(trial_cost(trial)["n_params"])
     except Exception:  # noqa: BLE001 - a param we can live without; the final metrics have it
         return None
 
@@ -131,9 +132,7 @@ def _run_sweep(spec, opts: RunOptions) -> SweepSummary:
     summary = SweepSummary(spec.name, 0, parent_run_id=tracker.parent_id)
     print(f"[{spec.name}] tracking {where.tracking_uri} (experiment {spec.experiment!r}, "
           f"parent run {tracker.parent_id}); storage {where.storage}", file=opts.out, flush=True)
-    if opts.fuse is not None:
-        spec.fuse = opts.fuse
-    mode = sweep_mode(spec, where.study_url)
+    mode = sweep_mode(spec, where.study_url, opts.fuse)
     mode.plan_run(tracker, done, opts.out)
     mode.claim(tracker, opts.out)
     mode.pack(opts.out)
@@ -156,7 +155,6 @@ def _run_sweep(spec, opts: RunOptions) -> SweepSummary:
     _fill_outcomes(summary, mode, tracker)
     print(summary.text(), file=opts.out, flush=True)
     print(f"  browse: {browse_hint(where.tracking_uri)} (experiment {spec.experiment!r})", file=opts.out, flush=True)
-    from .ui_cli import print_study_hint
     print_study_hint(where.study_url, opts.out)
     return summary
 
@@ -207,12 +205,6 @@ class Heartbeat:
         return False
 
 
-def browse_hint(tracking_uri: str) -> str:
-    if tracking_uri.startswith(("http://", "https://")):
-        return tracking_uri
-    return f"mlflow ui --backend-store-uri {tracking_uri}"
-
-
 def _execute(spec, mode, tracker: SweepTracker, where: Locations, opts: RunOptions, outbox: Outbox) -> bool:
     """Run the Tune experiment; True when it was interrupted (Ctrl-C)."""
     from .ray_local import ray_session
@@ -228,7 +220,6 @@ def _execute(spec, mode, tracker: SweepTracker, where: Locations, opts: RunOptio
         progress = ProgressPrinter(spec.name, mode.to_run, mode.lookup, metric, direction,
                                    best=best_so_far(tracker.child_runs(), metric, direction), out=opts.out,
                                    work=mode.work, outbox=outbox)
-        from .ui_cli import study_links  # search sweeps: Optuna trial -> MLflow run id
         tuner = _tuner(spec, mode, ctx, [tracking, progress, *study_links(mode, tracking)], where, opts, has_gpu,
                        OutageStopper(outbox, tracking))
         results = tuner.fit()
@@ -288,7 +279,7 @@ def _fill_outcomes(summary: SweepSummary, mode, tracker: SweepTracker) -> None:
     summary.outcomes.update(mode.outcomes(tracker))
     for run in tracker.child_runs():
         tags = run.data.tags
-        if tags.get(TAG_OUTCOME) == "failed" and tags.get(TAG_HASH) in summary.outcomes:
+        if tags.get(TAG_OUTCOME) == OUTCOME_FAILED and tags.get(TAG_HASH) in summary.outcomes:
             error = (tags.get(TAG_ERROR) or "").strip().splitlines()
             label = mode.label(tags[TAG_HASH]) or tags.get(TAG_LABEL, run.info.run_id)
             summary.errors[label] = error[-1] if error else "unknown error"

@@ -32,11 +32,13 @@ def requeue_interrupted(storage, name: str, direction: str) -> tuple[int, int]:
     from optuna.trial import TrialState
 
     study = optuna.create_study(storage=storage, study_name=name, direction=direction, load_if_exists=True)
+    study_id = storage.get_study_id_from_name(name)
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     waiting = [t.system_attrs.get("fixed_params", t.params)
                for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
     for t in stale:
-        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        storage.set_trial_state_values(storage.get_trial_id_from_study_id_trial_number(study_id, t.number),
+                                       TrialState.FAIL)
         if t.params and t.params not in waiting:
             study.enqueue_trial(t.params)
             waiting.append(t.params)

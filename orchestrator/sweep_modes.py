@@ -12,9 +12,11 @@ from typing import Any, TextIO
 
 from trainer.config import UserError
 
-from .layout import DONE_OUTCOMES, TAG_HASH, TAG_OUTCOME
-from .packing import estimated_seconds, make_packs, pack_summary
+from .layout import DONE_OUTCOMES, OUTCOME_FINISHED, TAG_HASH, TAG_OUTCOME
+from .fuse import effective_fuse
+from .packing import make_packs, pack_summary
 from .trainable import GRID_TRIAL_KEY
+from .trial import trial_cost
 
 
 class GridTrials:
@@ -66,11 +68,11 @@ class GridSweep:
     searcher = None
     worker_spec = None   # workers get each resolved trial in its config
 
-    def __init__(self, spec):
+    def __init__(self, spec, fuse):
         self.name = spec.name
         self.trials = spec.trials()
         self.lookup = GridTrials(self.trials)
-        self.fuse, self.gpu_auto, self.gpu_memory_gb = spec.fuse, spec.resources["gpu"] == "auto", spec.gpu_memory_gb
+        self.fuse, self.gpu_auto, self.gpu_memory_gb = fuse, spec.resources["gpu"] == "auto", spec.gpu_memory_gb
         self.pending: list = []
         self.packs: list = []   # packing.Pack: how the pending trials run (one Ray trial each)
         self.done_before: dict[str, str] = {}
@@ -91,7 +93,7 @@ class GridSweep:
         done = {**done, **own_results(own_runs)}
         self.pending = [t for t in self.trials if t.hash not in done]
         self.done_before = {t.hash: done[t.hash] for t in self.trials if t.hash in done}
-        self.work = {t.hash: estimated_seconds(t) for t in self.pending}
+        self.work = {t.hash: trial_cost(t)["seconds"] for t in self.pending}
 
     def plan_run(self, tracker, done: dict[str, str], out: TextIO) -> None:
         self.owe(done, tracker.child_runs())
@@ -161,8 +163,9 @@ class SearchSweep:
     """Optuna samples the points through Tune's OptunaSearch; the study persists at `study_url`,
     so a rerun runs only the samples still owed."""
 
-    def __init__(self, spec, study_url: str):
+    def __init__(self, spec, study_url: str, fuse):
         self.name, self.search, self.study_url = spec.name, spec.search, study_url
+        self.fuse = fuse   # samples never fuse; kept so that `plan` shows the setting
         self.lookup = SampledTrials(spec)
         self.worker_spec = spec   # workers resolve the sampled values themselves
         self.objective = (spec.search.metric, spec.search.mode)
@@ -244,10 +247,12 @@ def own_results(runs: list, runs_too: bool = False) -> dict:
     for run in runs:
         tags = run.data.tags
         outcome, trial_hash = tags.get(TAG_OUTCOME), tags.get(TAG_HASH)
-        if trial_hash and outcome in DONE_OUTCOMES and (trial_hash not in out or outcome == "finished"):
+        if trial_hash and outcome in DONE_OUTCOMES and (trial_hash not in out or outcome == OUTCOME_FINISHED):
             out[trial_hash] = run if runs_too else outcome
     return out
 
 
-def sweep_mode(spec, study_url: str | None = None):
-    return SearchSweep(spec, study_url) if spec.mode == "search" else GridSweep(spec)
+def sweep_mode(spec, study_url: str | None = None, fuse=None):
+    """The sweep's mode; `fuse` is the --fuse flag (None: the sweep file's `fuse`)."""
+    fuse = effective_fuse(fuse, spec.fuse)
+    return SearchSweep(spec, study_url, fuse) if spec.mode == "search" else GridSweep(spec, fuse)

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable
 import yaml
 from ray import tune
 
-from .layout import (ARTIFACT_DIR, DONE_OUTCOMES, KIND_SWEEP, KIND_TRIAL, MULTIPLIER_COLUMNS, TAG_CODE, TAG_ERROR,
+from .layout import (ARTIFACT_DIR, CONFIG_ARTIFACT, DONE_OUTCOMES, MULTIPLIERS_ARTIFACT, OUTCOME_FAILED, OUTCOME_FINISHED, KIND_SWEEP, KIND_TRIAL, MULTIPLIER_COLUMNS, TAG_CODE, TAG_ERROR,
                      TAG_HASH, TAG_HEARTBEAT, TAG_IDENTITY, TAG_KIND, TAG_LABEL, TAG_LOGGED_STEP, TAG_MODE,
                      TAG_OUTCOME, TAG_OWNER, TAG_PARENT, TAG_SWEEP, quote as _quote, search_all, sqlite_lock,
                      sqlite_path)
@@ -386,7 +386,7 @@ class SweepTracker:
 
     # --- trial runs ---
     def start_child(self, trial, n_params: int | None) -> ChildRun:
-        """Create or re-open the run of `trial`; params and config.yaml are written once."""
+        """Create or re-open the run of `trial`; params and CONFIG_ARTIFACT are written once."""
         child = self.children.get(trial.hash)
         if child is not None:
             self.client.update_run(child.run_id, status="RUNNING")
@@ -399,7 +399,7 @@ class SweepTracker:
         if n_params is not None:
             params["n_params"] = str(int(n_params))
         if child.n_params < len(params):  # new, or a crash cut its setup short (re-logging is a no-op)
-            self.log_text(child.run_id, yaml.safe_dump(trial.config.model_dump(), sort_keys=True), "config.yaml")
+            self.log_text(child.run_id, yaml.safe_dump(trial.config.model_dump(), sort_keys=True), CONFIG_ARTIFACT)
             self.log_params(child.run_id, params)
             child.n_params = len(params)
         return child
@@ -434,17 +434,17 @@ class SweepTracker:
     def finish_child(self, child: ChildRun, outcome: str, error: str | None = None,
                      multipliers: list[dict] | None = None) -> None:
         if multipliers is not None:
-            self.log_text(child.run_id, multipliers_csv(multipliers), "multipliers.csv")
+            self.log_text(child.run_id, multipliers_csv(multipliers), MULTIPLIERS_ARTIFACT)
         self.client.set_tag(child.run_id, TAG_OUTCOME, outcome)
         if error is not None:
             self.client.set_tag(child.run_id, TAG_ERROR, error[-MAX_TAG_CHARS:])
-        elif child.outcome == "failed":  # a failed trial that now succeeded: drop the old error
+        elif child.outcome == OUTCOME_FAILED:  # a failed trial that now succeeded: drop the old error
             try:
                 self.client.delete_tag(child.run_id, TAG_ERROR)
             except Exception:  # noqa: BLE001 - the tag may not exist; nothing to clean then
                 pass
         child.outcome = outcome
-        self.client.set_terminated(child.run_id, "FAILED" if outcome == "failed" else "FINISHED")
+        self.client.set_terminated(child.run_id, "FAILED" if outcome == OUTCOME_FAILED else "FINISHED")
 
     # --- the parent ---
     def others_active(self) -> bool:
@@ -617,7 +617,7 @@ class MlflowTrackingCallback(tune.Callback):
         self._send_for(rec, lambda: self.tracker.log_report(rec.child, metrics, ts))
         if metrics.get("final"):
             rec.ended = True
-            outcome = metrics.get("status", "finished")
+            outcome = metrics.get("status", OUTCOME_FINISHED)
             multipliers = payload.get("multipliers") or []
             self._send_for(rec, lambda: self.tracker.finish_child(rec.child, outcome, multipliers=multipliers))
 
@@ -626,7 +626,7 @@ class MlflowTrackingCallback(tune.Callback):
         for rec in self.records_of(trial):
             if rec.tracked and not rec.ended:  # a pack's members that ended before keep their outcome
                 error = error or trial_error_text(trial)
-                self._send_for(rec, lambda rec=rec, error=error: self.tracker.finish_child(rec.child, "failed",
+                self._send_for(rec, lambda rec=rec, error=error: self.tracker.finish_child(rec.child, OUTCOME_FAILED,
                                                                                           error=error))
 
 

@@ -6,7 +6,7 @@ import os
 
 from trainer.config import UserError
 
-from .layout import (DONE_OUTCOMES, KIND_SWEEP, KIND_TRIAL, TAG_HASH, TAG_IDENTITY, TAG_KIND, TAG_OUTCOME,
+from .layout import (DONE_OUTCOMES, OUTCOME_FINISHED, KIND_SWEEP, KIND_TRIAL, TAG_HASH, TAG_IDENTITY, TAG_KIND, TAG_OUTCOME,
                      TAG_PARENT, TAG_SWEEP, probe_tracking, quote, search_all, sqlite_lock, sqlite_path)
 from .spec import IDENTITY_VERSION
 
@@ -43,7 +43,7 @@ def finished_hashes(tracking_uri: str, experiment: str) -> dict[str, str]:
             tags = run.data.tags
             if tags.get(TAG_IDENTITY) != str(IDENTITY_VERSION):
                 legacy += 1
-            elif tags.get(TAG_HASH) and tags.get(TAG_OUTCOME) in DONE_OUTCOMES and done.get(tags[TAG_HASH]) != "finished":
+            elif tags.get(TAG_HASH) and tags.get(TAG_OUTCOME) in DONE_OUTCOMES and done.get(tags[TAG_HASH]) != OUTCOME_FINISHED:
                 done[tags[TAG_HASH]] = tags[TAG_OUTCOME]
     except MlflowException as err:
         raise UserError(f"cannot read MLflow at {tracking_uri}: {err.message}") from None

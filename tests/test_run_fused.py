@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.packing import make_packs, pack_summary, parse_fuse_flag
+from orchestrator.fuse import parse_fuse_flag
+from orchestrator.packing import make_packs, pack_summary
 from orchestrator.runner import RunOptions, run_sweep
 from orchestrator.spec import load_sweep, load_sweep_text
 from orchestrator.trainable import FAULT_ENV
