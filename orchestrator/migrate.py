@@ -20,7 +20,7 @@ from trainer.config import TrainConfig, UserError
 from .layout import (CONFIG_ARTIFACT, KIND_TRIAL, TAG_HASH, TAG_IDENTITY, TAG_KIND, TAG_PREVIOUS_HASH, quote, search_all,
                      resolve_tracking_uri, tracking_uri_help)
 from .locations import storage_dir, trials_root
-from .spec import IDENTITY_VERSION, trial_hash
+from .trial import IDENTITY_VERSION, trial_hash
 
 
 @dataclass

@@ -23,16 +23,14 @@ from trainer.estimate import machine_memory_bytes
 from trainer.pack_rules import group_packs, unfusable_reason
 
 from .fuse import fusion_asked
-from .spec import gpu_fraction
-from .trainable import PACK_MEMBERS_KEY
-from .trial import trial_cost
+from .trial import PACK_MEMBERS_KEY, gpu_fraction, trial_cost
 
 AUTO_MAX_MEMBERS = 16     # HFTA's gains flatten out well before this; memory decides below it
 MEMORY_USE = 0.9          # share of the device's memory a pack may plan for (allocator slack)
 @dataclass(frozen=True)
 class Pack:
     """Trials that run as one Ray trial: a fused pack, or one trial alone (K = 1)."""
-    members: tuple                 # orchestrator.spec.Trial, in sweep order
+    members: tuple                 # orchestrator.trial.Trial, in sweep order
     resources: dict                # what the Ray trial asks for: {"cpu", "gpu"}
     note: str = ""                 # why these trials run alone, when fusion was asked for
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .locations import Locations
-from .spec import SweepSpec, Trial
+from .spec import SweepSpec
 from .fuse import fusion_asked
 from .sweep_modes import sweep_mode
-from .trial import trial_cost
+from .trial import Trial, trial_cost
 
 
 def trial_row(trial: Trial, done: dict[str, str]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from ray import tune
 
 from .layout import OUTCOME_FAILED, OUTCOME_FINISHED, OUTCOMES, TAG_LABEL, TAG_OUTCOME
 from .plan import duration
-from .trainable import REPORT_KEY
+from .trial import REPORT_KEY
 
 
 def better(value: float, best: tuple[float, str] | None, mode: str) -> bool:

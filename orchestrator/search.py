@@ -12,6 +12,8 @@ import logging
 
 from trainer.config import ConfigError
 
+from .trial import OBJECTIVE_KEY
+
 
 def open_storage(url: str):
     import optuna
@@ -49,8 +51,6 @@ def make_searcher(search, study_url: str):
     """An OptunaSearch on the persistent study of `search` (a SearchSpec) at `study_url`, stale
     trials re-queued first. Returns it and how many were re-queued."""
     from ray.tune.search.optuna import OptunaSearch
-
-    from .trainable import OBJECTIVE_KEY
 
     storage = open_storage(study_url)
     direction = "minimize" if search.mode == "min" else "maximize"

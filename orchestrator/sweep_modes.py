@@ -15,8 +15,7 @@ from trainer.config import UserError
 from .layout import DONE_OUTCOMES, OUTCOME_FINISHED, TAG_HASH, TAG_OUTCOME
 from .fuse import effective_fuse
 from .packing import make_packs, pack_summary
-from .trainable import GRID_TRIAL_KEY
-from .trial import trial_cost
+from .trial import GRID_TRIAL_KEY, trial_cost
 
 
 class GridTrials:

@@ -38,8 +38,7 @@ from .layout import (ARTIFACT_DIR, CONFIG_ARTIFACT, DONE_OUTCOMES, MULTIPLIERS_A
                      TAG_HASH, TAG_HEARTBEAT, TAG_IDENTITY, TAG_KIND, TAG_LABEL, TAG_LOGGED_STEP, TAG_MODE,
                      TAG_OUTCOME, TAG_OWNER, TAG_PARENT, TAG_SWEEP, quote as _quote, search_all, sqlite_lock,
                      sqlite_path)
-from .spec import IDENTITY_VERSION, parametrization_label
-from .trainable import REPORT_KEY
+from .trial import IDENTITY_VERSION, REPORT_KEY, parametrization_label
 
 # MLflow's limits per log_batch call (mlflow.utils.validation).
 MAX_METRICS_PER_BATCH = 1000
@@ -499,7 +498,7 @@ def multipliers_csv(rows: list[dict]) -> str:
 
 @dataclass
 class TrialRecord:
-    trial: Any                      # orchestrator.spec.Trial
+    trial: Any                      # orchestrator.trial.Trial
     child: ChildRun | None          # set once its run is started (by the outbox's thread)
     attempts: int = 0
     tracked: bool = False           # False for an invalid point or a sampled point already known

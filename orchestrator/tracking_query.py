@@ -8,7 +8,7 @@ from trainer.config import UserError
 
 from .layout import (DONE_OUTCOMES, OUTCOME_FINISHED, KIND_SWEEP, KIND_TRIAL, TAG_HASH, TAG_IDENTITY, TAG_KIND, TAG_OUTCOME,
                      TAG_PARENT, TAG_SWEEP, probe_tracking, quote, search_all, sqlite_lock, sqlite_path)
-from .spec import IDENTITY_VERSION
+from .trial import IDENTITY_VERSION
 
 
 def _read_client(tracking_uri: str):

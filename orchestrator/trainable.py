@@ -22,11 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .trial import GRID_TRIAL_KEY, OBJECTIVE_KEY, PACK_MEMBERS_KEY, REPORT_KEY, Trial
+
 FAULT_ENV = "SCALELAB_FAULT_INJECT"
-GRID_TRIAL_KEY = "scalelab_trial"  # a grid sweep's Tune config: {GRID_TRIAL_KEY: Trial.to_payload()}
-OBJECTIVE_KEY = "objective"        # the value of each report that Tune's searcher optimises
-REPORT_KEY = "scalelab"            # each report carries its journal entry under this key
-PACK_MEMBERS_KEY = "members"       # a fused pack's payload (orchestrator/packing.py) lists its trials
 
 
 @dataclass
@@ -208,7 +206,6 @@ def payload(entry: dict, ctx: TrialContext, replay: bool, resumed_from: int | No
 def trial_from_config(config: dict, ctx: TrialContext):
     """Grid mode ships the resolved trial; search mode ships the sampled values."""
     if GRID_TRIAL_KEY in config:
-        from .spec import Trial
         return Trial.from_payload(config[GRID_TRIAL_KEY])
     return ctx.spec.resolve(dict(config))
 
@@ -333,8 +330,6 @@ def run_pack(config: dict, ctx: TrialContext) -> None:
     journal holds the final report) only replay it; the rest resume together from their
     newest common checkpoint and train as one stacked model. Each member's reports carry its
     own hash, so the driver files them under its own MLflow run."""
-    from .spec import Trial
-
     trials = [Trial.from_payload(p) for p in config[GRID_TRIAL_KEY][PACK_MEMBERS_KEY]]
     with trial_lock([Path(ctx.trials_root) / t.hash for t in trials]):
         _run_pack_locked(trials, ctx)

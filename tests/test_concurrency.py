@@ -148,7 +148,7 @@ class FakeTuneTrial:
 
 
 def report(step: int, loss: float, final: bool = False) -> dict:
-    from orchestrator.trainable import REPORT_KEY
+    from orchestrator.trial import REPORT_KEY
 
     metrics = {"step": step, "val_loss": loss, **({"final": True, "status": "finished"} if final else {})}
     return {REPORT_KEY: {"metrics": metrics, "ts": 1_700_000_000_000 + step}}

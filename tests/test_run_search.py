@@ -9,7 +9,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.runner import RunOptions, run_sweep
-from orchestrator.spec import load_sweep, trial_hash
+from orchestrator.spec import load_sweep
+from orchestrator.trial import trial_hash
 
 pytestmark = pytest.mark.timeout(600)
 
