@@ -21,6 +21,7 @@ from .layout import (CONFIG_ARTIFACT, KIND_TRIAL, TAG_HASH, TAG_IDENTITY, TAG_KI
                      resolve_tracking_uri, tracking_uri_help)
 from .locations import storage_dir, trials_root
 from .trial import IDENTITY_VERSION, trial_hash
+from .trial_folder import trial_folder
 
 
 @dataclass
@@ -82,7 +83,7 @@ def _recorded_config(client, run_id: str) -> dict:
 
 
 def _move_checkpoints(trials_dir: str, old: str, new: str, dry_run: bool) -> bool:
-    src, dst = os.path.join(trials_dir, old), os.path.join(trials_dir, new)
+    src, dst = trial_folder(trials_dir, old), trial_folder(trials_dir, new)
     if old == new or not os.path.isdir(src) or os.path.exists(dst):
         return False
     if not dry_run:

@@ -10,6 +10,7 @@ from trainer.config import UserError
 
 from .layout import TrackingUnreachable, tracking_uri_help
 from .locations import STORAGE_HELP
+from .faults import FAULT_ENV, check_faults
 from .fuse import FUSE_HELP, parse_fuse_flag
 
 RUN_HELP = "run a sweep: local embedded Ray by default, or an existing cluster with --address"
@@ -78,7 +79,6 @@ def _positive(value: int | None, flag: str) -> None:
 def cmd_run(args) -> int:
     from .runner import RunOptions, TrackingOutage, run_sweep
     from .spec import load_sweep
-    from .trainable import FAULT_ENV, check_faults
 
     check_faults(os.environ.get(FAULT_ENV))  # before anything: a typo would fail trials after their retries
 

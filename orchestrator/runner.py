@@ -28,7 +28,8 @@ from .study_link import study_links
 from .sweep_modes import sweep_mode
 from .tracking import MlflowTrackingCallback, SweepTracker
 from .tracking_query import finished_hashes
-from .trainable import FAULT_ENV, TrialContext, check_faults, run_trial
+from .faults import FAULT_ENV, check_faults
+from .trainable import TrialContext, run_trial
 from .trial import trial_cost
 
 

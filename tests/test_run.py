@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.runner import RunOptions, run_sweep
 from orchestrator.spec import load_sweep
-from orchestrator.trainable import FAULT_ENV
+from orchestrator.faults import FAULT_ENV
 from trainer.config import TrainConfig
 from trainer.estimate import estimate
 
