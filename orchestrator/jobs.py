@@ -166,7 +166,7 @@ def refuse_secrets(working_dir: Path, found: list[str]) -> None:
 
 
 def runtime_env(working_dir: Path, excludes: list[str] | None = None) -> dict:
-    from .tracking import code_version
+    from .run_writes import code_version  # mlflow: seconds to import, which `status` and `logs` do not need
 
     excludes = upload_excludes(working_dir) if excludes is None else excludes
     env = {"working_dir": str(working_dir), "excludes": excludes,

@@ -16,21 +16,25 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from ray import tune
+from ray.tune.execution.placement_groups import PlacementGroupFactory
 
 from trainer.config import UserError
 
+from .claims import Heartbeat
+from .faults import FAULT_ENV, check_faults
 from .layout import DONE_OUTCOMES, OUTCOME_FAILED, OUTCOMES, TAG_ERROR, TAG_HASH, TAG_LABEL, TAG_OUTCOME
 from .links import browse_hint, print_study_hint
 from .locations import Locations
 from .outbox import RUN_HTTP_ENV, Outbox, grace_seconds, outage_message
 from .progress import ProgressPrinter, best_so_far
+from .ray_local import ray_session
+from .run_writes import SweepTracker
 from .study_link import study_links
 from .sweep_modes import sweep_mode
-from .tracking import MlflowTrackingCallback, SweepTracker
 from .tracking_query import finished_hashes
-from .faults import FAULT_ENV, check_faults
 from .trainable import TrialContext, run_trial
 from .trial import trial_cost
+from .tune_callback import MlflowTrackingCallback, OutageStopper
 
 
 @dataclass
@@ -65,8 +69,6 @@ class SweepSummary:
 
 
 def placement(resources: dict, has_gpu: bool):
-    from ray.tune.execution.placement_groups import PlacementGroupFactory
-
     bundle = {"CPU": float(resources.get("cpu", 1))}
     gpu = float(resources.get("gpu") or 0) if has_gpu else 0.0
     if gpu > 0:
@@ -160,56 +162,8 @@ def _run_sweep(spec, opts: RunOptions) -> SweepSummary:
     return summary
 
 
-class Heartbeat:
-    """Renews this invocation's claims (runs: its trials', or a search sweep's parent) while its
-    trials run (a thread on the driver) and releases them at the end, so another `scalelab run`
-    may take them at once. A claim whose owner died expires after the lease (SCALELAB_LEASE_S)."""
-
-    def __init__(self, tracker: SweepTracker, run_ids: list[str]):
-        import threading
-
-        self.tracker, self.run_ids = tracker, run_ids
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="scalelab-heartbeat", daemon=True)
-
-    def _loop(self) -> None:
-        from .tracking import lease_seconds
-
-        interval = max(1.0, lease_seconds() / 6)
-        warned: set[str] = set()
-        while not self.stop.wait(interval):
-            try:
-                lost = set(self.tracker.heartbeat(self.run_ids)) - warned
-            except Exception:  # noqa: BLE001 - tracking down: the claim may lapse, training goes on
-                continue
-            if lost:
-                warned |= lost
-                what = ("the sweep's claim" if self.tracker.parent_id in lost
-                        else f"{len(lost)} trial claim(s)")
-                print(f"[{self.tracker.sweep}] warning: {what} lapsed (no heartbeat reached MLflow for a whole "
-                      "lease) and another scalelab run took it over; this run stops those trials and sends no more "
-                      "of their results to MLflow (they stay in the trials' journals)", file=sys.stderr, flush=True)
-
-    def __enter__(self):
-        if self.run_ids:
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        if self.thread.is_alive():
-            self.thread.join(timeout=30)
-        try:
-            self.tracker.heartbeat(self.run_ids, release=True)  # failed or interrupted ones too
-        except Exception:  # noqa: BLE001 - unreachable: the claims expire after the lease instead
-            pass
-        return False
-
-
 def _execute(spec, mode, tracker: SweepTracker, where: Locations, opts: RunOptions, outbox: Outbox) -> bool:
     """Run the Tune experiment; True when it was interrupted (Ctrl-C)."""
-    from .ray_local import ray_session
-
     metric, direction = mode.objective
     ctx = TrialContext(trials_root=where.trials_root(spec.experiment), spec=mode.worker_spec,
                        objective=metric, objective_mode=direction, known=mode.known,
@@ -227,22 +181,6 @@ def _execute(spec, mode, tracker: SweepTracker, where: Locations, opts: RunOptio
     # Ctrl-C makes Tune stop its trials and return early: fewer trials ended than planned. (A
     # search sweep taken over by another run stops early too, but that is said on its own.)
     return results.num_terminated + results.num_errors < mode.tune_trials and not tracker.sweep_lost()
-
-
-class OutageStopper(tune.Stopper):
-    """Stops the whole sweep once MLflow has been unreachable for the grace period, or once
-    another `scalelab run` took its claim over; stops a trial whose claim was taken over (this
-    run's claim lapsed, see MlflowTrackingCallback), so that the new owner is soon its only
-    writer."""
-
-    def __init__(self, outbox: Outbox, tracking: MlflowTrackingCallback | None = None):
-        self.outbox, self.tracking = outbox, tracking
-
-    def __call__(self, trial_id, result) -> bool:
-        return self.tracking is not None and self.tracking.taken(trial_id)
-
-    def stop_all(self) -> bool:
-        return self.outbox.expired or (self.tracking is not None and self.tracking.tracker.sweep_lost())
 
 
 def _tuner(spec, mode, ctx: TrialContext, callbacks: list, where: Locations, opts: RunOptions, has_gpu: bool,

@@ -12,9 +12,9 @@ from mlflow.tracking import MlflowClient
 from orchestrator.cli import main
 from orchestrator.layout import (KIND_SWEEP, KIND_TRIAL, TAG_HASH, TAG_IDENTITY, TAG_KIND, TAG_OUTCOME, TAG_PARENT,
                                  TAG_SWEEP)
+from orchestrator.run_writes import SweepTracker
 from orchestrator.spec import load_sweep
 from orchestrator.sweep_modes import sweep_mode
-from orchestrator.tracking import SweepTracker
 from orchestrator.tracking_query import finished_hashes
 from orchestrator.trial import IDENTITY_VERSION
 

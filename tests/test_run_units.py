@@ -15,7 +15,7 @@ from orchestrator import jobs
 from orchestrator.faults import InjectedFault, maybe_inject_fault, parse_faults
 from orchestrator.trainable import TrialContext, objective_value, set_threads
 from orchestrator.trial_folder import Journal, resume_point
-from orchestrator.tracking import SweepTracker, multipliers_csv
+from orchestrator.run_writes import SweepTracker, multipliers_csv
 from trainer.config import TrainConfig, UserError
 
 
