@@ -16,9 +16,10 @@ from pathlib import Path
 
 from trainer.config import UserError
 
-from .layout import ARTIFACT_DIR, DEFAULT_TRACKING_DB, LOCK_SUFFIX
+from .layout import ARTIFACT_DIR, DEFAULT_TRACKING_DB, LOCK_SUFFIX, resolve_tracking_uri
 from .links import announce_experiment, experiment_url
 from .locations import DEFAULT_STORAGE, STUDY_FILE
+from .spec import load_sweep
 
 # Never uploaded: environments, local tracking/storage, outputs, VCS data.
 EXCLUDES = [".venv", "venv", ".git", DEFAULT_TRACKING_DB, DEFAULT_TRACKING_DB + LOCK_SUFFIX, "mlruns", ARTIFACT_DIR, DEFAULT_STORAGE, "reports",
@@ -203,9 +204,6 @@ def submit_sweep(sweep: str, address: str | None, tracking_uri: str | None = Non
     import sys
 
     out = out or sys.stdout
-    from .layout import resolve_tracking_uri
-    from .spec import load_sweep
-
     spec = load_sweep(sweep)  # fail here, not on the cluster
     for line in spec.missing_corpora():  # the cluster may hold them: a warning, not an error
         print(f"scalelab submit: warning: {line} here; the job needs it on the cluster", file=sys.stderr)

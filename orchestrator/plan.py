@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from trainer.pack_rules import pack_key
+
 from .locations import Locations
 from .spec import SweepSpec
 from .fuse import fusion_asked
@@ -59,8 +61,6 @@ def pack_rows(mode, measure: Callable[[list, float], float] | None) -> tuple[lis
     """The fused packs `run` would form from the trials still to run (packing.py), and the
     trials that run alone for a reason (e.g. Muon). A CPU pack's speed-up is measured once
     per shape and size."""
-    from trainer.pack_rules import pack_key
-
     number = {t.hash: i for i, t in enumerate(mode.trials, 1)}
     speedups: dict[tuple, float | None] = {}
     rows, alone = [], []

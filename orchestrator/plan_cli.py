@@ -5,10 +5,13 @@ import argparse
 import json
 import sys
 
-from .layout import tracking_uri_help
-from .locations import STORAGE_HELP, Locations
+from . import tracking_query
 from .fuse import FUSE_HELP, parse_fuse_flag
+from .layout import tracking_uri_help
 from .links import print_study_hint
+from .locations import STORAGE_HELP, Locations
+from .plan import build_plan, format_plan
+from .spec import load_sweep
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,8 +37,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from .spec import load_sweep
-
     for path in args.sweeps:
         spec = load_sweep(path)  # ConfigError -> the CLI prints it, exit 2
         spec.check_corpora()
@@ -49,10 +50,6 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    from .plan import build_plan, format_plan
-    from .spec import load_sweep
-    from . import tracking_query
-
     spec = load_sweep(args.sweep)
     spec.check_corpora()
     where = Locations.resolve(spec, args.tracking_uri, args.storage)
@@ -73,6 +70,7 @@ def run_plan(args: argparse.Namespace) -> int:
 
 def _measure_pack(cfgs: list, cpus: float) -> float:
     """A CPU pack's step-throughput ratio over its members alone, on the threads its trial gets."""
+    # torch and Ray (through trainable): seconds to import, only when a pack is measured
     import torch
 
     from trainer.fused_probe import speedup

@@ -12,6 +12,7 @@ import numpy as np
 from ray import tune
 
 from .layout import OUTCOME_FAILED, OUTCOME_FINISHED, OUTCOMES, TAG_LABEL, TAG_OUTCOME
+from .packing import trials_of
 from .plan import duration
 from .trial import REPORT_KEY
 
@@ -81,8 +82,6 @@ class ProgressPrinter(tune.Callback):
               f"{best} | ETA {eta}" + (f" | {note}" if note else ""), file=self.out, flush=True)
 
     def _members(self, trial) -> list:
-        from .packing import trials_of
-
         return trials_of(self.resolve(trial.config))
 
     def on_trial_start(self, iteration, trials, trial, **info):

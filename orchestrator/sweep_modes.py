@@ -15,6 +15,7 @@ from trainer.config import UserError
 from .layout import DONE_OUTCOMES, OUTCOME_FINISHED, TAG_HASH, TAG_OUTCOME
 from .fuse import effective_fuse
 from .packing import make_packs, pack_summary
+from .search import make_searcher
 from .trial import GRID_TRIAL_KEY, trial_cost
 
 
@@ -215,8 +216,6 @@ class SearchSweep:
                   f"{self.to_run} to run", file=out, flush=True)
         if not self.to_run:
             return
-        from .search import make_searcher
-
         self.searcher, requeued = make_searcher(self.search, self.study_url)
         if requeued:
             print(f"[{self.name}] {requeued} interrupted sample(s) re-queued", file=out, flush=True)

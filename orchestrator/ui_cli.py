@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+from trainer.config import UserError
+
 from .layout import ARTIFACT_DIR, resolve_tracking_uri, sqlite_path, tracking_uri_help
 
 DEFAULT_PORT = 5000
@@ -36,8 +38,6 @@ def server_command(uri: str, port: int) -> list[str]:
 
 
 def run_ui(args: argparse.Namespace) -> int:
-    from trainer.config import UserError
-
     uri = resolve_tracking_uri(args.tracking_uri)
     if uri.startswith(("http://", "https://")):
         print(f"MLflow UI: {uri.rstrip('/')}")
