@@ -6,11 +6,13 @@ run in the uploaded working directory with the cluster's Python environment.
 """
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import logging
 import os
 import re
 import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -66,7 +68,7 @@ def auth_headers() -> dict[str, str]:
 
 
 def client(address: str | None):
-    from ray.job_submission import JobSubmissionClient
+    from ray.job_submission import JobSubmissionClient  # Ray: seconds to import, only to reach a cluster
 
     url = dashboard_address(address)
     try:
@@ -107,7 +109,7 @@ def upload_excludes(working_dir: Path) -> list[str]:
 def upload_files(working_dir: Path, excludes: list[str]) -> list[Path]:
     """The files Ray will upload, found by Ray's own walk (the same excludes, and nested
     .gitignore / .rayignore files), relative to `working_dir`."""
-    from ray._private.runtime_env import packaging
+    from ray._private.runtime_env import packaging  # Ray: seconds to import, only to list an upload
 
     found: list[Path] = []
 
@@ -201,8 +203,6 @@ def submit_sweep(sweep: str, address: str | None, tracking_uri: str | None = Non
                  out=None, fuse: int | str | None = None) -> str | None:
     """Submit; the job id. With dry_run: print what would be uploaded and submitted to `out`
     (stdout) and return None, without contacting the cluster."""
-    import sys
-
     out = out or sys.stdout
     spec = load_sweep(sweep)  # fail here, not on the cluster
     for line in spec.missing_corpora():  # the cluster may hold them: a warning, not an error
@@ -275,9 +275,6 @@ def job_status(address: str | None, job_id: str) -> str:
 def print_logs(address: str | None, job_id: str, follow: bool = False) -> int:
     """Print the job's logs (driver output); with follow, until it ends; the exit status is
     then 0 only when the job succeeded."""
-    import asyncio
-    import sys
-
     c = client(address)
     _job_info(c, job_id)
     if not follow:

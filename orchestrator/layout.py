@@ -4,7 +4,10 @@ names, outcomes, artifact names and columns and the paged run search, in one pla
 analysis load this without Ray or MLflow."""
 from __future__ import annotations
 
+import fcntl
 import os
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -88,9 +91,6 @@ def probe_tracking(tracking_uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
     retries for minutes). Any HTTP answer counts as up; other stores are not probed."""
     if not tracking_uri.startswith(("http://", "https://")):
         return
-    import urllib.error
-    import urllib.request
-
     try:
         with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout):
             return
@@ -111,8 +111,6 @@ def sqlite_lock(tracking_uri: str) -> Iterator[None]:
     if db is None:
         yield
         return
-    import fcntl
-
     parent = os.path.dirname(os.path.abspath(db))
     os.makedirs(parent, exist_ok=True)
     with open(os.path.abspath(db) + LOCK_SUFFIX, "a") as fh:

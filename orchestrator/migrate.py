@@ -41,7 +41,7 @@ class Migration:
 
 def migrate_experiment(tracking_uri: str, experiment: str, storage: str | None = None,
                        dry_run: bool = False) -> Migration:
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # seconds to import: not for the other commands
 
     client = MlflowClient(tracking_uri=tracking_uri)
     found = client.get_experiment_by_name(experiment)

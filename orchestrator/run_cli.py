@@ -94,7 +94,7 @@ def cmd_run(args) -> int:
     opts = RunOptions(tracking_uri=args.tracking_uri, storage=args.storage, address=args.address,
                       max_concurrent=args.max_concurrent, num_cpus=args.num_cpus,
                       tracking_grace=args.tracking_grace, fuse=parse_fuse_flag(args.fuse))
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # loaded by run_sweep anyway; not for --help
     from ray.exceptions import RayError
     from ray.tune.error import TuneError
 

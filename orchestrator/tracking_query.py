@@ -18,7 +18,7 @@ def _read_client(tracking_uri: str):
     if db is not None and not os.path.isfile(db):
         return None
     probe_tracking(tracking_uri)
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # here and below: seconds to import, only with a store to read
 
     with sqlite_lock(tracking_uri):  # a `scalelab run` may be creating its schema right now
         return MlflowClient(tracking_uri=tracking_uri)
