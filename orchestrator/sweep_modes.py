@@ -1,9 +1,9 @@
 """Grid and search sweeps: the two ways `scalelab run` hands a sweep to Ray Tune.
 
 Each mode owns what differs between them: what the sweep still owes (`owe`: `scalelab plan`
-and `scalelab run` both ask it), the way back
-from a Tune trial's config to a scalelab Trial, the Tune setup (param space, searcher, samples,
-each trial's folder name) and the sweep's outcomes after a run. `runner.run_sweep` drives either.
+and `scalelab run` both ask it), the way back from a Tune trial's config to a scalelab Trial,
+the Tune setup (param space, searcher, samples, each trial's folder name) and the sweep's
+outcomes after a run. `runner.run_sweep` drives either.
 """
 from __future__ import annotations
 
