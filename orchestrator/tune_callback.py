@@ -14,6 +14,7 @@ from .outbox import Outbox
 from .packing import trials_of
 from .run_writes import ChildRun, SweepTracker
 from .trial import REPORT_KEY
+from .trial_folder import JOURNAL_FILE
 
 
 @dataclass
@@ -74,10 +75,10 @@ class MlflowTrackingCallback(tune.Callback):
                "reached MLflow for a whole lease)")
         if claim == self.tracker.parent_id:
             note = (f"sweep {why}; this run sends no more results to MLflow (the other run's are kept; "
-                    "this run's reports stay in each trial's journal, reports.jsonl)")
+                    f"this run's reports stay in each trial's journal, {JOURNAL_FILE})")
         else:
             note = (f"trial {rec.trial.label} {why}; its results from this run were not sent to MLflow (the "
-                    "other run's are kept; this run's reports stay in the trial's journal, reports.jsonl)")
+                    f"other run's are kept; this run's reports stay in the trial's journal, {JOURNAL_FILE})")
         if self.outbox is not None:
             self.outbox.tell(note)
         else:
