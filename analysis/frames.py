@@ -12,6 +12,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from orchestrator.layout import USABLE_OUTCOMES
 from trainer.config import UserError
 
 from .columns import IDENTITY_COLUMNS
@@ -20,7 +21,6 @@ from .columns import IDENTITY_COLUMNS
 METRIC_COLUMNS = {"step", "tokens", "train_loss", "val_loss", "grad_norm", "mult_grad_norm", "tokens_per_s",
                   "flops", "mfu", "elapsed_s", "n_params", "n_params_nonembedding", "wall_time_s",
                   "diverged_at_step", "min_val_loss", "status"}
-USABLE_OUTCOMES = ("finished", "diverged")
 TREATMENT = {
     "diverged": "kept with loss = +inf: never an optimum, left out of means and parabolas, counted in n_diverged",
     "failed": "excluded (an error, not a property of the config); counted under outcomes",

@@ -17,8 +17,8 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
-from orchestrator.layout import (KIND_SWEEP, KIND_TRIAL, TAG_COLUMNS, TAG_KIND, TAG_PARENT, TAG_SWEEP,
-                                 probe_tracking, search_all, sqlite_lock, sqlite_path)
+from orchestrator.layout import (KIND_SWEEP, KIND_TRIAL, MULTIPLIERS_ARTIFACT, OUTCOME_FAILED, OUTCOME_FINISHED,
+                                 TAG_COLUMNS, TAG_KIND, TAG_PARENT, TAG_SWEEP, probe_tracking, search_all, sqlite_lock, sqlite_path)
 from trainer.config import UserError
 
 from .columns import (HISTORY_COLUMNS, IDENTITY_COLUMNS, MULTIPLIER_NUMBERS, empty_history,
@@ -133,10 +133,10 @@ def _outcome_from_status(run) -> str:
     """A trial whose outcome tag was never written (orchestrator crashed, still running)."""
     status = run.info.status
     if status in ("FAILED", "KILLED"):
-        return "failed"
+        return OUTCOME_FAILED
     if status == "RUNNING" or status == "SCHEDULED":
         return "running"
-    return "finished" if "final_val_loss" in run.data.metrics else "unknown"
+    return OUTCOME_FINISHED if "final_val_loss" in run.data.metrics else "unknown"
 
 
 def _metric_columns(run, params: dict) -> dict:
@@ -249,7 +249,7 @@ def read_multipliers(tracking_uri: str, runs: list, hashes: dict, say: Progress)
         def fetch(run):
             run_id = run.info.run_id
             try:
-                path = download_artifacts(artifact_uri=f"{run.info.artifact_uri}/multipliers.csv",
+                path = download_artifacts(artifact_uri=f"{run.info.artifact_uri}/{MULTIPLIERS_ARTIFACT}",
                                           dst_path=os.path.join(tmp, run_id), tracking_uri=tracking_uri)
             except Exception:  # no such artifact (sp runs, failed runs): MlflowException or OSError
                 return None

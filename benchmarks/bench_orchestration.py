@@ -90,7 +90,7 @@ def a_report(spec) -> dict:
 def tracking_cost(folder: Path, report: dict, reports: int) -> tuple[float, float, int]:
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.tracking import SweepTracker, numeric_metrics
+    from orchestrator.run_writes import SweepTracker, numeric_metrics
     from trainer.config import TrainConfig
 
     tracker = SweepTracker("sqlite:///" + str(folder / "track.db"), "track", "track", "grid")

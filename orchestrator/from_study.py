@@ -21,7 +21,7 @@ def best_params(storage: str, study: str, keys: list[str] | None, where: str) ->
             f"{where}: optuna storage {storage!r} does not exist (no file {os.path.abspath(path)}); "
             "run the tuning sweep first (scalelab run <search sweep>.yaml) or fix the path — "
             "relative sqlite paths are relative to the working directory")
-    import optuna
+    import optuna  # seconds to import: only a sweep with from_study needs it
 
     optuna.logging.set_verbosity(logging.WARNING)
     try:

@@ -6,17 +6,21 @@ run in the uploaded working directory with the cluster's Python environment.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shlex
+import sys
 import time
 from pathlib import Path
 
 from trainer.config import UserError
 
 from . import upload_check, uri_auth
-from .layout import ARTIFACT_DIR, DEFAULT_TRACKING_DB, LOCK_SUFFIX, TRACKING_URI_ENV
+from .layout import ARTIFACT_DIR, DEFAULT_TRACKING_DB, LOCK_SUFFIX, TRACKING_URI_ENV, resolve_tracking_uri
+from .links import announce_experiment, experiment_url
 from .locations import DEFAULT_STORAGE, STUDY_FILE
+from .spec import load_sweep
 
 # Never uploaded: environments, local tracking/storage, outputs, VCS data.
 EXCLUDES = [".venv", "venv", ".git", DEFAULT_TRACKING_DB, DEFAULT_TRACKING_DB + LOCK_SUFFIX, "mlruns", ARTIFACT_DIR, DEFAULT_STORAGE, "reports",
@@ -53,7 +57,7 @@ def auth_headers() -> dict[str, str]:
 
 
 def client(address: str | None):
-    from ray.job_submission import JobSubmissionClient
+    from ray.job_submission import JobSubmissionClient  # Ray: seconds to import, only to reach a cluster
 
     url = dashboard_address(address)
     try:
@@ -94,7 +98,7 @@ def upload_excludes(working_dir: Path) -> list[str]:
 def upload_files(working_dir: Path, excludes: list[str]) -> list[Path]:
     """The files Ray will upload, found by Ray's own walk (the same excludes, and nested
     .gitignore / .rayignore files), relative to `working_dir`."""
-    from ray._private.runtime_env import packaging
+    from ray._private.runtime_env import packaging  # Ray: seconds to import, only to list an upload
 
     found: list[Path] = []
 
@@ -138,7 +142,7 @@ def secret_env(tracking_uri: str) -> dict[str, str]:
 
 
 def runtime_env(working_dir: Path, excludes: list[str] | None = None, secrets: dict[str, str] | None = None) -> dict:
-    from .tracking import code_version
+    from .run_writes import code_version  # mlflow: seconds to import, which `status` and `logs` do not need
 
     excludes = upload_excludes(working_dir) if excludes is None else excludes
     env = {"working_dir": str(working_dir), "excludes": excludes,
@@ -173,12 +177,7 @@ def submit_sweep(sweep: str, address: str | None, tracking_uri: str | None = Non
                  out=None, fuse: int | str | None = None) -> str | None:
     """Submit; the job id. With dry_run: print what would be uploaded and submitted to `out`
     (stdout) and return None, without contacting the cluster."""
-    import sys
-
     out = out or sys.stdout
-    from .layout import resolve_tracking_uri
-    from .spec import load_sweep
-
     spec = load_sweep(sweep)  # fail here, not on the cluster
     for line in spec.missing_corpora():  # the cluster may hold them: a warning, not an error
         print(f"scalelab submit: warning: {line} here; the job needs it on the cluster", file=sys.stderr)
@@ -210,7 +209,6 @@ def submit_sweep(sweep: str, address: str | None, tracking_uri: str | None = Non
             return None
     refuse_secrets(wd, secrets)
     job_id = f"scalelab-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    from .ui_cli import announce_experiment, experiment_url
     mlflow_url = experiment_url(uri, spec.experiment)
     return client(address).submit_job(
         entrypoint=announce_experiment(command, uri_auth.redact(mlflow_url)),
@@ -259,9 +257,6 @@ def job_status(address: str | None, job_id: str) -> str:
 def print_logs(address: str | None, job_id: str, follow: bool = False) -> int:
     """Print the job's logs (driver output); with follow, until it ends; the exit status is
     then 0 only when the job succeeded."""
-    import asyncio
-    import sys
-
     c = client(address)
     _job_info(c, job_id)
     if not follow:

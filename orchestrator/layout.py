@@ -1,10 +1,13 @@
 """The MLflow layout of a sweep (docs/CONTRACTS.md, "MLflow layout"): where runs are tracked, tag
-names, outcomes, artifact columns and the paged run search, in one place for the writer
+names, outcomes, artifact names and columns and the paged run search, in one place for the writer
 (orchestrator) and the readers (plan, analysis). No heavy imports: `scalelab plan` and the
 analysis load this without Ray or MLflow."""
 from __future__ import annotations
 
+import fcntl
 import os
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -29,13 +32,22 @@ TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 
 KIND_SWEEP, KIND_TRIAL = "sweep", "trial"
-DONE_OUTCOMES = ("finished", "diverged")  # a diverged trial is a result too: do not rerun it
+
+# A trial run's TAG_OUTCOME (the first two are also the trainer's `result.status`).
+OUTCOME_FINISHED, OUTCOME_DIVERGED, OUTCOME_FAILED = "finished", "diverged", "failed"
+OUTCOMES = (OUTCOME_FINISHED, OUTCOME_DIVERGED, OUTCOME_FAILED)
+DONE_OUTCOMES = (OUTCOME_FINISHED, OUTCOME_DIVERGED)  # a diverged trial is a result too: do not rerun it
+USABLE_OUTCOMES = DONE_OUTCOMES  # what the analysis fits (a diverged trial as loss +inf); failed is an error
+
+# A trial run's artifacts.
+CONFIG_ARTIFACT = "config.yaml"            # the resolved TrainConfig
+MULTIPLIERS_ARTIFACT = "multipliers.csv"   # the final multiplier table, MULTIPLIER_COLUMNS
 
 # Tags the analysis reads into columns of its trials table.
 TAG_COLUMNS = {TAG_SWEEP: "sweep", TAG_HASH: "trial_hash", TAG_OUTCOME: "outcome", TAG_MODE: "mode",
                TAG_ERROR: "error", TAG_CODE: "code_version", TAG_LABEL: "label", TAG_PARENT: "parent_run_id"}
 
-MULTIPLIER_COLUMNS = ("layer", "role", "block", "kind", "mean", "rms", "min", "max", "size")  # multipliers.csv
+MULTIPLIER_COLUMNS = ("layer", "role", "block", "kind", "mean", "rms", "min", "max", "size")  # MULTIPLIERS_ARTIFACT
 
 # --- where runs are tracked ----------------------------------------------------------------
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
@@ -81,9 +93,6 @@ def probe_tracking(tracking_uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
     retries for minutes). Any HTTP answer counts as up; other stores are not probed."""
     if not tracking_uri.startswith(("http://", "https://")):
         return
-    import urllib.error
-    import urllib.request
-
     request = urllib.request.Request(tracking_uri.rstrip("/") + "/health", headers=uri_auth.basic_auth_header())
     try:
         with urllib.request.urlopen(request, timeout=timeout):
@@ -105,8 +114,6 @@ def sqlite_lock(tracking_uri: str) -> Iterator[None]:
     if db is None:
         yield
         return
-    import fcntl
-
     parent = os.path.dirname(os.path.abspath(db))
     os.makedirs(parent, exist_ok=True)
     with open(os.path.abspath(db) + LOCK_SUFFIX, "a") as fh:

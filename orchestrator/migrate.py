@@ -17,10 +17,11 @@ import yaml
 
 from trainer.config import TrainConfig, UserError
 
-from .layout import (KIND_TRIAL, TAG_HASH, TAG_IDENTITY, TAG_KIND, TAG_PREVIOUS_HASH, quote, search_all,
+from .layout import (CONFIG_ARTIFACT, KIND_TRIAL, TAG_HASH, TAG_IDENTITY, TAG_KIND, TAG_PREVIOUS_HASH, quote, search_all,
                      resolve_tracking_uri, tracking_uri_help)
 from .locations import storage_dir, trials_root
-from .spec import IDENTITY_VERSION, trial_hash
+from .trial import IDENTITY_VERSION, trial_hash
+from .trial_folder import trial_folder
 
 
 @dataclass
@@ -40,7 +41,7 @@ class Migration:
 
 def migrate_experiment(tracking_uri: str, experiment: str, storage: str | None = None,
                        dry_run: bool = False) -> Migration:
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # seconds to import: not for the other commands
 
     client = MlflowClient(tracking_uri=tracking_uri)
     found = client.get_experiment_by_name(experiment)
@@ -55,7 +56,7 @@ def migrate_experiment(tracking_uri: str, experiment: str, storage: str | None =
             result.current += 1
             continue
         try:
-            cfg = TrainConfig.build(_recorded_config(client, run_id), source=f"run {run_id} config.yaml")
+            cfg = TrainConfig.build(_recorded_config(client, run_id), source=f"run {run_id} {CONFIG_ARTIFACT}")
         except (UserError, OSError) as err:
             result.problems.append(f"run {run_id}: {err}")
             continue
@@ -73,16 +74,16 @@ def migrate_experiment(tracking_uri: str, experiment: str, storage: str | None =
 def _recorded_config(client, run_id: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = client.download_artifacts(run_id, "config.yaml", tmp)
+            path = client.download_artifacts(run_id, CONFIG_ARTIFACT, tmp)
         except Exception as err:  # noqa: BLE001 - MLflow raises several kinds for a missing artifact
-            raise UserError(f"its config.yaml artifact cannot be read ({type(err).__name__}); "
+            raise UserError(f"its {CONFIG_ARTIFACT} artifact cannot be read ({type(err).__name__}); "
                             "the run cannot be re-keyed and will not be recognised as done") from None
         with open(path, encoding="utf-8") as fh:
             return yaml.safe_load(fh) or {}
 
 
 def _move_checkpoints(trials_dir: str, old: str, new: str, dry_run: bool) -> bool:
-    src, dst = os.path.join(trials_dir, old), os.path.join(trials_dir, new)
+    src, dst = trial_folder(trials_dir, old), trial_folder(trials_dir, new)
     if old == new or not os.path.isdir(src) or os.path.exists(dst):
         return False
     if not dry_run:
@@ -94,7 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cmd = subparsers.add_parser(
         "migrate", help="re-key an experiment's trial runs after a change of the trial-identity rule",
         description="Recompute the trial hash of every trial run of EXPERIMENT recorded under an older "
-                    f"identity rule (before version {IDENTITY_VERSION}) from its config.yaml, so that "
+                    f"identity rule (before version {IDENTITY_VERSION}) from its {CONFIG_ARTIFACT}, so that "
                     "`scalelab run` recognises finished trials again. Old hashes are kept in the tag "
                     f"{TAG_PREVIOUS_HASH}. Safe to repeat.")
     cmd.add_argument("experiment", help="MLflow experiment name (the sweep's `experiment:`, default its name)")

@@ -1,6 +1,6 @@
 """Which grid trials of a `scalelab run` train together as one fused pack (trainer/fused.py).
 
-`fuse` in a sweep file, or `--fuse` of `run` and `plan` (the flag wins):
+`fuse` in a sweep file, or `--fuse` of `run` and `plan` (the flag wins; values in fuse.py):
 
     off    (default) every trial alone: one Ray trial each
     N      trials that share a shape (trainer.fused.pack_key) go in packs of at most N
@@ -19,52 +19,18 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from trainer.config import UserError
-from trainer.errors import brief
-from trainer.estimate import estimate, machine_memory_bytes
+from trainer.estimate import machine_memory_bytes
 from trainer.pack_rules import group_packs, unfusable_reason
 
-from .spec import gpu_fraction
-from .trainable import PACK_MEMBERS_KEY
+from .fuse import fusion_asked
+from .trial import PACK_MEMBERS_KEY, gpu_fraction, trial_cost
 
-FUSE_CHOICES = ("auto", "off")
-MAX_FUSE = 64
 AUTO_MAX_MEMBERS = 16     # HFTA's gains flatten out well before this; memory decides below it
 MEMORY_USE = 0.9          # share of the device's memory a pack may plan for (allocator slack)
-FUSE_HELP = ("fused packs: 'off', 'auto' (GPU trials in packs sized from their memory, CPU trials alone) "
-             "or N (at most N same-shaped trials per pack); overrides the sweep's `fuse` (default off)")
-
-
-def check_fuse(value):
-    """The sweep file's `fuse` value, or ValueError saying what is allowed."""
-    if value is False:  # YAML 1.1 reads an unquoted `off` as false
-        return "off"
-    if isinstance(value, str) and value in FUSE_CHOICES:
-        return value
-    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_FUSE:
-        return value
-    raise ValueError(f"expected 'auto', 'off' or a pack size from 1 to {MAX_FUSE}, got {brief(value)}")
-
-
-def fusion_asked(fuse) -> bool:
-    """Did the user ask for packs (N > 1)? `auto` only packs GPU trials, so it is not news."""
-    return fuse not in ("auto", "off", 1)
-
-
-def parse_fuse_flag(text: str | None):
-    """`--fuse TEXT` -> "auto" | "off" | N (None: keep the sweep file's value)."""
-    if text is None:
-        return None
-    try:
-        return check_fuse(int(text) if text.strip().isdigit() else text.strip())
-    except ValueError as err:
-        raise UserError(f"--fuse: {err}") from None
-
-
 @dataclass(frozen=True)
 class Pack:
     """Trials that run as one Ray trial: a fused pack, or one trial alone (K = 1)."""
-    members: tuple                 # orchestrator.spec.Trial, in sweep order
+    members: tuple                 # orchestrator.trial.Trial, in sweep order
     resources: dict                # what the Ray trial asks for: {"cpu", "gpu"}
     note: str = ""                 # why these trials run alone, when fusion was asked for
 
@@ -88,7 +54,7 @@ class Pack:
     @property
     def memory_bytes(self) -> float:
         """Stacked weights, Adam state and activations grow with K; the data is shared."""
-        return sum(estimate(t.config)["memory_bytes"] for t in self.members)
+        return sum(trial_cost(t)["memory_bytes"] for t in self.members)
 
     def to_payload(self) -> dict:
         """Tune's config: a lone trial's payload as before; a pack lists its members."""
@@ -115,16 +81,10 @@ def make_packs(trials: list, fuse, gpu_auto: bool, gpu_memory_gb: float) -> list
     return longest_first(packs)
 
 
-def estimated_seconds(trial) -> float:
-    """Compute time of a trial from the trainer's estimate, on the device it will use."""
-    cost = estimate(trial.config)
-    return cost["seconds_gpu"] if trial.resources.get("gpu") else cost["seconds_cpu"]
-
-
 def longest_first(packs: list[Pack]) -> list[Pack]:
     """Longest estimated compute first, ties in sweep order: a long trial or pack started last
     runs on while the other workers have nothing left (longest-processing-time-first)."""
-    return sorted(packs, key=lambda p: -sum(estimated_seconds(t) for t in p.members))
+    return sorted(packs, key=lambda p: -sum(trial_cost(t)["seconds"] for t in p.members))
 
 
 def _fused(trials: list, fuse, on_gpu: bool, gpu_auto: bool, gpu_memory_gb: float) -> list[Pack]:
@@ -137,7 +97,7 @@ def _fused(trials: list, fuse, on_gpu: bool, gpu_auto: bool, gpu_memory_gb: floa
         if reason:
             out.append(Pack((members[0],), dict(members[0].resources), note=reason.split(";")[0]))
             continue
-        per_member = estimate(members[0].config)["memory_bytes"]  # one shape: one estimate
+        per_member = trial_cost(members[0])["memory_bytes"]  # one shape: one estimate
         fit = max(1, int(MEMORY_USE * budget // per_member)) if budget else len(members)
         for start in range(0, len(members), fit):
             chunk = tuple(members[start:start + fit])

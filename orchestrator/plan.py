@@ -1,18 +1,21 @@
 """`scalelab plan`: what a sweep would run — per trial cost from `trainer.estimate`, which
-trials are already done in MLflow, and totals. Pure data here; printing is in plan_cli."""
+trials are already done in MLflow (the sweep mode says what is owed, as for `scalelab run`),
+and totals. Pure data here; printing is in plan_cli."""
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from trainer.estimate import estimate
+from trainer.pack_rules import pack_key
 
 from .locations import Locations
-from .spec import SweepSpec, Trial
+from .spec import SweepSpec
+from .fuse import fusion_asked
+from .sweep_modes import sweep_mode
+from .trial import Trial, trial_cost
 
 
 def trial_row(trial: Trial, done: dict[str, str]) -> dict[str, Any]:
-    est = estimate(trial.config)
-    on_gpu = trial.resources["gpu"] > 0
+    est = trial_cost(trial)
     return {
         "label": trial.label,
         "hash": trial.hash,
@@ -23,45 +26,45 @@ def trial_row(trial: Trial, done: dict[str, str]) -> dict[str, Any]:
         "memory_bytes": int(est["memory_bytes"]),
         "cpu": trial.resources["cpu"],
         "gpu": trial.resources["gpu"],
-        "seconds": float(est["seconds_gpu"] if on_gpu else est["seconds_cpu"]),
+        "seconds": float(est["seconds"]),
         "done": done.get(trial.hash),  # "finished" | "diverged" | None
     }
 
 
 def build_plan(spec: SweepSpec, where: Locations, done: dict[str, str],
-               measure: Callable[[list, float], float] | None = None) -> dict[str, Any]:
-    """The whole plan as plain data (what `plan --json` prints). `measure(configs)` gives a
-    CPU pack's speed-up over its members one at a time on `cpus` CPUs (None: not measured)."""
+               measure: Callable[[list, float], float] | None = None, own_runs: list = (),
+               fuse: int | str | None = None) -> dict[str, Any]:
+    """The whole plan as plain data (what `plan --json` prints). `done`: {hash: outcome} of the
+    experiment's results; `own_runs`: the sweep's own trial runs (tracking_query.sweep_runs);
+    the sweep mode decides from both what is owed, exactly as `scalelab run` does.
+    `measure(configs)` gives a CPU pack's speed-up over its members one at a time on `cpus`
+    CPUs (None: not measured). `fuse`: the --fuse flag (None: the sweep file's)."""
+    mode = sweep_mode(spec, where.study_url, fuse)
+    mode.owe(done, list(own_runs))
     plan: dict[str, Any] = {
         "sweep": spec.name, "file": spec.source, "experiment": spec.experiment,
         "tracking_uri": where.tracking_uri, "storage": where.storage, "mode": spec.mode,
         "concurrency": spec.concurrency, "retries": spec.retries, "seeds": spec.seeds, "from_study": spec.from_study,
-        "fuse": spec.fuse,
+        "fuse": mode.fuse,
     }
     if spec.mode == "grid":
-        trials = spec.trials()
-        rows = [trial_row(t, done) for t in trials]
+        rows = [trial_row(t, mode.done_before) for t in mode.trials]
         plan["trials"] = rows
         plan["totals"] = _totals(rows, spec.concurrency)
-        plan["packs"], plan["alone"] = pack_rows(spec, [t for t in trials if t.hash not in done], trials, measure)
+        plan["packs"], plan["alone"] = pack_rows(mode, measure)
     else:
-        plan.update(_search_plan(spec, where.study_url, done))
+        plan.update(_search_plan(spec, where.study_url, mode))
     return plan
 
 
-def pack_rows(spec: SweepSpec, pending: list[Trial], trials: list[Trial],
-              measure: Callable[[list, float], float] | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def pack_rows(mode, measure: Callable[[list, float], float] | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The fused packs `run` would form from the trials still to run (packing.py), and the
     trials that run alone for a reason (e.g. Muon). A CPU pack's speed-up is measured once
     per shape and size."""
-    from trainer.pack_rules import pack_key
-
-    from .packing import make_packs
-
-    number = {t.hash: i for i, t in enumerate(trials, 1)}
+    number = {t.hash: i for i, t in enumerate(mode.trials, 1)}
     speedups: dict[tuple, float | None] = {}
     rows, alone = [], []
-    for pack in make_packs(pending, spec.fuse, spec.resources["gpu"] == "auto", spec.gpu_memory_gb):
+    for pack in mode.form_packs():
         if not pack.fused:
             if pack.note:
                 alone.append({"trial": number[pack.hash], "hash": pack.hash, "note": pack.note})
@@ -91,11 +94,11 @@ def _totals(rows: list[dict[str, Any]], concurrency: int | None) -> dict[str, An
     }
 
 
-def _search_plan(spec: SweepSpec, study_url: str, done: dict[str, str]) -> dict[str, Any]:
+def _search_plan(spec: SweepSpec, study_url: str, mode) -> dict[str, Any]:
     s = spec.search
     base = trial_row(spec.resolve({}), {})  # cost of one sample at the base values
     samples = s.num_samples  # one seed per sampled point
-    remaining = max(samples - len(done), 0)
+    remaining = mode.to_run
     seconds = base["seconds"] * remaining
     return {
         "search": {"metric": s.metric, "direction": s.mode, "num_samples": s.num_samples,
@@ -103,7 +106,7 @@ def _search_plan(spec: SweepSpec, study_url: str, done: dict[str, str]) -> dict[
         "per_sample_at_base": base,
         "trials": [],
         "totals": {
-            "trials": samples, "done": len(done), "to_run": remaining,
+            "trials": samples, "done": len(mode.known), "to_run": remaining,
             "flops_to_run": base["flops"] * remaining,
             "tokens_to_run": base["tokens"] * remaining,
             "seconds_to_run": seconds,
@@ -152,8 +155,6 @@ def format_plan(plan: dict[str, Any]) -> str:
 
 
 def _format_packs(plan: dict[str, Any]) -> list[str]:
-    from .packing import fusion_asked
-
     packs = plan.get("packs") or []
     notes: dict[str, list[int]] = {}
     for row in plan.get("alone") or []:

@@ -5,10 +5,13 @@ import argparse
 import json
 import sys
 
+from . import tracking_query
+from .fuse import FUSE_HELP, parse_fuse_flag
 from .layout import tracking_uri_help
+from .links import print_study_hint
 from .locations import STORAGE_HELP, Locations
-from .packing import FUSE_HELP, parse_fuse_flag
-from .ui_cli import print_study_hint
+from .plan import build_plan, format_plan
+from .spec import load_sweep
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,8 +37,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from .spec import load_sweep
-
     for path in args.sweeps:
         spec = load_sweep(path)  # ConfigError -> the CLI prints it, exit 2
         spec.check_corpora()
@@ -49,20 +50,16 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    from .plan import build_plan, format_plan
-    from .spec import load_sweep
-    from .tracking_query import finished_hashes
-
     spec = load_sweep(args.sweep)
     spec.check_corpora()
-    fuse = parse_fuse_flag(args.fuse)
-    if fuse is not None:
-        spec.fuse = fuse
     where = Locations.resolve(spec, args.tracking_uri, args.storage)
     if not args.json:
         print(f"checking MLflow at {where.tracking_uri} for finished trials ...", file=sys.stderr)
-    plan = build_plan(spec, where, finished_hashes(where.tracking_uri, spec.experiment),
-                      measure=None if args.no_measure else _measure_pack)
+    done = tracking_query.finished_hashes(where.tracking_uri, spec.experiment)
+    # the sweep's own results are among the experiment's: none there, none to look up
+    own_runs = tracking_query.sweep_runs(where.tracking_uri, spec.experiment, spec.name) if done else []
+    plan = build_plan(spec, where, done, measure=None if args.no_measure else _measure_pack, own_runs=own_runs,
+                      fuse=parse_fuse_flag(args.fuse))
     if args.json:
         json.dump(plan, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
@@ -73,6 +70,7 @@ def run_plan(args: argparse.Namespace) -> int:
 
 def _measure_pack(cfgs: list, cpus: float) -> float:
     """A CPU pack's step-throughput ratio over its members alone, on the threads its trial gets."""
+    # torch and Ray (through trainable): seconds to import, only when a pack is measured
     import torch
 
     from trainer.fused_probe import speedup

@@ -11,9 +11,10 @@ from typing import Any, Callable, TextIO
 import numpy as np
 from ray import tune
 
-from .layout import TAG_LABEL, TAG_OUTCOME
+from .layout import OUTCOME_FAILED, OUTCOME_FINISHED, OUTCOMES, TAG_LABEL, TAG_OUTCOME
+from .packing import trials_of
 from .plan import duration
-from .trainable import REPORT_KEY
+from .trial import REPORT_KEY
 
 
 def better(value: float, best: tuple[float, str] | None, mode: str) -> bool:
@@ -30,7 +31,7 @@ def best_so_far(child_runs: list, metric: str, mode: str) -> tuple[float, str] |
     best = None
     for run in child_runs:
         value = run.data.metrics.get(metric)
-        if run.data.tags.get(TAG_OUTCOME) == "finished" and value is not None and better(value, best, mode):
+        if run.data.tags.get(TAG_OUTCOME) == OUTCOME_FINISHED and value is not None and better(value, best, mode):
             best = (value, run.data.tags.get(TAG_LABEL, run.info.run_id))
     return best
 
@@ -62,7 +63,7 @@ class ProgressPrinter(tune.Callback):
         if tracking and tracking not in note:
             note = f"{note} | {tracking}" if note else tracking
         done = len(self.outcomes)
-        count = {o: sum(1 for v in self.outcomes.values() if v == o) for o in ("finished", "diverged", "failed")}
+        count = {o: sum(1 for v in self.outcomes.values() if v == o) for o in OUTCOMES}
         best = f"best {self.metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else "best -"
         eta = "-"
         if done and self.started_at is not None and done < self.to_run:
@@ -76,13 +77,11 @@ class ProgressPrinter(tune.Callback):
                 eta = duration(elapsed / done * (self.to_run - done))
         elif done >= self.to_run:
             eta = "0s"
-        print(f"[{self.name}] {done}/{self.to_run} done ({count['finished']} finished, "
-              f"{count['diverged']} diverged, {count['failed']} failed), {len(self.running)} running | "
+        counts = ", ".join(f"{count[o]} {o}" for o in OUTCOMES)
+        print(f"[{self.name}] {done}/{self.to_run} done ({counts}), {len(self.running)} running | "
               f"{best} | ETA {eta}" + (f" | {note}" if note else ""), file=self.out, flush=True)
 
     def _members(self, trial) -> list:
-        from .packing import trials_of
-
         return trials_of(self.resolve(trial.config))
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -103,7 +102,7 @@ class ProgressPrinter(tune.Callback):
             return
         key = (trial.trial_id, member.hash)
         if payload.get("skipped"):
-            self.outcomes[key] = "finished"
+            self.outcomes[key] = OUTCOME_FINISHED
             return
         if payload.get("resumed_from") is not None and trial.trial_id not in self.announced:
             self.announced.add(trial.trial_id)
@@ -112,7 +111,7 @@ class ProgressPrinter(tune.Callback):
         if not metrics.get("final") or (payload.get("replay") and key in self.outcomes):
             return  # a retried pack replays the members that ended before: said already
         self._count_work(trial, member, len(members))
-        self.outcomes[key] = metrics.get("status", "finished")
+        self.outcomes[key] = metrics.get("status", OUTCOME_FINISHED)
         value = metrics.get(self.metric)
         if isinstance(value, (int, float)) and better(float(value), self.best, self.mode):
             self.best = (float(value), member.label)
@@ -128,7 +127,7 @@ class ProgressPrinter(tune.Callback):
             key = (trial.trial_id, member.hash)
             if key not in self.outcomes:  # a pack's members that ended before keep their outcome
                 self._count_work(trial, member, len(members))
-                self.outcomes[key] = "failed"
+                self.outcomes[key] = OUTCOME_FAILED
             self.running.discard(key)
         self._line(f"failed {self.resolve(trial.config).label}")
 

@@ -104,7 +104,7 @@ def init_private_ray(num_cpus: int | None = None, **kwargs) -> str:
     in a private temp dir, started with umask 077 (its logs can hold the environment), and never
     attached to an existing cluster (address="local" ignores RAY_ADDRESS and
     ray_current_cluster). Returns the temp dir, for `shutdown_private_ray`."""
-    import ray
+    import ray  # here and below: seconds to import, only when a sweep runs
     from ray._private import ray_constants
 
     remove_stale_private_dirs()

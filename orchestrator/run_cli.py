@@ -8,9 +8,12 @@ import sys
 
 from trainer.config import UserError
 
+from .faults import FAULT_ENV, check_faults
+from .fuse import FUSE_HELP, parse_fuse_flag
+from .jobs import job_status_text, print_logs, submit_sweep
 from .layout import TrackingUnreachable, tracking_uri_help
 from .locations import STORAGE_HELP
-from .packing import FUSE_HELP, parse_fuse_flag
+from .spec import load_sweep
 
 RUN_HELP = "run a sweep: local embedded Ray by default, or an existing cluster with --address"
 
@@ -76,9 +79,7 @@ def _positive(value: int | None, flag: str) -> None:
 
 
 def cmd_run(args) -> int:
-    from .runner import RunOptions, TrackingOutage, run_sweep
-    from .spec import load_sweep
-    from .trainable import FAULT_ENV, check_faults
+    from .runner import RunOptions, TrackingOutage, run_sweep  # Ray and MLflow: seconds, which --help does not need
 
     check_faults(os.environ.get(FAULT_ENV))  # before anything: a typo would fail trials after their retries
 
@@ -93,7 +94,7 @@ def cmd_run(args) -> int:
     opts = RunOptions(tracking_uri=args.tracking_uri, storage=args.storage, address=args.address,
                       max_concurrent=args.max_concurrent, num_cpus=args.num_cpus,
                       tracking_grace=args.tracking_grace, fuse=parse_fuse_flag(args.fuse))
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # loaded by run_sweep anyway; not for --help
     from ray.exceptions import RayError
     from ray.tune.error import TuneError
 
@@ -115,8 +116,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from .jobs import submit_sweep
-
     _positive(args.max_concurrent, "--max-concurrent")
     job_id = submit_sweep(args.sweep, address=args.address, tracking_uri=args.tracking_uri,
                           storage=args.storage, max_concurrent=args.max_concurrent, working_dir=args.working_dir,
@@ -130,13 +129,9 @@ def cmd_submit(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .jobs import job_status_text
-
     print(job_status_text(args.address, args.job_id))
     return 0
 
 
 def cmd_logs(args) -> int:
-    from .jobs import print_logs
-
     return print_logs(args.address, args.job_id, follow=args.follow)

@@ -16,17 +16,25 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from ray import tune
+from ray.tune.execution.placement_groups import PlacementGroupFactory
 
 from trainer.config import UserError
 
-from .layout import TAG_ERROR, TAG_HASH, TAG_LABEL, TAG_OUTCOME
+from .claims import Heartbeat
+from .faults import FAULT_ENV, check_faults
+from .layout import DONE_OUTCOMES, OUTCOME_FAILED, OUTCOMES, TAG_ERROR, TAG_HASH, TAG_LABEL, TAG_OUTCOME
+from .links import browse_hint, print_study_hint
 from .locations import Locations
 from .outbox import RUN_HTTP_ENV, Outbox, grace_seconds, outage_message
 from .progress import ProgressPrinter, best_so_far
+from .ray_local import ray_session
+from .run_writes import SweepTracker
+from .study_link import study_links
 from .sweep_modes import sweep_mode
-from .tracking import MlflowTrackingCallback, SweepTracker
 from .tracking_query import finished_hashes
-from .trainable import FAULT_ENV, TrialContext, check_faults, run_trial
+from .trainable import TrialContext, run_trial
+from .trial import trial_cost
+from .tune_callback import MlflowTrackingCallback, OutageStopper
 
 
 @dataclass
@@ -45,11 +53,11 @@ class SweepSummary:
 
     @property
     def remaining(self) -> int:
-        return max(0, self.total - self.count("finished") - self.count("diverged"))
+        return max(0, self.total - sum(self.count(o) for o in DONE_OUTCOMES))
 
     def text(self) -> str:
-        lines = [f"sweep {self.name}: {self.count('finished')} finished, {self.count('diverged')} diverged, "
-                 f"{self.count('failed')} failed, {self.remaining} not done of {self.total} "
+        counts = ", ".join(f"{self.count(o)} {o}" for o in OUTCOMES)
+        lines = [f"sweep {self.name}: {counts}, {self.remaining} not done of {self.total} "
                  f"({self.ran} run now)"]
         for label, err in self.errors.items():
             lines.append(f"  failed: {label}: {err}")
@@ -61,8 +69,6 @@ class SweepSummary:
 
 
 def placement(resources: dict, has_gpu: bool):
-    from ray.tune.execution.placement_groups import PlacementGroupFactory
-
     bundle = {"CPU": float(resources.get("cpu", 1))}
     gpu = float(resources.get("gpu") or 0) if has_gpu else 0.0
     if gpu > 0:
@@ -71,10 +77,8 @@ def placement(resources: dict, has_gpu: bool):
 
 
 def n_params_of(trial) -> int | None:
-    from trainer.estimate import estimate
-
     try:
-        return int(estimate(trial.config)["n_params"])
+        return int(trial_cost(trial)["n_params"])
     except Exception:  # noqa: BLE001 - a param we can live without; the final metrics have it
         return None
 
@@ -131,9 +135,7 @@ def _run_sweep(spec, opts: RunOptions) -> SweepSummary:
     summary = SweepSummary(spec.name, 0, parent_run_id=tracker.parent_id)
     print(f"[{spec.name}] tracking {where.tracking_uri} (experiment {spec.experiment!r}, "
           f"parent run {tracker.parent_id}); storage {where.storage}", file=opts.out, flush=True)
-    if opts.fuse is not None:
-        spec.fuse = opts.fuse
-    mode = sweep_mode(spec, where.study_url)
+    mode = sweep_mode(spec, where.study_url, opts.fuse)
     mode.plan_run(tracker, done, opts.out)
     mode.claim(tracker, opts.out)
     mode.pack(opts.out)
@@ -156,67 +158,12 @@ def _run_sweep(spec, opts: RunOptions) -> SweepSummary:
     _fill_outcomes(summary, mode, tracker)
     print(summary.text(), file=opts.out, flush=True)
     print(f"  browse: {browse_hint(where.tracking_uri)} (experiment {spec.experiment!r})", file=opts.out, flush=True)
-    from .ui_cli import print_study_hint
     print_study_hint(where.study_url, opts.out)
     return summary
 
 
-class Heartbeat:
-    """Renews this invocation's claims (runs: its trials', or a search sweep's parent) while its
-    trials run (a thread on the driver) and releases them at the end, so another `scalelab run`
-    may take them at once. A claim whose owner died expires after the lease (SCALELAB_LEASE_S)."""
-
-    def __init__(self, tracker: SweepTracker, run_ids: list[str]):
-        import threading
-
-        self.tracker, self.run_ids = tracker, run_ids
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="scalelab-heartbeat", daemon=True)
-
-    def _loop(self) -> None:
-        from .tracking import lease_seconds
-
-        interval = max(1.0, lease_seconds() / 6)
-        warned: set[str] = set()
-        while not self.stop.wait(interval):
-            try:
-                lost = set(self.tracker.heartbeat(self.run_ids)) - warned
-            except Exception:  # noqa: BLE001 - tracking down: the claim may lapse, training goes on
-                continue
-            if lost:
-                warned |= lost
-                what = ("the sweep's claim" if self.tracker.parent_id in lost
-                        else f"{len(lost)} trial claim(s)")
-                print(f"[{self.tracker.sweep}] warning: {what} lapsed (no heartbeat reached MLflow for a whole "
-                      "lease) and another scalelab run took it over; this run stops those trials and sends no more "
-                      "of their results to MLflow (they stay in the trials' journals)", file=sys.stderr, flush=True)
-
-    def __enter__(self):
-        if self.run_ids:
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        if self.thread.is_alive():
-            self.thread.join(timeout=30)
-        try:
-            self.tracker.heartbeat(self.run_ids, release=True)  # failed or interrupted ones too
-        except Exception:  # noqa: BLE001 - unreachable: the claims expire after the lease instead
-            pass
-        return False
-
-
-def browse_hint(tracking_uri: str) -> str:
-    if tracking_uri.startswith(("http://", "https://")):
-        return tracking_uri
-    return f"mlflow ui --backend-store-uri {tracking_uri}"
-
-
 def _execute(spec, mode, tracker: SweepTracker, where: Locations, opts: RunOptions, outbox: Outbox) -> bool:
     """Run the Tune experiment; True when it was interrupted (Ctrl-C)."""
-    from .ray_local import ray_session
-
     metric, direction = mode.objective
     ctx = TrialContext(trials_root=where.trials_root(spec.experiment), spec=mode.worker_spec,
                        objective=metric, objective_mode=direction, known=mode.known,
@@ -228,29 +175,12 @@ def _execute(spec, mode, tracker: SweepTracker, where: Locations, opts: RunOptio
         progress = ProgressPrinter(spec.name, mode.to_run, mode.lookup, metric, direction,
                                    best=best_so_far(tracker.child_runs(), metric, direction), out=opts.out,
                                    work=mode.work, outbox=outbox)
-        from .ui_cli import study_links  # search sweeps: Optuna trial -> MLflow run id
         tuner = _tuner(spec, mode, ctx, [tracking, progress, *study_links(mode, tracking)], where, opts, has_gpu,
                        OutageStopper(outbox, tracking))
         results = tuner.fit()
     # Ctrl-C makes Tune stop its trials and return early: fewer trials ended than planned. (A
     # search sweep taken over by another run stops early too, but that is said on its own.)
     return results.num_terminated + results.num_errors < mode.tune_trials and not tracker.sweep_lost()
-
-
-class OutageStopper(tune.Stopper):
-    """Stops the whole sweep once MLflow has been unreachable for the grace period, or once
-    another `scalelab run` took its claim over; stops a trial whose claim was taken over (this
-    run's claim lapsed, see MlflowTrackingCallback), so that the new owner is soon its only
-    writer."""
-
-    def __init__(self, outbox: Outbox, tracking: MlflowTrackingCallback | None = None):
-        self.outbox, self.tracking = outbox, tracking
-
-    def __call__(self, trial_id, result) -> bool:
-        return self.tracking is not None and self.tracking.taken(trial_id)
-
-    def stop_all(self) -> bool:
-        return self.outbox.expired or (self.tracking is not None and self.tracking.tracker.sweep_lost())
 
 
 def _tuner(spec, mode, ctx: TrialContext, callbacks: list, where: Locations, opts: RunOptions, has_gpu: bool,
@@ -288,7 +218,7 @@ def _fill_outcomes(summary: SweepSummary, mode, tracker: SweepTracker) -> None:
     summary.outcomes.update(mode.outcomes(tracker))
     for run in tracker.child_runs():
         tags = run.data.tags
-        if tags.get(TAG_OUTCOME) == "failed" and tags.get(TAG_HASH) in summary.outcomes:
+        if tags.get(TAG_OUTCOME) == OUTCOME_FAILED and tags.get(TAG_HASH) in summary.outcomes:
             error = (tags.get(TAG_ERROR) or "").strip().splitlines()
             label = mode.label(tags[TAG_HASH]) or tags.get(TAG_LABEL, run.info.run_id)
             summary.errors[label] = error[-1] if error else "unknown error"

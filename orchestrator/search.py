@@ -12,9 +12,11 @@ import logging
 
 from trainer.config import ConfigError
 
+from .trial import OBJECTIVE_KEY
+
 
 def open_storage(url: str):
-    import optuna
+    import optuna  # here and below: seconds to import, which `plan` and `validate` do not need
 
     optuna.logging.set_verbosity(logging.WARNING)
     try:
@@ -32,11 +34,13 @@ def requeue_interrupted(storage, name: str, direction: str) -> tuple[int, int]:
     from optuna.trial import TrialState
 
     study = optuna.create_study(storage=storage, study_name=name, direction=direction, load_if_exists=True)
+    study_id = storage.get_study_id_from_name(name)
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     waiting = [t.system_attrs.get("fixed_params", t.params)
                for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
     for t in stale:
-        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        storage.set_trial_state_values(storage.get_trial_id_from_study_id_trial_number(study_id, t.number),
+                                       TrialState.FAIL)
         if t.params and t.params not in waiting:
             study.enqueue_trial(t.params)
             waiting.append(t.params)
@@ -47,8 +51,6 @@ def make_searcher(search, study_url: str):
     """An OptunaSearch on the persistent study of `search` (a SearchSpec) at `study_url`, stale
     trials re-queued first. Returns it and how many were re-queued."""
     from ray.tune.search.optuna import OptunaSearch
-
-    from .trainable import OBJECTIVE_KEY
 
     storage = open_storage(study_url)
     direction = "minimize" if search.mode == "min" else "maximize"

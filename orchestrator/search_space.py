@@ -55,6 +55,7 @@ def corner_values(entry: dict) -> list[Any]:
 
 
 def to_optuna(entry: dict):
+    # optuna: seconds to import, only for a search sweep
     from optuna.distributions import (CategoricalDistribution, FloatDistribution,
                                       IntDistribution)
 

@@ -1,5 +1,6 @@
-"""Sweep files: load, validate, expand into trials, hash (the `orchestrator.spec` contract of
-docs/CONTRACTS.md; the file format is documented in docs/sweeps.md).
+"""Sweep files: load, validate, expand into trials (the `orchestrator.spec` contract of
+docs/CONTRACTS.md; the file format is documented in docs/sweeps.md). A trial itself — its
+identity, hash, label and payload — is orchestrator/trial.py.
 
     spec = load_sweep("sweeps/quickstart.yaml")   # ConfigError naming file, key path, line
     for trial in spec.trials(): ...               # grid mode
@@ -10,9 +11,7 @@ Every key of a trial's config is set in exactly one place: `base` (or its `from_
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -30,38 +29,14 @@ from .from_study import best_params
 from .locations import absolute_sqlite, default_study_url
 from .problems import Problems, brief, unknown_key
 from .spec_schema import ALLOWED_KEYS, FromStudyFile, SweepFile
+from .trial import Trial, gpu_fraction, short_value, trial_hash, trial_label
 
-GPU_FRACTIONS = (0.125, 0.25, 0.5, 1.0)
-MAX_SHORT = 60  # characters of one value in a label or a point's text
 MAX_TRIALS = 100_000  # a typo like `seeds: 100000000` should fail fast, not fill memory
 FIELDS = TrainConfig.model_fields
-# Short names in trial labels ("mup+vector d=256 lr=3e-3 s=0").
-LABEL_NAMES = {"d_model": "d", "n_layers": "L", "seed": "s", "weight_decay": "wd",
-               "batch_size": "bs", "optimizer": "opt", "steps": "steps"}
 
 
 class _PointError(Exception):
     """One grid point or sample that does not make a valid config (message without the file)."""
-
-
-@dataclass(frozen=True)
-class Trial:
-    hash: str                  # trial_hash(config): the trial's identity
-    config: TrainConfig        # fully resolved (base + axes + seed + derived)
-    overrides: dict[str, Any]  # the values that vary across the sweep (axes / sampled values, seed)
-    resources: dict[str, float]  # {"cpu": float, "gpu": float}
-    label: str                 # e.g. "mup+vector d=256 lr=3e-3 s=0"
-
-    def to_payload(self) -> dict[str, Any]:
-        """Plain data (JSON types) for Tune's config; `from_payload` gives the trial back."""
-        return {"hash": self.hash, "label": self.label, "resources": dict(self.resources),
-                "overrides": dict(self.overrides), "config": self.config.model_dump()}
-
-    @classmethod
-    def from_payload(cls, payload: dict[str, Any]) -> "Trial":
-        config = TrainConfig.build(payload["config"], source=f"trial {payload['hash']}")
-        return cls(hash=payload["hash"], config=config, overrides=dict(payload["overrides"]),
-                   resources=dict(payload["resources"]), label=payload["label"])
 
 
 @dataclass(frozen=True)
@@ -75,29 +50,6 @@ class SearchSpec:
     space_text: dict[str, str] = field(default_factory=dict)  # key -> "log_uniform[1e-4, 1e-2]"
     storage_is_default: bool = False  # Locations.resolve then places the study by the effective tracking URI
     sampler_seed: int | None = None
-
-
-# Bump when the rule below changes; recorded on every trial run (`scalelab migrate` re-keys
-# runs recorded under an older rule).
-IDENTITY_VERSION = 2
-
-
-def trial_hash(cfg: TrainConfig) -> str:
-    """sha256 of the canonical JSON (sorted keys) of `cfg.identity()` (experiment fields away
-    from their defaults), first 16 hex chars."""
-    text = json.dumps(cfg.identity(), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def legacy_trial_hash(config: dict) -> str:
-    """Identity version 1: the hash of every field of the config as it was recorded."""
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def parametrization_label(cfg: TrainConfig) -> str:
-    """`sp`, `mup`, `mup+vector`, ... (CONTRACTS.md, Labels)."""
-    return cfg.scheme + ("" if cfg.multipliers == "none" else f"+{cfg.multipliers}")
 
 
 def load_sweep(path: str) -> "SweepSpec":
@@ -429,7 +381,7 @@ class SweepSpec:
             raise _PointError(f"at {point}{' (' + ', '.join(spots) + ')' if spots else ''}: {too_big}")
         return Trial(hash=trial_hash(cfg), config=cfg, overrides=overrides,
                      resources={"cpu": self.resources["cpu"], "gpu": self._gpu_for(cfg)},
-                     label=_label(cfg, overrides, varying))
+                     label=trial_label(cfg, overrides, varying))
 
     def _point_error(self, err: ValidationError, point: str, overrides: dict, index: dict) -> str:
         lines = []
@@ -493,13 +445,6 @@ class SweepSpec:
         return gpu_fraction(estimate(cfg)["memory_bytes"], self.gpu_memory_gb)
 
 
-def gpu_fraction(memory_bytes: float, gpu_memory_gb: float) -> float:
-    """`gpu: auto`: the smallest GPU_FRACTIONS share that holds `memory_bytes`; whole GPUs are
-    capped at 1 (the trainer uses one device)."""
-    need = memory_bytes / (gpu_memory_gb * 2 ** 30)
-    return next((f for f in GPU_FRACTIONS if need <= f), 1.0)
-
-
 @lru_cache(maxsize=1)
 def _ram_bytes() -> int | None:
     return machine_memory_bytes()
@@ -531,30 +476,8 @@ def _type_name(value: Any) -> str:
             bool: "a boolean"}.get(type(value), type(value).__name__)
 
 
-def _short(value: Any) -> str:
-    """Compact numbers for labels: 0.003 -> 3e-3, 256 -> 256, 0.5 -> 0.5."""
-    if isinstance(value, float) and math.isfinite(value) and value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e5):
-        mantissa, exponent = f"{value:.2e}".split("e")
-        mantissa = mantissa.rstrip("0").rstrip(".")
-        return f"{mantissa}e{int(exponent)}"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    text = json.dumps(value, separators=(",", ":")) if isinstance(value, (dict, list)) else str(value)
-    return text if len(text) <= MAX_SHORT else text[:MAX_SHORT - 3] + "..."
-
-
-def _label(cfg: TrainConfig, overrides: dict[str, Any], varying: list[str]) -> str:
-    parts = [parametrization_label(cfg)]
-    for key in varying:
-        if key in ("scheme", "multipliers") or key not in overrides:
-            continue
-        parts.append(f"{LABEL_NAMES.get(key, key)}={_short(overrides[key])}")
-    return " ".join(parts)
-
-
 def _point_text(overrides: dict[str, Any]) -> str:
-    return "point {" + ", ".join(f"{k}: {_short(v)}" for k, v in overrides.items()) + "}"
+    return "point {" + ", ".join(f"{k}: {short_value(v)}" for k, v in overrides.items()) + "}"
 
 
-__all__ = ["load_sweep", "load_sweep_text", "SweepSpec", "SearchSpec", "Trial", "trial_hash",
-           "parametrization_label"]
+__all__ = ["load_sweep", "load_sweep_text", "SweepSpec", "SearchSpec"]

@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from trainer.config import MAX_SEED
 from trainer.errors import brief
 
+from .fuse import DEFAULT_FUSE, FUSE_CHOICES, check_fuse
+
 # Metrics a search may optimise: the trainer's report and final keys (CONTRACTS.md).
 METRICS = ("final_val_loss", "min_val_loss", "final_train_loss", "val_loss", "train_loss",
            "tokens_per_s", "mfu", "wall_time_s", "grad_norm")
@@ -80,14 +82,13 @@ class SweepFile(_Strict):
     resources: ResourcesFile = Field(default_factory=ResourcesFile)
     concurrency: int | None = Field(None, ge=1)
     retries: int = Field(1, ge=0)
-    fuse: int | Literal["auto", "off"] = Field(
-        "off", description="fused packs (orchestrator/packing.py): 'off', 'auto' or at most N trials per pack")
+    fuse: int | Literal[FUSE_CHOICES] = Field(
+        DEFAULT_FUSE, description="fused packs (orchestrator/packing.py): 'off', 'auto' or at most N trials per pack")
     search: SearchFile | None = None
 
     @field_validator("fuse", mode="before")
     @classmethod
     def _fuse(cls, value: Any) -> Any:
-        from .packing import check_fuse
         return check_fuse(value)
 
     @field_validator("name")

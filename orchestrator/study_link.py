@@ -1,9 +1,14 @@
-"""Optuna trial -> MLflow run: the user attribute `mlflow_run_id` on each trial of a search
-sweep's study, so optuna-dashboard shows which MLflow run a trial is (orchestrator/ui_cli.py
-adds this callback for search sweeps)."""
+"""Optuna trial -> MLflow run: the user attribute `mlflow_run_id` (RUN_ID_ATTR) on each trial of a
+search sweep's study, so optuna-dashboard shows which MLflow run a trial is. Written here only,
+through Optuna's public storage API."""
 from __future__ import annotations
 
+from optuna.trial import TrialState
 from ray import tune
+
+from .search import open_storage
+
+RUN_ID_ATTR = "mlflow_run_id"
 
 
 def _same(a, b) -> bool:
@@ -15,17 +20,28 @@ def _same(a, b) -> bool:
     return a == b
 
 
+def link_trial_to_run(storage, study_name: str, params: dict, run_id: str) -> bool:
+    """Set RUN_ID_ATTR to `run_id` on the study's RUNNING trial whose params are `params` (a
+    finished Optuna trial can no longer be changed); False when there is none."""
+    study_id = storage.get_study_id_from_name(study_name)
+    for trial in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.params and all(_same(params.get(k), v) for k, v in trial.params.items()):
+            if trial.user_attrs.get(RUN_ID_ATTR) != run_id:
+                trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+                storage.set_trial_user_attr(trial_id, RUN_ID_ATTR, run_id)
+            return True
+    return False
+
 
 class StudyRunLinker(tune.Callback):
     """Driver-side, after the MLflow tracking callback (it creates the child run on trial start):
-    finds the study's RUNNING trial whose params are this Tune trial's sampled values and sets
-    its user attribute `mlflow_run_id` (a finished Optuna trial can no longer be changed, so
-    this happens on start). Matching by params, not by the searcher's objects: Tune may work on
-    copies of them."""
+    links the study's RUNNING trial whose params are this Tune trial's sampled values to the
+    trial's MLflow run, on start. Matching by params, not by the searcher's objects: Tune may
+    work on copies of them."""
 
     def __init__(self, study_url: str, study_name: str, tracking):
         self.study_url, self.study_name, self.tracking = study_url, study_name, tracking
-        self._study = None
+        self._storage = None
 
     def on_trial_start(self, iteration, trials, trial, **info):
         recs = self.tracking.records.get(trial.trial_id)
@@ -40,17 +56,17 @@ class StudyRunLinker(tune.Callback):
         if rec.child is None:
             return
         try:
-            import optuna
-
-            from .search import open_storage
-
-            if self._study is None:
-                self._study = optuna.load_study(study_name=self.study_name, storage=open_storage(self.study_url))
-            running = self._study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-            for ot in running:
-                if ot.params and all(_same(config.get(k), v) for k, v in ot.params.items()):
-                    if ot.user_attrs.get("mlflow_run_id") != rec.child.run_id:
-                        self._study._storage.set_trial_user_attr(ot._trial_id, "mlflow_run_id", rec.child.run_id)
-                    return
+            if self._storage is None:
+                self._storage = open_storage(self.study_url)
+            link_trial_to_run(self._storage, self.study_name, config, rec.child.run_id)
         except Exception as err:  # noqa: BLE001 - a missing link must not stop the sweep
             print(f"note: could not link Optuna trial to MLflow run {rec.child.run_id}: {err}")
+
+
+def study_links(mode, tracking) -> list:
+    """For a search sweep: the Tune callback that links each Optuna trial to its MLflow run
+    (StudyRunLinker); nothing for a grid sweep."""
+    url = getattr(mode, "study_url", None)
+    if not url:
+        return []
+    return [StudyRunLinker(url, mode.search.study_name, tracking)]

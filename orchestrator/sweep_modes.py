@@ -1,21 +1,22 @@
 """Grid and search sweeps: the two ways `scalelab run` hands a sweep to Ray Tune.
 
-Each mode owns what differs between them: its plan (what this run still owes), the way back
-from a Tune trial's config to a scalelab Trial, the Tune setup (param space, searcher, samples,
-each trial's folder name) and the sweep's outcomes after a run. `runner.run_sweep` drives either.
+Each mode owns what differs between them: what the sweep still owes (`owe`: `scalelab plan`
+and `scalelab run` both ask it), the way back from a Tune trial's config to a scalelab Trial,
+the Tune setup (param space, searcher, samples, each trial's folder name) and the sweep's
+outcomes after a run. `runner.run_sweep` drives either.
 """
 from __future__ import annotations
 
 from types import SimpleNamespace
 from typing import Any, TextIO
 
-from ray import tune
-
 from trainer.config import UserError
 
-from .layout import DONE_OUTCOMES, TAG_HASH, TAG_OUTCOME
-from .packing import estimated_seconds
-from .trainable import GRID_TRIAL_KEY
+from .layout import DONE_OUTCOMES, OUTCOME_FINISHED, TAG_HASH, TAG_OUTCOME
+from .fuse import effective_fuse
+from .packing import make_packs, pack_summary
+from .search import make_searcher
+from .trial import GRID_TRIAL_KEY, trial_cost
 
 
 class GridTrials:
@@ -67,11 +68,11 @@ class GridSweep:
     searcher = None
     worker_spec = None   # workers get each resolved trial in its config
 
-    def __init__(self, spec):
+    def __init__(self, spec, fuse):
         self.name = spec.name
         self.trials = spec.trials()
         self.lookup = GridTrials(self.trials)
-        self.fuse, self.gpu_auto, self.gpu_memory_gb = spec.fuse, spec.resources["gpu"] == "auto", spec.gpu_memory_gb
+        self.fuse, self.gpu_auto, self.gpu_memory_gb = fuse, spec.resources["gpu"] == "auto", spec.gpu_memory_gb
         self.pending: list = []
         self.packs: list = []   # packing.Pack: how the pending trials run (one Ray trial each)
         self.done_before: dict[str, str] = {}
@@ -86,13 +87,16 @@ class GridSweep:
     def to_run(self) -> int:
         return len(self.pending)
 
-    def plan_run(self, tracker, done: dict[str, str], out: TextIO) -> None:
-        """Owed: the trials with no result in the experiment (`done`, any sweep) or this sweep."""
-        done = dict(done)
-        done.update({h: c.outcome for h, c in tracker.children.items() if c.outcome in DONE_OUTCOMES})
+    def owe(self, done: dict[str, str], own_runs: list) -> None:
+        """Owed: the trials with no result in the experiment (`done`: {hash: outcome}, any sweep)
+        nor among this sweep's own runs (`own_runs`)."""
+        done = {**done, **own_results(own_runs)}
         self.pending = [t for t in self.trials if t.hash not in done]
         self.done_before = {t.hash: done[t.hash] for t in self.trials if t.hash in done}
-        self.work = {t.hash: estimated_seconds(t) for t in self.pending}
+        self.work = {t.hash: trial_cost(t)["seconds"] for t in self.pending}
+
+    def plan_run(self, tracker, done: dict[str, str], out: TextIO) -> None:
+        self.owe(done, tracker.child_runs())
         print(f"[{self.name}] {self.total} trials: {self.total - self.to_run} already done, "
               f"{self.to_run} to run", file=out, flush=True)
 
@@ -114,11 +118,13 @@ class GridSweep:
         if done:
             print(f"[{self.name}] {len(done)} trial(s) got a result meanwhile", file=out, flush=True)
 
+    def form_packs(self) -> list:
+        """The pending trials as fused packs (`fuse`, packing.py) or alone."""
+        return make_packs(self.pending, self.fuse, self.gpu_auto, self.gpu_memory_gb)
+
     def pack(self, out: TextIO) -> None:
         """Group the trials this invocation holds into fused packs (`fuse`, packing.py)."""
-        from .packing import make_packs, pack_summary
-
-        self.packs = make_packs(self.pending, self.fuse, self.gpu_auto, self.gpu_memory_gb)
+        self.packs = self.form_packs()
         self.lookup.add_packs(self.packs)
         note = pack_summary(self.packs, self.fuse)
         if note:
@@ -130,6 +136,8 @@ class GridSweep:
 
     @property
     def param_space(self) -> dict:
+        from ray import tune  # ~2 s to import: `scalelab plan` asks this module what is owed without Ray
+
         return {GRID_TRIAL_KEY: tune.grid_search([p.to_payload() for p in self.packs])} if self.packs else {}
 
     @staticmethod
@@ -155,8 +163,9 @@ class SearchSweep:
     """Optuna samples the points through Tune's OptunaSearch; the study persists at `study_url`,
     so a rerun runs only the samples still owed."""
 
-    def __init__(self, spec, study_url: str):
+    def __init__(self, spec, study_url: str, fuse):
         self.name, self.search, self.study_url = spec.name, spec.search, study_url
+        self.fuse = fuse   # samples never fuse; kept so that `plan` shows the setting
         self.lookup = SampledTrials(spec)
         self.worker_spec = spec   # workers resolve the sampled values themselves
         self.objective = (spec.search.metric, spec.search.mode)
@@ -174,18 +183,17 @@ class SearchSweep:
     def num_samples(self) -> int:
         return self.to_run
 
+    def owe(self, done: dict[str, str], own_runs: list) -> None:
+        """Owed: num_samples minus this sweep's own samples with a result (`own_runs`); `done`
+        (the whole experiment) does not count: other sweeps' runs were not drawn by this study."""
+        s = self.search
+        self.known = {h: run.data.metrics.get(s.metric) for h, run in own_results(own_runs, runs_too=True).items()}
+        self.to_run = max(0, s.num_samples - len(self.known))
+
     def plan_run(self, tracker, done: dict[str, str], out: TextIO) -> None:
-        """Owed: num_samples minus this sweep's samples with a result (`done` does not count:
-        other sweeps' runs were not drawn by this study)."""
-        self._count(tracker)
+        self.owe(done, tracker.child_runs())
         print(f"[{self.name}] search: {len(self.known)} of {self.search.num_samples} samples done, {self.to_run} "
               f"to run (study {self.search.study_name!r} at {self.study_url})", file=out, flush=True)
-
-    def _count(self, tracker) -> None:
-        s = self.search
-        done_runs = [r for r in tracker.child_runs() if r.data.tags.get(TAG_OUTCOME) in DONE_OUTCOMES]
-        self.known = {r.data.tags[TAG_HASH]: r.data.metrics.get(s.metric) for r in done_runs}
-        self.to_run = max(0, s.num_samples - len(self.known))
 
     def claim(self, tracker, out: TextIO) -> None:
         """A search sweep is one stream of samples from one study: the invocation that runs it
@@ -202,14 +210,12 @@ class SearchSweep:
                   "after its lease)", file=out, flush=True)
             return
         before = len(self.known)
-        self._count(tracker)  # the previous holder may have finished samples since plan_run
+        self.owe({}, tracker.child_runs())  # the previous holder may have finished samples since plan_run
         if len(self.known) != before:
             print(f"[{self.name}] {len(self.known) - before} sample(s) got a result meanwhile; "
                   f"{self.to_run} to run", file=out, flush=True)
         if not self.to_run:
             return
-        from .search import make_searcher
-
         self.searcher, requeued = make_searcher(self.search, self.study_url)
         if requeued:
             print(f"[{self.name}] {requeued} interrupted sample(s) re-queued", file=out, flush=True)
@@ -232,5 +238,19 @@ class SearchSweep:
         return None  # samples are labelled by their runs
 
 
-def sweep_mode(spec, study_url: str | None = None):
-    return SearchSweep(spec, study_url) if spec.mode == "search" else GridSweep(spec)
+def own_results(runs: list, runs_too: bool = False) -> dict:
+    """{hash: outcome} of a sweep's own trial runs that have a result (finished wins over
+    diverged); with `runs_too`, {hash: the run} instead."""
+    out: dict = {}
+    for run in runs:
+        tags = run.data.tags
+        outcome, trial_hash = tags.get(TAG_OUTCOME), tags.get(TAG_HASH)
+        if trial_hash and outcome in DONE_OUTCOMES and (trial_hash not in out or outcome == OUTCOME_FINISHED):
+            out[trial_hash] = run if runs_too else outcome
+    return out
+
+
+def sweep_mode(spec, study_url: str | None = None, fuse=None):
+    """The sweep's mode; `fuse` is the --fuse flag (None: the sweep file's `fuse`)."""
+    fuse = effective_fuse(fuse, spec.fuse)
+    return SearchSweep(spec, study_url, fuse) if spec.mode == "search" else GridSweep(spec, fuse)

@@ -1,13 +1,27 @@
-"""Read-only questions to MLflow about a sweep's experiment (shared by `plan` and the runner)."""
+"""Read-only questions to MLflow about a sweep's experiment (shared by `plan` and the runner).
+Nothing here creates a database, an experiment or a run."""
 from __future__ import annotations
 
 import os
 
 from trainer.config import UserError
 
-from .layout import (DONE_OUTCOMES, KIND_TRIAL, TAG_HASH, TAG_IDENTITY, TAG_KIND, TAG_OUTCOME, probe_tracking, quote,
-                     search_all, sqlite_lock, sqlite_path)
-from .spec import IDENTITY_VERSION
+from .layout import (DONE_OUTCOMES, OUTCOME_FINISHED, KIND_SWEEP, KIND_TRIAL, TAG_HASH, TAG_IDENTITY, TAG_KIND, TAG_OUTCOME,
+                     TAG_PARENT, TAG_SWEEP, probe_tracking, quote, search_all, sqlite_lock, sqlite_path)
+from .trial import IDENTITY_VERSION
+
+
+def _read_client(tracking_uri: str):
+    """An MlflowClient on an existing store, or None when the SQLite file is not there yet
+    (nothing recorded; the database is never created as a side effect)."""
+    db = sqlite_path(tracking_uri)
+    if db is not None and not os.path.isfile(db):
+        return None
+    probe_tracking(tracking_uri)
+    from mlflow.tracking import MlflowClient  # here and below: seconds to import, only with a store to read
+
+    with sqlite_lock(tracking_uri):  # a `scalelab run` may be creating its schema right now
+        return MlflowClient(tracking_uri=tracking_uri)
 
 
 def finished_hashes(tracking_uri: str, experiment: str) -> dict[str, str]:
@@ -16,17 +30,11 @@ def finished_hashes(tracking_uri: str, experiment: str) -> dict[str, str]:
     means nothing is done; the database is never created as a side effect. Runs recorded under
     an older trial-identity rule are refused with the command that re-keys them: matching them
     by hash would silently rerun every finished trial."""
-    db = sqlite_path(tracking_uri)
-    if db is not None and not os.path.isfile(db):
-        return {}
-    probe_tracking(tracking_uri)
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     try:
-        with sqlite_lock(tracking_uri):  # a `scalelab run` may be creating its schema right now
-            client = MlflowClient(tracking_uri=tracking_uri)
-        found = client.get_experiment_by_name(experiment)
+        client = _read_client(tracking_uri)
+        found = client.get_experiment_by_name(experiment) if client else None
         if found is None:
             return {}
         done: dict[str, str] = {}
@@ -35,7 +43,7 @@ def finished_hashes(tracking_uri: str, experiment: str) -> dict[str, str]:
             tags = run.data.tags
             if tags.get(TAG_IDENTITY) != str(IDENTITY_VERSION):
                 legacy += 1
-            elif tags.get(TAG_HASH) and tags.get(TAG_OUTCOME) in DONE_OUTCOMES and done.get(tags[TAG_HASH]) != "finished":
+            elif tags.get(TAG_HASH) and tags.get(TAG_OUTCOME) in DONE_OUTCOMES and done.get(tags[TAG_HASH]) != OUTCOME_FINISHED:
                 done[tags[TAG_HASH]] = tags[TAG_OUTCOME]
     except MlflowException as err:
         raise UserError(f"cannot read MLflow at {tracking_uri}: {err.message}") from None
@@ -47,3 +55,23 @@ def finished_hashes(tracking_uri: str, experiment: str) -> dict[str, str]:
             f"`scalelab migrate {experiment} --tracking-uri {tracking_uri}` (add --storage DIR to carry "
             "checkpoints along; --dry-run shows what changes), or use a new `experiment:` name")
     return done
+
+
+def sweep_runs(tracking_uri: str, experiment: str, sweep: str) -> list:
+    """The trial runs of sweep `sweep` itself (children of its parent run: the oldest run tagged
+    as that sweep, as `scalelab run` finds it), metrics included; [] when it has none yet."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client = _read_client(tracking_uri)
+        found = client.get_experiment_by_name(experiment) if client else None
+        if found is None:
+            return []
+        parents = search_all(client, found.experiment_id,
+                             f"tags.`{TAG_KIND}` = {quote(KIND_SWEEP)} and tags.`{TAG_SWEEP}` = {quote(sweep)}")
+        parent = min(parents, key=lambda r: (r.info.start_time, r.info.run_id), default=None)
+        if parent is None:
+            return []
+        return list(search_all(client, found.experiment_id, f"tags.`{TAG_PARENT}` = {quote(parent.info.run_id)}"))
+    except MlflowException as err:
+        raise UserError(f"cannot read MLflow at {tracking_uri}: {err.message}") from None

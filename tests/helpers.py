@@ -19,7 +19,7 @@ import yaml
 
 from orchestrator.layout import KIND_SWEEP, KIND_TRIAL, TAG_HASH, TAG_KIND
 from orchestrator.locations import trials_root
-from orchestrator.trainable import FAULT_ENV
+from orchestrator.faults import FAULT_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

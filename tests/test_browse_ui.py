@@ -247,7 +247,7 @@ def test_scalelab_ui_without_a_store_says_so(tmp_path, monkeypatch, capsys):
 
 
 def test_experiment_url_names_the_experiment_page_once_it_exists(browsed_sweep):
-    from orchestrator.ui_cli import experiment_url
+    from orchestrator.links import experiment_url
 
     server, exp_id, _, _ = browsed_sweep
     assert experiment_url(server + "/", "browse") == f"{server}/#/experiments/{exp_id}"

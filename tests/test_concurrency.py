@@ -9,10 +9,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from helpers import complete_trials, journal, start_scalelab, study_storage, sweep_runs, write_search_sweep
-from orchestrator import tracking
+from orchestrator import claims as tracking  # the claim protocol: LEASE_ENV, sqlite_lock, sqlite_path
 from orchestrator.layout import TAG_HASH, TAG_OWNER
+from orchestrator.run_writes import SweepTracker
 from orchestrator.spec import load_sweep
-from orchestrator.tracking import SweepTracker
 
 
 def trial_runs(uri: str, experiment: str) -> list:
@@ -151,7 +151,7 @@ class FakeTuneTrial:
 
 
 def report(step: int, loss: float, final: bool = False) -> dict:
-    from orchestrator.trainable import REPORT_KEY
+    from orchestrator.trial import REPORT_KEY
 
     metrics = {"step": step, "val_loss": loss, **({"final": True, "status": "finished"} if final else {})}
     return {REPORT_KEY: {"metrics": metrics, "ts": 1_700_000_000_000 + step}}
@@ -173,8 +173,8 @@ def test_writes_after_a_lapsed_claim_was_taken_over_are_dropped(mode, tiny_sweep
     stay, A says in one line that the trial was taken over, and A's Tune stops that trial (and,
     for a search sweep, the whole sweep)."""
     from orchestrator.outbox import Outbox
-    from orchestrator.runner import OutageStopper
-    from orchestrator.tracking import MlflowTrackingCallback
+    from orchestrator.tune_callback import OutageStopper
+    from orchestrator.tune_callback import MlflowTrackingCallback
 
     spec = load_sweep(search_sweep(tmp_path) if mode == "search"
                       else tiny_sweep("lapse", grid={"lr": [0.01]}))
@@ -213,8 +213,8 @@ def test_a_claim_that_lapsed_but_was_not_taken_is_kept(tiny_sweep, tracking_uri,
     """A's heartbeats missed a whole lease but nobody claimed the trial meanwhile: A takes its
     claim again (full rule) and its queued writes go through."""
     from orchestrator.outbox import Outbox
-    from orchestrator.runner import OutageStopper
-    from orchestrator.tracking import MlflowTrackingCallback
+    from orchestrator.tune_callback import OutageStopper
+    from orchestrator.tune_callback import MlflowTrackingCallback
 
     spec = load_sweep(tiny_sweep("lapse-kept", grid={"lr": [0.01]}))
     trial = spec.trials()[0]
@@ -320,7 +320,7 @@ def test_a_claim_of_a_killed_process_on_this_machine_needs_no_lease():
     import subprocess
     import sys
 
-    from orchestrator.tracking import owner_is_dead
+    from orchestrator.claims import owner_is_dead
 
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()

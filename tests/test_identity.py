@@ -1,4 +1,4 @@
-"""Trial identity (orchestrator.spec.trial_hash): what defines a trial's result, pinned.
+"""Trial identity (orchestrator.trial.trial_hash): what defines a trial's result, pinned.
 
 A change that alters these hashes makes every finished trial of every experiment look new:
 it reruns them and orphans their checkpoints. If such a change is intended, bump
@@ -16,7 +16,8 @@ from pydantic import create_model
 from orchestrator.cli import main
 from orchestrator.layout import TAG_HASH, TAG_IDENTITY, TAG_PREVIOUS_HASH
 from orchestrator.migrate import migrate_experiment
-from orchestrator.spec import IDENTITY_VERSION, legacy_trial_hash, load_sweep, trial_hash
+from orchestrator.spec import load_sweep
+from orchestrator.trial import IDENTITY_VERSION, legacy_trial_hash, trial_hash
 from orchestrator.tracking_query import finished_hashes
 from trainer.config import RUNTIME_FIELDS, TrainConfig, UserError
 

@@ -12,7 +12,8 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
 from orchestrator.layout import TAG_IDENTITY
-from orchestrator.spec import IDENTITY_VERSION, load_sweep
+from orchestrator.spec import load_sweep
+from orchestrator.trial import IDENTITY_VERSION
 from orchestrator.tracking_query import finished_hashes
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

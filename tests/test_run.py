@@ -12,7 +12,7 @@ import yaml
 from helpers import assert_history_matches_reports, journal, sweep_runs, write_sweep
 from orchestrator.runner import RunOptions, run_sweep
 from orchestrator.spec import load_sweep
-from orchestrator.trainable import FAULT_ENV
+from orchestrator.faults import FAULT_ENV
 from trainer.config import TrainConfig
 from trainer.estimate import estimate
 

@@ -11,10 +11,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from helpers import journal, trials_by_hash
-from orchestrator.packing import make_packs, pack_summary, parse_fuse_flag
+from orchestrator.fuse import parse_fuse_flag
+from orchestrator.packing import make_packs, pack_summary
 from orchestrator.runner import RunOptions, run_sweep
 from orchestrator.spec import load_sweep, load_sweep_text
-from orchestrator.trainable import FAULT_ENV
+from orchestrator.faults import FAULT_ENV
 from trainer.config import UserError
 
 pytestmark = pytest.mark.timeout(600)

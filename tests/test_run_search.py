@@ -8,7 +8,8 @@ import pytest
 
 from helpers import complete_trials, study_storage, sweep_runs, write_search_sweep
 from orchestrator.runner import RunOptions, run_sweep
-from orchestrator.spec import load_sweep, trial_hash
+from orchestrator.spec import load_sweep
+from orchestrator.trial import trial_hash
 
 pytestmark = pytest.mark.timeout(600)
 

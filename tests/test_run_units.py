@@ -12,9 +12,10 @@ import torch
 from mlflow.entities import Metric
 
 from orchestrator import jobs
-from orchestrator.trainable import (InjectedFault, Journal, TrialContext, maybe_inject_fault,
-                                    objective_value, parse_faults, resume_point, set_threads)
-from orchestrator.tracking import SweepTracker, multipliers_csv
+from orchestrator.faults import InjectedFault, maybe_inject_fault, parse_faults
+from orchestrator.trainable import TrialContext, objective_value, set_threads
+from orchestrator.trial_folder import Journal, resume_point
+from orchestrator.run_writes import SweepTracker, multipliers_csv
 from trainer.config import TrainConfig, UserError
 
 
@@ -236,7 +237,7 @@ def test_a_malformed_fault_spec_is_refused_before_the_run(tmp_path, monkeypatch,
     """A typo in SCALELAB_FAULT_INJECT is a usage error at start (exit 2, one line), not trials
     failing after their retries; workers skip what they cannot parse."""
     from orchestrator.cli import main
-    from orchestrator.trainable import check_faults
+    from orchestrator.faults import check_faults
 
     assert parse_faults("abc:x,def:3") == [("def", 3, 1)]
     check_faults("abc:10,def:20:3,ghi:5:always")
@@ -260,13 +261,13 @@ def test_a_trial_folder_has_one_writer_the_second_waits_and_then_sees_the_first_
     import sys
     import textwrap
 
-    from orchestrator.trainable import trial_lock
+    from orchestrator.trial_folder import trial_lock
 
     trial_dir = tmp_path / "abc"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import json, sys, time
         from pathlib import Path
-        from orchestrator.trainable import trial_lock
+        from orchestrator.trial_folder import trial_lock
         d = Path({str(trial_dir)!r})
         with trial_lock([d]):
             print("locked", flush=True)

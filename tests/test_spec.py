@@ -9,8 +9,8 @@ import typing
 
 import pytest
 
-from orchestrator.spec import (SweepSpec, load_sweep, load_sweep_text, parametrization_label,
-                               trial_hash)
+from orchestrator.spec import SweepSpec, load_sweep, load_sweep_text
+from orchestrator.trial import parametrization_label, trial_hash
 from trainer.config import RUNTIME_FIELDS, ConfigError, TrainConfig
 from trainer.estimate import estimate
 
@@ -75,8 +75,8 @@ def test_trial_fields_follow_the_contract(tmp_path):
 def test_trial_payload_round_trip(tmp_path):
     """A grid trial travels to its Ray worker as plain data in Tune's config and comes back the
     same Trial (config, overrides with lists and dicts, resources, label, hash)."""
-    from orchestrator.spec import Trial
-    from orchestrator.trainable import GRID_TRIAL_KEY, TrialContext, trial_from_config
+    from orchestrator.trainable import TrialContext, trial_from_config
+    from orchestrator.trial import GRID_TRIAL_KEY, Trial
 
     spec = load(tmp_path, """
         name: payload
@@ -307,7 +307,7 @@ def test_hash_does_not_depend_on_key_order(tmp_path):
 
 def test_hash_is_stable_across_processes():
     cfg = TrainConfig(d_model=64, lr=3e-3, multiplier_overrides={"head": "scalar", "attn_k": "none"})
-    code = ("from trainer.config import TrainConfig; from orchestrator.spec import trial_hash; "
+    code = ("from trainer.config import TrainConfig; from orchestrator.trial import trial_hash; "
             "print(trial_hash(TrainConfig(d_model=64, lr=3e-3, "
             "multiplier_overrides={'attn_k': 'none', 'head': 'scalar'})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -132,7 +132,7 @@ def test_an_outage_past_the_grace_period_stops_the_sweep_and_a_rerun_sends_the_r
 
     from orchestrator.runner import RunOptions, TrackingOutage, run_sweep
     from orchestrator.spec import load_sweep
-    from orchestrator.tracking import SweepTracker
+    from orchestrator.run_writes import SweepTracker
 
     spec = load_sweep(str(tiny_sweep("grace", grid={"lr": [0.01, 0.02]})))
     real = SweepTracker.log_report

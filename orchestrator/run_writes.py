@@ -1,0 +1,265 @@
+"""The MLflow writes of a sweep (layout in docs/CONTRACTS.md), made only from the Ray driver.
+
+`SweepTracker` owns the runs: one parent run per sweep (found again by its tags on reruns), one
+child run per trial hash (found again by parent + hash, so no sequence of interruptions makes a
+duplicate); the claims on them are claims.py's, the Tune callback that feeds it is
+tune_callback.py's. Ray's own MLflowLoggerCallback is not used: it makes flat runs, logs one
+key per call and duplicates runs after a restore.
+
+Metrics go through `MlflowClient.log_batch` in chunks of MLflow's per-call limits. Each report
+carries the timestamp the worker stamped on it, so re-sending a report after a crash writes
+identical rows (which the SQL store ignores); the tag `scalelab.logged_step` records the last
+step fully written so replays after a resume are skipped outright.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Iterable
+
+import yaml
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from trainer.config import UserError
+
+from .claims import CLAIM_SETTLE_S, Claims, held_by_other, new_owner_id
+from .layout import (ARTIFACT_DIR, CONFIG_ARTIFACT, MULTIPLIER_COLUMNS, MULTIPLIERS_ARTIFACT, OUTCOME_FAILED,
+                     KIND_SWEEP, KIND_TRIAL, TAG_CODE, TAG_ERROR, TAG_HASH, TAG_HEARTBEAT, TAG_IDENTITY, TAG_KIND,
+                     TAG_LABEL, TAG_LOGGED_STEP, TAG_MODE, TAG_OUTCOME, TAG_OWNER, TAG_PARENT, TAG_SWEEP,
+                     quote as _quote, search_all, sqlite_lock, sqlite_path)
+from .trial import IDENTITY_VERSION, parametrization_label
+
+# MLflow's limits per log_batch call (mlflow.utils.validation).
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_TAGS_PER_BATCH = 100
+MAX_TAG_CHARS = 8000
+
+
+# --- small helpers ------------------------------------------------------------------------
+
+def code_version() -> str:
+    """`git describe` of the source tree (+ '-dirty'), else SCALELAB_CODE_VERSION (set by
+    `scalelab submit`, whose upload has no .git), else the package version."""
+    if os.environ.get("SCALELAB_CODE_VERSION"):
+        return os.environ["SCALELAB_CODE_VERSION"]
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=here,
+                             capture_output=True, text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        return f"scalelab-{version('scalelab')}"
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def flat_params(cfg) -> dict[str, str]:
+    """Every TrainConfig field as an MLflow param (lists/dicts as JSON)."""
+    out = {}
+    for key, value in cfg.model_dump().items():
+        out[key] = json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else str(value)
+    return out
+
+
+def numeric_metrics(report: dict) -> dict[str, float]:
+    """The numeric keys of a trainer report (drops `status`, the `final` flag and non-numbers)."""
+    return {k: float(v) for k, v in report.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def chunks(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+@dataclass
+class ChildRun:
+    run_id: str
+    logged_step: int = -1          # last step whose metrics are all in MLflow
+    outcome: str | None = None
+    n_params: int = 0              # params stored; fewer than expected after a crash in setup
+    owner: str = ""                # TAG_OWNER: the invocation that claimed the trial
+    heartbeat_ms: int = 0          # TAG_HEARTBEAT
+
+    def held_by_other(self, me: str, now_ms: int, lease_s: float) -> bool:
+        return held_by_other(self.owner, self.heartbeat_ms, me, now_ms, lease_s)
+
+
+# --- the tracker ------------------------------------------------------------------------------
+
+class SweepTracker(Claims):
+    """Parent and child runs of one sweep in one experiment (and the claims on them, claims.py)."""
+
+    def __init__(self, tracking_uri: str, experiment: str, sweep: str, mode: str):
+        self.tracking_uri, self.sweep, self.mode = tracking_uri, sweep, mode
+        self.code_version = code_version()
+        self.owner = new_owner_id()
+        self.claimed: list[str] = []      # run ids this invocation claimed (trials, or the parent)
+        self.sweep_claimed = False        # the claim is on the parent run (search sweeps)
+        with sqlite_lock(tracking_uri):  # MLflow creates a new database's schema with its client
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            self.experiment_id = self._experiment_id(experiment)
+            self.parent_id = self._parent_run()
+        self.children: dict[str, ChildRun] = self._load_children()
+
+    def _experiment_id(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            if found.lifecycle_stage != "active":
+                raise UserError(f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments "
+                                "restore) or set another `experiment:` in the sweep file")
+            return found.experiment_id
+        return self.client.create_experiment(name, artifact_location=artifact_location_for(self.tracking_uri))
+
+    def _search(self, filter_string: str, order_by: list[str] | None = None) -> list:
+        return list(search_all(self.client, self.experiment_id, filter_string, order_by))
+
+    def _oldest_first(self, filter_string: str) -> list:
+        """Runs by start time, then run id: every reader agrees which one is the oldest."""
+        return sorted(self._search(filter_string), key=lambda r: (r.info.start_time, r.info.run_id))
+
+    def _parent_run(self) -> str:
+        query = f"tags.`{TAG_KIND}` = {_quote(KIND_SWEEP)} and tags.`{TAG_SWEEP}` = {_quote(self.sweep)}"
+        found = self._oldest_first(query)
+        if found:
+            run_id = found[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, TAG_CODE, self.code_version)
+            return run_id
+        run = self.client.create_run(self.experiment_id, run_name=self.sweep, tags={
+            TAG_KIND: KIND_SWEEP, TAG_SWEEP: self.sweep, TAG_MODE: self.mode, TAG_CODE: self.code_version})
+        # Another invocation may have created one at the same time: the oldest wins, ours goes.
+        # (SQLite: we hold the database's lock, nobody else can have.)
+        if sqlite_path(self.tracking_uri) is None:
+            time.sleep(CLAIM_SETTLE_S)
+        oldest = self._oldest_first(query)[0].info.run_id
+        if oldest != run.info.run_id:
+            self.client.delete_run(run.info.run_id)
+        return oldest
+
+    def _load_children(self) -> dict[str, ChildRun]:
+        children: dict[str, ChildRun] = {}
+        for run in self._oldest_first(f"tags.`{TAG_PARENT}` = {_quote(self.parent_id)}"):
+            tags = run.data.tags
+            trial_hash = tags.get(TAG_HASH)
+            if trial_hash and trial_hash not in children:  # the oldest run of a hash is the one
+                children[trial_hash] = ChildRun(run.info.run_id, int(tags.get(TAG_LOGGED_STEP, -1)),
+                                                tags.get(TAG_OUTCOME), n_params=len(run.data.params),
+                                                owner=tags.get(TAG_OWNER, ""),
+                                                heartbeat_ms=int(tags.get(TAG_HEARTBEAT) or 0))
+        return children
+
+    def _identity_tags(self, trial) -> dict[str, str]:
+        return {TAG_PARENT: self.parent_id, TAG_KIND: KIND_TRIAL, TAG_HASH: trial.hash,
+                TAG_IDENTITY: str(IDENTITY_VERSION), TAG_SWEEP: self.sweep,
+                TAG_CODE: self.code_version, TAG_MODE: self.mode, TAG_LABEL: trial.label}
+
+    def refresh(self) -> None:
+        """Re-read the children (Tune works on a copy of the callback, hence of this tracker)."""
+        self.children = self._load_children()
+
+    def child_runs(self) -> list:
+        """Full MLflow runs of this sweep's trials (metrics included)."""
+        return self._search(f"tags.`{TAG_PARENT}` = {_quote(self.parent_id)}")
+
+    # --- trial runs ---
+    def start_child(self, trial, n_params: int | None) -> ChildRun:
+        """Create or re-open the run of `trial`; params and CONFIG_ARTIFACT are written once."""
+        child = self.children.get(trial.hash)
+        if child is not None:
+            self.client.update_run(child.run_id, status="RUNNING")
+        else:
+            # One call creates the run with the tags that identify it: no half-identified runs.
+            run = self.client.create_run(self.experiment_id, run_name=trial.label, tags=self._identity_tags(trial))
+            child = self.children[trial.hash] = ChildRun(run.info.run_id)
+        params = flat_params(trial.config)
+        params["parametrization"] = parametrization_label(trial.config)
+        if n_params is not None:
+            params["n_params"] = str(int(n_params))
+        if child.n_params < len(params):  # new, or a crash cut its setup short (re-logging is a no-op)
+            self.log_text(child.run_id, yaml.safe_dump(trial.config.model_dump(), sort_keys=True), CONFIG_ARTIFACT)
+            self.log_params(child.run_id, params)
+            child.n_params = len(params)
+        return child
+
+    def log_params(self, run_id: str, params: dict[str, str]) -> None:
+        items = [Param(k, v) for k, v in sorted(params.items())]
+        for part in chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(run_id, params=part, synchronous=True)
+
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        self.client.log_text(run_id, text, name)
+
+    def log_report(self, child: ChildRun, report: dict, timestamp_ms: int) -> bool:
+        """Write one trainer report at its step; False when that step is already in MLflow."""
+        step = int(report["step"])
+        if step <= child.logged_step:
+            return False
+        metrics = [Metric(k, v, timestamp_ms, step) for k, v in sorted(numeric_metrics(report).items())]
+        done_tag = RunTag(TAG_LOGGED_STEP, str(step))
+        # The logged-step tag rides in the last call: once it is stored, the whole step is.
+        parts = list(chunks(metrics, MAX_METRICS_PER_BATCH - 1)) or [[]]
+        for i, part in enumerate(parts):
+            tags = [done_tag] if i == len(parts) - 1 else []
+            self.client.log_batch(child.run_id, metrics=part, tags=tags, synchronous=True)
+        child.logged_step = step
+        return True
+
+    def finish_child(self, child: ChildRun, outcome: str, error: str | None = None,
+                     multipliers: list[dict] | None = None) -> None:
+        if multipliers is not None:
+            self.log_text(child.run_id, multipliers_csv(multipliers), MULTIPLIERS_ARTIFACT)
+        self.client.set_tag(child.run_id, TAG_OUTCOME, outcome)
+        if error is not None:
+            self.client.set_tag(child.run_id, TAG_ERROR, error[-MAX_TAG_CHARS:])
+        elif child.outcome == OUTCOME_FAILED:  # a failed trial that now succeeded: drop the old error
+            try:
+                self.client.delete_tag(child.run_id, TAG_ERROR)
+            except Exception:  # noqa: BLE001 - the tag may not exist; nothing to clean then
+                pass
+        child.outcome = outcome
+        self.client.set_terminated(child.run_id, "FAILED" if outcome == OUTCOME_FAILED else "FINISHED")
+
+    # --- the parent ---
+    def finish_parent(self, log_cost: bool = True) -> dict[str, float]:
+        """Record the tuning cost (trials run, their summed FLOPs) and close the parent run."""
+        cost = {}
+        if log_cost:
+            runs = [r for r in self.child_runs() if r.data.tags.get(TAG_OUTCOME)]
+            flops = sum(r.data.metrics.get("flops", 0.0) for r in runs
+                        if math.isfinite(r.data.metrics.get("flops", 0.0)))
+            cost = {"tuning_trials": float(len(runs)), "tuning_flops": float(flops)}
+            now = int(time.time() * 1000)
+            self.client.log_batch(self.parent_id, metrics=[Metric(k, v, now, 0) for k, v in cost.items()],
+                                  synchronous=True)
+        self.client.set_terminated(self.parent_id, "FINISHED")
+        return cost
+
+
+def artifact_location_for(tracking_uri: str) -> str | None:
+    """Artifacts of a SQLite-tracked experiment live next to the database file, not in the
+    working directory of whoever created the experiment; servers choose their own."""
+    db_path = sqlite_path(tracking_uri)
+    if db_path is None:
+        return None
+    return (Path(db_path).resolve().parent / ARTIFACT_DIR).as_uri()
+
+
+def multipliers_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(MULTIPLIER_COLUMNS), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
