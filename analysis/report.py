@@ -12,12 +12,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from . import frames
+from . import frames, report_md
 from .fits import run_fits
 from .options import FitOptions
 from .plots import SkipFigure, save
-from .registry import FIGURES
-from .report_md import render
+from .registry import ANALYSES, FIGURES, load
 from .tables import Tables
 
 SUMMARY_VERSION = 1
@@ -44,6 +43,17 @@ def build_report(tables: Tables, out_dir: str | os.PathLike, options: FitOptions
     _write(out / "report.md", render(summary))
     say(f"report written to {out}: report.md, summary.json, {len(summary['figures'])} figure(s)")
     return _json(summary)
+
+
+def render(summary: dict) -> str:
+    """report.md from a summary (typed results, or their JSON as summary.json holds them)."""
+    r = {name: load(result) for name, result in summary["results"].items()}
+    summary = {**summary, "results": r}
+    parts = [report_md.header_part(summary)]
+    parts += [a.section(r[a.name], summary) for a in ANALYSES if a.name in r]
+    parts += [report_md.figures_part(summary), report_md.skipped_part(summary), report_md.warnings_part(summary),
+              report_md.treatment_part(summary)]
+    return "\n\n".join(p for p in parts if p).rstrip() + "\n"
 
 
 def _json(summary: dict) -> dict:

@@ -1,6 +1,8 @@
 """report.md from a summary dict (its `results`: typed results, or their JSON as in summary.json): tables
 that put the parametrizations side by side, the figures, what was skipped and why, and every warning.
-One section per analysis (`*_section(result, summary)`), in the order of registry.ANALYSES."""
+One section per analysis (`*_section(result, summary)`); analysis/report.py `render` puts them in
+the order of registry.ANALYSES (the registry imports this module, so this module does not
+import the registry)."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,17 +17,6 @@ from .scaling import ScalingResult
 from .stats import LogLogFit
 from .transfer import TransferCurve, TransferResult
 from .tuning import TuningResult
-
-
-def render(summary: dict) -> str:
-    from .registry import ANALYSES, load   # here: the registry imports the sections below
-
-    r = {name: load(result) for name, result in summary["results"].items()}
-    summary = {**summary, "results": r}
-    parts = [_header(summary)]
-    parts += [a.section(r[a.name], summary) for a in ANALYSES if a.name in r]
-    parts += [_figures(summary), _skipped(summary), _warnings(summary), _treatment(summary)]
-    return "\n\n".join(p for p in parts if p).rstrip() + "\n"
 
 
 # ---- formatting ---------------------------------------------------------------------------
@@ -65,7 +56,7 @@ def _figure(summary: dict, name: str) -> str:
 
 # ---- sections -------------------------------------------------------------------------------
 
-def _header(s: dict) -> str:
+def header_part(s: dict) -> str:
     outcomes = ", ".join(f"{k}: {v}" for k, v in sorted(s["outcomes"].items()))
     return (f"# scalelab report: {', '.join(s['experiments']) or 'snapshot'}\n\n"
             f"Generated {s['generated_utc']} UTC from {s['source']}; {s['n_trials']} trial run(s) ({outcomes}); "
@@ -256,7 +247,7 @@ def coord_check_section(cc: CoordCheckResult, s: dict) -> str:
                         _figure(s, "coord_check")])
 
 
-def _figures(s: dict) -> str:
+def figures_part(s: dict) -> str:
     if not s["figures"] and not s["skipped_figures"]:
         return ""
     lines = ["## Figures"]
@@ -265,17 +256,17 @@ def _figures(s: dict) -> str:
     return "\n".join(lines)
 
 
-def _skipped(s: dict) -> str:
+def skipped_part(s: dict) -> str:
     if not s["skipped"]:
         return ""
     return "\n".join(["## Analyses skipped"] + [f"- **{k}**: {v}" for k, v in s["skipped"].items()])
 
 
-def _warnings(s: dict) -> str:
+def warnings_part(s: dict) -> str:
     lines = [f"- {name}: {w}" for name, res in s["results"].items() for w in res.warnings]
     return "\n".join(["## Warnings"] + lines) if lines else ""
 
 
-def _treatment(s: dict) -> str:
+def treatment_part(s: dict) -> str:
     return "\n".join(["## How runs were counted"] + [f"- {k}: {v}" for k, v in s["treatment"].items()])
 

@@ -13,7 +13,7 @@ from analysis import synthetic as syn
 from analysis.fits import FitOptions
 from analysis.freedom import fit_freedom, setting_name
 from analysis.norms import fit_norms
-from analysis.report_md import render
+from analysis.report import render
 from analysis.stats import jsonable
 from trainer.config import UserError
 

@@ -4,6 +4,7 @@ Starts Ray once."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -25,7 +26,7 @@ def test_private_temp_dirs_are_fresh_and_0700():
             assert len(os.path.join(d, "session_xxxx_xx_xx_xx_xx_xx_xxxxxx_xxxx", "sockets", "raylet.12345")) < 107
     finally:
         for d in (a, b):
-            os.rmdir(os.path.dirname(d))
+            shutil.rmtree(os.path.dirname(d))  # it holds the owner file (ray_local.OWNER_FILE)
 
 
 @pytest.mark.slow  # starts Ray
