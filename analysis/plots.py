@@ -114,11 +114,14 @@ def _number(v: float, _pos=None) -> str:
 
 class NiceLogTicks(Locator):
     """Major ticks of a log axis at round numbers: every decade, or 1-2-5, or 1..9, or finer steps,
-    the sparsest set with ≥ 3 ticks in view (≥ 2 on a narrow axis), thinned to MAX_TICKS. Unlike
+    the sparsest set with ≥ 3 ticks in view (≥ 2 on a narrow axis), thinned to `max_ticks`. Unlike
     matplotlib's LogLocator it never leaves a narrow axis with one labelled tick or none."""
 
     STEPS = ((1,), (1, 2, 5), (1, 2, 3, 4, 5, 6, 7, 8, 9), tuple(np.arange(10, 100, 5) / 10),
              tuple(np.arange(10, 100, 1) / 10))
+
+    def __init__(self, max_ticks: int = MAX_TICKS):
+        self.max_ticks = max_ticks
 
     def __call__(self):
         return self.tick_values(*self.axis.get_view_interval())
@@ -128,15 +131,13 @@ class NiceLogTicks(Locator):
         if not (lo > 0 and math.isfinite(hi)) or hi <= lo:
             return np.array([lo, hi]) if lo > 0 else np.array([1.0])
         decades = range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
-        best = []
         for need in (3, 2):
             for steps in self.STEPS:
                 ticks = [m * 10.0 ** e for e in decades for m in steps]
                 ticks = [t for t in ticks if lo * (1 - 1e-9) <= t <= hi * (1 + 1e-9)]
                 if len(ticks) >= need:
-                    step = math.ceil(len(ticks) / MAX_TICKS)
+                    step = math.ceil(len(ticks) / self.max_ticks)
                     return np.array(ticks[::step])
-                best = best or ticks
         return np.geomspace(lo, hi, 3)   # narrower than one step of 0.1: the ends and the middle
 
 
@@ -144,7 +145,8 @@ def log_axis(ax, which: str = "y") -> None:
     """A log axis with round, plainly written ticks (0.5, 1, 2; not 2^-1 or 5×10^-1)."""
     axis = ax.yaxis if which == "y" else ax.xaxis
     (ax.set_yscale if which == "y" else ax.set_xscale)("log")
-    axis.set_major_locator(NiceLogTicks())
+    # x labels sit side by side: fewer of them, or 6×10^12 and 7×10^12 collide
+    axis.set_major_locator(NiceLogTicks(MAX_TICKS if which == "y" else 4))
     axis.set_major_formatter(FuncFormatter(_number))
     axis.set_minor_formatter(NullFormatter())
 
@@ -177,8 +179,9 @@ def grid_ticks(ax, values) -> None:
 
 
 def _label_colours(labels: list[str]) -> dict[str, tuple]:
-    cmap = colormaps["tab10"]
-    return {label: cmap(i % 10) for i, label in enumerate(sorted(set(labels)))}
+    """tab10, then Dark2 (dark enough on white): 18 labels before a colour repeats."""
+    palette = list(colormaps["tab10"].colors) + list(colormaps["Dark2"].colors)
+    return {label: palette[i % len(palette)] for i, label in enumerate(sorted(set(labels)))}
 
 
 def ordered_colours(values: list[float]) -> dict[float, tuple]:

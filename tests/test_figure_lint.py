@@ -5,7 +5,7 @@ series with no finite point) and checked with matplotlib's own Agg renderer:
 - every data axis has at least two labelled ticks (or shares its scale with a panel that has);
 - no text lies outside the canvas; tick labels of one axis, and titles and axis labels, do not
   overlap each other; no axis hides its magnitude in an offset text (+2.51);
-- every legend entry names an artist that is drawn with data;
+- every legend entry names an artist that is drawn with data, and no two entries look alike;
 - a log y axis spans at least a factor of 2, so a tiny change looks tiny (a fitted exponent of
   ~0 is drawn flat, not corner to corner);
 - no data line is too pale to see on the white panel.
@@ -34,7 +34,7 @@ from matplotlib.transforms import Bbox
 from analysis import synthetic as syn
 from analysis.coord_figure import coord_check_figure
 from analysis.fits import FitOptions, run_fits
-from analysis.plots import SkipFigure
+from analysis.plots import PANEL, SkipFigure, log_axis
 from analysis.registry import FIGURES
 
 MIN_LOG_SPAN = 2.0      # a log y axis spans at least this factor
@@ -211,6 +211,39 @@ def legend_problems(fig: Figure) -> list[str]:
     return problems
 
 
+def _style(artist) -> tuple:
+    if isinstance(artist, ErrorbarContainer) and artist.lines[0] is not None:
+        artist = artist.lines[0]
+    elif isinstance(artist, Container) and artist.get_children():
+        artist = artist.get_children()[0]
+    if isinstance(artist, Line2D):
+        return ("line", to_rgb(artist.get_color()), artist.get_marker(), artist.get_linestyle())
+    if isinstance(artist, Collection):
+        return ("points", tuple(np.round(artist.get_facecolor()[:1].ravel(), 3)), str(artist.get_paths()[:1]))
+    if isinstance(artist, Patch):
+        return ("patch", to_rgb(artist.get_facecolor()), artist.get_hatch())
+    return ("other", id(artist))
+
+
+def legend_style_problems(fig: Figure) -> list[str]:
+    """Two entries of one legend are not drawn alike (colour, marker and line style)."""
+    problems = []
+    owners = [(ax.get_legend(), [ax]) for ax in data_axes(fig) if ax.get_legend() is not None]
+    owners += [(legend, data_axes(fig)) for legend in fig.legends]
+    for legend, axes in owners:
+        styles: dict[str, tuple] = {}
+        for ax in axes:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                styles.setdefault(label, _style(handle))
+        shown = [t.get_text() for t in legend.get_texts() if t.get_text() in styles]
+        seen: dict[tuple, str] = {}
+        for label in shown:
+            if styles[label] in seen:
+                problems.append(f"legend entries {seen[styles[label]][:40]!r} and {label[:40]!r} are drawn alike")
+            seen.setdefault(styles[label], label)
+    return problems
+
+
 def flat_problems(fig: Figure) -> list[str]:
     """A log y axis spans ≥ MIN_LOG_SPAN, so a change of a few percent is not drawn as a steep trend."""
     problems = []
@@ -245,7 +278,8 @@ def pale_problems(fig: Figure) -> list[str]:
 def lint(fig: Figure) -> list[str]:
     renderer = render(fig)
     return (tick_problems(fig) + outside_problems(fig, renderer) + overlap_problems(fig, renderer)
-            + offset_problems(fig) + legend_problems(fig) + flat_problems(fig) + pale_problems(fig))
+            + offset_problems(fig) + legend_problems(fig) + legend_style_problems(fig) + flat_problems(fig)
+            + pale_problems(fig))
 
 
 def vertical_fill(ax, renderer) -> float:
@@ -271,6 +305,16 @@ def worlds():
     return out
 
 
+@pytest.fixture(scope="module")
+def figures(worlds):
+    """Each world's drawn figures by name (a figure it has no data for is absent)."""
+    out = {}
+    for case, (tables, results) in worlds.items():
+        drawn = {spec.name: draw(spec, tables, results) for spec in FIGURES}
+        out[case] = {name: fig for name, fig in drawn.items() if fig is not None}
+    return out
+
+
 def draw(spec, tables, results) -> Figure | None:
     result = results.get(spec.analysis.name)
     if result is None:
@@ -285,28 +329,22 @@ CASES = ["full", "flat", "one_width", "absent"]
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_every_figure_passes_the_lint(worlds, case):
-    tables, results = worlds[case]
-    problems = []
-    for spec in FIGURES:
-        fig = draw(spec, tables, results)
-        if fig is not None:
-            problems += [f"{spec.name}: {p}" for p in lint(fig)]
+def test_every_figure_passes_the_lint(figures, case):
+    problems = [f"{name}: {p}" for name, fig in figures[case].items() for p in lint(fig)]
     assert not problems, "\n".join(problems)
 
 
-def test_the_worlds_draw_every_figure_of_the_registry(worlds):
-    drawn = {spec.name for spec in FIGURES for tables, results in worlds.values()
-             if draw(spec, tables, results) is not None}
+def test_the_worlds_draw_every_figure_of_the_registry(figures):
+    drawn = {name for world in figures.values() for name in world}
     assert drawn == {spec.name for spec in FIGURES}
 
 
-def test_a_fitted_exponent_of_zero_is_drawn_flat(worlds):
-    tables, results = worlds["flat"]
+def test_a_fitted_exponent_of_zero_is_drawn_flat(worlds, figures):
+    _, results = worlds["flat"]
     exponents = [s.fit.exponent for g in results["multipliers"].groups for s in g.series if s.fit.exponent is not None]
     assert exponents and max(map(abs, exponents)) < 0.05      # the world is flat: p ≈ 0
     for name in ("multipliers_vs_width", "optimum_vs_size", "coord_check"):
-        fig = draw(next(s for s in FIGURES if s.name == name), tables, results)
+        fig = figures["flat"][name]
         renderer = render(fig)
         fills = [vertical_fill(ax, renderer) for ax in data_axes(fig)]
         assert max(fills) < 0.25, f"{name}: a flat series fills {max(fills):.0%} of its panel's height"
@@ -327,6 +365,7 @@ def test_the_lint_finds_what_it_is_for():
     bare.yaxis.set_major_formatter(NullFormatter())
     ax.plot([128, 1024], [1.0, 1.01], label="drawn")
     ax.plot([], [], label="absent")
+    ax.plot([128, 1024], [1.0, 1.005], color="C0", label="twin")
     ax.plot([1, 2], [1, 1], color="#e0e0e0")
     ax.set_yscale("log")
     ax.set_title("a title far too long to fit on a figure this narrow, running off the right edge")
@@ -334,5 +373,34 @@ def test_the_lint_finds_what_it_is_for():
     ax.legend()
     problems = lint(fig)
     for expected in ("labelled tick", "outside the canvas", "tick labels", "'absent' has no drawn artist",
-                     "spans only", "too pale"):
+                     "spans only", "too pale", "drawn alike"):
         assert any(expected in p for p in problems), (expected, problems)
+
+
+@pytest.mark.parametrize("span", [1.01, 1.3, 2.0, 3.0, 10.0, 1e3, 1e12])
+@pytest.mark.parametrize("start", [1e-7, 0.37, 1.0, 6e12])
+def test_a_log_axis_of_any_range_gets_readable_ticks(start, span):
+    """Narrow compute or loss ranges: round ticks, ≥ 2 labelled, none overlapping, on both axes."""
+    fig = Figure(figsize=PANEL, layout="constrained")
+    ax = fig.subplots()
+    ax.plot([start, start * span], [start, start * span], marker="o")
+    log_axis(ax, "x")
+    log_axis(ax, "y")
+    ax.set_xlim(start, start * span)
+    ax.set_ylim(start, start * span)
+    renderer = render(fig)
+    assert tick_problems(fig) + overlap_problems(fig, renderer) + outside_problems(fig, renderer) == []
+
+
+def test_loss_vs_hp_ticks_at_the_grid_on_one_loss_scale(worlds, figures):
+    tables, results = worlds["full"]
+    fig = figures["full"]["loss_vs_hp"]
+    render(fig)
+    grid = {round(float(v), 12) for v in tables.trials["lr"]}
+    panels = data_axes(fig)
+    for ax in panels:
+        ticks = [t.get_position()[0] for t in labelled_ticks(ax.xaxis)]
+        mine = {round(p.hp, 12) for c in results["transfer"].curves for p in c.points
+                if c.label == ax.get_title().replace("\n", " ")}
+        assert ticks and (set(np.round(ticks, 12)) <= grid or len(mine) == 1), ax.get_title()
+        assert ax.get_ylim() == panels[0].get_ylim()
