@@ -216,36 +216,44 @@ def plot_transfer(result: TransferResult) -> Figure:
     fig, axes = _grid(len(labels), sharey=True)   # one loss scale: panels compare at a glance
     colours = ordered_colours([c.size for c in curves])
     hp, size = result.hp, result.size
+    named: set[float] = set()   # each width is named once, in one legend under the panels
+    finite = {c.size for c in curves if any(p.loss_mean is not None for p in c.points)}
     for ax, label in zip(axes, labels):
         mine = [c for c in curves if c.label == label]
         top = max(p.loss_mean for c in mine for p in c.points if p.loss_mean is not None)
         for c in mine:
-            _draw_curve(ax, c, colours[c.size], top)
+            _draw_curve(ax, c, colours[c.size], top, named, finite)
         ax.set_xscale("log", base=2)
         grid_ticks(ax, [p.hp for c in mine for p in c.points])
         ax.set_xlabel(f"{hp} (log axis; ticks at the grid's values)")
         ax.set_ylabel(f"{result.loss} (nats/token)")
         panel_title(ax, label)
-        ax.legend(fontsize=7, title=size, title_fontsize=7)
+    fig.legend(loc="outside lower center", fontsize=8, title=size, title_fontsize=8, ncols=min(len(named), 8),
+               frameon=False)
     figure_title(fig, f"Loss vs {hp}; ★ = parabola optimum (bar: {int(result.ci_level * 100)}% interval), "
               f"× = every seed diverged")
     return fig
 
 
-def _draw_curve(ax, curve: TransferCurve, colour, top: float) -> None:
-    """One width's curve; its legend entry goes on what is drawn (the × of diverged points when
-    no point has a finite loss), so no entry names an empty series."""
+def _draw_curve(ax, curve: TransferCurve, colour, top: float, named: set[float], finite: set[float]) -> None:
+    """One width's curve. The width is named (for the figure's legend) on the first curve drawn
+    with a finite loss, so no legend entry names an empty series."""
     pts = [p for p in curve.points if p.loss_mean is not None]
     x = np.array([p.hp for p in pts])
     y = np.array([p.loss_mean for p in pts])
     err = np.array([p.loss_sem or 0.0 for p in pts])
-    label = f"{curve.size:g}"
     if len(pts):
-        ax.errorbar(x, y, yerr=err, color=colour, marker="o", ms=3.5, lw=1.5, capsize=2, label=label)
+        ax.errorbar(x, y, yerr=err, color=colour, marker="o", ms=3.5, lw=1.5, capsize=2,
+                    label=None if curve.size in named else f"{curve.size:g}")
+        named.add(curve.size)
     diverged = [p.hp for p in curve.points if p.loss_mean is None and p.n_diverged == p.n]
     if diverged:   # drawn at the curve's highest loss (the panel's, when it has none)
+        # a width with no finite loss in any panel is named by its ×
+        label = None if curve.size in named or curve.size in finite else f"{curve.size:g} (every seed diverged)"
+        if label:
+            named.add(curve.size)
         ax.scatter(diverged, [np.nanmax(y) if len(y) else top] * len(diverged), marker="x", color=colour, s=25,
-                   label=None if len(pts) else f"{label} (all diverged)")
+                   label=label)
     if curve.opt is not None:
         ci = curve.opt_ci or [None, None]
         xerr = None if ci[0] is None else [[curve.opt - ci[0]], [ci[1] - curve.opt]]

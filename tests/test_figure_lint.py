@@ -5,7 +5,8 @@ series with no finite point) and checked with matplotlib's own Agg renderer:
 - every data axis has at least two labelled ticks (or shares its scale with a panel that has);
 - no text lies outside the canvas; tick labels of one axis, and titles and axis labels, do not
   overlap each other; no axis hides its magnitude in an offset text (+2.51);
-- every legend entry names an artist that is drawn with data, and no two entries look alike;
+- every legend entry names an artist that is drawn with data, and no two entries look alike; a
+  panel's legend covers none of its data points;
 - a log y axis spans at least a factor of 2, so a tiny change looks tiny (a fitted exponent of
   ~0 is drawn flat, not corner to corner);
 - no data line is too pale to see on the white panel.
@@ -244,6 +245,27 @@ def legend_style_problems(fig: Figure) -> list[str]:
     return problems
 
 
+def _marker_points(ax) -> np.ndarray:
+    """Display coordinates of the panel's data points (markers and scatter points)."""
+    pts = [ax.transData.transform(_finite_xy(line)) for line in ax.get_lines()
+           if _line_visible(line) and line.get_marker() not in (None, "None", "none", "", " ")]
+    pts += [c.get_offset_transform().transform(c.get_offsets()) for c in ax.collections
+            if c.get_visible() and len(c.get_offsets())]
+    return np.concatenate(pts) if pts else np.empty((0, 2))
+
+
+def covered_problems(fig: Figure, renderer) -> list[str]:
+    """A panel's legend covers none of its data points."""
+    problems = []
+    for ax in data_axes(fig):
+        if ax.get_legend() is not None:
+            box = ax.get_legend().get_window_extent(renderer)
+            n = sum(box.contains(x, y) for x, y in _marker_points(ax))
+            if n:
+                problems.append(f"{_name(ax)}: the legend covers {n} data point(s)")
+    return problems
+
+
 def flat_problems(fig: Figure) -> list[str]:
     """A log y axis spans ≥ MIN_LOG_SPAN, so a change of a few percent is not drawn as a steep trend."""
     problems = []
@@ -278,8 +300,8 @@ def pale_problems(fig: Figure) -> list[str]:
 def lint(fig: Figure) -> list[str]:
     renderer = render(fig)
     return (tick_problems(fig) + outside_problems(fig, renderer) + overlap_problems(fig, renderer)
-            + offset_problems(fig) + legend_problems(fig) + legend_style_problems(fig) + flat_problems(fig)
-            + pale_problems(fig))
+            + offset_problems(fig) + legend_problems(fig) + legend_style_problems(fig)
+            + covered_problems(fig, renderer) + flat_problems(fig) + pale_problems(fig))
 
 
 def vertical_fill(ax, renderer) -> float:
@@ -362,6 +384,8 @@ def test_the_lint_finds_what_it_is_for():
     fig = Figure(figsize=(6, 2))
     ax, bare = fig.subplots(1, 2)
     bare.plot([1, 2], [1, 2])
+    bare.plot(np.linspace(1.8, 2, 9), np.linspace(1.9, 2, 9), "o", label="under the legend")
+    bare.legend(loc="upper right")
     bare.yaxis.set_major_formatter(NullFormatter())
     ax.plot([128, 1024], [1.0, 1.01], label="drawn")
     ax.plot([], [], label="absent")
@@ -373,7 +397,7 @@ def test_the_lint_finds_what_it_is_for():
     ax.legend()
     problems = lint(fig)
     for expected in ("labelled tick", "outside the canvas", "tick labels", "'absent' has no drawn artist",
-                     "spans only", "too pale", "drawn alike"):
+                     "spans only", "too pale", "drawn alike", "legend covers"):
         assert any(expected in p for p in problems), (expected, problems)
 
 
