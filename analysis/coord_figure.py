@@ -1,13 +1,14 @@
 """The figure and data files of `scalelab coord-check`: mean |activation| of each layer against
 width, one line per training step, one row of panels per scheme. Object-oriented matplotlib
-(`Figure`, no pyplot), as in plots.py: no global state, no display needed."""
+(`Figure`, no pyplot), with plots.py's rules for axes and titles: no global state, no display needed."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
-from matplotlib import colormaps
 from matplotlib.figure import Figure
+
+from .plots import figure_title, grid_ticks, log_axis, min_log_span, ordered_colours, panel_title
 
 NAME = "coord_check"
 
@@ -19,25 +20,26 @@ def coord_check_figure(rows: list[dict]) -> Figure:
     mean = df.groupby(["scheme", "layer", "step", "width"], sort=False)["value"].mean().reset_index()
     schemes, layers = list(dict.fromkeys(df["scheme"])), list(dict.fromkeys(df["layer"]))
     steps = sorted(df["step"].unique())
-    fig = Figure(figsize=(3.2 * len(layers), 2.8 * len(schemes)))
+    fig = Figure(figsize=(3.2 * max(2, len(layers)), 2.8 * len(schemes)), layout="constrained")
     axes = fig.subplots(len(schemes), len(layers), squeeze=False, sharex=True)
-    cmap = colormaps["viridis"]
+    colours = ordered_colours(steps)
     for i, scheme in enumerate(schemes):
         for j, layer in enumerate(layers):
             ax = axes[i][j]
-            for k, step in enumerate(steps):
+            for step in steps:
                 sel = mean[(mean.scheme == scheme) & (mean.layer == layer) & (mean.step == step)]
-                ax.plot(sel.width, sel.value, "o-", ms=3, color=cmap(k / max(1, len(steps) - 1)), label=f"step {step}")
+                ax.plot(sel.width, sel.value, "o-", ms=3, lw=1.5, color=colours[step], label=f"step {step}")
             ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_title(f"{scheme}: {layer}", fontsize=9)
+            grid_ticks(ax, df["width"])
+            log_axis(ax, "y")
+            min_log_span(ax)   # a width-independent layer is drawn flat, not stretched over the panel
+            panel_title(ax, f"{scheme}: {layer}", fontsize=9)
             if i == len(schemes) - 1:
                 ax.set_xlabel("width d_model")
             if j == 0:
                 ax.set_ylabel("mean |activation|")
     axes[0][-1].legend(fontsize=7, loc="best")
-    fig.suptitle("Coordinate check: flat lines = width-independent activations (µP); rising = blow-up (SP)")
-    fig.tight_layout()
+    figure_title(fig, "Coordinate check: flat lines = width-independent activations (µP); rising = blow-up (SP)")
     return fig
 
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter, Locator, NullFormatter
 
 from .comparison import Comparison
 from .coordcheck import CoordCheckResult
@@ -52,20 +53,142 @@ def _grid(n: int, ncols: int = 3, sharey: bool = False) -> tuple[Figure, list]:
     rows = math.ceil(n / cols)
     fig = Figure(figsize=(PANEL[0] * cols, PANEL[1] * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False, sharey=sharey).ravel().tolist()
+    for ax in axes:
+        ax.ticklabel_format(useOffset=False)   # '+2.51' above the axis would make 0.0002 read as the loss
     for ax in axes[n:]:
         ax.set_visible(False)
     return fig, axes[:n]
 
 
+# ---- readable axes and texts ---------------------------------------------------------------------
+
+MIN_LOG_SPAN = 2.0   # a log y axis spans at least this factor: a change of 2% looks like 2%, not a trend
+MAX_TICKS = 7
+MIN_LOSS_SPAN = 0.05   # nats: a loss axis of its own spans at least this, so seed noise is not a trend
+
+
+def _wrap(text: str, inches: float, fontsize: float) -> str:
+    """`text` broken into lines that fit `inches` at `fontsize` (an average glyph is ~0.6 em wide)."""
+    chars = max(12, int(inches * 72 / (0.6 * fontsize)))
+    return "\n".join(textwrap.fill(line, chars, break_long_words=False, break_on_hyphens=False)
+                     for line in text.split("\n"))
+
+
+def panel_title(ax, text: str, fontsize: float = 10) -> None:
+    """A panel title wrapped to its panel's width (less the y labels' room), never cut at an edge."""
+    fig = ax.get_figure()
+    cols = ax.get_gridspec().ncols if ax.get_gridspec() is not None else 1
+    ax.set_title(_wrap(text, fig.get_figwidth() / cols - 0.6, fontsize), fontsize=fontsize)
+
+
+def figure_title(fig: Figure, text: str, fontsize: float = 11) -> None:
+    fig.suptitle(_wrap(text, fig.get_figwidth() - 0.4, fontsize), fontsize=fontsize)
+
+
+def _legend_label(text: str, fontsize: float, inches: float = PANEL[0] - 1.2) -> str:
+    return _wrap(text, inches, fontsize)
+
+
+def _legend_below(fig: Figure, fontsize: float = 7) -> None:
+    """One legend under the panels: long labels neither cover the data nor leave the canvas. The
+    figure grows by the legend's height, so the panel keeps its size."""
+    labels = [label for ax in fig.axes for label in ax.get_legend_handles_labels()[1]]
+    lines = sum(label.count("\n") + 1 for label in labels)
+    fig.set_figheight(fig.get_figheight() + lines * fontsize * 1.5 / 72)
+    fig.legend(loc="outside lower center", fontsize=fontsize, ncols=1, frameon=False)
+
+
+def _number(v: float, _pos=None) -> str:
+    """A tick label as a plain number (128, 0.6, 0.000244) up to 10^5, then as m×10^e."""
+    if v == 0 or not math.isfinite(v):
+        return "0" if v == 0 else ""
+    exp = math.floor(math.log10(abs(v)) + 1e-9)
+    if -4 <= exp < 5:
+        if abs(v) >= 1 and float(v).is_integer():
+            return f"{v:.0f}"
+        return np.format_float_positional(v, precision=3, fractional=False, trim="-")
+    mantissa = v / 10 ** exp
+    head = "" if math.isclose(mantissa, 1) else f"{mantissa:.3g}\\times"
+    return f"${head}10^{{{exp}}}$"
+
+
+class NiceLogTicks(Locator):
+    """Major ticks of a log axis at round numbers: every decade, or 1-2-5, or 1..9, or finer steps,
+    the sparsest set with ≥ 3 ticks in view (≥ 2 on a narrow axis), thinned to `max_ticks`. Unlike
+    matplotlib's LogLocator it never leaves a narrow axis with one labelled tick or none."""
+
+    STEPS = ((1,), (1, 2, 5), (1, 2, 3, 4, 5, 6, 7, 8, 9), tuple(np.arange(10, 100, 5) / 10),
+             tuple(np.arange(10, 100, 1) / 10))
+
+    def __init__(self, max_ticks: int = MAX_TICKS):
+        self.max_ticks = max_ticks
+
+    def __call__(self):
+        return self.tick_values(*self.axis.get_view_interval())
+
+    def tick_values(self, vmin, vmax):
+        lo, hi = sorted((vmin, vmax))
+        if not (lo > 0 and math.isfinite(hi)) or hi <= lo:
+            return np.array([lo, hi]) if lo > 0 else np.array([1.0])
+        decades = range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+        for need in (3, 2):
+            for steps in self.STEPS:
+                ticks = [m * 10.0 ** e for e in decades for m in steps]
+                ticks = [t for t in ticks if lo * (1 - 1e-9) <= t <= hi * (1 + 1e-9)]
+                if len(ticks) >= need:
+                    step = math.ceil(len(ticks) / self.max_ticks)
+                    return np.array(ticks[::step])
+        return np.geomspace(lo, hi, 3)   # narrower than one step of 0.1: the ends and the middle
+
+
+def log_axis(ax, which: str = "y") -> None:
+    """A log axis with round, plainly written ticks (0.5, 1, 2; not 2^-1 or 5×10^-1)."""
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    (ax.set_yscale if which == "y" else ax.set_xscale)("log")
+    # x labels sit side by side: fewer of them, or 6×10^12 and 7×10^12 collide
+    axis.set_major_locator(NiceLogTicks(MAX_TICKS if which == "y" else 4))
+    axis.set_major_formatter(FuncFormatter(_number))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def min_log_span(ax, factor: float = MIN_LOG_SPAN) -> None:
+    """Widen a log y axis around its data to span ≥ `factor`: a flat series is drawn flat."""
+    lo, hi = ax.get_ylim()
+    if lo > 0 and hi / lo < factor:
+        mid, half = math.sqrt(lo * hi), math.sqrt(factor)
+        ax.set_ylim(mid / half, mid * half)
+
+
+def grid_ticks(ax, values) -> None:
+    """x ticks of a log axis at the swept grid's values (every value marked, at most 6 labelled);
+    a grid of one value gets its neighbours ×2 and ÷2 as labelled ticks, so the scale is readable."""
+    values = sorted({float(v) for v in values if v is not None and v > 0})
+    if not values:
+        return
+    if len(values) == 1:
+        v = values[0]
+        labelled = [v / 2, v, v * 2]
+        ax.set_xlim(v / 2 ** 1.2, v * 2 ** 1.2)
+    else:
+        labelled = values[::math.ceil(len(values) / 6)]
+    ax.xaxis.set_major_locator(FixedLocator(labelled))
+    ax.xaxis.set_minor_locator(FixedLocator(values))
+    ax.xaxis.set_major_formatter(FuncFormatter(_number))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.tick_params(axis="x", which="major", labelrotation=30)
+
+
 def _label_colours(labels: list[str]) -> dict[str, tuple]:
-    cmap = colormaps["tab10"]
-    return {label: cmap(i % 10) for i, label in enumerate(sorted(set(labels)))}
+    """tab10, then Dark2 (dark enough on white): 18 labels before a colour repeats."""
+    palette = list(colormaps["tab10"].colors) + list(colormaps["Dark2"].colors)
+    return {label: palette[i % len(palette)] for i, label in enumerate(sorted(set(labels)))}
 
 
-def _size_colours(sizes: list[float]) -> dict[float, tuple]:
-    sizes = sorted(set(sizes))
+def ordered_colours(values: list[float]) -> dict[float, tuple]:
+    """Ordered values (sizes, steps) along viridis, stopping at 0.7: its yellow end is too pale on white."""
+    values = sorted(set(values))
     cmap = colormaps["viridis"]
-    return {s: cmap(i / max(1, len(sizes) - 1) * 0.9) for i, s in enumerate(sizes)}
+    return {v: cmap(i / max(1, len(values) - 1) * 0.7) for i, v in enumerate(values)}
 
 
 def _ci_text(value, ci, fmt: str = "{:.3g}") -> str:
@@ -77,20 +200,6 @@ def _ci_text(value, ci, fmt: str = "{:.3g}") -> str:
     return text
 
 
-def _plain_ticks(ax, *axes: str) -> None:
-    """Log-axis tick labels as plain numbers (128, 0.6) instead of 2^7 or 6×10^-1."""
-    # 3 digits below 1 (0.00391, not 0.00390625); whole numbers as they are (1024, not 1.02e+03)
-    fmt = FuncFormatter(lambda v, _pos: f"{v:g}" if abs(v) >= 1 or v == 0 else f"{v:.3g}")
-    # minor ticks of a log axis: only 2 and 5 of each decade are labelled, or they overlap
-    minor = FuncFormatter(lambda v, _pos: fmt(v, _pos) if v > 0 and f"{v:.0e}"[0] in "25" else "")
-    for name in axes:
-        axis = ax.xaxis if name == "x" else ax.yaxis
-        axis.set_major_formatter(fmt)
-        axis.set_minor_formatter(minor if name == "y" else fmt)
-        if name == "x":
-            ax.tick_params(axis="x", which="both", labelrotation=30)  # many log2 ticks would collide
-
-
 def _size_name(size: str) -> str:
     return {"d_model": "width d_model", "n_layers": "depth n_layers"}.get(size, size)
 
@@ -98,37 +207,53 @@ def _size_name(size: str) -> str:
 # ---- transfer ----------------------------------------------------------------------------
 
 def plot_transfer(result: TransferResult) -> Figure:
-    """Loss vs log2(hp), one panel per parametrization, width as colour, optima marked."""
+    """Loss vs hp (log axis, ticks at the grid's values), one panel per parametrization on one
+    shared loss scale, width as colour, optima marked."""
     curves = result.curves
     labels = sorted({c.label for c in curves if any(p.loss_mean is not None for p in c.points)})
     if not labels:
         raise SkipFigure("no transfer curve has a finite loss")
-    fig, axes = _grid(len(labels))
-    colours = _size_colours([c.size for c in curves])
+    fig, axes = _grid(len(labels), sharey=True)   # one loss scale: panels compare at a glance
+    colours = ordered_colours([c.size for c in curves])
     hp, size = result.hp, result.size
+    named: set[float] = set()   # each width is named once, in one legend under the panels
+    finite = {c.size for c in curves if any(p.loss_mean is not None for p in c.points)}
     for ax, label in zip(axes, labels):
-        for c in (c for c in curves if c.label == label):
-            _draw_curve(ax, c, colours[c.size], size)
+        mine = [c for c in curves if c.label == label]
+        top = max(p.loss_mean for c in mine for p in c.points if p.loss_mean is not None)
+        for c in mine:
+            _draw_curve(ax, c, colours[c.size], top, named, finite)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel(f"{hp} (log2 axis)")
+        grid_ticks(ax, [p.hp for c in mine for p in c.points])
+        ax.set_xlabel(f"{hp} (log axis; ticks at the grid's values)")
         ax.set_ylabel(f"{result.loss} (nats/token)")
-        ax.set_title(label)
-        ax.legend(fontsize=7, title=size, title_fontsize=7)
-    fig.suptitle(f"Loss vs {hp}; ★ = parabola optimum (bar: {int(result.ci_level * 100)}% interval), "
-                 f"× = every seed diverged")
+        panel_title(ax, label)
+    fig.legend(loc="outside lower center", fontsize=8, title=size, title_fontsize=8, ncols=min(len(named), 8),
+               frameon=False)
+    figure_title(fig, f"Loss vs {hp}; ★ = parabola optimum (bar: {int(result.ci_level * 100)}% interval), "
+              f"× = every seed diverged")
     return fig
 
 
-def _draw_curve(ax, curve: TransferCurve, colour, size: str) -> None:
+def _draw_curve(ax, curve: TransferCurve, colour, top: float, named: set[float], finite: set[float]) -> None:
+    """One width's curve. The width is named (for the figure's legend) on the first curve drawn
+    with a finite loss, so no legend entry names an empty series."""
     pts = [p for p in curve.points if p.loss_mean is not None]
     x = np.array([p.hp for p in pts])
     y = np.array([p.loss_mean for p in pts])
     err = np.array([p.loss_sem or 0.0 for p in pts])
-    ax.errorbar(x, y, yerr=err, color=colour, marker="o", ms=3, lw=1, capsize=2,
-                label=f"{curve.size:g}")
+    if len(pts):
+        ax.errorbar(x, y, yerr=err, color=colour, marker="o", ms=3.5, lw=1.5, capsize=2,
+                    label=None if curve.size in named else f"{curve.size:g}")
+        named.add(curve.size)
     diverged = [p.hp for p in curve.points if p.loss_mean is None and p.n_diverged == p.n]
-    if diverged and len(y):
-        ax.scatter(diverged, [np.nanmax(y)] * len(diverged), marker="x", color=colour, s=25)
+    if diverged:   # drawn at the curve's highest loss (the panel's, when it has none)
+        # a width with no finite loss in any panel is named by its ×
+        label = None if curve.size in named or curve.size in finite else f"{curve.size:g} (every seed diverged)"
+        if label:
+            named.add(curve.size)
+        ax.scatter(diverged, [np.nanmax(y) if len(y) else top] * len(diverged), marker="x", color=colour, s=25,
+                   label=label)
     if curve.opt is not None:
         ci = curve.opt_ci or [None, None]
         xerr = None if ci[0] is None else [[curve.opt - ci[0]], [ci[1] - curve.opt]]
@@ -149,18 +274,19 @@ def plot_optima(result: TransferResult) -> Figure:
         opts = 2.0 ** np.array(g.log2_opt)
         ci = [curves[(g.label, s)].opt_ci for s in g.sizes]
         yerr = np.array([[o - c[0] if c[0] else 0, c[1] - o if c[1] else 0] for o, c in zip(opts, ci)]).T
-        label = f"{g.label}: γ = {_ci_text(g.gamma, g.gamma_ci, '{:.2f}')}"
+        label = _legend_label(f"{g.label}: γ = {_ci_text(g.gamma, g.gamma_ci, '{:.2f}')}", 7, PANEL[0] - 0.3)
         ax.errorbar(sizes, opts, yerr=yerr, marker="o", ls="none", capsize=3, color=colours[g.label], label=label)
         if g.gamma is not None:
             xs = np.geomspace(sizes.min(), sizes.max(), 20)
-            ax.plot(xs, 2.0 ** (g.intercept_log2 + g.gamma * np.log2(xs)), color=colours[g.label], lw=1)
+            ax.plot(xs, 2.0 ** (g.intercept_log2 + g.gamma * np.log2(xs)), color=colours[g.label], lw=1.5)
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log", base=2)
+    grid_ticks(ax, [s for g in groups for s in g.sizes])
+    log_axis(ax, "y")
+    min_log_span(ax)
     ax.set_xlabel(_size_name(result.size))
     ax.set_ylabel(f"optimal {result.hp} η*")
-    _plain_ticks(ax, "x")
-    ax.set_title(f"Transfer of the optimal {result.hp} (µP predicts γ ≈ 0)")
-    ax.legend(fontsize=7)
+    panel_title(ax, f"Transfer of the optimal {result.hp} (µP predicts γ ≈ 0)")
+    _legend_below(fig)
     return fig
 
 
@@ -177,17 +303,20 @@ def plot_multipliers(result: MultiplierResult) -> Figure:
     fig, axes = _grid(len(names), ncols=4)
     colours = _label_colours([g.label for g in groups])
     for ax, name in zip(axes, names):
+        drawn = [s for g in groups for s in g.series if s.name == name]
         for g in groups:
             for s in (s for s in g.series if s.name == name):
                 _draw_power_law(ax, s, colours[g.label], g.label)
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        grid_ticks(ax, [p.size for s in drawn for p in s.points])
+        log_axis(ax, "y")
+        min_log_span(ax)   # p = 0.00 is drawn flat, not corner to corner
         ax.set_xlabel(_size_name(result.size))
-        ax.set_ylabel("learned multiplier (geo. mean over blocks)")
-        _plain_ticks(ax, "x", "y")
-        ax.set_title(name)
+        ax.set_ylabel("learned multiplier\n(geo. mean over blocks)")
+        panel_title(ax, name)
         ax.legend(fontsize=6)
-    fig.suptitle("Learned multipliers vs width; dashed: µP prediction (head d⁻¹, q·k d⁻²)")
+    figure_title(fig, "Learned multipliers vs width; dashed: µP prediction (head d⁻¹, q·k d⁻²); "
+              f"every log axis spans ≥ ×{MIN_LOG_SPAN:g}")
     return fig
 
 
@@ -207,14 +336,14 @@ def _draw_power_law(ax, series: MultiplierSeries, colour, label: str) -> None:
     # clipped at 0 both ways: a geometric mean of one run differs from it in the last bit
     err = np.array([[max(0.0, yy - p.min) for yy, p in zip(y, pts)],
                     [max(0.0, p.max - yy) for yy, p in zip(y, pts)]])
-    text = f"{label}: p = {_ci_text(fit.exponent, fit.exponent_ci, '{:.2f}')}"
+    text = _legend_label(f"{label}: p = {_ci_text(fit.exponent, fit.exponent_ci, '{:.2f}')}", 6)
     ax.errorbar(x, y, yerr=err, marker="o", ls="none", ms=4, capsize=2, color=colour, label=text)
     if fit.exponent is not None:
         xs = np.geomspace(x.min(), x.max(), 20)
-        ax.plot(xs, fit.prefactor * xs ** fit.exponent, color=colour, lw=1)
+        ax.plot(xs, fit.prefactor * xs ** fit.exponent, color=colour, lw=1.2)
         if series.prediction is not None:
             anchor = fit.prefactor * xs[0] ** fit.exponent
-            ax.plot(xs, anchor * (xs / xs[0]) ** series.prediction, color=colour, lw=1, ls="--")
+            ax.plot(xs, anchor * (xs / xs[0]) ** series.prediction, color=colour, lw=1.2, ls="--")
 
 
 # ---- scaling laws and the comparison -------------------------------------------------------
@@ -231,16 +360,17 @@ def plot_scaling(result: ScalingResult) -> Figure:
         N = np.array([p.N for p in f.points])
         L = np.array([p.loss_mean for p in f.points])
         err = np.array([p.loss_std or 0.0 for p in f.points])
-        text = (f"{f.label}: E={_ci_text(f.E, f.E_ci)}, α={_ci_text(f.alpha, f.alpha_ci, '{:.2f}')}")
+        text = _legend_label(f"{f.label}: E={_ci_text(f.E, f.E_ci)}, α={_ci_text(f.alpha, f.alpha_ci, '{:.2f}')}",
+                             7, PANEL[0] - 0.3)
         ax.errorbar(N, L, yerr=err, marker="o", ls="none", ms=4, capsize=2, color=colours[f.label], label=text)
         xs = np.geomspace(N.min(), N.max(), 50)
         D = np.median([p.D for p in f.points if p.D]) if f.B is not None else None
-        ax.plot(xs, predict(f, xs, D), color=colours[f.label], lw=1)
-    ax.set_xscale("log")
+        ax.plot(xs, predict(f, xs, D), color=colours[f.label], lw=1.2)
+    log_axis(ax, "x")
     ax.set_xlabel("parameters N")
     ax.set_ylabel(f"{result.loss} (nats/token)")
-    ax.set_title(f"Scaling law {result.model}")
-    ax.legend(fontsize=7)
+    panel_title(ax, f"Scaling law {result.model}")
+    _legend_below(fig)
     return fig
 
 
@@ -257,14 +387,15 @@ def plot_gaps(result: Comparison) -> Figure:
         y = np.array([g["gap"] for g in rows])
         err = np.array([[y_ - (g["gap_ci"][0] if g["gap_ci"][0] is not None else y_) for y_, g in zip(y, rows)],
                         [(g["gap_ci"][1] if g["gap_ci"][1] is not None else y_) - y_ for y_, g in zip(y, rows)]])
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=colours[label], label=label)
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=colours[label],
+                    label=_legend_label(label, 7, PANEL[0] - 0.3))
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xscale("log", base=2)
+    grid_ticks(ax, [g[size] for g in gaps])
     ax.set_xlabel(_size_name(size))
-    _plain_ticks(ax, "x")
-    ax.set_ylabel(f"best loss − best loss of {result.reference} (nats)")
-    ax.set_title(f"Loss gap to {result.reference} at each size (below 0 = better)")
-    ax.legend(fontsize=7)
+    ax.set_ylabel(f"best loss − best loss\nof {result.reference} (nats)")
+    panel_title(ax, f"Loss gap to {result.reference} at each size (below 0 = better)")
+    _legend_below(fig)
     return fig
 
 
@@ -289,24 +420,24 @@ def plot_norms(result: NormsResult) -> Figure:
             ax_n.plot([p.S for p in pts], [p.geo_mean for p in pts], "-" if matrix else "--", marker="o",
                       ms=3, lw=2.2 if pooled else 1.2, color=colours[s.role], label=s.role if matrix else None)
         ax_n.set_xscale("log", base=2)
-        ax_n.set_yscale("log")
-        _plain_ticks(ax_n, "x")
+        grid_ticks(ax_n, [p.S for s in series for p in s.points])
+        log_axis(ax_n, "y")
+        min_log_span(ax_n)
         ax_n.set_xlabel(NORMS_X)
-        ax_n.set_ylabel("RMS (solid: matrix, dashed: effective)")
-        ax_n.set_title(f"{sweep.label}\nnorms vs S (slopes in report.md)", fontsize=9)
+        ax_n.set_ylabel("RMS (solid: matrix,\ndashed: effective)")
+        panel_title(ax_n, f"{sweep.label}\nnorms vs S (slopes in report.md)", fontsize=9)
         ax_n.legend(fontsize=6, ncol=2)
         pts = sweep.loss.points
         ax_l.plot([p.S for p in pts], [p.loss_mean for p in pts], marker="o")
         ax_l.set_xscale("log", base=2)
-        _plain_ticks(ax_l, "x")
-        if losses:  # one y range for every sweep, so a flat curve looks flat
-            pad = 0.05 * (max(losses) - min(losses) or 0.01)
-            ax_l.set_ylim(min(losses) - pad, max(losses) + pad)
+        grid_ticks(ax_l, [p.S for p in pts])
+        if losses:  # one y range for every sweep, ≥ MIN_LOSS_SPAN: a flat curve looks flat
+            mid, half = (max(losses) + min(losses)) / 2, max(max(losses) - min(losses), MIN_LOSS_SPAN) / 2 * 1.1
+            ax_l.set_ylim(mid - half, mid + half)
         ax_l.set_xlabel(NORMS_X)
         ax_l.set_ylabel("loss (nats/token)")
-        ax_l.set_title(f"{sweep.label}\nloss vs S (spread {_ci_text(sweep.loss.spread, None)} nats)",
-                       fontsize=9)
-    fig.suptitle("Equilibrium norms in a sqrt(η/λ) sweep at fixed sqrt(η·λ)")
+        panel_title(ax_l, f"{sweep.label}\nloss vs S (spread {_ci_text(sweep.loss.spread, None)} nats)", fontsize=9)
+    figure_title(fig, "Equilibrium norms in a sqrt(η/λ) sweep at fixed sqrt(η·λ)")
     return fig
 
 
@@ -340,7 +471,7 @@ def plot_freedom(result: FreedomResult) -> Figure:
         ax.set_xticks(range(len(g.reliefs)), [r.setting for r in g.reliefs], fontsize=8, rotation=15)
         ax.set_ylim(top=top)
         ax.set_ylabel(f"{result.loss} − default (nats)")
-        ax.set_title(f"Loss penalty of a mis-set fixed multiplier\n({g.label})", fontsize=9)
+        panel_title(ax, f"Loss penalty of a mis-set fixed multiplier\n({g.label})", fontsize=9)
         ax.legend(fontsize=7)
     return fig
 
@@ -356,13 +487,17 @@ def plot_tuning(result: TuningResult) -> Figure:
     for c in curves:
         x = [p.compute for p in c.points]
         y = [p.best_loss for p in c.points]
-        ax.step(x, y, where="post", color=colours[c.label], ls="-" if c.kind == "search" else "--",
-                label=f"{c.label} ({c.kind}, {c.n_trials} runs)")
-    ax.set_xscale("log")
+        if c.total_compute > x[-1]:   # the best so far holds until the last run's compute is spent
+            x, y = x + [c.total_compute], y + [y[-1]]
+        # a dot where the curve ends: a curve of one run is a dot, not an invisible line of one point
+        ax.step(x, y, where="post", color=colours[c.label], ls="-" if c.kind == "search" else "--", lw=1.5,
+                marker="o", ms=3.5, markevery=[len(x) - 1],
+                label=_legend_label(f"{c.label} ({c.kind}, {c.n_trials} runs)", 7, PANEL[0] - 0.3))
+    log_axis(ax, "x")
     ax.set_xlabel(f"cumulative training compute ({'FLOPs' if result.compute == 'flops' else result.compute})")
-    ax.set_ylabel(f"best {result.loss} so far (nats/token)")
-    ax.set_title("Tuning cost\nsolid: µP search; dashed: learnable multipliers", fontsize=10)
-    ax.legend(fontsize=6)
+    ax.set_ylabel(f"best {result.loss} so far\n(nats/token)")
+    panel_title(ax, "Tuning cost\nsolid: µP search; dashed: learnable multipliers")
+    _legend_below(fig)
     return fig
 
 
@@ -381,16 +516,16 @@ def plot_training_curves(history: pd.DataFrame, trials: pd.DataFrame, comparison
             .merge(chosen[["run_id", "parametrization", size]], on="run_id"))
     labels = sorted(wide["parametrization"].unique())
     fig, axes = _grid(len(labels), sharey=True)
-    colours = _size_colours(wide[size].tolist())
+    colours = ordered_colours(wide[size].tolist())
     for ax, label in zip(axes, labels):
         part = wide[wide["parametrization"] == label]
         for width, sub in part.groupby(size):
             mean = sub.groupby("step")[["tokens", "val_loss"]].mean()
-            ax.plot(mean["tokens"], mean["val_loss"], color=colours[width], label=f"{width:g}")
-        ax.set_xscale("log")
+            ax.plot(mean["tokens"], mean["val_loss"], color=colours[width], lw=1.5, label=f"{width:g}")
+        log_axis(ax, "x")
         ax.set_xlabel("tokens")
         ax.set_ylabel("validation loss (nats/token)")
-        ax.set_title(f"{label} (best {hp} per size)")
+        panel_title(ax, f"{label} (best {hp} per size)")
         ax.legend(fontsize=7, title=size, title_fontsize=7)
     return fig
 
@@ -426,13 +561,14 @@ def plot_coord_check(result: CoordCheckResult) -> Figure:
                 ax.plot([p.size for p in pts], [p.mean_abs for p in pts], marker="o", ms=3,
                         color=colours[name], label=name)
             ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_title(f"{g.label}, step {step}", fontsize=8)
+            grid_ticks(ax, [p.size for p in g.points])
+            log_axis(ax, "y")
+            panel_title(ax, f"{g.label}, step {step}", fontsize=8)
             ax.set_xlabel(_size_name(result.size))
-            _plain_ticks(ax, "x")
             if si == 0:
                 ax.set_ylabel("mean |activation|")
                 ax.legend(fontsize=6)
-    fig.suptitle("Coordinate check: flat in width under µP, growing under SP")
+    min_log_span(axes[0])   # one shared y axis: a flat line stays flat
+    figure_title(fig, "Coordinate check: flat in width under µP, growing under SP")
     return fig
 

@@ -11,6 +11,7 @@ and the run diverges when log2 η − log2 η* exceeds `diverge_above` grid step
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ class TransferSpec:
     noise: float = 0.005
     diverge_above: float = 2.5
     mult_exponents: dict[str, float] = field(default_factory=default_mult_exponents)
+    diverged_sizes: dict[str, tuple[int, ...]] = field(default_factory=dict)   # label -> widths where every run diverges
     sweep: str = "transfer"
     experiment: str = "synthetic"
 
@@ -144,6 +146,8 @@ def transfer_trials(spec: TransferSpec, rng: np.random.Generator) -> tuple[pd.Da
     loss = base + spec.curvature * (grid["log2_lr"].to_numpy() - truth_opt) ** 2
     loss = loss + rng.normal(0, spec.noise, len(grid))
     diverged = grid["log2_lr"].to_numpy() - truth_opt > spec.diverge_above
+    for label, sizes in spec.diverged_sizes.items():
+        diverged |= (grid["parametrization"].eq(label) & grid["d_model"].isin(sizes)).to_numpy()
     frame = _run_frame(grid, spec, N, loss, diverged, rng)
     truth = {"E": spec.E, "A": spec.A, "alpha": spec.alpha, "offsets": {p: t.offset for p, t in spec.labels.items()},
              "gamma": {p: t.gamma for p, t in spec.labels.items()},
@@ -393,6 +397,35 @@ def multiplier_rows(trials: pd.DataFrame) -> pd.DataFrame:
     long["max"] = long["mean"]
     long["size"] = 1.0
     return long[["run_id", "trial_hash", "layer", "role", "block", "kind", "mean", "rms", "min", "max", "size"]].reset_index(drop=True)
+
+
+def figure_hard_cases(seed: int = 0) -> dict[str, Tables]:
+    """Worlds that have broken figures before (tests/test_figure_lint.py): `full` (every sweep,
+    so many panels and long group labels), `flat` (every exponent 0 and flat norms: narrow log
+    ranges), `one_width` (one width; a search sweep of a single run) and `absent` (a width where
+    every run diverged: a series with no finite point; a search of 3 runs: a
+    narrow compute axis; two depths with the same loss: a flat optimum vs depth)."""
+    flat_labels = {"sp": LabelTruth(c=-6.6, gamma=0.0, offset=0.02),
+                   "mup": LabelTruth(c=-7.3, gamma=0.0), "mup+scalar": LabelTruth(c=-7.1, gamma=0.0)}
+    flat = TransferSpec(labels=flat_labels, mult_exponents={role: 0.0 for role in default_mult_exponents()}, seeds=2)
+    return {
+        "full": synthetic_tables(seed, norms=NormSpec(), tuning=TuningSpec(), freedom=FreedomSpec())[0],
+        "flat": synthetic_tables(seed, transfer=flat, tuning=TuningSpec(n_trials=8),
+                                 norms=NormSpec(weight_slope=0.0, loss_curvature=0.0, seeds=1))[0],
+        "one_width": synthetic_tables(seed, transfer=TransferSpec(widths=(256,), seeds=2), tuning=TuningSpec(n_trials=1),
+                                      freedom=FreedomSpec(seeds=2))[0],
+        "absent": _odd_seeds_deeper(synthetic_tables(
+            seed, transfer=TransferSpec(seeds=2, diverged_sizes={"mup+scalar": (1024,)}), tuning=TuningSpec(n_trials=3),
+            coord_steps=2)[0]),
+    }
+
+
+def _odd_seeds_deeper(tables: Tables, n_layers: int = 4) -> Tables:
+    """The odd seeds' grid runs relabelled to another depth, so the depth transfer runs too; the
+    loss does not depend on depth here, so the optimum vs depth is flat."""
+    trials = tables.trials.copy()
+    trials.loc[trials["seed"].mod(2).eq(1) & trials["mode"].eq("grid"), "n_layers"] = n_layers
+    return dataclasses.replace(tables, trials=trials)
 
 
 def benchmark_tables(n_trials: int = 10_000, seed: int = 0) -> tuple[Tables, dict]:
