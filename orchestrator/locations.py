@@ -9,7 +9,10 @@ import os
 import re
 from dataclasses import dataclass
 
-from .layout import resolve_tracking_uri, sqlite_path
+from trainer.config import UserError
+
+from .layout import TRACKING_URI_ENV, resolve_tracking_uri, sqlite_path
+from .uri_check import study_url_problem, tracking_uri_problem
 
 DEFAULT_STORAGE = ".scalelab"
 # On a cluster the driver's working directory is a Ray Job's throwaway copy: keep state in home.
@@ -30,10 +33,18 @@ class Locations:
                 on_cluster: bool = False) -> "Locations":
         """`tracking_uri` and `storage` are the flags (None: not given)."""
         uri = resolve_tracking_uri(tracking_uri, spec.tracking_uri)
+        problem = tracking_uri_problem(uri)
+        if problem:  # judged by scheme before anything connects (MLflow would retry for minutes)
+            where = ("--tracking-uri" if tracking_uri else f"${TRACKING_URI_ENV}" if os.environ.get(TRACKING_URI_ENV)
+                     else f"{spec.source}: tracking_uri")
+            raise UserError(f"{where}: {problem}")
         folder = storage_dir(storage, on_cluster)
         study = None
         if spec.search is not None:
             study = default_study_url(uri, folder) if spec.search.storage_is_default else spec.search.storage
+            problem = study_url_problem(study)
+            if problem:
+                raise UserError(f"{spec.source}: search.storage: {problem}")
         return cls(uri, folder, study)
 
     def trials_root(self, experiment: str) -> str:

@@ -11,6 +11,8 @@ from trainer.config import ConfigError
 from trainer.errors import brief  # noqa: F401 - the one bounded repr, re-exported for the orchestrator
 from trainer.yaml_lines import KeyPath, LoadedYaml
 
+from .uri_auth import redact
+
 MAX_LISTED = 12  # a file with 500 bad grid points should not print 500 lines
 
 
@@ -123,6 +125,8 @@ def _message(e: dict, path: KeyPath, allowed: dict[KeyPath, Iterable[str]]) -> s
     if e["type"] in ("model_type", "dict_type", "model_attributes_type"):
         return f"expected a mapping (indented `key: value` lines), got {brief(e.get('input'))}"
     msg = e["msg"].removeprefix("Value error, ")
-    if "input" in e and not isinstance(e["input"], (dict, list)) and brief(e["input"]) not in msg:
-        msg += f" (got {brief(e['input'])})"
+    if "input" in e and not isinstance(e["input"], (dict, list)):
+        shown = brief(redact(e["input"]) if isinstance(e["input"], str) else e["input"])  # no URI's password
+        if shown not in msg and "***@" not in msg:
+            msg += f" (got {shown})"
     return msg

@@ -26,7 +26,8 @@ from trainer.yaml_lines import KeyPath, LoadedYaml, load_yaml_file, load_yaml_te
 
 from . import derive, search_space
 from .from_study import best_params
-from .locations import absolute_sqlite, default_study_url
+from .layout import resolve_tracking_uri
+from .locations import absolute_sqlite, default_study_url, storage_dir
 from .problems import Problems, brief, unknown_key
 from .spec_schema import ALLOWED_KEYS, FromStudyFile, SweepFile
 from .trial import Trial, gpu_fraction, short_value, trial_hash, trial_label
@@ -258,8 +259,12 @@ class SweepSpec:
             problems.add_validation_error(err, path, entry, {(): list(FromStudyFile.model_fields)})
             return
         problems.raise_if_any()  # the study lookup is slow and its errors would hide these
-        params = best_params(ref.storage, ref.study, ref.keys, f"{self.source}: {self.where(path)}")
-        self.from_study = {"storage": ref.storage, "study": ref.study, "params": params}
+        # No storage: where `scalelab run` put a search sweep's study by default, from the same
+        # tracking URI (the one precedence rule) and the default storage folder.
+        storage = ref.storage or default_study_url(resolve_tracking_uri(None, self.tracking_uri), storage_dir(None))
+        params = best_params(storage, ref.study, ref.keys, f"{self.source}: {self.where(path)}",
+                             assumed=ref.storage is None)
+        self.from_study = {"storage": storage, "study": ref.study, "params": params}
         for key, value in params.items():
             if self._claim(problems, key, path):
                 ok, checked = self._check_value(problems, path, key, value, what=f"study value {key}:")
@@ -410,8 +415,8 @@ class SweepSpec:
     def _memory_problem(self, cfg: TrainConfig) -> str | None:
         """GPU trials against resources.gpu_memory_gb; CPU trials against this machine's RAM."""
         if self.resources["gpu"] == 0:
-            return memory_problem(cfg, _ram_bytes(), "RAM on this machine (a CPU trial: resources.gpu is 0)")
-        return memory_problem(cfg, self.gpu_memory_gb * 2 ** 30, "GPU memory (resources.gpu_memory_gb)")
+            return memory_problem(cfg, _ram_bytes(), "RAM here (resources.gpu: 0)")
+        return memory_problem(cfg, self.gpu_memory_gb * 2 ** 30, "resources.gpu_memory_gb")
 
     def missing_corpora(self) -> list[str]:
         """'<where>: corpus file x.txt does not exist' for each corpus path that is not here
@@ -429,8 +434,8 @@ class SweepSpec:
         name, why = problems[0]
         more = f" (and {len(problems) - 1} more corpus entries like it)" if len(problems) > 1 else ""
         # One line however many entries are wrong: the first names the fix for all.
-        return [f"{self.source}: {where}: corpus entry {brief(name)} {why}{more}; relative paths are relative "
-                f"to the working directory, {brief(os.getcwd())}"]
+        relative = "" if os.path.isabs(os.path.expanduser(name)) else f"; relative to {brief(os.getcwd())}"
+        return [f"{self.source}: {where}: corpus entry {brief(name)} {why}{more}{relative}"]
 
     def check_corpora(self) -> None:
         """Raise ConfigError when a corpus path is missing (local runs, validate, plan)."""

@@ -12,6 +12,7 @@ from trainer.config import MAX_SEED
 from trainer.errors import brief
 
 from .fuse import DEFAULT_FUSE, FUSE_CHOICES, check_fuse
+from .uri_check import study_url_problem, tracking_uri_problem
 
 # Metrics a search may optimise: the trainer's report and final keys (CONTRACTS.md).
 METRICS = ("final_val_loss", "min_val_loss", "final_train_loss", "val_loss", "train_loss",
@@ -20,6 +21,14 @@ DISTRIBUTIONS = ("log_uniform", "uniform", "int", "categorical")
 MAX_SEEDS = 10_000
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 MAX_NAME_LENGTH = 100   # names become folder names (Ray's run folder, the trials folder)
+# Counts no machine would run: a typo (1e9) or a unit slip, refused rather than planned.
+MAX_CONCURRENCY = 10_000
+MAX_RETRIES = 100
+MAX_SAMPLES = 100_000
+# Control characters (NUL, newline, ANSI escapes) in a name end up in folder names, MLflow and
+# terminals; a description may hold line breaks and tabs.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 class _Strict(BaseModel):
@@ -27,11 +36,11 @@ class _Strict(BaseModel):
 
 
 class ResourcesFile(_Strict):
-    cpu: float = Field(1.0, gt=0, le=1024, description="CPUs reserved per trial")
+    cpu: float = Field(1.0, gt=0, le=1024, strict=True, description="CPUs reserved per trial")
     gpu: float | Literal["auto"] = Field(
         0.0, description="GPUs per trial: 0, a fraction (0.25), a whole number, or 'auto' "
         "(a fraction from the trial's estimated memory)")
-    gpu_memory_gb: float = Field(80.0, gt=0, le=1e6, description="GPU memory assumed by gpu: auto (GiB)")
+    gpu_memory_gb: float = Field(80.0, gt=0, le=1e6, strict=True, description="GPU memory assumed by gpu: auto (GiB)")
 
     @field_validator("gpu", mode="before")
     @classmethod
@@ -45,20 +54,42 @@ class ResourcesFile(_Strict):
         return value
 
 
+def _plain_name(value: Any) -> Any:
+    if isinstance(value, str) and CONTROL.search(value):
+        raise ValueError("a study name may not hold control characters (NUL, tabs, line breaks, escapes)")
+    return value
+
+
+def _study_url(value: Any) -> Any:
+    problem = study_url_problem(value) if isinstance(value, str) else None
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 class FromStudyFile(_Strict):
-    storage: str = Field(description="optuna storage URL, e.g. sqlite:///optuna.db")
-    study: str = Field(min_length=1, description="study name (a search sweep's study_name)")
+    storage: str | None = Field(None, description="optuna storage URL, e.g. sqlite:///optuna.db (default: where "
+                                "`scalelab run` puts a search sweep's study: optuna.db beside the SQLite MLflow "
+                                "database, or in .scalelab/)")
+    study: str = Field(min_length=1, max_length=MAX_NAME_LENGTH * 2, description="study name (a search sweep's study_name)")
     keys: list[str] | None = Field(None, description="which best parameters to take (default: all)")
+
+    _storage = field_validator("storage")(classmethod(lambda cls, v: _study_url(v)))
+    _name = field_validator("study")(classmethod(lambda cls, v: _plain_name(v)))
 
 
 class SearchFile(_Strict):
     metric: str = "final_val_loss"
     mode: Literal["min", "max"] = "min"
-    num_samples: int = Field(20, ge=1)
+    num_samples: int = Field(20, ge=1, le=MAX_SAMPLES, strict=True)
     storage: str | None = None
-    study_name: str | None = None
-    sampler_seed: int | None = Field(None, description="seed of Optuna's TPE sampler (reproducible search)")
+    study_name: str | None = Field(None, min_length=1, max_length=MAX_NAME_LENGTH * 2)
+    sampler_seed: int | None = Field(None, ge=0, le=MAX_SEED, strict=True,
+                                     description="seed of Optuna's TPE sampler (reproducible search)")
     space: dict[str, Any] = Field(min_length=1)  # entries checked by search_space.py
+
+    _storage = field_validator("storage")(classmethod(lambda cls, v: _study_url(v)))
+    _name = field_validator("study_name")(classmethod(lambda cls, v: _plain_name(v)))
 
     @field_validator("metric")
     @classmethod
@@ -80,11 +111,35 @@ class SweepFile(_Strict):
     seeds: int | list[int] | None = None
     derived: dict[str, str] = Field(default_factory=dict)
     resources: ResourcesFile = Field(default_factory=ResourcesFile)
-    concurrency: int | None = Field(None, ge=1)
-    retries: int = Field(1, ge=0)
+    concurrency: int | None = Field(None, ge=1, le=MAX_CONCURRENCY, strict=True)
+    retries: int = Field(1, ge=0, le=MAX_RETRIES, strict=True)
     fuse: int | Literal[FUSE_CHOICES] = Field(
         DEFAULT_FUSE, description="fused packs (orchestrator/packing.py): 'off', 'auto' or at most N trials per pack")
     search: SearchFile | None = None
+
+    @field_validator("experiment")
+    @classmethod
+    def _experiment(cls, value: str | None) -> str | None:
+        if value is not None and (CONTROL.search(value) or value != value.strip()):
+            raise ValueError("an experiment name may not hold control characters (NUL, line breaks, escapes) or "
+                             "start or end with spaces; use letters, digits, spaces and punctuation")
+        return value
+
+    @field_validator("description")
+    @classmethod
+    def _description(cls, value: str | None) -> str | None:
+        if value is not None and CONTROL_IN_TEXT.search(value):
+            raise ValueError("a description may not hold control characters (NUL, escapes); plain text and line "
+                             "breaks are fine")
+        return value
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _tracking_uri(cls, value: str | None) -> str | None:
+        problem = tracking_uri_problem(value) if value is not None else None
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("fuse", mode="before")
     @classmethod

@@ -208,3 +208,14 @@ def test_the_cli_answers_a_hostile_file_with_one_line(tmp_path, text):
     out = (done.stdout + done.stderr).strip()
     assert done.returncode == 2, out
     assert "Traceback" not in out and len(out.splitlines()) == 1 and str(path) in out
+
+
+def test_the_cached_memory_estimate_equals_the_estimate():
+    """memory_bytes caches by MEMORY_FIELDS; configs that differ in every other field it could
+    miss (steps, lr, seed, head_dim, ...) must still get estimate's own number."""
+    from trainer.estimate import memory_bytes
+
+    configs = [TrainConfig(d_model=d, head_dim=8, n_layers=n, steps=s, lr=lr, seed=seed, multipliers=m, batch_size=b)
+               for d, n, s, lr, seed, m, b in itertools.product([16, 32], [1, 3], [10, 99], [1e-3, 1e-2], [0, 1],
+                                                                ["none", "vector"], [2, 8])]
+    assert all(memory_bytes(c) == estimate(c)["memory_bytes"] for c in configs)

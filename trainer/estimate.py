@@ -52,16 +52,34 @@ def machine_memory_bytes() -> int | None:
         return None
 
 
+# What `estimate`'s memory depends on: validation prices every trial of a sweep, and the trials of
+# a 100,000-point grid share a few shapes. A field that starts to matter to memory belongs here
+# (test_hostile_inputs checks memory_bytes against estimate).
+MEMORY_FIELDS = ("d_model", "n_layers", "mlp_ratio", "vocab_size", "batch_size", "seq_len", "multipliers",
+                 "multiplier_placement", "multiplier_overrides")
+
+
+def memory_bytes(cfg: TrainConfig) -> float:
+    key = tuple(repr(getattr(cfg, f)) for f in MEMORY_FIELDS)
+    if key not in _MEMORY:
+        if len(_MEMORY) > 10_000:
+            _MEMORY.clear()
+        _MEMORY[key] = estimate(cfg)["memory_bytes"]
+    return _MEMORY[key]
+
+
+_MEMORY: dict[tuple, float] = {}
+
+
 def memory_problem(cfg: TrainConfig, available_bytes: float | None, device: str) -> str | None:
     """None when the estimated training memory fits `available_bytes` of `device` (e.g. "GPU
     memory (resources.gpu_memory_gb)"), else a sentence naming the estimate and the fix."""
-    need = estimate(cfg)["memory_bytes"]
+    need = memory_bytes(cfg)
     if available_bytes is None or need <= available_bytes:
         return None
-    return (f"needs about {need / 2 ** 30:,.4g} GiB (trainer/estimate.py: weights, Adam state and "
-            f"activations of batch_size={cfg.batch_size} × seq_len={cfg.seq_len}, d_model={cfg.d_model}, "
-            f"n_layers={cfg.n_layers}, mlp_ratio={cfg.mlp_ratio:g}, vocab_size={cfg.vocab_size}), more than "
-            f"the {available_bytes / 2 ** 30:,.1f} GiB of {device}; lower {', '.join(SIZE_KEYS)}")
+    # Short: the caller's prefix already names the trial's values (a sweep's grid point).
+    return (f"needs about {need / 2 ** 30:,.3g} GiB to train, more than the {available_bytes / 2 ** 30:,.1f} GiB "
+            f"of {device}; shrink the model or the batch")
 
 
 def estimate(cfg: TrainConfig) -> dict[str, float]:
