@@ -108,7 +108,7 @@ def welch_contrast(groups: list[np.ndarray], weights: list[float], level: float)
     """Σ wᵢ·mean(groupᵢ) with its Welch–Satterthwaite t-interval: each group's own variance, the
     degrees of freedom of the combined standard error. With two groups and weights (1, −1) this
     is Welch's two-sample interval. Null interval when a group has < 2 values or nothing varies
-    (with the 2–8 seeds of a sweep, a seed bootstrap is too short: README, measured coverage)."""
+    (with the 2–8 seeds of a sweep, a seed bootstrap is too short: docs/analysis.md, measured coverage)."""
     groups = [np.asarray(g, float) for g in groups]
     if any(g.size == 0 for g in groups):
         return None, [None, None]

@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scalelab",
         description="Scaling-law experiments: learnable multipliers vs tuned µP. "
-                    "See README.md for the sweep YAML format.")
+                    "See docs/sweeps.md for the sweep YAML format.")
     parser.add_argument("--debug", action="store_true", default=None,
                         help="show the Python traceback behind an error message (or set SCALELAB_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

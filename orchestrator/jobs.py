@@ -77,7 +77,7 @@ def check_remote_tracking(uri: str) -> None:
         raise UserError(
             f"tracking URI {uri_auth.redact(uri)!r} is a local file, but a cluster's driver and workers run on other "
             "machines: start an MLflow server on an address the cluster reaches (mlflow server --host "
-            "PRIVATE_IP --port 5000 --backend-store-uri sqlite:///mlflow.db; see README, On a Ray "
+            "PRIVATE_IP --port 5000 --backend-store-uri sqlite:///mlflow.db; see docs/running.md, On a Ray "
             "cluster, for the risk) and pass --tracking-uri http://HOST:5000")
 
 

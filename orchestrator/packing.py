@@ -6,7 +6,7 @@
     N      trials that share a shape (trainer.fused.pack_key) go in packs of at most N
     auto   GPU trials in packs sized from their estimated memory (at most 16); CPU trials
            alone: on CPU a pack measured no faster than one trial at a time except for
-           small steps, and the fused quickstart took longer (README, "Fused packs")
+           small steps, and the fused quickstart took longer (docs/performance.md, "Fused packs")
 
 `off` is the default because fused training has not yet been run on a GPU by this project.
 

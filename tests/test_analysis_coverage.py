@@ -1,7 +1,7 @@
 """Coverage of every interval method: simulate many sweeps with known truth and count how often
 the 95% interval holds it.
 
-Each band is set from the coverage measured with these fixed seeds (README.md, "Measured
+Each band is set from the coverage measured with these fixed seeds (docs/analysis.md, "Measured
 coverage of the intervals"), wide enough for the Monte Carlo error of the simulation count
 and tight enough to fail for a broken method: a zero-width interval covers ~0%, one 2x too
 narrow ~67%, one 1.5x too narrow ~81%, one 2x too wide ~100%.

@@ -177,7 +177,7 @@ def test_the_parent_shows_the_report(browsed_sweep, browser):
 
 
 def test_comparing_the_lr_curves_of_one_width(browsed_sweep, browser):
-    """README "Browsing in the MLflow UI": filter one width, expand, chart view, val_loss."""
+    """docs/running.md "Browsing in the MLflow UI": filter one width, expand, chart view, val_loss."""
     server, exp_id, _, trials = browsed_sweep
     wide = sorted(t.data.tags["mlflow.runName"] for t in trials if t.data.params["d_model"] == "128")
     narrow = [t.data.tags["mlflow.runName"] for t in trials if t.data.params["d_model"] != "128"]

@@ -2,7 +2,7 @@
 
 A change that alters these hashes makes every finished trial of every experiment look new:
 it reruns them and orphans their checkpoints. If such a change is intended, bump
-IDENTITY_VERSION, update the pins here, and say in the README how `scalelab migrate` carries
+IDENTITY_VERSION, update the pins here, and say in docs/sweeps.md how `scalelab migrate` carries
 old experiments over."""
 from __future__ import annotations
 
