@@ -12,18 +12,20 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from orchestrator.layout import USABLE_OUTCOMES
+from orchestrator.layout import OUTCOME_DIVERGED, OUTCOME_FAILED, USABLE_OUTCOMES
+from trainer import metrics
 from trainer.config import UserError
 
 from .columns import IDENTITY_COLUMNS
 
-# Run-level metric columns of the trials table (CONTRACTS.md report keys and final metrics).
-METRIC_COLUMNS = {"step", "tokens", "train_loss", "val_loss", "grad_norm", "mult_grad_norm", "tokens_per_s",
-                  "flops", "mfu", "elapsed_s", "n_params", "n_params_nonembedding", "wall_time_s",
-                  "diverged_at_step", "min_val_loss", "status"}
+# Run-level metric columns of the trials table: the trainer's report keys and final metrics
+# (trainer/metrics.py) that hold one number per run, not the `final` flag or per-layer keys.
+METRIC_COLUMNS = set(metrics.REPORT_KEYS) - {metrics.LR} | {
+    metrics.N_PARAMS, metrics.N_PARAMS_NONEMBEDDING, metrics.WALL_TIME_S, metrics.DIVERGED_AT_STEP,
+    metrics.MIN_VAL_LOSS, metrics.STATUS}
 TREATMENT = {
-    "diverged": "kept with loss = +inf: never an optimum, left out of means and parabolas, counted in n_diverged",
-    "failed": "excluded (an error, not a property of the config); counted under outcomes",
+    OUTCOME_DIVERGED: "kept with loss = +inf: never an optimum, left out of means and parabolas, counted in n_diverged",
+    OUTCOME_FAILED: "excluded (an error, not a property of the config); counted under outcomes",
     "nan_loss": "finished runs with a missing/NaN loss are excluded and listed in warnings",
 }
 
@@ -72,7 +74,7 @@ def losses(frame: pd.DataFrame, loss: str) -> np.ndarray:
     """The loss of each usable run: the value when finished, +inf when diverged, NaN when the
     value is missing on a finished run (callers drop and report those)."""
     values = pd.to_numeric(frame[loss], errors="coerce").to_numpy(dtype=float)
-    return np.where(frame["outcome"].eq("diverged").to_numpy(), np.inf, values)
+    return np.where(frame["outcome"].eq(OUTCOME_DIVERGED).to_numpy(), np.inf, values)
 
 
 def is_lrm(label: str) -> bool:

@@ -11,6 +11,7 @@ import urllib.request
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+from trainer import metrics
 from trainer.config import UserError
 
 from . import uri_auth
@@ -34,7 +35,7 @@ TAG_RUN_NAME = "mlflow.runName"
 KIND_SWEEP, KIND_TRIAL = "sweep", "trial"
 
 # A trial run's TAG_OUTCOME (the first two are also the trainer's `result.status`).
-OUTCOME_FINISHED, OUTCOME_DIVERGED, OUTCOME_FAILED = "finished", "diverged", "failed"
+OUTCOME_FINISHED, OUTCOME_DIVERGED, OUTCOME_FAILED = metrics.FINISHED, metrics.DIVERGED, "failed"
 OUTCOMES = (OUTCOME_FINISHED, OUTCOME_DIVERGED, OUTCOME_FAILED)
 DONE_OUTCOMES = (OUTCOME_FINISHED, OUTCOME_DIVERGED)  # a diverged trial is a result too: do not rerun it
 USABLE_OUTCOMES = DONE_OUTCOMES  # what the analysis fits (a diverged trial as loss +inf); failed is an error

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from trainer import metrics
 from trainer.config import MAX_SEED
 from trainer.errors import brief
 
@@ -15,8 +16,8 @@ from .fuse import DEFAULT_FUSE, FUSE_CHOICES, check_fuse
 from .uri_check import study_url_problem, tracking_uri_problem
 
 # Metrics a search may optimise: the trainer's report and final keys (CONTRACTS.md).
-METRICS = ("final_val_loss", "min_val_loss", "final_train_loss", "val_loss", "train_loss",
-           "tokens_per_s", "mfu", "wall_time_s", "grad_norm")
+METRICS = (metrics.FINAL_VAL_LOSS, metrics.MIN_VAL_LOSS, metrics.FINAL_TRAIN_LOSS, metrics.VAL_LOSS,
+           metrics.TRAIN_LOSS, metrics.TOKENS_PER_S, metrics.MFU, metrics.WALL_TIME_S, metrics.GRAD_NORM)
 DISTRIBUTIONS = ("log_uniform", "uniform", "int", "categorical")
 MAX_SEEDS = 10_000
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
@@ -79,7 +80,7 @@ class FromStudyFile(_Strict):
 
 
 class SearchFile(_Strict):
-    metric: str = "final_val_loss"
+    metric: str = metrics.FINAL_VAL_LOSS
     mode: Literal["min", "max"] = "min"
     num_samples: int = Field(20, ge=1, le=MAX_SAMPLES, strict=True)
     storage: str | None = None

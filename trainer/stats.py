@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .metrics import EFF_RMS, MULT, NORM, WEIGHT_RMS
 from .model import GPT
 
 
@@ -20,15 +21,15 @@ def _summary(t: torch.Tensor) -> dict[str, float]:
 def layer_stats(model: GPT) -> dict[str, float]:
     out: dict[str, float] = {}
     for name, layer in model.matrices().items():
-        out[f"weight_rms/{name}"] = _rms(layer.weight)
-        out[f"eff_rms/{name}"] = _rms(layer.effective_weight())
+        out[f"{WEIGHT_RMS}{name}"] = _rms(layer.weight)
+        out[f"{EFF_RMS}{name}"] = _rms(layer.effective_weight())
         for kind, p in layer.multiplier_params().items():
             if kind == "scalar":
-                out[f"mult/{name}/scalar"] = p.item()
+                out[f"{MULT}{name}/scalar"] = p.item()
             else:
-                out.update({f"mult/{name}/{kind}_{k}": v for k, v in _summary(p).items()})
+                out.update({f"{MULT}{name}/{kind}_{k}": v for k, v in _summary(p).items()})
     for name, norm in model.norms().items():
-        out[f"norm/{name}/mean"] = norm.weight.detach().float().mean().item()
+        out[f"{NORM}{name}/mean"] = norm.weight.detach().float().mean().item()
     return out
 
 
