@@ -25,4 +25,17 @@ for path, command in json.loads(sys.stdin.read()):
             code = "raised"
     results.append({"path": path, "command": command, "code": code, "seconds": time.monotonic() - start,
                     "stderr": err.getvalue()})
-print(json.dumps({"results": results, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+
+def peak_mb() -> float:
+    """This process's peak resident memory. VmHWM, not getrusage: Linux carries ru_maxrss over
+    exec, so a child of a large pytest process would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+print(json.dumps({"results": results, "max_rss_mb": peak_mb()}))
