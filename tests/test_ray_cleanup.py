@@ -3,6 +3,8 @@ those (orchestrator/ray_local.py)."""
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 from orchestrator import ray_local
 
@@ -34,6 +36,9 @@ def test_a_folder_a_live_process_still_uses_stays(tmp_path):
     dead.wait()
     folder = make(tmp_path, "orphan", dead.pid)
     user = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", str(folder / "r")])
+    deadline = time.monotonic() + 30  # until the child has exec'd, /proc shows pytest's command line
+    while str(folder).encode() not in Path(f"/proc/{user.pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.05)
     try:
         assert ray_local.remove_stale_private_dirs(str(tmp_path)) == []
         assert folder.exists()
