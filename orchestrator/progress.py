@@ -3,6 +3,7 @@ diverged, best so far, ETA), from Ray Tune's callbacks on the driver."""
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import sys
 import time
@@ -11,10 +12,31 @@ from typing import Any, Callable, TextIO
 import numpy as np
 from ray import tune
 
+from trainer.config import UserError
+
 from .layout import OUTCOME_FAILED, OUTCOME_FINISHED, OUTCOMES, TAG_LABEL, TAG_OUTCOME
 from .packing import trials_of
 from .plan import duration
 from .trial import REPORT_KEY
+
+
+PROGRESS_ENV = "SCALELAB_PROGRESS_S"
+DEFAULT_PROGRESS_S = 30.0  # a trial's own progress line at most this often (none in a shorter trial)
+
+
+def trial_progress_s(environ=os.environ) -> float:
+    """Seconds between a training trial's own progress lines: $SCALELAB_PROGRESS_S, else 30; 0: none."""
+    text = environ.get(PROGRESS_ENV, "").strip()
+    if not text:
+        return DEFAULT_PROGRESS_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise UserError(f"{PROGRESS_ENV}={text!r}: give seconds between a trial's progress lines "
+                        "(a number >= 0; 0 turns them off), or unset it for every 30 s")
+    return seconds
 
 
 def better(value: float, best: tuple[float, str] | None, mode: str) -> bool:
