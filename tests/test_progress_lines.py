@@ -1,9 +1,13 @@
 """What a researcher sees while a sweep runs: a long trial's own throttled progress lines and
 the sweep's ETA from planned compute."""
 
+import io
+from types import SimpleNamespace
+
 import pytest
 
 from orchestrator.progress import PROGRESS_ENV, trial_progress_s
+from orchestrator.trial import REPORT_KEY
 from helpers import TINY_TRAIN
 from trainer.config import TrainConfig, UserError
 from trainer.loop import Throttle, Trainer, run, train
@@ -61,3 +65,87 @@ def test_progress_interval_from_the_environment(text, seconds):
 def test_a_bad_progress_interval_says_the_fix(text):
     with pytest.raises(UserError, match=PROGRESS_ENV):
         trial_progress_s({PROGRESS_ENV: text})
+
+
+# --- the sweep's ETA -------------------------------------------------------------------------
+
+class Sweep:
+    """A ProgressPrinter fed synthetic Tune events at set times; every trial has 100 steps."""
+
+    def __init__(self, monkeypatch, hashes: str, to_run: int, work: dict[str, float] | None = None):
+        from orchestrator import progress
+
+        self.now = 0.0
+        monkeypatch.setattr(progress.time, "time", lambda: self.now)
+        self.trials = {h: SimpleNamespace(hash=h, label=f"trial {h}", config=SimpleNamespace(steps=100))
+                       for h in hashes}
+        self.out = io.StringIO()
+        self.printer = progress.ProgressPrinter("s", to_run, lambda config: self.trials[config["h"]],
+                                                "final_val_loss", "min", out=self.out, work=work)
+
+    def tune_trial(self, h: str):
+        return SimpleNamespace(trial_id=f"t-{h}", config={"h": h})
+
+    def start(self, h: str, at: float) -> None:
+        self.now = at
+        self.printer.on_trial_start(0, [], self.tune_trial(h))
+
+    def report(self, h: str, step: int, at: float, final: bool = False, replay: bool = False) -> None:
+        self.now = at
+        metrics = {"step": step, **({"final": True, "status": "finished", "final_val_loss": 2.0} if final else {})}
+        self.printer.on_trial_result(0, [], self.tune_trial(h), {REPORT_KEY: {"metrics": metrics, "replay": replay}})
+
+    def eta(self) -> str:
+        return self.out.getvalue().splitlines()[-1].split("| ETA ")[1].split(" |")[0]
+
+
+def test_the_eta_is_unknown_until_a_trial_ended(monkeypatch):
+    sweep = Sweep(monkeypatch, "ab", 2, work={"a": 10.0, "b": 10.0})
+    sweep.start("a", at=0)
+    sweep.start("b", at=0)
+    sweep.report("a", 50, at=5)
+    sweep.report("b", 50, at=5)
+    sweep.start("b", at=5)  # a line (a retry's) while both run
+    assert sweep.eta() == "unknown"
+    sweep.report("a", 100, at=10, final=True)
+    assert sweep.eta() != "unknown"
+
+
+def test_trials_running_beside_the_first_to_end_count_with_the_steps_they_reported(monkeypatch):
+    """Four equal trials run at once, four wait. When the first ends at 10 s the other three are
+    at 90 %: 3.7 trials' worth done in 10 s, 4.3 left, so about 12 s more (the rest run four at a
+    time). Extrapolating from the ended trial alone would say 70 s."""
+    sweep = Sweep(monkeypatch, "abcdefgh", 8, work={h: 10.0 for h in "abcdefgh"})
+    for h in "abcd":
+        sweep.start(h, at=0)
+    for h in "bcd":
+        sweep.report(h, 90, at=9)
+    sweep.report("a", 100, at=10, final=True)
+    assert sweep.eta() == "12s"
+
+
+def test_the_eta_weights_the_trials_left_by_their_planned_compute(monkeypatch):
+    """A small trial (estimate 10 s) took 10 s; the wide one left is planned at 90 s."""
+    sweep = Sweep(monkeypatch, "ab", 2, work={"a": 10.0, "b": 90.0})
+    sweep.start("a", at=0)
+    sweep.report("a", 100, at=10, final=True)
+    assert sweep.eta() == "1m30s"
+
+
+def test_work_done_before_a_resume_is_not_taken_for_speed(monkeypatch):
+    """Trial a resumed at step 50 and took 10 s for its second half: 2 s per second of estimate,
+    so b (estimate 10 s) needs 20 s, not the 10 s the whole of a would suggest."""
+    sweep = Sweep(monkeypatch, "ab", 2, work={"a": 10.0, "b": 10.0})
+    sweep.start("a", at=0)
+    sweep.report("a", 50, at=0, replay=True)
+    sweep.report("a", 100, at=10, final=True)
+    assert sweep.eta() == "20s"
+
+
+def test_a_search_counts_one_unit_per_trial_including_those_not_sampled_yet(monkeypatch):
+    sweep = Sweep(monkeypatch, "ab", 4)
+    sweep.start("a", at=0)
+    sweep.start("b", at=0)
+    sweep.report("b", 50, at=10)
+    sweep.report("a", 100, at=20, final=True)
+    assert sweep.eta() == "33s"  # 1.5 trials in 20 s; 2.5 left (half of b, two not sampled)
