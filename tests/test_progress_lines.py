@@ -149,3 +149,35 @@ def test_a_search_counts_one_unit_per_trial_including_those_not_sampled_yet(monk
     sweep.report("b", 50, at=10)
     sweep.report("a", 100, at=20, final=True)
     assert sweep.eta() == "33s"  # 1.5 trials in 20 s; 2.5 left (half of b, two not sampled)
+
+
+# --- start-up noise --------------------------------------------------------------------------
+
+def test_start_up_chatter_is_below_the_level_its_loggers_speak_from():
+    """MLflow's "Creating initial MLflow database tables..." (INFO) and Ray's token notice
+    (WARNING) stay off a run's terminal; real warnings of MLflow still pass."""
+    import logging
+
+    from orchestrator import ray_local
+
+    ray_local.quiet_startup()
+    assert not logging.getLogger("mlflow.store.db.utils").isEnabledFor(logging.INFO)
+    assert logging.getLogger("mlflow.store.db.utils").isEnabledFor(logging.WARNING)
+    assert not logging.getLogger("alembic.runtime.migration").isEnabledFor(logging.INFO)
+    token = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    assert not token.isEnabledFor(logging.WARNING)
+
+
+@pytest.mark.parametrize("setting, dedup", [(None, False), ("1", True)])
+def test_a_trials_progress_lines_are_not_folded_by_ray(monkeypatch, setting, dedup):
+    from ray._private import ray_logging
+
+    from orchestrator import ray_local
+
+    monkeypatch.setattr(ray_logging, "RAY_DEDUP_LOGS", ray_logging.RAY_DEDUP_LOGS)
+    if setting is None:
+        monkeypatch.delenv("RAY_DEDUP_LOGS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_DEDUP_LOGS", setting)
+    ray_local.keep_repeated_lines()
+    assert ray_logging.RAY_DEDUP_LOGS is dedup
