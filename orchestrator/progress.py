@@ -70,8 +70,8 @@ class ProgressPrinter(tune.Callback):
         # The ETA is the planned cost of what is left, at the speed observed so far (wall seconds
         # per unit of cost done). A trial's planned cost is a + b·estimate (`work`: estimated
         # compute seconds per pending trial, grid mode; one unit each in a search), a and b fitted
-        # to the durations of the trials that ended: trials run small-to-large, so a count-based
-        # ETA promises minutes the wide trials take back, and the estimate alone misses the fixed
+        # to the durations of the trials that ended: trials differ in size many times over, so a
+        # count-based ETA is off by as much, and the estimate alone misses the fixed
         # per-trial cost (start-up, data, evals) and this machine's real speed. Running trials
         # count with the share of their steps they reported, so trials still running beside the
         # first to end do not read as wall time spent on nothing (a fused pack's members all do).
