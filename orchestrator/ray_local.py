@@ -136,9 +136,40 @@ def shutdown_private_ray(temp_dir: str) -> None:
     shutil.rmtree(os.path.dirname(temp_dir), ignore_errors=True)
 
 
+# Start-up chatter that is no news to the user of a run, each logger at the level it may speak
+# from: MLflow's (and alembic's) INFO lines on creating or checking its database, and Ray's
+# notice that its token authentication is on (or off) by default for the cluster it starts,
+# which only ever listens on 127.0.0.1 here (init_private_ray).
+NOISY_LOGGERS = {"mlflow.store.db.utils": logging.WARNING, "alembic": logging.WARNING,
+                 "ray._private.authentication.authentication_token_setup": logging.ERROR}
+
+
+def quiet_startup() -> None:
+    """Keep a run's terminal to scalelab's own lines and real warnings: NOISY_LOGGERS at their
+    levels. Cheap (no Ray import): applied when this module is imported, as `scalelab run`
+    opens MLflow before it starts Ray."""
+    for name, level in NOISY_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+
+
+quiet_startup()
+
+
+def keep_repeated_lines() -> None:
+    """Ray's log deduplication folds a trial's progress lines, alike but for their numbers, into
+    "[repeated 3x across cluster]": off, unless RAY_DEDUP_LOGS says otherwise. Ray read the
+    variable when it was imported, so its flag is set too."""
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    from ray._private import ray_constants, ray_logging
+
+    ray_logging.RAY_DEDUP_LOGS = ray_constants.env_bool("RAY_DEDUP_LOGS", True)
+
+
 def quiet_tune() -> None:
     """Tune's tables and per-trial tracebacks drown our one-line progress; per-trial result
     files are redundant with MLflow. Set before the Tuner is built."""
+    quiet_startup()
+    keep_repeated_lines()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")

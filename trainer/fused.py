@@ -135,7 +135,8 @@ class FusedTrainer:
 def train_fused(cfgs: list[TrainConfig], reports: list[Report | None] | None = None,
                 checkpoint_dirs: list[str | None] | None = None,
                 resume_from: str | list[str | None] | None = None, progress: bool = False,
-                on_end: Callable[[int, TrainResult], None] | None = None) -> list[TrainResult]:
+                on_end: Callable[[int, TrainResult], None] | None = None, progress_s: float = 0.0,
+                labels: list[str] | None = None) -> list[TrainResult]:
     """Train the configs as one fused pack (check_pack says whether they can be); one
     TrainResult per config, in order. `reports[k](metrics, checkpoint_path)` gets member k's
     reports exactly as `train(cfgs[k], report=...)` would; `checkpoint_dirs[k]` is where member
@@ -151,4 +152,7 @@ def train_fused(cfgs: list[TrainConfig], reports: list[Report | None] | None = N
         raise ValueError(f"{K} configs need {K} reports and checkpoint dirs (got {len(reports)} and {len(dirs)})")
     if resume_from and resume_from != LATEST and (isinstance(resume_from, str) or len(resume_from) != K):
         raise ValueError("resume_from: 'latest' or one checkpoint path (or None) per config")
-    return run(FusedTrainer(cfgs), reports, dirs, resume_from, progress, on_end)
+    engine = FusedTrainer(cfgs)
+    for member, label in zip(engine.members, labels or []):  # progress lines (see loop.run)
+        member.label = label
+    return run(engine, reports, dirs, resume_from, progress, on_end, progress_s)

@@ -226,23 +226,31 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, report: Report | None = None, checkpoint_dir: str | None = None,
-          resume_from: str | None = None, progress: bool = False) -> TrainResult:
+          resume_from: str | None = None, progress: bool = False, progress_s: float = 0.0,
+          label: str = "") -> TrainResult:
     """Train one model. `report(metrics, checkpoint_path)` is called at every eval point; the
     last report carries `final: True` and the final metrics (see docs/CONTRACTS.md).
-    `resume_from`: a checkpoint path, or "latest" (the newest in `checkpoint_dir`)."""
+    `resume_from`: a checkpoint path, or "latest" (the newest in `checkpoint_dir`).
+    `progress`: a line at every eval point; `progress_s`: a line at most every that many
+    seconds (none in a run shorter than that), `label` before it."""
     resume = resume_from if resume_from in (None, LATEST) else [resume_from]
-    return run(Trainer(cfg), [report], [checkpoint_dir], resume, progress)[0]
+    trainer = Trainer(cfg)
+    trainer.run.label = label
+    return run(trainer, [report], [checkpoint_dir], resume, progress, progress_s=progress_s)[0]
 
 
 def run(engine: Engine, reports: list[Report | None], dirs: list[str | None],
         resume_from: str | list[str | None] | None = None, progress: bool = False,
-        on_end: Callable[[int, TrainResult], None] | None = None) -> list[TrainResult]:
+        on_end: Callable[[int, TrainResult], None] | None = None, progress_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic) -> list[TrainResult]:
     """Train every model of `engine` to its end; one TrainResult per model, in order.
     `reports[k](metrics, checkpoint_path)` gets model k's reports; `dirs[k]` is where its
     checkpoints go; `resume_from` is "latest" (each model's newest checkpoint in its directory)
     or one checkpoint path (or None) per model. `on_end(k, result)` is called right after model
-    k's final report, while the others may still train."""
+    k's final report, while the others may still train. `progress` prints a line per model at
+    every eval point; `progress_s` > 0 one at most every that many seconds of `clock`."""
     members = engine.members
+    throttle = Throttle(progress_s, clock)
     resume(engine, resume_paths(resume_from, dirs))
     cfg = members[0].cfg  # steps and eval_interval: a pack's members share them (pack_rules.PACK_FIELDS)
     # elapsed time: each checkpoint holds the run's elapsed_s; a resumed run counts on from it
@@ -268,6 +276,10 @@ def run(engine: Engine, reports: list[Report | None], dirs: list[str | None],
                 due.append(k)
             elif eval_point:
                 due.append(k)
+        if throttle.due():
+            for m in members:
+                if m.status == TRAINING:
+                    _print_line(m, interval_time)
         if not due:
             continue
         now = elapsed + time.perf_counter() - segment_start
@@ -359,6 +371,43 @@ def final_metrics(m: RunState, last: dict) -> dict:
     if m.diverged_at is not None:
         out[DIVERGED_AT_STEP] = m.diverged_at
     return out
+
+
+class Throttle:
+    """When a long run prints its next progress line: every `every` seconds of `clock`, the first
+    only `every` seconds after the start, so a run shorter than that prints none. 0: never."""
+
+    def __init__(self, every: float, clock: Callable[[], float] = time.monotonic):
+        self.every, self.clock = every, clock
+        self.last = clock()
+
+    def due(self) -> bool:
+        if self.every <= 0:
+            return False
+        now = self.clock()
+        if now - self.last < self.every:
+            return False
+        self.last = now
+        return True
+
+
+def progress_line(r: RunState, seconds: float) -> str:
+    """One line of a training model between its reports: step, mean train loss of the steps since
+    its last report (which took `seconds`), its last val loss, tokens/s."""
+    last = r.history[-1] if r.history else {}
+    if r.losses:
+        train_loss = sum(r.losses) / len(r.losses)
+        tokens_per_s = len(r.losses) * r.cfg.tokens_per_step / max(seconds, 1e-9)
+    else:
+        train_loss, tokens_per_s = last.get(TRAIN_LOSS, math.nan), last.get(TOKENS_PER_S, math.nan)
+    val = last.get(VAL_LOSS, math.nan)
+    val_text = f"{val:.4f}" if math.isfinite(val) else "-"
+    return (f"{r.label}step {r.step}/{r.cfg.steps} | train {train_loss:.4f} | val {val_text} | "
+            f"{tokens_per_s:,.0f} tok/s")
+
+
+def _print_line(r: RunState, seconds: float) -> None:
+    print(progress_line(r, seconds), file=sys.stderr, flush=True)
 
 
 def _print_progress(r: RunState) -> None:
