@@ -166,10 +166,12 @@ def run_export(args) -> int:
 
 def run_coord_check(args) -> int:
     """Train sp, mup and mup+vector for a few steps at each width (trainer.coordcheck), then
-    write the figure and data (coord_figure) and print the slopes."""
+    write the figure and data (coord_figure) and print the exponents the report's coordinate
+    check fits (analysis.coordcheck)."""
     from trainer import coordcheck
 
     from .coord_figure import write_coord_check
+    from .coordcheck import coord_check_rows
 
     try:
         widths = [int(w) for w in args.widths.split(",")]
@@ -185,10 +187,13 @@ def run_coord_check(args) -> int:
           file=sys.stderr)
     rows = coordcheck.run(base, widths, schemes, args.steps, args.seeds)
     paths = write_coord_check(rows, args.out)
-    slopes = coordcheck.slopes(rows)
-    print("slope of log2 mean|act| vs log2 width at the last step (0 = flat):")
-    for (scheme, layer, step), s in sorted(slopes.items()):
-        if step == args.steps:
-            print(f"  {scheme:12s} {layer:10s} {s:+.2f}")
+    result = coord_check_rows(rows, max_steps=args.steps + 1)  # the report's fit: steps 0..steps
+    print("exponent of mean|act| vs width at the last step, with its 95% interval (0 = flat):")
+    for group in result.groups:
+        for slope in group.slopes:
+            if slope.step == args.steps and slope.fit.exponent is not None:
+                lo, hi = slope.fit.exponent_ci
+                ci = f"  [{lo:+.2f}, {hi:+.2f}]" if lo is not None else ""
+                print(f"  {group.label:12s} {slope.name:10s} {slope.fit.exponent:+.2f}{ci}")
     print(f"wrote {paths['png']}, {paths['svg']}, {paths['csv']}")
     return 0

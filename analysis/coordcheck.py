@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from orchestrator.layout import OUTCOME_FINISHED
+from trainer import metrics
 from trainer.config import UserError
 
 from . import frames
@@ -87,6 +89,19 @@ def coord_check(trials: pd.DataFrame, history: pd.DataFrame, *, size: str = "d_m
                             treatment={"diverged": "included (the first steps precede the divergence)",
                                        "failed": "excluded"},
                             warnings=warnings)
+
+
+def coord_check_rows(rows: list[dict], *, max_steps: int, level: float = 0.95) -> CoordCheckResult:
+    """The same fit for the rows of `scalelab coord-check` (trainer.coordcheck.run: scheme, width,
+    seed, step, layer, value), so a coordinate check has one analysis whether its activations
+    come from a sweep's act/ histories or from the command."""
+    df = pd.DataFrame(rows)
+    run_id = df["scheme"].astype(str) + "/" + df["width"].astype(str) + "/" + df["seed"].astype(str)
+    trials = pd.DataFrame({"run_id": run_id, "parametrization": df["scheme"], "d_model": df["width"],
+                           "outcome": OUTCOME_FINISHED}).drop_duplicates("run_id")
+    history = pd.DataFrame({"run_id": run_id, "key": metrics.ACT + df["layer"].astype(str), "step": df["step"],
+                            "value": df["value"]})
+    return coord_check(trials, history, size="d_model", max_steps=max_steps, level=level)
 
 
 def _one_setting(runs: pd.DataFrame, size: str, hp: str) -> tuple[pd.DataFrame, float | None]:

@@ -66,10 +66,12 @@ def test_divergence_is_detected_and_reported():
 
 @pytest.mark.slow  # trains 12 models up to width 512
 def test_coordinate_check_flat_under_mup_grows_under_sp():
+    from analysis.coordcheck import coord_check_rows
     from trainer import coordcheck
     base = TrainConfig(**coordcheck.DEFAULTS)
     rows = coordcheck.run(base, [64, 128, 256, 512], ["sp", "mup", "mup+vector"], steps=4, seeds=1)
-    s = coordcheck.slopes(rows)
+    fit = coord_check_rows(rows, max_steps=5)
+    s = {(g.label, sl.name, sl.step): sl.fit.exponent for g in fit.groups for sl in g.slopes}
     for block in ("block.0", "block.1"):
         assert s[("sp", block, 4)] > 1.0, s        # SP: activations grow with width after a few steps
         assert abs(s[("mup", block, 4)]) < 0.25, s  # µP: flat in width

@@ -1,11 +1,8 @@
 """Coordinate check (microsoft/mup; docs/science.md §6): mean |activation| per layer against
 width over the first few training steps. Flat in width under µP, growing under SP. The
-numbers only: analysis/coord_figure.py draws them for `scalelab coord-check`."""
+numbers only: analysis/coordcheck.py fits them (`coord_check_rows`, the report's fit) and
+analysis/coord_figure.py draws them for `scalelab coord-check`."""
 from __future__ import annotations
-
-import math
-
-import numpy as np
 
 from .config import TrainConfig
 from .data import Batches, load_tokens
@@ -41,17 +38,3 @@ def run(base: TrainConfig, widths: list[int], schemes: list[str], steps: int = 5
                               "layer": layer, "value": value} for layer, value in acts.items()]
     return rows
 
-
-def slopes(rows: list[dict]) -> dict[tuple[str, str, int], float]:
-    """(scheme, layer, step) -> slope of log2(mean over seeds of |act|) against log2(width):
-    0 means flat in width, 1 means doubling with each doubling of width."""
-    table: dict[tuple[str, str, int], dict[int, list[float]]] = {}
-    for r in rows:
-        table.setdefault((r["scheme"], r["layer"], r["step"]), {}).setdefault(r["width"], []).append(r["value"])
-    out = {}
-    for key, by_width in table.items():
-        widths = sorted(by_width)
-        x = np.log2(widths)
-        y = np.log2([np.mean(by_width[w]) for w in widths])
-        out[key] = float(np.polyfit(x, y, 1)[0]) if len(widths) > 1 else math.nan
-    return out
