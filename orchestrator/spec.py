@@ -368,22 +368,22 @@ class SweepSpec:
 
     def _build_trial(self, overrides: dict[str, Any], varying: list[str],
                      index: dict[str, int] | None = None) -> Trial:
-        point = _point_text(overrides)
+        point = lambda: _point_text(overrides)  # noqa: E731 - text only for an error: a sweep builds 100,000 trials
         values = {**self.base, **overrides}
         for key, tree in self._derived.items():
             try:
                 values[key] = derive.evaluate(tree, TrainConfig.model_construct(**values))
             except derive.ExpressionError as err:
-                raise _PointError(f"{self.where(('derived', key))}: at {point}: {err}") from None
+                raise _PointError(f"{self.where(('derived', key))}: at {point()}: {err}") from None
         try:
             cfg = TrainConfig(**values)
         except ValidationError as err:
-            raise _PointError(self._point_error(err, point, overrides, index or {})) from None
+            raise _PointError(self._point_error(err, point(), overrides, index or {})) from None
         too_big = self._memory_problem(cfg)
         if too_big:
             spots = [self.where(self._origin[k] + ((index[k],) if index and k in index else ()))
                      for k in SIZE_KEYS if k in self._origin]
-            raise _PointError(f"at {point}{' (' + ', '.join(spots) + ')' if spots else ''}: {too_big}")
+            raise _PointError(f"at {point()}{' (' + ', '.join(spots) + ')' if spots else ''}: {too_big}")
         return Trial(hash=trial_hash(cfg), config=cfg, overrides=overrides,
                      resources={"cpu": self.resources["cpu"], "gpu": self._gpu_for(cfg)},
                      label=trial_label(cfg, overrides, varying))
