@@ -113,12 +113,14 @@ def upload_files(working_dir: Path, excludes: list[str]) -> list[Path]:
     return sorted(found)
 
 
-def check_upload(working_dir: Path) -> tuple[list[Path], list[str], list[str]]:
-    """What Ray would upload, its excludes, and 'path: why' for the files `submit` refuses
-    (upload_check: credentials, histories, databases, the values of secret variables)."""
+def check_upload(working_dir: Path) -> tuple[list[Path], list[str], list[str], list[str]]:
+    """What `submit` uploads, Ray's excludes (histories and databases added, by path), and
+    'path: why' for the files left out and for those refused (upload_check)."""
     excludes = upload_excludes(working_dir)
-    files = upload_files(working_dir, excludes)
-    return files, excludes, upload_check.secret_findings(working_dir, files)
+    files, skipped, refused = upload_check.sort_upload(working_dir, upload_files(working_dir, excludes))
+    # "/" anchors a gitignore pattern at the working directory: exactly these files
+    excludes = excludes + ["/" + line.split(": ", 1)[0] for line in skipped]
+    return files, excludes, skipped, refused
 
 
 def refuse_secrets(working_dir: Path, found: list[str]) -> None:
@@ -190,7 +192,7 @@ def submit_sweep(sweep: str, address: str | None, tracking_uri: str | None = Non
                         "move it there or pass --working-dir")
     if not wd.is_dir():
         raise UserError(f"--working-dir {working_dir}: not a directory")
-    files, excludes, secrets = check_upload(wd)
+    files, excludes, skipped, secrets = check_upload(wd)
     command = entrypoint(sweep_path.relative_to(wd).as_posix(), uri, storage, max_concurrent, fuse)
     if dry_run:
         refused = {line.split(": ", 1)[0] for line in secrets}
@@ -199,7 +201,12 @@ def submit_sweep(sweep: str, address: str | None, tracking_uri: str | None = Non
         print(f"would upload {len(going)} file(s), {size / 1e6:.1f} MB, from {wd}:", file=out)
         for f in going:
             print(f"  {f.as_posix()}", file=out)
-        print(f"excluded: {', '.join(excludes)} (and what nested .gitignore/.rayignore files exclude)", file=out)
+        print(f"excluded: {', '.join(e for e in excludes if not e.startswith('/'))} (and what nested "
+              ".gitignore/.rayignore files exclude)", file=out)
+        if skipped:
+            print(f"left out ({len(skipped)}; never uploaded):", file=out)
+            for line in skipped:
+                print(f"  {line}", file=out)
         if secrets:
             print(f"refused ({len(secrets)}; submit stops while any is here):", file=out)
             for line in secrets:

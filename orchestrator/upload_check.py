@@ -1,8 +1,8 @@
 """What `submit` must never upload: files that hold a credential.
 
-A file is refused when
-- its name says what it is: key files, `.env`-like files, shell and REPL histories, databases;
-- its first bytes say it is a database (SQLite), whatever its name;
+Shell and REPL histories and databases (by name, or SQLite by their first bytes) are left out
+of every upload; `submit` goes on without them. A file is refused, and `submit` stops, when
+- its name says it is a credential: key files, `.env`-like files, token files;
 - it holds the value of a secret variable set in this environment (`*_PASSWORD`, `*_TOKEN`,
   `*_SECRET`, `*_KEY`, cloud credentials), however it is quoted, also inside gzip, bzip2, xz and
   zip files — the only check that does not depend on how the value was written down;
@@ -70,22 +70,36 @@ def short_secret_variables(environ: Mapping[str, str] | None = None) -> list[str
     return sorted(n for n, v in env.items() if SECRET_VARIABLE.search(n.upper()) and 0 < len(v) < MIN_VALUE_CHARS)
 
 
-def refusal(working_dir: Path, rel: Path, values: Mapping[str, bytes]) -> str | None:
-    """Why `rel` must not be uploaded, or None."""
+def left_out(working_dir: Path, rel: Path) -> str | None:
+    """Why `rel` is never uploaded though `submit` goes on (a history or a database: a job has
+    no use for them, and they hold what was typed or tracked), or None."""
     name = rel.name.lower()
-    for kind, patterns in (("a credential", SECRET_NAMES), ("a shell or REPL history", HISTORY_NAMES),
-                           ("a database", DATABASE_NAMES)):
+    for kind, patterns in (("a shell or REPL history", HISTORY_NAMES), ("a database", DATABASE_NAMES)):
         pattern = next((p for p in patterns if fnmatch.fnmatchcase(name, p)), None)
         if pattern:
             return f"its name says it is {kind} ({pattern})"
+    try:
+        with (working_dir / rel).open("rb") as f:
+            if f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC:
+                return "it is a SQLite database"
+    except OSError:
+        pass  # `refusal` says why it cannot be read
+    return None
+
+
+def refusal(working_dir: Path, rel: Path, values: Mapping[str, bytes]) -> str | None:
+    """Why `rel` must not be uploaded and `submit` must stop (a credential, by name or content),
+    or None."""
+    name = rel.name.lower()
+    pattern = next((p for p in SECRET_NAMES if fnmatch.fnmatchcase(name, p)), None)
+    if pattern:
+        return f"its name says it is a credential ({pattern})"
     path = working_dir / rel
     try:
         with path.open("rb") as f:
             data = f.read(SCAN_BYTES)
     except OSError as err:
         return f"cannot be read to check it for secrets ({err.strerror or err})"
-    if data.startswith(SQLITE_MAGIC):
-        return "it is a SQLite database"
     for label, content in _contents(rel, data):
         why = _content_refusal(content, values, code=rel.suffix.lower() in CODE_SUFFIXES)
         if why:
@@ -135,7 +149,7 @@ def _content_refusal(data: bytes, values: Mapping[str, bytes], code: bool = Fals
 
 
 def secret_findings(working_dir: Path, files: list[Path], environ: Mapping[str, str] | None = None) -> list[str]:
-    """'path: why' for each file that must not be uploaded."""
+    """'path: why' for each file that must not be uploaded and stops `submit`."""
     values = secret_values(environ)
     out = []
     for rel in files:
@@ -143,3 +157,16 @@ def secret_findings(working_dir: Path, files: list[Path], environ: Mapping[str, 
         if why:
             out.append(f"{rel.as_posix()}: {why}")
     return out
+
+
+def sort_upload(working_dir: Path, files: list[Path], environ: Mapping[str, str] | None = None
+                ) -> tuple[list[Path], list[str], list[str]]:
+    """(files to upload, 'path: why' left out, 'path: why' refused) of Ray's file list."""
+    kept, skipped = [], []
+    for rel in files:
+        why = left_out(working_dir, rel)
+        if why:
+            skipped.append(f"{rel.as_posix()}: {why}")
+        else:
+            kept.append(rel)
+    return kept, skipped, secret_findings(working_dir, kept, environ)

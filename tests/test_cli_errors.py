@@ -121,13 +121,13 @@ def test_credentials_are_refused(capsys, project, name, content):
 def test_harmless_mentions_are_not_secrets(project):
     (project / "doc.md").write_text("set RAY_AUTH_TOKEN=$(ray get-auth-token) or ~/.ray/auth_token\n")
     (project / "tokens.bin").write_bytes(b"\0\1" * 100)
-    files, _, found = jobs.check_upload(project)
+    files, _, _, found = jobs.check_upload(project)
     assert found == [] and Path("doc.md") in files
 
 
 def test_this_repository_uploads_without_secrets():
     repo = Path(__file__).resolve().parent.parent
-    files, _, found = jobs.check_upload(repo)
+    files, _, _, found = jobs.check_upload(repo)
     assert found == [], found
     assert not any(part in (".git", ".venv") for f in files for part in f.parts)
 

@@ -1,5 +1,6 @@
 """What `submit` refuses to upload (orchestrator/upload_check.py): the secret variables' values,
-however written down (short, quoted, JSON, Python, compressed), histories, databases, key files.
+however written down (short, quoted, JSON, Python, compressed) and key files; what it leaves out:
+histories and databases.
 Each case is a file a real working directory has held."""
 import bz2
 import gzip
@@ -40,12 +41,7 @@ REFUSED = [
     ("cfg.json", '{"api_token' + '": "tok-abc-123"}', "assigns a value to api_token"),
     ("creds.py", 'DB_PASSWORD' + ' = "s3cr3t!"\n', "assigns a value to DB_PASSWORD"),
     ("deploy.txt", "-----BEGIN OPENSSH " + "PRIVATE KEY-----\nabc\n", "private key"),
-    # by name or kind, whatever they hold
-    (".bash_history", "ls\n", "shell or REPL history"),
-    (".python_history", "1+1\n", "shell or REPL history"),
-    ("other.db", "not even a database", "a database"),
-    ("results.sqlite3", "", "a database"),
-    ("mystery.bin", b"SQLite format 3\0" + b"\0" * 100, "it is a SQLite database"),
+    # by name, whatever they hold
     (".env.local", "A=1\n", "a credential"),
     ("id_ed25519", "x", "a credential"),
 ]
@@ -67,6 +63,22 @@ HARMLESS = [
     ("doc.md", "the token: `<your token>` goes in `MLFLOW_TRACKING_TOKEN=...`\n"),
     ("weights.bin", bytes(range(256)) * 4),
 ]
+
+
+LEFT_OUT = [
+    (".bash_history", "ls\n", "shell or REPL history"),
+    (".python_history", "1+1\n", "shell or REPL history"),
+    ("other.db", "not even a database", "a database"),
+    ("results.sqlite3", "", "a database"),
+    ("mystery.bin", b"SQLite format 3\0" + b"\0" * 100, "it is a SQLite database"),
+]
+
+
+@pytest.mark.parametrize("name, content, why", LEFT_OUT, ids=[r[0] for r in LEFT_OUT])
+def test_histories_and_databases_are_left_out_whatever_they_hold(tmp_path, name, content, why):
+    (tmp_path / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    kept, skipped, refused = upload_check.sort_upload(tmp_path, [Path(name)], environ=ENV)
+    assert kept == [] and refused == [] and len(skipped) == 1 and why in skipped[0]
 
 
 @pytest.mark.parametrize("name, content", HARMLESS, ids=[h[0] for h in HARMLESS])
@@ -91,7 +103,17 @@ def test_dry_run_lists_each_refusal_with_its_reason_and_uploads_nothing(tmp_path
         jobs.submit_sweep(str(tmp_path / "sweep.yaml"), address=None, tracking_uri="http://127.0.0.1:1",
                           working_dir=str(tmp_path), dry_run=True)
     out = capsys.readouterr().out
-    assert "  sweep.yaml" in out and "refused (2;" in out
+    assert "  sweep.yaml" in out and "refused (1;" in out and "left out (1;" in out
     assert "env.log: holds the value of $MLFLOW_TRACKING_PASSWORD" in out
     assert ".bash_history: its name says it is a shell or REPL history" in out
     assert PW not in out + str(err.value)
+
+
+def test_what_is_left_out_is_excluded_from_rays_own_walk(tmp_path):
+    (tmp_path / "sweep.yaml").write_text("name: x\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "srv.db").write_text("x")
+    (tmp_path / "sub" / "keep.db.txt").write_text("x")
+    files, excludes, skipped, refused = jobs.check_upload(tmp_path)
+    assert skipped == ["sub/srv.db: its name says it is a database (*.db)"] and refused == []
+    assert sorted(jobs.upload_files(tmp_path, excludes)) == sorted(files) == [Path("sub/keep.db.txt"), Path("sweep.yaml")]
