@@ -95,7 +95,7 @@ def format_rows(rows: list[dict]) -> str:
              _duration(r["train_seconds"])] for r in rows]
     widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
     text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in [head, *body]]
-    text.append(f"{BEST_MARK} lowest final val loss of its parametrization × width (finished trials)")
+    text.append(f"({BEST_MARK}: the lowest final val loss of its parametrization × width among finished trials)")
     return "\n".join(text)
 
 
