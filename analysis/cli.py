@@ -90,12 +90,30 @@ def is_snapshot(source: str) -> bool:
     return source.endswith(".parquet") or os.path.isfile(source)
 
 
+def refuse_sweep_file(source: str) -> None:
+    """A sweep file where an experiment name belongs: name the experiment to use instead."""
+    if not source.endswith((".yaml", ".yml")) or not os.path.isfile(source):
+        return
+    import yaml
+
+    try:
+        with open(source, encoding="utf-8") as fh:
+            doc = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError):
+        doc = None
+    experiment = (doc.get("experiment") or doc.get("name")) if isinstance(doc, dict) else None
+    use = f"`scalelab report {experiment}`" if experiment else "the experiment name it sets (`experiment:`, else `name:`)"
+    raise UserError(f"{source} is a sweep file; report reads the sweep's MLflow experiment: use {use}")
+
+
 def run_report(args) -> int:
     from .report import build_report
     from .tables import Tables
 
     say = _say("report")
     options = _options(args)
+    for source in args.source:
+        refuse_sweep_file(source)
     snapshots = [s for s in args.source if is_snapshot(s)]
     if snapshots and len(args.source) > 1:
         raise UserError(f"give one snapshot file, or one or more experiment names (got {args.source})")

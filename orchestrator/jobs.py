@@ -217,11 +217,23 @@ def submit_sweep(sweep: str, address: str | None, tracking_uri: str | None = Non
     refuse_secrets(wd, secrets)
     job_id = f"scalelab-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     mlflow_url = experiment_url(uri, spec.experiment)
-    return client(address).submit_job(
-        entrypoint=announce_experiment(command, uri_auth.redact(mlflow_url)),
-        submission_id=job_id, runtime_env=runtime_env(wd, excludes, secret_env(uri)),
-        metadata={"scalelab_sweep": spec.name, "tracking_uri": uri_auth.redact(uri),
-                  "mlflow_experiment": uri_auth.redact(mlflow_url)})
+    jobs = client(address)
+    try:
+        return jobs.submit_job(
+            entrypoint=announce_experiment(command, uri_auth.redact(mlflow_url)),
+            submission_id=job_id, runtime_env=runtime_env(wd, excludes, secret_env(uri)),
+            metadata={"scalelab_sweep": spec.name, "tracking_uri": uri_auth.redact(uri),
+                      "mlflow_experiment": uri_auth.redact(mlflow_url)})
+    except (RuntimeError, OSError) as err:  # an error status (RuntimeError) or a dropped connection (requests')
+        raise UserError(f"the Ray cluster at {dashboard_address(address)} did not take the job ({first_line(err)}); "
+                        "its job agent may not be up yet: wait a minute after `ray start --head`, check "
+                        "`ray status` on the head, then submit again") from None
+
+
+def first_line(err: Exception, limit: int = 200) -> str:
+    """The start of an error's text: Ray puts whole HTTP answers in its messages."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # --- status and logs -------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from .layout import tracking_uri_help
 from .links import print_study_hint
 from .locations import STORAGE_HELP, Locations
 from .plan import build_plan, format_plan
+from .preflight import analysis_warnings
 from .spec import load_sweep
 
 
@@ -40,6 +41,7 @@ def run_validate(args: argparse.Namespace) -> int:
     for path in args.sweeps:
         spec = load_sweep(path)  # ConfigError -> the CLI prints it, exit 2
         spec.check_corpora()
+        warn_analyses("validate", path, spec)
         study_url = Locations.resolve(spec).study_url
         print(f"OK: {spec.summary(study_url)} — {path}")
         print_study_hint(study_url)
@@ -52,6 +54,7 @@ def run_validate(args: argparse.Namespace) -> int:
 def run_plan(args: argparse.Namespace) -> int:
     spec = load_sweep(args.sweep)
     spec.check_corpora()
+    warn_analyses("plan", args.sweep, spec)
     where = Locations.resolve(spec, args.tracking_uri, args.storage)
     if not args.json:
         print(f"checking MLflow at {where.tracking_uri} for finished trials ...", file=sys.stderr)
@@ -66,6 +69,12 @@ def run_plan(args: argparse.Namespace) -> int:
     else:
         print(format_plan(plan))
     return 0
+
+
+def warn_analyses(command: str, path: str, spec) -> None:
+    """The analyses the grid cannot feed, on stderr (the exit status stays as it is)."""
+    for line in analysis_warnings(spec.trials()):
+        print(f"scalelab {command}: warning: {path}: {line}", file=sys.stderr)
 
 
 def _measure_pack(cfgs: list, cpus: float) -> float:

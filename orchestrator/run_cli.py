@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -11,9 +12,11 @@ from trainer.config import UserError
 from .faults import FAULT_ENV, check_faults
 from .fuse import FUSE_HELP, parse_fuse_flag
 from .jobs import job_status_text, print_logs, submit_sweep
-from .layout import TrackingUnreachable, tracking_uri_help
+from .layout import TrackingUnreachable, resolve_tracking_uri, tracking_uri_help
 from .locations import STORAGE_HELP
+from .results_table import format_rows, sweep_rows, trial_rows
 from .spec import load_sweep
+from .tracking_query import trial_runs
 
 RUN_HELP = "run a sweep: local embedded Ray by default, or an existing cluster with --address"
 
@@ -56,9 +59,17 @@ def register(subparsers) -> None:
                         "command that would run; contact no cluster")
     submit.set_defaults(func=cmd_submit)
 
-    status = subparsers.add_parser("status", help="status of a submitted sweep (or list all jobs)")
-    status.add_argument("job_id", nargs="?", help="job id printed by `scalelab submit` (default: list jobs)")
+    status = subparsers.add_parser(
+        "status", help="results table of a sweep or experiment; or the state of a submitted Ray job",
+        description="SWEEP.yaml or an MLflow experiment name: one row per trial read from MLflow (no Ray "
+        "needed), sorted by final validation loss, the best of each parametrization × width marked *. "
+        "A job id printed by `scalelab submit` (with --address or RAY_ADDRESS): that job's state; "
+        "nothing: every job on the cluster.")
+    status.add_argument("job_id", nargs="?", metavar="SWEEP_OR_EXPERIMENT_OR_JOB",
+                        help="sweep YAML file, MLflow experiment name, or Ray job id (default: list jobs)")
     _address_arg(status)
+    status.add_argument("--tracking-uri", help=tracking_uri_help())
+    status.add_argument("--json", action="store_true", help="print the results rows as JSON (for scripts)")
     status.set_defaults(func=cmd_status)
 
     logs = subparsers.add_parser("logs", help="logs of a submitted sweep")
@@ -129,8 +140,33 @@ def cmd_submit(args) -> int:
 
 
 def cmd_status(args) -> int:
-    print(job_status_text(args.address, args.job_id))
+    rows = _results(args) if args.job_id else None
+    if rows is None:
+        print(job_status_text(args.address, args.job_id))
+    elif args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_rows(rows))
     return 0
+
+
+def _results(args) -> list[dict] | None:
+    """The results rows when `job_id` names a sweep file or (without --address) an MLflow
+    experiment; None for a Ray job id."""
+    target = args.job_id
+    if target.endswith((".yaml", ".yml")) and os.path.isfile(target):
+        spec = load_sweep(target)
+        return sweep_rows(resolve_tracking_uri(args.tracking_uri, spec.tracking_uri), spec)
+    if args.address:  # a job id, as before the results table existed
+        return None
+    uri = resolve_tracking_uri(args.tracking_uri)
+    runs = trial_runs(uri, target)
+    if runs is not None:
+        return trial_rows(runs)
+    if os.environ.get("RAY_ADDRESS"):
+        return None
+    raise UserError(f"{target!r} is neither a sweep file nor an MLflow experiment at {uri}; for a Ray job id "
+                    "pass --address http://HEAD:8265 (or set RAY_ADDRESS)")
 
 
 def cmd_logs(args) -> int:

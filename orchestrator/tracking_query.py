@@ -75,3 +75,21 @@ def sweep_runs(tracking_uri: str, experiment: str, sweep: str) -> list:
         return list(search_all(client, found.experiment_id, f"tags.`{TAG_PARENT}` = {quote(parent.info.run_id)}"))
     except MlflowException as err:
         raise UserError(f"cannot read MLflow at {tracking_uri}: {err.message}") from None
+
+
+def trial_runs(tracking_uri: str, experiment: str, sweep: str | None = None) -> list | None:
+    """The trial runs of `experiment` (only those tagged as sweep `sweep` when given), metrics and
+    params included; None when the experiment is not in the store (none is created)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client = _read_client(tracking_uri)
+        found = client.get_experiment_by_name(experiment) if client else None
+        if found is None:
+            return None
+        where = f"tags.`{TAG_KIND}` = {quote(KIND_TRIAL)}"
+        if sweep:
+            where += f" and tags.`{TAG_SWEEP}` = {quote(sweep)}"
+        return list(search_all(client, found.experiment_id, where))
+    except MlflowException as err:
+        raise UserError(f"cannot read MLflow at {tracking_uri}: {err.message}") from None

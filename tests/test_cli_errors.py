@@ -136,3 +136,63 @@ def test_submit_warns_on_a_missing_corpus(capsys, project):
     (project / "s.yaml").write_text("name: up\nbase: {steps: 2, warmup_steps: 0, corpus: on_cluster.txt}\n")
     code, out, err = dry_run(capsys, project)
     assert code == 0 and "warning" in err and "on_cluster.txt" in err
+
+
+# --- a cluster that is not there, or not ready; a sweep file given to report ------------------
+
+def test_submit_where_nothing_listens_is_one_line(capsys, project):
+    from helpers import free_port
+
+    code, _, err = run(capsys, "submit", str(project / "s.yaml"), "--working-dir", str(project),
+                       "--tracking-uri", "http://127.0.0.1:9", "--address", f"http://127.0.0.1:{free_port()}")
+    assert code == 2
+    assert err.startswith("scalelab submit: error: cannot reach the Ray cluster") and "Traceback" not in err
+
+
+@pytest.fixture
+def dashboard_without_job_agent():
+    """An HTTP server that answers Ray's version check and 503 to everything else, as a head
+    whose job agent has not started yet."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self):
+            if self.path == "/api/version":
+                body, status = json.dumps({"version": "4", "ray_version": "2.40.0", "ray_commit": "x"}), 200
+            else:
+                body, status = "Failed to get the job agent\n<html>...</html>", 503
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        do_GET = do_POST = do_PUT = _answer
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_submit_before_the_job_agent_is_up_is_one_line(capsys, project, dashboard_without_job_agent):
+    (project / "data" / "big.bin").unlink()  # keep the upload small
+    code, _, err = run(capsys, "submit", str(project / "s.yaml"), "--working-dir", str(project),
+                       "--tracking-uri", "http://127.0.0.1:9", "--address", dashboard_without_job_agent)
+    assert code == 2, err
+    last = err.strip().splitlines()[-1]  # above it: Ray's own log of the upload it packed
+    assert last.startswith("scalelab submit: error: the Ray cluster at") and "job agent" in last, err
+    assert "<html>" not in last  # (a "Logging error" above may be Ray's handler on an earlier test's stream)
+
+
+def test_report_of_a_sweep_file_names_the_experiment(capsys, tmp_path):
+    sweep = tmp_path / "x.yaml"
+    sweep.write_text("name: x\nexperiment: lr-study\nbase: {steps: 2}\n")
+    code, _, err = run(capsys, "report", str(sweep))
+    assert code == 2
+    assert err.strip().splitlines() == [f"scalelab report: error: {sweep} is a sweep file; report reads the sweep's "
+                                        "MLflow experiment: use `scalelab report lr-study`"]

@@ -72,6 +72,9 @@ def test_sweep_writes_parent_children_params_metrics_artifacts(grid_run, shared_
     assert parent.data.metrics["tuning_trials"] == 4
     assert parent.data.metrics["tuning_flops"] == pytest.approx(flops)
     assert "4/4 done (4 finished" in output and "best final_val_loss" in output
+    table = output[output.index("trial  "):].splitlines()  # the results table, best of each group first
+    assert table[0].split()[:4] == ["trial", "lr", "scheme", "multipliers"]
+    assert sum(line.startswith("*") for line in table) == 2
 
 
 def test_rerun_adds_no_runs(grid_run, shared_tracking_uri):
