@@ -84,10 +84,18 @@ def _mark_best(rows: list[dict]) -> None:
         row["best"] = True
 
 
-def format_rows(rows: list[dict]) -> str:
-    """The rows as an aligned text table, with a line saying what the mark means."""
+END_OF_RUN_ROWS = 40  # rows `scalelab run` prints at its end; `status` prints all
+
+
+def format_rows(rows: list[dict], limit: int | None = None) -> str:
+    """The rows as an aligned text table, with a line saying what the mark means. With `limit`,
+    the best `limit` rows and every marked one (the end of a 100,000-trial run is not a listing)."""
     if not rows:
         return "no trial runs recorded yet"
+    hidden = 0
+    if limit is not None and len(rows) > limit:
+        shown = [r for i, r in enumerate(rows) if i < limit or r["best"]]
+        hidden, rows = len(rows) - len(shown), shown
     swept = list(rows[0]["swept"])
     head = ["", "trial", *swept, "outcome", "final val", "best val", "tokens/s", "time"]
     body = [[BEST_MARK if r["best"] else "", r["label"], *(str(r["swept"].get(k)) for k in swept), r["outcome"],
@@ -96,6 +104,8 @@ def format_rows(rows: list[dict]) -> str:
     widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
     text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in [head, *body]]
     text.append(f"({BEST_MARK}: the lowest final val loss of its parametrization × width among finished trials)")
+    if hidden:
+        text.append(f"... and {hidden} more trials: scalelab status SWEEP.yaml lists them all (--json for scripts)")
     return "\n".join(text)
 
 

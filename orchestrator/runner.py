@@ -28,7 +28,7 @@ from .locations import Locations
 from .outbox import RUN_HTTP_ENV, Outbox, grace_seconds, outage_message
 from .progress import ProgressPrinter, best_so_far
 from .ray_local import ray_session
-from .results_table import format_rows, sweep_rows
+from .results_table import END_OF_RUN_ROWS, format_rows, sweep_rows
 from .run_writes import SweepTracker
 from .study_link import study_links
 from .sweep_modes import sweep_mode
@@ -158,7 +158,7 @@ def _run_sweep(spec, opts: RunOptions) -> SweepSummary:
         summary.tuning_cost = tracker.finish_parent()
     _fill_outcomes(summary, mode, tracker)
     print(summary.text(), file=opts.out, flush=True)
-    print(format_rows(sweep_rows(where.tracking_uri, spec)), file=opts.out, flush=True)
+    print(format_rows(sweep_rows(where.tracking_uri, spec), limit=END_OF_RUN_ROWS), file=opts.out, flush=True)
     print(f"  browse: {browse_hint(where.tracking_uri)} (experiment {spec.experiment!r})", file=opts.out, flush=True)
     print_study_hint(where.study_url, opts.out)
     return summary

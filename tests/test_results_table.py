@@ -106,3 +106,13 @@ def test_status_unknown_name_says_what_it_takes(tracking_uri, capsys, monkeypatc
     assert main(["status", "nope", "--tracking-uri", tracking_uri]) == 2
     err = capsys.readouterr().err
     assert "neither a sweep file nor an MLflow experiment" in err and "--address" in err
+
+
+def test_a_limited_table_keeps_the_best_rows_and_every_marked_one():
+    from orchestrator.results_table import format_rows
+    rows = [{"best": i in (0, 7), "label": f"t{i}", "swept": {"lr": i}, "outcome": "finished",
+             "final_val_loss": 1.0 + i, "best_val_loss": 1.0 + i, "tokens_per_s": 10.0, "train_seconds": 5.0}
+            for i in range(10)]
+    text = format_rows(rows, limit=3)
+    assert "t0" in text and "t2" in text and "t7" in text and "t5" not in text
+    assert "and 6 more trials" in text
