@@ -10,7 +10,8 @@ class FitOptions:
     hp: str = "lr"                    # swept hyperparameter of the transfer fit
     size: str = "d_model"             # width column (n_layers for depth transfer)
     loss: str = "final_val_loss"
-    k: int = 2                        # parabola window: best grid point ± k
+    k: int = 2                        # window of the transfer optimum: best grid point ± k
+    estimator: str = "asymmetric"     # transfer optimum: "asymmetric" bowl fit or symmetric "parabola" (transfer.ESTIMATORS)
     n_boot: int = 200                 # seed-bootstrap replicates
     n_boot_scaling: int = 100         # scaling-law bootstrap (one L-BFGS-B fit per replicate)
     level: float = 0.95               # confidence level of every interval

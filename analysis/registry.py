@@ -53,8 +53,8 @@ class FigureSpec:
 
 # the fits are called by keyword: they do not share one argument order (transfer takes hp before size)
 def _transfer(t: Tables, o: FitOptions, size: str | None = None) -> TransferResult:
-    return fit_transfer(t.trials, hp=o.hp, size=size or o.size, k=o.k, n_boot=o.n_boot, seed=o.seed,
-                        init_loss=o.init_loss, loss=o.loss, level=o.level)
+    return fit_transfer(t.trials, hp=o.hp, size=size or o.size, k=o.k, estimator=o.estimator, n_boot=o.n_boot,
+                        seed=o.seed, init_loss=o.init_loss, loss=o.loss, level=o.level)
 
 
 def _depth_varies(t: Tables, o: FitOptions) -> bool:

@@ -108,9 +108,9 @@ def transfer_section(t: TransferResult, s: dict, figure: str = "optimum_vs_size"
     rng_text = f"log2 {hp} ∈ [{num(rng[0])}, {num(rng[1])}]" if rng else "each curve's own grid"
     return "\n\n".join(x for x in [
         f"## Transfer of the optimal {hp} across {size}",
-        f"Optimum = vertex of a parabola in log2 {hp} over the best grid point ± {t.k} points; interval = "
-        f"bootstrap over seeds ({t.n_boot} replicates). γ: slope of log η* vs log {size} (µP predicts ≈ 0, "
-        f"SP with Adam ≈ −1). Drift: change of log2 η* from the smallest to the largest {size}, in grid steps.",
+        f"{_estimator_text(t)}; interval = percentile interval of a bootstrap over seeds (seeds resampled "
+        f"per grid point, {t.n_boot} replicates, the optimum re-fitted per replicate). γ: slope of log η* vs "
+        f"log {size} (µP predicts ≈ 0, SP with Adam ≈ −1). Drift: change of log2 η* from the smallest to the largest {size}, in grid steps.",
         table(["parametrization", "γ [CI]", "drift (grid steps) [CI]", f"{size} with an optimum", "interval"], groups),
         _figure(s, figure),
         f"### Optima and LR sensitivity per {size}",
@@ -119,6 +119,15 @@ def transfer_section(t: TransferResult, s: dict, figure: str = "optimum_vs_size"
         table(["parametrization", size, f"log2 {hp}* [CI]", "loss at optimum", "sensitivity [CI]", "runs", "flags"],
               curve_rows),
         _figure(s, "loss_vs_hp") if figure == "optimum_vs_size" else ""] if x)
+
+
+def _estimator_text(t: TransferResult) -> str:
+    window = f"the best grid point ± {t.k} points"
+    if t.estimator == "asymmetric":
+        return (f"Optimum = x0 of the least-squares asymmetric bowl L = c + a·f(log2 {t.hp} − x0) through {window} "
+                "(≥ 4 finite points; f exponential or two half-parabolas, its asymmetry fitted too; 3 points: the "
+                "parabola through them)")
+    return f"Optimum = vertex of a least-squares parabola in log2 {t.hp} through {window}"
 
 
 def _flags(c: TransferCurve) -> str:
