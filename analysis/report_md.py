@@ -173,16 +173,19 @@ def _exponent(fit: LogLogFit) -> str:
 def norms_section(n: NormsResult, s: dict) -> str:
     out = ["## Equilibrium norms",
            "Log-log slope against S = sqrt(η/λ) of the hidden matrices (lr·lr_mult_hidden / weight_decay·wd_mult_hidden): matrix RMS should follow S (slope 1); with learnable "
-           "multipliers the effective RMS should stay flat (slope 0), and so should the loss."]
+           "multipliers the effective RMS should stay flat (slope 0), and so should the loss. The slope can change "
+           "along S (≈ 0.5 at small S, ≈ 1 at large S in measured sweeps): with ≥ 4 values of S, two lines meeting "
+           "at a breakpoint S_b chosen by least squares give a slope below and above S_b (OLS t-intervals given S_b)."]
     for sw in n.sweeps:
-        rows = [[x.kind, x.role, _exponent(x.fit), num(x.predicted), x.fit.n_runs]
+        rows = [[x.kind, x.role, _exponent(x.fit), num(x.predicted), *_segments(x.segments), x.fit.n_runs]
                 for x in sw.series + [dataclasses.replace(p, kind=k) for k, p in sw.pooled.items()]]
         v = sw.verdict
         out += [f"### {sw.label} (sqrt(η·λ) = {num(sw.sqrt_lr_wd, 3)}, S from {num(min(sw.S_values), 3)} to "
                 f"{num(max(sw.S_values), 3)}, loss spread over S: {num(sw.loss.spread, 3)} nats)",
                 f"Criterion: pooled {v.quantity} {v.target}: slope {with_ci(v.slope, v.slope_ci, 3)} — "
                 f"**{'met' if v.met else 'not met'}**.",
-                table(["quantity", "role", "slope [CI]", "predicted", "runs"], rows)]
+                table(["quantity", "role", "slope [CI]", "predicted", "S_b", "slope below S_b [CI]",
+                       "slope above S_b [CI]", "runs"], rows)]
     if n.comparisons:
         rows = [[c.with_, c.without, num(c.spread_with, 3), num(c.spread_without, 3), num(c.ratio, 3),
                  "yes" if c.smaller_with_multipliers else "no"] for c in n.comparisons]
@@ -190,6 +193,13 @@ def norms_section(n: NormsResult, s: dict) -> str:
                 table(["with multipliers", "without", "spread with", "spread without", "ratio", "smaller with?"], rows)]
     out.append(_figure(s, "equilibrium_norms"))
     return "\n\n".join(out)
+
+
+def _segments(seg) -> list[str]:
+    if seg is None:
+        return ["—", "—", "—"]
+    return [num(seg.breakpoint_S, 3), with_ci(seg.slope_low, seg.slope_low_ci, 3),
+            with_ci(seg.slope_high, seg.slope_high_ci, 3)]
 
 
 def freedom_section(f: FreedomResult, s: dict) -> str:
