@@ -79,7 +79,7 @@ FREEDOM = Analysis("freedom", FreedomResult, section=report_md.freedom_section,
 SCALING = Analysis(
     "scaling", ScalingResult, section=report_md.scaling_section,
     fit=lambda t, o: fit_scaling(t.trials, size=o.size, hp=o.hp, n_boot=o.n_boot_scaling, seed=o.seed, loss=o.loss,
-                                 level=o.level))
+                                 level=o.level, interval=o.scaling_interval))
 TUNING = Analysis("tuning", TuningResult, section=report_md.tuning_section,
                   fit=lambda t, o: tuning_cost(t.trials, size=o.size, loss=o.loss))
 COORD_CHECK = Analysis(

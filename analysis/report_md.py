@@ -110,7 +110,8 @@ def transfer_section(t: TransferResult, s: dict, figure: str = "optimum_vs_size"
         f"## Transfer of the optimal {hp} across {size}",
         f"{_estimator_text(t)}; interval = percentile interval of a bootstrap over seeds (seeds resampled "
         f"per grid point, {t.n_boot} replicates, the optimum re-fitted per replicate). γ: slope of log η* vs "
-        f"log {size} (µP predicts ≈ 0, SP with Adam ≈ −1). Drift: change of log2 η* from the smallest to the largest {size}, in grid steps.",
+        f"log {size} (µP predicts ≈ 0, SP with Adam ≈ −1). Drift: change of log2 η* from the smallest to the "
+        f"largest {size}, in grid steps.",
         table(["parametrization", "γ [CI]", "drift (grid steps) [CI]", f"{size} with an optimum", "interval"], groups),
         _figure(s, figure),
         f"### Optima and LR sensitivity per {size}",

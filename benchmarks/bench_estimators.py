@@ -6,6 +6,14 @@ Each simulated curve has 3 seeds per grid point; intervals are the report's: see
 per grid point (stats.bootstrap_means), the estimator re-run per replicate, percentile interval.
 
     python benchmarks/bench_estimators.py transfer [--curves 300] [--boot 200]
+
+scaling: coverage of the scaling-law intervals (pairs vs residual bootstrap) on Chinchilla-like
+data: IsoFLOP profiles at 9 compute budgets with unequal numbers of runs, L = E + A/N^α + B/D^β
+(Epoch AI's fit to Chinchilla) times log-normal noise whose sd shrinks with compute.
+
+The same for the single-seed 7-size sweep of tests/test_analysis_coverage.py.
+
+    python benchmarks/bench_estimators.py scaling [--datasets 80] [--boot 100] [--only TITLE-PART]
 """
 from __future__ import annotations
 
@@ -15,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -141,16 +150,98 @@ def bench_transfer(curves: int, n_boot: int, seeds: int, seed: int) -> None:
         print(f"  {name:<22}{b:.3f}")
 
 
+# ---- scaling law ------------------------------------------------------------------------------
+
+CHINCHILLA = {"E": 1.82, "A": 482.0, "alpha": 0.3478, "B": 2085.0, "beta": 0.3658}   # Besiroglu et al. 2024
+BUDGETS = np.geomspace(6e18, 3e21, 9)                # FLOPs of the IsoFLOP profiles
+RUNS_PER_BUDGET = (4, 7, 9, 11, 9, 7, 5, 4, 3)          # unequal, as in Chinchilla's profiles
+NOISE_SD = (0.03, 0.006)                             # log-loss noise sd at the smallest and largest budget
+STRONG_NOISE_SD = (0.1, 0.003)
+
+
+def chinchilla_like(rng: np.random.Generator, noise_sd: tuple[float, float] = NOISE_SD):
+    """Trials: N spread log-uniformly over ±1.2 decades around each budget's compute-optimal
+    size, D = C/(6N), noise sd falling log-linearly with C from noise_sd[0] to noise_sd[1]."""
+    rows = []
+    t = CHINCHILLA
+    for i, (C, k) in enumerate(zip(BUDGETS, RUNS_PER_BUDGET)):
+        n_opt = (C / 6) ** 0.5
+        N = n_opt * 10 ** np.sort(rng.uniform(-1.2, 1.2, k))
+        D = C / (6 * N)
+        sd = np.exp(np.interp(i, [0, len(BUDGETS) - 1], np.log(noise_sd)))
+        L = (t["E"] + t["A"] / N ** t["alpha"] + t["B"] / D ** t["beta"]) * np.exp(rng.normal(0, sd, k))
+        rows.append(pd.DataFrame({"n_params": N, "tokens": D, "final_val_loss": L}))
+    frame = pd.concat(rows, ignore_index=True)
+    frame["parametrization"], frame["outcome"], frame["d_model"] = "mup", "finished", frame["n_params"]
+    return frame
+
+
+def small_sweep(rng: np.random.Generator):
+    """The single-seed sweep of tests/test_analysis_coverage.py: 7 sizes x 1 run, 1% noise, L = E + A/N^α."""
+    N = np.geomspace(1e6, 1e9, 7)
+    L = (SMALL["E"] + SMALL["A"] / N ** SMALL["alpha"]) * np.exp(rng.normal(0, 0.01, N.size))
+    return pd.DataFrame({"parametrization": "mup", "outcome": "finished", "d_model": N, "n_params": N,
+                         "tokens": 1e9, "final_val_loss": L})
+
+
+SMALL = {"E": 1.7, "A": 400.0, "alpha": 0.34}
+
+
+def bench_scaling(datasets: int, n_boot: int, seed: int, only: str = "") -> None:
+    from analysis.scaling import INTERVALS, fit_scaling
+    n = sum(RUNS_PER_BUDGET)
+    settings = {f"Chinchilla-like: {n} runs on {len(BUDGETS)} IsoFLOP profiles {RUNS_PER_BUDGET}, log-loss noise sd "
+                f"{NOISE_SD[0]} -> {NOISE_SD[1]}": (chinchilla_like, CHINCHILLA),
+                f"Chinchilla-like, stronger heteroscedasticity: log-loss noise sd {STRONG_NOISE_SD[0]} -> "
+                f"{STRONG_NOISE_SD[1]}": (lambda rng: chinchilla_like(rng, STRONG_NOISE_SD), CHINCHILLA),
+                "small sweep: 7 sizes x 1 run, 1% noise, L = E + A/N^alpha": (small_sweep, SMALL)}
+    mc = np.sqrt(0.95 * 0.05 / datasets)
+    print(f"scaling law: {datasets} data sets per setting, {n_boot} bootstrap replicates, 95% intervals; "
+          f"Monte-Carlo standard error of one coverage near 0.95: {mc:.3f}")
+    for title, (make, truth) in settings.items():
+        if only not in title:
+            continue
+        rng = np.random.default_rng(seed)
+        names = list(truth)
+        hits = {m: {k: [] for k in names} for m in INTERVALS}
+        width = {m: {k: [] for k in names} for m in INTERVALS}
+        t0 = time.perf_counter()
+        for i in range(datasets):
+            trials = make(rng)
+            for method in INTERVALS:
+                (fit,) = fit_scaling(trials, n_boot=n_boot, seed=seed + i, interval=method).fits
+                for k in names:
+                    ci = getattr(fit, f"{k}_ci")
+                    ok = ci is not None and ci[0] is not None
+                    hits[method][k].append(ok and ci[0] <= truth[k] <= ci[1])
+                    width[method][k].append(ci[1] - ci[0] if ok else np.nan)
+        print(f"\n{title} ({time.perf_counter() - t0:.0f} s)")
+        print(f"{'parameter':<10}" + "".join(f"{m + ' cover':>16}{m + ' width':>16}" for m in INTERVALS))
+        for k in names:
+            print(f"{k:<10}" + "".join(f"{np.mean(hits[m][k]):>16.3f}{np.nanmedian(width[m][k]):>16.4g}"
+                                       for m in INTERVALS))
+        print(f"{'all':<10}" + "".join(f"{np.mean([h for k in names for h in hits[m][k]]):>16.3f}{'':>16}"
+                                       for m in INTERVALS))
+        ratio = np.nanmedian(np.concatenate([np.array(width["residual"][k]) / np.array(width["pairs"][k])
+                                             for k in names]))
+        print(f"median width ratio residual / pairs: {ratio:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", choices=["transfer"], nargs="?", default="transfer")
+    parser.add_argument("which", choices=["transfer", "scaling"], nargs="?", default="transfer")
+    parser.add_argument("--datasets", type=int, default=80)
+    parser.add_argument("--only", default="", help="scaling: run the settings whose title contains this")
     parser.add_argument("--curves", type=int, default=300)
-    parser.add_argument("--boot", type=int, default=200)
+    parser.add_argument("--boot", type=int, help="bootstrap replicates (default: 200 transfer, 100 scaling)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     t0 = time.perf_counter()
-    bench_transfer(args.curves, args.boot, args.seeds, args.seed)
+    if args.which == "transfer":
+        bench_transfer(args.curves, args.boot or 200, args.seeds, args.seed)
+    else:
+        bench_scaling(args.datasets, args.boot or 100, args.seed, args.only)
     print(f"\n{time.perf_counter() - t0:.0f} s")
 
 

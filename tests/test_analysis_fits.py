@@ -428,3 +428,24 @@ def test_transfer_estimator_is_named_and_checked():
     assert fit_transfer(_small(seeds=2), n_boot=20, estimator="parabola").estimator == "parabola"
     with pytest.raises(UserError, match="estimator 'cubic'"):
         fit_transfer(_small(seeds=2), estimator="cubic")
+
+
+def test_scaling_interval_is_pairs_by_default_and_residual_on_request():
+    N = np.geomspace(1e6, 1e9, 7)
+    L = (1.7 + 400 / N ** 0.34) * np.exp(np.random.default_rng(4).normal(0, 0.01, N.size))
+    pairs = fit_scaling(_one_run_per_size(L, N), n_boot=40)
+    residual = fit_scaling(_one_run_per_size(L, N), n_boot=40, interval="residual")
+    assert pairs.interval == "pairs" and "pairs bootstrap" in pairs.method
+    assert residual.interval == "residual" and "residual bootstrap" in residual.method
+    for fit in (pairs.fits[0], residual.fits[0]):
+        assert fit.alpha_ci[0] < fit.alpha < fit.alpha_ci[1]
+    assert pairs.fits[0].alpha == residual.fits[0].alpha          # the same point estimate
+    with pytest.raises(UserError, match="interval 'jackknife'"):
+        fit_scaling(_one_run_per_size(L, N), interval="jackknife")
+
+
+def test_pairs_bootstrap_of_very_few_runs_says_to_use_the_residual_one():
+    N = np.geomspace(1e6, 1e9, 4)
+    L = (1.7 + 400 / N ** 0.34) * np.exp(np.random.default_rng(5).normal(0, 0.01, N.size))
+    result = fit_scaling(_one_run_per_size(L, N), n_boot=40)
+    assert any("pairs-bootstrap replicates" in w and "interval='residual'" in w for w in result.warnings)
