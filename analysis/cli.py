@@ -39,7 +39,7 @@ def register(subparsers) -> None:
     report.add_argument("--size", default=default.size, help="size column (default %(default)s; n_layers for depth)")
     report.add_argument("--loss", default=default.loss, help="loss column (default %(default)s)")
     report.add_argument("--k", type=int, default=default.k,
-                        help="parabola window: best grid point ± k points (default %(default)s)")
+                        help="window of the transfer optimum: best grid point ± k points (default %(default)s)")
     report.add_argument("--n-boot", type=int, default=default.n_boot, help="bootstrap replicates (default %(default)s)")
     report.add_argument("--level", type=float, default=default.level, help="confidence level (default %(default)s)")
     report.add_argument("--seed", type=int, default=default.seed, help="bootstrap RNG seed (default %(default)s)")

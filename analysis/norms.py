@@ -9,6 +9,11 @@ width, so they only shift the intercept. Each role is fitted against S only when
 group's η/λ moves with it: the embedding and head of a hidden-only sweep are left out.
 Runs: finished grid runs; a sweep qualifies when it has ≥ 3 values of S at one width and one
 sqrt(η·λ) (rounded to 1%).
+
+The slope need not be one number over the whole sweep: measured norms follow S with slope
+≈ 0.5 at small S and ≈ 1 at large S. So beside the one-line fit, each series with ≥ 4 values of
+S gets a two-segment fit: two lines in log-log that meet at a breakpoint S_b chosen by least
+squares, each segment's slope with its OLS t-interval given S_b.
 """
 from __future__ import annotations
 
@@ -23,9 +28,11 @@ from trainer.config import UserError
 from . import frames
 from .layers import geometric_mean, layer_columns, role_values
 from .results import Result, inline, json_key, optional
-from .stats import LogLogFit, loglog_fit
+from .stats import LogLogFit, loglog_fit, t_interval
 
 MIN_S_VALUES = 3
+MIN_SEGMENT_S_VALUES = 4          # a two-segment fit needs ≥ 2 values of S on each side of S_b
+BREAKPOINTS = 60                  # candidate log S_b between the second and the second-to-last S
 PREDICTED = {"weight_rms": 1.0, "eff_rms": 0.0}
 # The issue-8 replication criteria (sweeps/paper_norms.yaml states them too).
 WEIGHT_SLOPE_RANGE = (0.8, 1.2)   # without multipliers: log‖W‖ follows log S
@@ -50,6 +57,23 @@ class LossPoint(Result):
 
 
 @dataclass(frozen=True, kw_only=True)
+class SegmentedFit(Result):
+    """log y = c + slope_low·min(log S − log S_b, 0) + slope_high·max(log S − log S_b, 0): two lines in
+    log-log meeting at S_b, which minimises the squared residuals (a continuous grid between the second
+    and the second-to-last S). Intervals: OLS t-intervals of the two slopes given S_b (n − 3 dof): they
+    leave out the uncertainty of S_b."""
+    breakpoint_S: float
+    slope_low: float              # over S ≤ S_b
+    slope_low_ci: list[float | None]
+    slope_high: float             # over S ≥ S_b
+    slope_high_ci: list[float | None]
+    n_low: int                    # runs at S ≤ S_b
+    n_high: int
+    rms_one_line: float           # residual RMS (log) of the one-line fit
+    rms_two_segments: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class NormsSeries(Result):
     """The RMS of one role (or the pooled swept matrices) against S."""
     kind: str | None = optional()  # weight_rms or eff_rms; a pooled fit is filed under its kind instead
@@ -57,6 +81,7 @@ class NormsSeries(Result):
     fit: LogLogFit = inline()
     predicted: float              # the predicted slope
     points: list[NormPoint]
+    segments: SegmentedFit | None = optional()   # below and above a breakpoint (≥ 4 values of S)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,13 +219,41 @@ def _fit_sweep(group: dict, runs: pd.DataFrame, size: str, loss: str, level: flo
             if role not in swept or fit.n_runs == 0:
                 continue
             out["series"].append(NormsSeries(kind=kind, role=role, fit=fit, predicted=PREDICTED[kind],
-                                             points=_points(S, values)))
+                                             points=_points(S, values), segments=segmented_fit(S, values, level)))
         cols = [c for r, cs in layer_columns(runs, kind).items() if r in swept for c in cs]
         if cols:  # every swept matrix at once: the number the criterion is read from
             values = geometric_mean(runs[cols])
             out["pooled"][kind] = NormsSeries(role=POOLED, fit=loglog_fit(S, values, level), predicted=PREDICTED[kind],
-                                              points=_points(S, values))
+                                              points=_points(S, values), segments=segmented_fit(S, values, level))
     return NormsSweep(**out, verdict=_verdict(out))
+
+
+def segmented_fit(x: np.ndarray, y: np.ndarray, level: float) -> SegmentedFit | None:
+    """Two lines in log y vs log x meeting at a least-squares breakpoint (SegmentedFit); None with
+    fewer than MIN_SEGMENT_S_VALUES values of x or no residual degree of freedom."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    keep = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    lx, ly = np.log(x[keep]), np.log(y[keep])
+    values = np.unique(lx)
+    if values.size < MIN_SEGMENT_S_VALUES or lx.size < 4:
+        return None
+    breaks = np.linspace(values[1], values[-2], BREAKPOINTS)                      # (K,)
+    d = lx[None, :] - breaks[:, None]                                             # (K, n)
+    X = np.stack([np.ones_like(d), np.minimum(d, 0), np.maximum(d, 0)], -1)      # (K, n, 3)
+    coef = np.linalg.solve(X.transpose(0, 2, 1) @ X, (X.transpose(0, 2, 1) @ ly)[..., None])[..., 0]   # (K, 3)
+    sse = ((X @ coef[..., None])[..., 0] - ly[None, :]) ** 2
+    k = int(np.argmin(sse.sum(1)))
+    dof = lx.size - 3
+    cov = sse[k].sum() / dof * np.linalg.inv(X[k].T @ X[k]) if dof > 0 else np.full((3, 3), np.nan)
+    c, low, high = coef[k]
+    one = np.polyfit(lx, ly, 1)
+    rms_one = float(np.sqrt(np.mean((np.polyval(one, lx) - ly) ** 2)))
+    return SegmentedFit(breakpoint_S=float(np.exp(breaks[k])),
+                        slope_low=float(low), slope_low_ci=t_interval(float(low), float(np.sqrt(cov[1, 1])), dof, level),
+                        slope_high=float(high),
+                        slope_high_ci=t_interval(float(high), float(np.sqrt(cov[2, 2])), dof, level),
+                        n_low=int((lx <= breaks[k]).sum()), n_high=int((lx >= breaks[k]).sum()),
+                        rms_one_line=rms_one, rms_two_segments=float(np.sqrt(sse[k].mean())))
 
 
 def _verdict(sweep: dict) -> NormsVerdict:

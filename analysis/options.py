@@ -10,9 +10,11 @@ class FitOptions:
     hp: str = "lr"                    # swept hyperparameter of the transfer fit
     size: str = "d_model"             # width column (n_layers for depth transfer)
     loss: str = "final_val_loss"
-    k: int = 2                        # parabola window: best grid point ± k
+    k: int = 2                        # window of the transfer optimum: best grid point ± k
+    estimator: str = "asymmetric"     # transfer optimum: "asymmetric" bowl or "parabola" (transfer.ESTIMATORS)
     n_boot: int = 200                 # seed-bootstrap replicates
     n_boot_scaling: int = 100         # scaling-law bootstrap (one L-BFGS-B fit per replicate)
+    scaling_interval: str = "pairs"   # scaling-law bootstrap: "pairs" or "residual" (scaling.INTERVALS)
     level: float = 0.95               # confidence level of every interval
     seed: int = 0                     # RNG seed of the bootstraps (reports are reproducible)
     reference: str | None = None      # parametrization the gaps are measured against (default mup)

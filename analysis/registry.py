@@ -53,8 +53,8 @@ class FigureSpec:
 
 # the fits are called by keyword: they do not share one argument order (transfer takes hp before size)
 def _transfer(t: Tables, o: FitOptions, size: str | None = None) -> TransferResult:
-    return fit_transfer(t.trials, hp=o.hp, size=size or o.size, k=o.k, n_boot=o.n_boot, seed=o.seed,
-                        init_loss=o.init_loss, loss=o.loss, level=o.level)
+    return fit_transfer(t.trials, hp=o.hp, size=size or o.size, k=o.k, estimator=o.estimator, n_boot=o.n_boot,
+                        seed=o.seed, init_loss=o.init_loss, loss=o.loss, level=o.level)
 
 
 def _depth_varies(t: Tables, o: FitOptions) -> bool:
@@ -79,7 +79,7 @@ FREEDOM = Analysis("freedom", FreedomResult, section=report_md.freedom_section,
 SCALING = Analysis(
     "scaling", ScalingResult, section=report_md.scaling_section,
     fit=lambda t, o: fit_scaling(t.trials, size=o.size, hp=o.hp, n_boot=o.n_boot_scaling, seed=o.seed, loss=o.loss,
-                                 level=o.level))
+                                 level=o.level, interval=o.scaling_interval))
 TUNING = Analysis("tuning", TuningResult, section=report_md.tuning_section,
                   fit=lambda t, o: tuning_cost(t.trials, size=o.size, loss=o.loss))
 COORD_CHECK = Analysis(

@@ -99,9 +99,10 @@ def transfer_section(t: TransferResult, s: dict, figure: str = "optimum_vs_size"
     rng_text = f"log2 {hp} ∈ [{num(rng[0])}, {num(rng[1])}]" if rng else "each curve's own grid"
     return "\n\n".join(x for x in [
         f"## Transfer of the optimal {hp} across {size}",
-        f"Optimum = vertex of a parabola in log2 {hp} over the best grid point ± {t.k} points; interval = "
-        f"bootstrap over seeds ({t.n_boot} replicates). γ: slope of log η* vs log {size} (µP predicts ≈ 0, "
-        f"SP with Adam ≈ −1). Drift: change of log2 η* from the smallest to the largest {size}, in grid steps.",
+        f"{_estimator_text(t)}; interval = percentile interval of a bootstrap over seeds (seeds resampled "
+        f"per grid point, {t.n_boot} replicates, the optimum re-fitted per replicate). γ: slope of log η* vs "
+        f"log {size} (µP predicts ≈ 0, SP with Adam ≈ −1). Drift: change of log2 η* from the smallest to the "
+        f"largest {size}, in grid steps.",
         table(["parametrization", "γ [CI]", "drift (grid steps) [CI]", f"{size} with an optimum", "interval"], groups),
         _figure(s, figure),
         f"### Optima and LR sensitivity per {size}",
@@ -110,6 +111,15 @@ def transfer_section(t: TransferResult, s: dict, figure: str = "optimum_vs_size"
         table(["parametrization", size, f"log2 {hp}* [CI]", "loss at optimum", "sensitivity [CI]", "runs", "flags"],
               curve_rows),
         _figure(s, "loss_vs_hp") if figure == "optimum_vs_size" else ""] if x)
+
+
+def _estimator_text(t: TransferResult) -> str:
+    window = f"the best grid point ± {t.k} points"
+    if t.estimator == "asymmetric":
+        return (f"Optimum = x0 of the least-squares asymmetric bowl L = c + a·f(log2 {t.hp} − x0) through {window} "
+                "(≥ 4 finite points; f exponential or two half-parabolas, its asymmetry fitted too; 3 points: the "
+                "parabola through them)")
+    return f"Optimum = vertex of a least-squares parabola in log2 {t.hp} through {window}"
 
 
 def _flags(c: TransferCurve) -> str:
@@ -155,16 +165,19 @@ def _exponent(fit: LogLogFit) -> str:
 def norms_section(n: NormsResult, s: dict) -> str:
     out = ["## Equilibrium norms",
            "Log-log slope against S = sqrt(η/λ) of the hidden matrices (lr·lr_mult_hidden / weight_decay·wd_mult_hidden): matrix RMS should follow S (slope 1); with learnable "
-           "multipliers the effective RMS should stay flat (slope 0), and so should the loss."]
+           "multipliers the effective RMS should stay flat (slope 0), and so should the loss. The slope can change "
+           "along S (≈ 0.5 at small S, ≈ 1 at large S in measured sweeps): with ≥ 4 values of S, two lines meeting "
+           "at a breakpoint S_b chosen by least squares give a slope below and above S_b (OLS t-intervals given S_b)."]
     for sw in n.sweeps:
-        rows = [[x.kind, x.role, _exponent(x.fit), num(x.predicted), x.fit.n_runs]
+        rows = [[x.kind, x.role, _exponent(x.fit), num(x.predicted), *_segments(x.segments), x.fit.n_runs]
                 for x in sw.series + [dataclasses.replace(p, kind=k) for k, p in sw.pooled.items()]]
         v = sw.verdict
         out += [f"### {sw.label} (sqrt(η·λ) = {num(sw.sqrt_lr_wd, 3)}, S from {num(min(sw.S_values), 3)} to "
                 f"{num(max(sw.S_values), 3)}, loss spread over S: {num(sw.loss.spread, 3)} nats)",
                 f"Criterion: pooled {v.quantity} {v.target}: slope {with_ci(v.slope, v.slope_ci, 3)} — "
                 f"**{'met' if v.met else 'not met'}**.",
-                table(["quantity", "role", "slope [CI]", "predicted", "runs"], rows)]
+                table(["quantity", "role", "slope [CI]", "predicted", "S_b", "slope below S_b [CI]",
+                       "slope above S_b [CI]", "runs"], rows)]
     if n.comparisons:
         rows = [[c.with_, c.without, num(c.spread_with, 3), num(c.spread_without, 3), num(c.ratio, 3),
                  "yes" if c.smaller_with_multipliers else "no"] for c in n.comparisons]
@@ -172,6 +185,13 @@ def norms_section(n: NormsResult, s: dict) -> str:
                 table(["with multipliers", "without", "spread with", "spread without", "ratio", "smaller with?"], rows)]
     out.append(_figure(s, "equilibrium_norms"))
     return "\n\n".join(out)
+
+
+def _segments(seg) -> list[str]:
+    if seg is None:
+        return ["—", "—", "—"]
+    return [num(seg.breakpoint_S, 3), with_ci(seg.slope_low, seg.slope_low_ci, 3),
+            with_ci(seg.slope_high, seg.slope_high_ci, 3)]
 
 
 def freedom_section(f: FreedomResult, s: dict) -> str:

@@ -5,6 +5,7 @@ fit's cost grows with the number of curves, not with n_boot x Python loops.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -27,6 +28,18 @@ class LogLogFit(Result):
     n_runs: int
     n_x: int                      # distinct x values; < 2: no fit
     ci_method: str | None
+
+
+def one_blas_thread():
+    """Fits that call BLAS on small arrays (L-BFGS-B on 3-5 element vectors, the transfer
+    optimum's bowl tables) run ~10x slower with a multi-threaded BLAS on a busy machine.
+    threadpoolctl (present with scikit-learn, an MLflow dependency) pins it to one thread;
+    without it, run as is."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
 
 
 def percentile_ci(samples: np.ndarray, level: float) -> list[float | None]:

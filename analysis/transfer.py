@@ -2,11 +2,18 @@
 transfer exponent γ (log η* = c + γ·log size), the drift of the optimum in grid steps, and the
 LR sensitivity of Wortsman et al. (2023).
 
-The optimum of a curve is the vertex of a parabola fitted (least squares) to the seed-mean
-losses of the grid points around the best one: argmin ± k grid points, widened until it holds
-at least 3 finite points. The vertex is clipped to the window; a concave window falls back to
-the best grid point. Intervals come from a bootstrap over seeds (seeds resampled per grid
-point), and γ's from the same replicates, fitted per replicate.
+The optimum of a curve (estimator "asymmetric", the default) is the x0 of the least-squares fit
+L = c + a·f(log2 hp − x0), a > 0, to the seed-mean losses of the best grid point ± k points
+(widened until it holds ≥ 4 finite points), over two families of asymmetric bowls f: the
+exponential (e^{s·u} − 1 − s·u)/s² (s = 0: a parabola) and two half-parabolas whose curvatures
+differ by a factor r; the family member, s or r, is chosen by the fit too. Loss curves are
+steeper on the high-LR side, and a symmetric parabola through a wide window puts its vertex
+on the flatter side: up to 0.8 grid steps off on quickstart-like grids, where this model is
+within 0.15 (benchmarks/bench_estimators.py; docs/analysis.md). With 3 finite points it
+falls back to the parabola through them; estimator "parabola" is the vertex of a parabola
+through best ± k. The optimum is kept inside the window; a window where no convex bowl fits
+falls back to the best grid point. Intervals come from a bootstrap over seeds (seeds
+resampled per grid point), and γ's from the same replicates, fitted per replicate.
 """
 from __future__ import annotations
 
@@ -23,7 +30,7 @@ from trainer.config import UserError
 
 from . import frames
 from .results import Result, optional
-from .stats import batched_slopes, bootstrap_means, finite_mean, pad, percentile_ci, t_interval
+from .stats import batched_slopes, bootstrap_means, finite_mean, one_blas_thread, pad, percentile_ci, t_interval
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,7 +61,7 @@ class TransferCurve(Result):
     opt_ci: list[float | None]
     loss_at_opt: float | None
     best_grid_log2: float | None  # the bare argmin of the grid
-    window_log2: list[float] | None   # range of the points the parabola went through
+    window_log2: list[float] | None   # range of the points the optimum was fitted to
     n_window: int
     at_edge: bool | None          # best grid value is the first or last tried: the optimum is a bound
     clipped: bool | None          # vertex outside the window, clipped to it
@@ -87,7 +94,8 @@ class TransferResult(Result):
     hp: str
     size: str
     loss: str
-    k: int                        # parabola window: best grid point ± k
+    k: int                        # window: best grid point ± k
+    estimator: str | None = optional()   # "asymmetric" or "parabola" (absent: a report from before the choice)
     n_boot: int
     ci_level: float
     init_loss: float              # ℓ_init of the sensitivity
@@ -101,7 +109,7 @@ class TransferResult(Result):
 
 
 @dataclass
-class ParabolaFit:
+class OptimumFit:
     vertex: np.ndarray      # (B,) log2 optimum
     loss: np.ndarray        # (B,) fitted loss at the vertex
     best: np.ndarray        # (B,) index of the best grid point
@@ -111,7 +119,7 @@ class ParabolaFit:
     convex: np.ndarray      # (B,)
 
 
-def parabola_optima(x: np.ndarray, means: np.ndarray, k: int) -> ParabolaFit:
+def parabola_optima(x: np.ndarray, means: np.ndarray, k: int) -> OptimumFit:
     """Vertex of the parabola through the points around each row's minimum. x: (G,) sorted
     log2 grid; means: (B, G) with +inf for all-diverged points and NaN for absent ones."""
     B, G = means.shape
@@ -144,8 +152,147 @@ def parabola_optima(x: np.ndarray, means: np.ndarray, k: int) -> ParabolaFit:
     vertex = np.clip(vertex, lo, hi)
     fitted = np.where(convex, a * vertex ** 2 + b * vertex + c, means[np.arange(B), best])
     vertex = np.where(ok, vertex + xm, np.nan)
-    return ParabolaFit(vertex, np.where(ok, fitted, np.nan), best, np.stack([lo + xm, hi + xm], -1),
-                       n_used, clipped, convex)
+    return OptimumFit(vertex, np.where(ok, fitted, np.nan), best, np.stack([lo + xm, hi + xm], -1),
+                      n_used, clipped, convex)
+
+
+ESTIMATORS = ("asymmetric", "parabola")
+EXP_S = np.linspace(-3.0, 3.0, 15)          # s of (e^{s·u} − 1 − s·u)/s², u in log2 units; s < 0: steep below
+LOG_R = np.linspace(-np.log(8), np.log(8), 15)   # half-parabolas: the upper arm r = e^LOG_R times as curved
+X0_PER_STEP = 10                            # candidate optima per grid step, before refinement
+REFINE = ((7, 1.0), (7, 1.0))               # refinement rounds: points per axis, half-width in the previous spacing
+
+
+def _bowl(u: np.ndarray, half: np.ndarray | bool, p: np.ndarray) -> np.ndarray:
+    """An asymmetric bowl at u: 0 with slope 0 at u = 0. half: False = the exponential
+    (e^{p·u} − 1 − p·u)/p², True = half-parabolas u²/2·e^{±p/2} (the upper arm e^p times as curved)."""
+    if half is True:
+        return u ** 2 / 2 * np.exp(np.where(u > 0, p, -p) / 2)
+    pu = p * u
+    if half is False:
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return np.where(np.abs(pu) > 1e-6, (np.expm1(pu) - pu) / p ** 2, u ** 2 / 2)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        exp = np.where(np.abs(pu) > 1e-6, (np.expm1(pu) - pu) / p ** 2, u ** 2 / 2)
+    return np.where(half, u ** 2 / 2 * np.exp(np.where(u > 0, p, -p) / 2), exp)
+
+
+def _ls(F: np.ndarray, w: np.ndarray, yc: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted least squares of centred y on c + a·F over the last axis: (sse, a, mean of F)."""
+    mf = (w * F).sum(-1) / n
+    Fc = F - mf[..., None]
+    var_f = (w * Fc ** 2).sum(-1)
+    cov = (w * Fc * yc).sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a = cov / var_f
+        sse = (w * yc ** 2).sum(-1) - a * cov
+    return np.where((a > 0) & (var_f > 0), sse, np.inf), a, mf
+
+
+def asymmetric_optima(x: np.ndarray, means: np.ndarray, k: int) -> OptimumFit:
+    """Optimum x0 of the best asymmetric bowl c + a·f(x − x0) (a > 0) through the points around
+    each row's minimum, by least squares: first over a grid of bowls and candidate x0 in the
+    window (the sums over grid points are matrix products against the bowls tabulated once,
+    so a bootstrap's replicates cost a few BLAS calls), then on finer grids around the best.
+    x: (G,) sorted log2 grid; means: (B, G) with +inf for all-diverged points and NaN for
+    absent ones."""
+    with one_blas_thread():
+        return _asymmetric_optima(x, means, k)
+
+
+def _asymmetric_optima(x: np.ndarray, means: np.ndarray, k: int, chunk: int = 512) -> OptimumFit:
+    """asymmetric_optima without its BLAS thread limit."""
+    B, G = means.shape
+    finite = np.isfinite(means)
+    best = np.argmin(np.where(finite, means, np.inf), axis=1)
+    dist = np.abs(np.arange(G)[None, :] - best[:, None]).astype(float)
+    dist[~finite] = np.inf
+    fourth = np.sort(dist, axis=1)[:, min(3, G - 1)]
+    use = (dist <= np.maximum(k, fourth)[:, None]) & finite
+    n_used = use.sum(1)
+    lo = np.where(use, x, np.inf).min(1)
+    hi = np.where(use, x, -np.inf).max(1)
+    w = use.astype(float)
+    n = np.maximum(w.sum(1), 1)
+    y = np.where(use, means, 0.0)
+    ybar = y.sum(1) / n
+    yc = np.where(use, y - ybar[:, None], 0.0)
+    # coarse: every (bowl, x0) at once
+    dx = (float(np.median(np.diff(x))) if G > 1 else 1.0) / X0_PER_STEP
+    x0 = np.arange(x[0], x[-1] + dx / 2, dx)
+    half = np.repeat([False, True], [EXP_S.size, LOG_R.size])
+    par = np.concatenate([EXP_S, LOG_R])
+    F = _bowl(x[None, None, :] - x0[None, :, None], half[:, None, None], par[:, None, None])   # (S, X, G)
+    cols_x0 = np.tile(x0, par.size)
+    cols_shape = np.repeat(np.arange(par.size), x0.size)
+    F = F.reshape(-1, G).T
+    F2 = F ** 2
+    inside = (x0[None, :] >= lo[:, None] - 1e-9) & (x0[None, :] <= hi[:, None] + 1e-9)     # (B, X)
+    coarse = np.full((B, par.size, x0.size), np.inf)
+    for s in range(0, B, chunk):
+        sl = slice(s, s + chunk)
+        sf, sff, sfy = w[sl] @ F, w[sl] @ F2, yc[sl] @ F
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            var_f = sff - sf ** 2 / n[sl, None]
+            a = sfy / var_f
+            sse = (yc[sl] ** 2).sum(1)[:, None] - a * sfy
+        sse = np.where((a > 0) & (var_f > 0), sse, np.inf).reshape(-1, par.size, x0.size)
+        coarse[sl] = np.where(inside[sl, None, :], sse, np.inf)
+    # refine the best bowl of each family, keep the better
+    lo_r, hi_r = np.where(n_used > 0, lo, x[0]), np.where(n_used > 0, hi, x[-1])   # rows without a window: any
+    cols = np.argsort(~use, axis=1, kind="stable")[:, :max(1, int(n_used.max()))]   # the window's points first
+    xw, ww, ycw = x[cols], np.take_along_axis(w, cols, 1), np.take_along_axis(yc, cols, 1)
+    fit = [_refine(xw, ww, ycw, n, lo_r, hi_r, coarse[:, half == h], par[half == h], x0, h) for h in (False, True)]
+    take = fit[1][0] < fit[0][0]
+    cur_sse, x0_c, cur_a, cur_mf = (np.where(take, b1, b0) for b0, b1 in zip(*fit))
+    has, convex = n_used >= 4, np.isfinite(cur_sse) & np.isfinite(x0_c)
+    good = has & convex
+    vertex = np.where(good, x0_c, x[best])
+    with np.errstate(invalid="ignore"):
+        loss = np.where(good, ybar - cur_a * cur_mf, means[np.arange(B), best])
+    clipped = good & ((vertex <= lo + 1e-9) | (vertex >= hi - 1e-9))
+    out = OptimumFit(vertex, loss, best, np.stack([lo, hi], -1), n_used, clipped, good)
+    few = ~has
+    if few.any():                                                # 3 finite points: the parabola through them
+        with np.errstate(invalid="ignore"):                      # rows without a finite point: NaN
+            p = parabola_optima(x, means[few], 1)
+        for name in ("vertex", "loss", "window", "n_used", "clipped", "convex"):
+            getattr(out, name)[few] = getattr(p, name)
+    return out
+
+
+def _refine(x, w, yc, n, lo, hi, coarse, par, x0, half: bool):
+    """The best bowl of one family (coarse: (B, n_par, X) sse) refined on finer grids of its
+    parameter and x0 around the coarse best: (sse, x0, a, mean of f) per row. x, w, yc: (B, W),
+    each row's window points."""
+    B = coarse.shape[0]
+    j = np.argmin(coarse.reshape(B, -1), axis=1)
+    jp, jx = np.unravel_index(j, coarse.shape[1:])
+    p_c, x0_c = par[jp], x0[jx]
+    p_step, dx = par[1] - par[0], x0[1] - x0[0] if x0.size > 1 else 1.0
+    cur = [np.full(B, np.inf), x0_c, np.full(B, np.nan), np.full(B, np.nan)]
+    rows = np.arange(B)
+    for points, width in REFINE:
+        t = np.linspace(-width, width, points)
+        P = p_c[:, None, None] + p_step * t[None, :, None]                                    # (B, P, 1)
+        X0 = np.clip(x0_c[:, None, None] + dx * t[None, None, :], lo[:, None, None], hi[:, None, None])
+        F = _bowl(x[:, None, None, :] - X0[..., None], half, P[..., None])                   # (B, P, X, W)
+        sse, a, mf = _ls(F, w[:, None, None, :], yc[:, None, None, :], n[:, None, None])
+        flat = sse.reshape(B, -1)
+        j = np.argmin(flat, axis=1)
+        jp, jx = np.unravel_index(j, sse.shape[1:])
+        better = flat[rows, j] <= cur[0]
+        p_c = np.where(better, P[rows, jp, 0], p_c)
+        x0_c = np.where(better, X0[rows, 0, jx], x0_c)
+        new = [flat[rows, j], x0_c, a[rows, jp, jx], mf[rows, jp, jx]]
+        cur = [np.where(better, nv, cv) for nv, cv in zip(new, cur)]
+        p_step, dx = p_step * width * 2 / (points - 1), dx * width * 2 / (points - 1)
+    return cur
+
+
+def optima(x: np.ndarray, means: np.ndarray, k: int, estimator: str) -> OptimumFit:
+    """The optimum of each row by the named estimator (ESTIMATORS)."""
+    return asymmetric_optima(x, means, k) if estimator == "asymmetric" else parabola_optima(x, means, k)
 
 
 @dataclass
@@ -158,10 +305,12 @@ class Curve:
 
 
 def fit_transfer(trials: pd.DataFrame, *, hp: str = "lr", size: str = "d_model", loss: str = "final_val_loss",
-                 k: int = 2, n_boot: int = 200, level: float = 0.95, seed: int = 0,
+                 k: int = 2, estimator: str = "asymmetric", n_boot: int = 200, level: float = 0.95, seed: int = 0,
                  init_loss: float | None = None, hp_range: tuple[float, float] | None = None) -> TransferResult:
     if k < 1:
         raise UserError(f"transfer fit: window half-width k={k} must be ≥ 1 (the parabola needs ≥ 3 points)")
+    if estimator not in ESTIMATORS:
+        raise UserError(f"transfer fit: estimator {estimator!r} is not one of {', '.join(ESTIMATORS)}")
     frames.require_columns(trials, [hp, size, loss, "parametrization", "outcome"], "the transfer fit",
                            f"Pick the swept hyperparameter with --hp and the size column with --size.")
     frames.require_numeric(trials, [hp, size], "the transfer fit")
@@ -182,7 +331,7 @@ def fit_transfer(trials: pd.DataFrame, *, hp: str = "lr", size: str = "d_model",
     ell_init = _init_loss(runs, init_loss)
     lo_hi = hp_range and (math.log2(hp_range[0]), math.log2(hp_range[1]))
     lo_hi = lo_hi or _common_range(curves, warnings)
-    fitted = [_fit_curve(c, k, n_boot, level, rng, ell_init, lo_hi, hp, size, warnings) for c in curves]
+    fitted = [_fit_curve(c, k, estimator, n_boot, level, rng, ell_init, lo_hi, hp, size, warnings) for c in curves]
     one_seed = [f"{f['result'].label} {size}={_num(f['result'].size)}" for f in fitted
                 if f["result"].n_seeds < 2]
     if one_seed:
@@ -193,7 +342,7 @@ def fit_transfer(trials: pd.DataFrame, *, hp: str = "lr", size: str = "d_model",
         sizes = sorted({_num(c.size) for c in curves})
         warnings.append(f"no parametrization has optima at ≥ 2 values of {size} (values: {sizes}): "
                         f"γ and the drift need a sweep over {size}")
-    return TransferResult(hp=hp, size=size, loss=loss, k=k, n_boot=n_boot, ci_level=level, init_loss=ell_init,
+    return TransferResult(hp=hp, size=size, loss=loss, k=k, estimator=estimator, n_boot=n_boot, ci_level=level, init_loss=ell_init,
                           sensitivity_range_log2=list(lo_hi) if lo_hi else None, group_keys=keys, outcomes=counts,
                           treatment=frames.TREATMENT, curves=[f["result"] for f in fitted], groups=groups,
                           warnings=warnings)
@@ -265,7 +414,7 @@ def _common_range(curves: list[Curve], warnings: list[str]) -> tuple[float, floa
     return lo, hi
 
 
-def _fit_curve(curve: Curve, k: int, n_boot: int, level: float, rng: np.random.Generator, ell_init: float,
+def _fit_curve(curve: Curve, k: int, estimator: str, n_boot: int, level: float, rng: np.random.Generator, ell_init: float,
                lo_hi, hp: str, size: str, warnings: list[str]) -> dict:
     name = f"{frames.group_label(curve.group)} {size}={_num(curve.size)}"
     padded, counts = pad(curve.samples)
@@ -280,9 +429,9 @@ def _fit_curve(curve: Curve, k: int, n_boot: int, level: float, rng: np.random.G
         warnings.append(f"{name}: {why}; no optimum (the parabola needs ≥ 3 points)")
         result.update(_empty_optimum())
         return {"curve": curve, "result": TransferCurve(**result), "boot_vertex": None, "boot_sens": None}
-    point = parabola_optima(curve.x, means[None, :], k)
+    point = optima(curve.x, means[None, :], k, estimator)
     boot = bootstrap_means(curve.samples, n_boot, rng)
-    bfit = parabola_optima(curve.x, boot, k)
+    bfit = optima(curve.x, boot, k, estimator)
     one_seed = result["n_seeds"] < 2
     result.update(_optimum(curve, point, bfit, level, one_seed))
     sens, boot_sens = _sensitivity(curve.x, means, boot, ell_init, lo_hi)
@@ -309,7 +458,7 @@ def _empty_optimum() -> dict:
             "at_edge": None, "clipped": None, "convex": None, "sensitivity": None, "sensitivity_ci": [None, None]}
 
 
-def _optimum(curve: Curve, point: ParabolaFit, boot: ParabolaFit, level: float, one_seed: bool) -> dict:
+def _optimum(curve: Curve, point: OptimumFit, boot: OptimumFit, level: float, one_seed: bool) -> dict:
     v = float(point.vertex[0])
     ci = [None, None] if one_seed else percentile_ci(boot.vertex, level)
     has_runs = [i for i, s in enumerate(curve.samples) if s.size]

@@ -52,6 +52,55 @@ def test_norm_criteria_fail_when_the_norm_does_not_follow_S():
     assert lrm.verdict.slope == pytest.approx(-0.5, abs=0.03) and not lrm.verdict.met
 
 
+def kinked_norm_sweep(S_kink: float, low: float, high: float, noise: float = 0.02, seed: int = 0) -> pd.DataFrame:
+    """The hidden-only sweep with every hidden matrix RMS ∝ S^low below S_kink and S^high above
+    it (continuous at S_kink), 2% log-normal scatter."""
+    frame = hidden_only_norm_sweep(seed)
+    rng = np.random.default_rng(seed + 1)
+    S = np.sqrt(frame["lr"] * frame["lr_mult_hidden"] / (frame["weight_decay"] * frame["wd_mult_hidden"])).to_numpy()
+    log_ratio = np.log(S / S_kink)
+    curve = 0.3 * np.exp(np.where(log_ratio < 0, low, high) * log_ratio)
+    for col in [c for c in frame.columns if c.startswith(("weight_rms/", "eff_rms/")) and "embedding" not in c]:
+        frame[col] = curve * np.exp(rng.normal(0, noise, len(frame)))
+    return frame
+
+
+def test_two_segment_norm_fit_finds_a_known_kink():
+    """S from 0.125 to 8 (7 values, 2 seeds); slope 0.5 below S = 0.7 and 1.0 above."""
+    result = fit_norms(kinked_norm_sweep(0.7, 0.5, 1.0))
+    plain = next(s for s in result.sweeps if not s.lrm)
+    pooled = plain.pooled["weight_rms"]
+    seg = pooled.segments
+    assert 0.5 < pooled.fit.exponent < 1.0                    # one line averages the two
+    assert seg.breakpoint_S == pytest.approx(0.7, rel=0.35)
+    assert seg.slope_low_ci[0] <= 0.5 <= seg.slope_low_ci[1] and abs(seg.slope_low - 0.5) < 0.1
+    assert seg.slope_high_ci[0] <= 1.0 <= seg.slope_high_ci[1] and abs(seg.slope_high - 1.0) < 0.1
+    assert seg.rms_two_segments < seg.rms_one_line
+    assert seg.n_low + seg.n_high >= pooled.fit.n_runs
+    for series in plain.series:                               # every swept role gets its own
+        assert series.segments is not None and series.segments.slope_high > series.segments.slope_low
+
+
+def test_two_segment_slopes_agree_on_a_straight_line_and_reach_the_report():
+    result = fit_norms(hidden_only_norm_sweep())
+    seg = next(s for s in result.sweeps if not s.lrm).pooled["weight_rms"].segments
+    assert seg.slope_low == pytest.approx(1.0, abs=0.1) and seg.slope_high == pytest.approx(1.0, abs=0.1)
+    data = jsonable(result.to_dict())
+    assert "segments" in data["sweeps"][0]["pooled"]["weight_rms"]
+    assert type(result).from_dict(json.loads(json.dumps(data))) == result
+    text = render({"results": {"norms": result}, "experiments": ["x"], "generated_utc": "now", "source": "test",
+                   "n_trials": 1, "outcomes": {}, "sweeps": [], "options": {"level": 0.95, "seed": 0},
+                   "figures": {}, "skipped_figures": {}, "skipped": {}, "treatment": {}})
+    assert "slope below S_b" in text
+
+
+def test_norm_segments_need_four_values_of_S():
+    from analysis.norms import segmented_fit
+    S = np.repeat([0.01, 0.02, 0.04], 2)
+    assert segmented_fit(S, S ** 0.7, 0.95) is None
+    assert segmented_fit(np.append(S, [0.08, 0.08]), np.append(S, [0.08, 0.08]) ** 0.7, 0.95) is not None
+
+
 def freedom_runs(penalties: dict, seeds: int = 4, noise: float = 0.004, seed: int = 0) -> pd.DataFrame:
     """penalties: (parametrization, setting dict) -> true loss penalty (inf = diverged)."""
     rng = np.random.default_rng(seed)

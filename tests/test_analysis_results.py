@@ -74,7 +74,7 @@ def test_results_have_no_dict_access(fitted):
 
 def test_optional_fields_leave_the_json_as_before(fitted):
     transfer = fitted["results"]["transfer"]
-    assert list(transfer.to_dict()) == ["analysis", "hp", "size", "loss", "k", "n_boot", "ci_level", "init_loss",
+    assert list(transfer.to_dict()) == ["analysis", "hp", "size", "loss", "k", "estimator", "n_boot", "ci_level", "init_loss",
                                         "sensitivity_range_log2", "group_keys", "outcomes", "treatment", "curves",
                                         "groups", "warnings"]
     for g in transfer.groups:
