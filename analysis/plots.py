@@ -230,7 +230,7 @@ def plot_transfer(result: TransferResult) -> Figure:
         panel_title(ax, label)
     fig.legend(loc="outside lower center", fontsize=8, title=size, title_fontsize=8, ncols=min(len(named), 8),
                frameon=False)
-    figure_title(fig, f"Loss vs {hp}; ★ = parabola optimum (bar: {int(result.ci_level * 100)}% interval), "
+    figure_title(fig, f"Loss vs {hp}; ★ = fitted optimum (bar: {int(result.ci_level * 100)}% interval), "
               f"× = every seed diverged")
     return fig
 
