@@ -282,7 +282,7 @@ def plot_optima(result: TransferResult) -> Figure:
     ax.set_xscale("log", base=2)
     grid_ticks(ax, [s for g in groups for s in g.sizes])
     log_axis(ax, "y")
-    min_log_span(ax)
+    min_log_span(ax, 4.0)  # two octaves: an optimum's own scatter (0.1-0.2 in log2) is not drawn as a trend
     ax.set_xlabel(_size_name(result.size))
     ax.set_ylabel(f"optimal {result.hp} η*")
     panel_title(ax, f"Transfer of the optimal {result.hp} (µP predicts γ ≈ 0)")

@@ -89,7 +89,7 @@ COORD_CHECK = Analysis(
 ANALYSES = (COMPARISON, TRANSFER, TRANSFER_DEPTH, MULTIPLIERS, NORMS, FREEDOM, SCALING, TUNING, COORD_CHECK)
 
 FIGURES = (
-    FigureSpec("loss_vs_hp", "Loss vs the swept hyperparameter per width, parabola optima marked", TRANSFER,
+    FigureSpec("loss_vs_hp", "Loss vs the swept hyperparameter per width, fitted optima marked", TRANSFER,
                lambda r, t: plots.plot_transfer(r)),
     FigureSpec("optimum_vs_size", "Optimal hyperparameter vs width with the fitted transfer exponent γ", TRANSFER,
                lambda r, t: plots.plot_optima(r)),
