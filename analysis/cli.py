@@ -3,6 +3,7 @@ matplotlib, mlflow, torch) are imported inside the handlers so `scalelab --help`
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -81,7 +82,6 @@ def _say(command: str):
 
 def _quiet_mlflow_logs() -> None:
     """MLflow logs its SQLite schema checks at INFO on every open; the CLI shows its own progress."""
-    import logging
     for name in ("mlflow.store.db.utils", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -94,7 +94,7 @@ def refuse_sweep_file(source: str) -> None:
     """A sweep file where an experiment name belongs: name the experiment to use instead."""
     if not source.endswith((".yaml", ".yml")) or not os.path.isfile(source):
         return
-    import yaml
+    import yaml  # only when a sweep file was given
 
     try:
         with open(source, encoding="utf-8") as fh:
@@ -107,6 +107,8 @@ def refuse_sweep_file(source: str) -> None:
 
 
 def run_report(args) -> int:
+    # pandas, scipy and matplotlib: seconds to import, which `scalelab --help` and the other
+    # commands (this module builds their parsers) do not need
     from .report import build_report
     from .tables import Tables
 
@@ -153,7 +155,7 @@ def _options(args) -> FitOptions:
 
 def attach_report(tracking_uri: str, sweeps: list[dict], out_dir: str, say) -> list[str]:
     """Log the report directory to each sweep's parent run (artifact folder 'report')."""
-    from mlflow import MlflowClient
+    from mlflow import MlflowClient  # seconds to import; only when a report is attached
 
     if not sweeps:
         say(f"no sweep parent run (tag {TAG_KIND}={KIND_SWEEP}) in these experiments: report not attached")
@@ -166,7 +168,7 @@ def attach_report(tracking_uri: str, sweeps: list[dict], out_dir: str, say) -> l
 
 
 def run_export(args) -> int:
-    from .tables import Tables
+    from .tables import Tables  # pandas: see run_report
 
     say = _say("export")
     if os.path.isdir(args.file):
@@ -186,6 +188,7 @@ def run_coord_check(args) -> int:
     """Train sp, mup and mup+vector for a few steps at each width (trainer.coordcheck), then
     write the figure and data (coord_figure) and print the exponents the report's coordinate
     check fits (analysis.coordcheck)."""
+    # torch (training) and matplotlib: seconds to import, only for this command
     from trainer import coordcheck
 
     from .coord_figure import write_coord_check

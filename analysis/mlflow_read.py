@@ -58,7 +58,7 @@ def read_experiments(names: list[str], tracking_uri: str, *, history: bool = Tru
 
 
 def open_client(tracking_uri: str):
-    from mlflow import MlflowClient
+    from mlflow import MlflowClient  # seconds to import: snapshots and --help never need it
 
     db_path = sqlite_path(tracking_uri)
     if db_path is not None and not os.path.exists(db_path):  # MlflowClient would create an empty db
@@ -201,6 +201,7 @@ def _history_from_sql_store(client, run_ids: list[str], say: Progress | None = N
     if store is None or not hasattr(store, "ManagedSessionMaker"):
         return None
     try:
+        # MLflow's own SQL models: the fast path for an SQLite/PostgreSQL store only
         from mlflow.store.tracking.dbmodels.models import SqlMetric
         from sqlalchemy import select
     except ImportError:

@@ -36,7 +36,7 @@ def one_blas_thread():
     threadpoolctl (present with scikit-learn, an MLflow dependency) pins it to one thread;
     without it, run as is."""
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits  # optional: see above
     except ImportError:
         return contextlib.nullcontext()
     return threadpool_limits(1, user_api="blas")

@@ -77,14 +77,14 @@ class Tables:
 
 
 def _arrow_tables(tables: Tables) -> dict[str, "pa.Table"]:
-    import pyarrow as pa
+    import pyarrow as pa  # pyarrow: only snapshots need it (a second to import)
     frames = {"trials": tables.trials, "history": tables.history, "multipliers": tables.multipliers}
     return {name: pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
             for name, df in frames.items()}
 
 
 def _write_snapshot(tables: Tables, path: Path) -> None:
-    import pyarrow as pa
+    import pyarrow as pa  # see _arrow_tables
     import pyarrow.parquet as pq
 
     arrow = _arrow_tables(tables)
@@ -113,7 +113,7 @@ def _write_snapshot(tables: Tables, path: Path) -> None:
 
 
 def _read_snapshot(path: Path) -> Tables:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # see _arrow_tables
 
     if not path.exists():
         raise UserError(f"{path}: snapshot file not found (write one with `scalelab export EXPERIMENT {path.name}`)")

@@ -130,7 +130,7 @@ def init_private_ray(num_cpus: int | None = None, **kwargs) -> str:
 
 
 def shutdown_private_ray(temp_dir: str) -> None:
-    import ray
+    import ray  # seconds to import, only when a sweep runs
 
     ray.shutdown()
     shutil.rmtree(os.path.dirname(temp_dir), ignore_errors=True)
@@ -160,7 +160,7 @@ def keep_repeated_lines() -> None:
     "[repeated 3x across cluster]": off, unless RAY_DEDUP_LOGS says otherwise. Ray read the
     variable when it was imported, so its flag is set too."""
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    from ray._private import ray_constants, ray_logging
+    from ray._private import ray_constants, ray_logging  # Ray: only when a sweep runs
 
     ray_logging.RAY_DEDUP_LOGS = ray_constants.env_bool("RAY_DEDUP_LOGS", True)
 
@@ -183,7 +183,7 @@ def quiet_tune() -> None:
 def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[dict]:
     """Yields the cluster's resources. Re-uses a Ray already initialised in this process
     (tests, notebooks) and leaves it running; otherwise starts/connects and shuts down after."""
-    import ray
+    import ray  # seconds to import, only when a sweep runs
 
     quiet_tune()
     if ray.is_initialized():

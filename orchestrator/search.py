@@ -30,7 +30,7 @@ def requeue_interrupted(storage, name: str, direction: str) -> tuple[int, int]:
     """Trials left RUNNING by a killed driver: mark them failed and ask for the same point
     again (same trial hash, so it resumes from its checkpoint). Returns how many, and how many
     trials the study had."""
-    import optuna
+    import optuna  # a second to import: only search sweeps need it
     from optuna.trial import TrialState
 
     study = optuna.create_study(storage=storage, study_name=name, direction=direction, load_if_exists=True)
@@ -50,7 +50,7 @@ def requeue_interrupted(storage, name: str, direction: str) -> tuple[int, int]:
 def make_searcher(search, study_url: str):
     """An OptunaSearch on the persistent study of `search` (a SearchSpec) at `study_url`, stale
     trials re-queued first. Returns it and how many were re-queued."""
-    from ray.tune.search.optuna import OptunaSearch
+    from ray.tune.search.optuna import OptunaSearch  # Ray Tune: only `run` of a search sweep
 
     storage = open_storage(study_url)
     direction = "minimize" if search.mode == "min" else "maximize"

@@ -30,7 +30,7 @@ def finished_hashes(tracking_uri: str, experiment: str) -> dict[str, str]:
     means nothing is done; the database is never created as a side effect. Runs recorded under
     an older trial-identity rule are refused with the command that re-keys them: matching them
     by hash would silently rerun every finished trial."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # mlflow: seconds to import; not for --help or validate
 
     try:
         client = _read_client(tracking_uri)
@@ -60,7 +60,7 @@ def finished_hashes(tracking_uri: str, experiment: str) -> dict[str, str]:
 def sweep_runs(tracking_uri: str, experiment: str, sweep: str) -> list:
     """The trial runs of sweep `sweep` itself (children of its parent run: the oldest run tagged
     as that sweep, as `scalelab run` finds it), metrics included; [] when it has none yet."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # mlflow: seconds to import; not for --help or validate
 
     try:
         client = _read_client(tracking_uri)
@@ -80,7 +80,7 @@ def sweep_runs(tracking_uri: str, experiment: str, sweep: str) -> list:
 def trial_runs(tracking_uri: str, experiment: str, sweep: str | None = None) -> list | None:
     """The trial runs of `experiment` (only those tagged as sweep `sweep` when given), metrics and
     params included; None when the experiment is not in the store (none is created)."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # mlflow: seconds to import; not for --help or validate
 
     try:
         client = _read_client(tracking_uri)

@@ -11,6 +11,7 @@ put on a command line.
 """
 from __future__ import annotations
 
+import base64
 import os
 from typing import MutableMapping
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -58,8 +59,6 @@ def adopt(uri: str, environ: MutableMapping[str, str] | None = None) -> str:
 
 def basic_auth_header(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
     """The Authorization header MLflow's client would send, for our own probes of the server."""
-    import base64
-
     env = os.environ if environ is None else environ
     user, password = env.get(USERNAME_ENV), env.get(PASSWORD_ENV)
     if not user:

@@ -26,12 +26,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def check_fits_device(cfg: TrainConfig) -> None:
     """The estimated memory against the device the run will use (a batch of 10^8 would
     otherwise fail deep in torch with a 24 GiB allocation error)."""
+    # torch (through loop and estimate's parametrization): seconds to import; --help-config and
+    # config errors answer without it
     from .estimate import machine_memory_bytes, memory_problem
     from .loop import pick_device
 
     device = pick_device(cfg)
     if device.type == "cuda":
-        import torch
+        import torch  # see above
 
         problem = memory_problem(cfg, torch.cuda.get_device_properties(device).total_memory, "GPU memory")
     else:
@@ -49,7 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if config and "=" in config and not Path(config).exists():  # only overrides were given
         config, overrides = None, [config] + overrides
     cfg = TrainConfig.from_sources(config, overrides)
-    from .loop import train
+    from .loop import train  # torch: see check_fits_device
 
     if args.resume and not args.checkpoint_dir:
         raise UserError("--resume needs --checkpoint-dir (where the checkpoints are)")

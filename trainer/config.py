@@ -5,6 +5,7 @@ combinations raise ConfigError with the key and what is allowed, never a bare tr
 """
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import stat
@@ -287,7 +288,6 @@ def format_validation_error(err: ValidationError, source: str, loaded: LoadedYam
         key += f" (line {line})" if line else ""
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            import difflib
             close = difflib.get_close_matches(str(e["loc"][-1]), TrainConfig.model_fields, n=1)
             msg = "unknown key" + (f"; did you mean '{close[0]}'?" if close else "; see `scalelab train --help-config`")
         elif e["loc"] and "input" in e and e["type"] != "missing":  # top-level input is the whole mapping

@@ -69,7 +69,7 @@ def _read_bytes(path: Path, parquet_column: str) -> bytes:
             with path.open(encoding="utf-8") as fh:
                 return "\n".join(json.loads(line)["text"] for line in fh if line.strip()).encode("utf-8")
         if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
+            import pyarrow.parquet as pq  # only a parquet corpus needs it (a second to import)
             table = pq.read_table(path)
             if parquet_column not in table.column_names:
                 raise DataError(f"{path}: no column {parquet_column!r}; columns are {table.column_names} "
