@@ -119,16 +119,25 @@ class OptimumFit:
     convex: np.ndarray      # (B,)
 
 
-def parabola_optima(x: np.ndarray, means: np.ndarray, k: int) -> OptimumFit:
-    """Vertex of the parabola through the points around each row's minimum. x: (G,) sorted
-    log2 grid; means: (B, G) with +inf for all-diverged points and NaN for absent ones."""
-    B, G = means.shape
+def _window(means: np.ndarray, k: int, min_points: int, finite_only: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the best finite grid point, and the points within k of it, widened until it
+    holds `min_points` finite ones (the fewest the estimator needs). A row with fewer finite
+    points takes every point, unless `finite_only`."""
+    G = means.shape[1]
     finite = np.isfinite(means)
     best = np.argmin(np.where(finite, means, np.inf), axis=1)
     dist = np.abs(np.arange(G)[None, :] - best[:, None]).astype(float)
     dist[~finite] = np.inf
-    third = np.sort(dist, axis=1)[:, min(2, G - 1)]
-    use = dist <= np.maximum(k, third)[:, None]
+    nth = np.sort(dist, axis=1)[:, min(min_points - 1, G - 1)]
+    use = dist <= np.maximum(k, nth)[:, None]
+    return best, (use & finite) if finite_only else use
+
+
+def parabola_optima(x: np.ndarray, means: np.ndarray, k: int) -> OptimumFit:
+    """Vertex of the parabola through the points around each row's minimum. x: (G,) sorted
+    log2 grid; means: (B, G) with +inf for all-diverged points and NaN for absent ones."""
+    B, G = means.shape
+    best, use = _window(means, k, min_points=3, finite_only=False)
     n_used = use.sum(1)
     xm = x.mean()
     xc = np.where(use, x[None, :] - xm, 0.0)
@@ -203,12 +212,7 @@ def asymmetric_optima(x: np.ndarray, means: np.ndarray, k: int) -> OptimumFit:
 def _asymmetric_optima(x: np.ndarray, means: np.ndarray, k: int, chunk: int = 512) -> OptimumFit:
     """asymmetric_optima without its BLAS thread limit."""
     B, G = means.shape
-    finite = np.isfinite(means)
-    best = np.argmin(np.where(finite, means, np.inf), axis=1)
-    dist = np.abs(np.arange(G)[None, :] - best[:, None]).astype(float)
-    dist[~finite] = np.inf
-    fourth = np.sort(dist, axis=1)[:, min(3, G - 1)]
-    use = (dist <= np.maximum(k, fourth)[:, None]) & finite
+    best, use = _window(means, k, min_points=4, finite_only=True)
     n_used = use.sum(1)
     lo = np.where(use, x, np.inf).min(1)
     hi = np.where(use, x, -np.inf).max(1)
