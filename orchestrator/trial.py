@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from trainer.config import TrainConfig
@@ -79,6 +80,17 @@ def gpu_fraction(memory_bytes: float, gpu_memory_gb: float) -> float:
 
 def short_value(value: Any) -> str:
     """Compact numbers for labels: 0.003 -> 3e-3, 256 -> 256, 0.5 -> 0.5."""
+    if isinstance(value, (int, float, str)):  # a sweep labels 100,000 trials with a few hundred values
+        return _short_scalar(type(value), value)
+    return _short(value)
+
+
+@lru_cache(maxsize=4096)
+def _short_scalar(_kind: type, value: Any) -> str:  # the type is in the key: 1 and 1.0 and True differ
+    return _short(value)
+
+
+def _short(value: Any) -> str:
     if isinstance(value, float) and math.isfinite(value) and value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e5):
         mantissa, exponent = f"{value:.2e}".split("e")
         mantissa = mantissa.rstrip("0").rstrip(".")

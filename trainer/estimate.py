@@ -60,7 +60,7 @@ MEMORY_FIELDS = ("d_model", "n_layers", "mlp_ratio", "vocab_size", "batch_size",
 
 
 def memory_bytes(cfg: TrainConfig) -> float:
-    key = tuple(repr(getattr(cfg, f)) for f in MEMORY_FIELDS)
+    key = tuple(_hashable(getattr(cfg, f)) for f in MEMORY_FIELDS)
     if key not in _MEMORY:
         if len(_MEMORY) > 10_000:
             _MEMORY.clear()
@@ -69,6 +69,10 @@ def memory_bytes(cfg: TrainConfig) -> float:
 
 
 _MEMORY: dict[tuple, float] = {}
+
+
+def _hashable(value):
+    return tuple(sorted(value.items())) if isinstance(value, dict) else value
 
 
 def memory_problem(cfg: TrainConfig, available_bytes: float | None, device: str) -> str | None:
