@@ -3,12 +3,12 @@ matplotlib, mlflow, torch) are imported inside the handlers so `scalelab --help`
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
 from orchestrator.layout import KIND_SWEEP, TAG_KIND, resolve_tracking_uri, tracking_uri_help
 from orchestrator.locations import safe_component
+from orchestrator.ray_local import quiet_startup
 from trainer.config import TrainConfig, UserError
 from trainer.paths import writable_dir, writable_file
 
@@ -80,12 +80,6 @@ def _say(command: str):
     return say
 
 
-def _quiet_mlflow_logs() -> None:
-    """MLflow logs its SQLite schema checks at INFO on every open; the CLI shows its own progress."""
-    for name in ("mlflow.store.db.utils", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def is_snapshot(source: str) -> bool:
     return source.endswith(".parquet") or os.path.isfile(source)
 
@@ -126,7 +120,7 @@ def run_report(args) -> int:
         tables, uri = Tables.load(snapshots[0]), None
         name = os.path.splitext(os.path.basename(snapshots[0]))[0]
     else:
-        _quiet_mlflow_logs()
+        quiet_startup()  # MLflow's schema checks at INFO; the CLI shows its own progress
         uri = resolve_tracking_uri(args.tracking_uri)
         tables = Tables.from_mlflow(args.source, uri, history=not args.no_history, progress=say)
         name = "+".join(args.source)
@@ -174,7 +168,7 @@ def run_export(args) -> int:
     if os.path.isdir(args.file):
         raise UserError(f"{args.file} is a directory; give a file name such as {args.file.rstrip('/')}/snapshot.parquet")
     writable_file(args.file, "export FILE")  # before the (slow) read from MLflow
-    _quiet_mlflow_logs()
+    quiet_startup()  # MLflow's schema checks at INFO; the CLI shows its own progress
     uri = resolve_tracking_uri(args.tracking_uri)
     tables = Tables.from_mlflow(args.experiments, uri, history=not args.no_history,
                                 artifacts=not args.no_artifacts, progress=say)

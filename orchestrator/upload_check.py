@@ -26,6 +26,8 @@ import zipfile
 from pathlib import Path
 from typing import Mapping
 
+from .uri_check import SQLITE_MAGIC
+
 # By name (lower-cased, fnmatch).
 SECRET_NAMES = (".env", ".env.*", "*.env", "env.sh", ".envrc", "*.pem", "*.key", "*.p12", "*.pfx",
                 "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", "*credentials*", ".netrc", ".pgpass",
@@ -35,7 +37,6 @@ HISTORY_NAMES = (".*_history", "*_history", ".history", ".histfile", ".lesshst",
                  ".python_history", ".node_repl_history", ".sqlite_history")
 DATABASE_NAMES = ("*.db", "*.db-journal", "*.db-wal", "*.db-shm", "*.sqlite", "*.sqlite3", "*.sqlite-journal",
                   "*.duckdb", "*.mdb", "*.accdb", "*.ldb", "*.rdb", "*.dump", "*.sql.gz")
-SQLITE_MAGIC = b"SQLite format 3\0"
 
 # Environment variables whose values are secrets.
 SECRET_VARIABLE = re.compile(r"(PASSWORD|PASSWD|TOKEN|SECRET|_KEY|SECRET_ACCESS_KEY|CREDENTIALS?)$")

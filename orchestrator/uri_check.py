@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from .uri_auth import redact
 
-SQLITE_MAGIC = b"SQLite format 3\0"
+SQLITE_MAGIC = b"SQLite format 3\0"  # the first bytes of every SQLite database file
 # SQLAlchemy dialect -> the driver it loads without a "+driver" suffix, and the package to install.
 DEFAULT_DRIVERS = {"postgresql": ("psycopg2", "psycopg2-binary"), "mysql": ("MySQLdb", "mysqlclient"),
                    "mssql": ("pyodbc", "pyodbc")}
