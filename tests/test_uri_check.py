@@ -13,7 +13,7 @@ def _missing(module: str) -> bool:
     return importlib.util.find_spec(module) is None
 
 
-@pytest.mark.parametrize("uri", ["http://127.0.0.1:5000", "https://mlflow.lab.internal", "sqlite:///mlflow.db",
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:5000", "https://127.0.0.1:8443", "sqlite:///mlflow.db",
                                  "sqlite:////tmp/some/new.db"])
 def test_usable_tracking_uris(uri):
     assert tracking_uri_problem(uri) is None
