@@ -26,6 +26,7 @@ TAG_OUTCOME = "scalelab.outcome"
 TAG_ERROR = "scalelab.error"
 TAG_MODE = "scalelab.mode"
 TAG_LABEL = "scalelab.label"
+TAG_FROM_STUDY = "scalelab.from_study"       # a grid sweep whose base came from a search: that study's name
 TAG_LOGGED_STEP = "scalelab.logged_step"
 TAG_OWNER = "scalelab.owner"                 # "host:pid:id" of the `scalelab run` holding the trial (search: the parent)
 TAG_HEARTBEAT = "scalelab.heartbeat"          # epoch ms its owner last renewed the claim; 0 = released
@@ -46,7 +47,7 @@ MULTIPLIERS_ARTIFACT = "multipliers.csv"   # the final multiplier table, MULTIPL
 
 # Tags the analysis reads into columns of its trials table.
 TAG_COLUMNS = {TAG_SWEEP: "sweep", TAG_HASH: "trial_hash", TAG_OUTCOME: "outcome", TAG_MODE: "mode",
-               TAG_ERROR: "error", TAG_CODE: "code_version", TAG_LABEL: "label", TAG_PARENT: "parent_run_id"}
+               TAG_ERROR: "error", TAG_CODE: "code_version", TAG_LABEL: "label", TAG_FROM_STUDY: "from_study", TAG_PARENT: "parent_run_id"}
 
 MULTIPLIER_COLUMNS = ("layer", "role", "block", "kind", "mean", "rms", "min", "max", "size")  # MULTIPLIERS_ARTIFACT
 

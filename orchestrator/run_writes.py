@@ -34,7 +34,7 @@ from trainer.config import UserError
 from .claims import CLAIM_SETTLE_S, Claims, held_by_other, new_owner_id
 from .layout import (ARTIFACT_DIR, CONFIG_ARTIFACT, MULTIPLIER_COLUMNS, MULTIPLIERS_ARTIFACT, OUTCOME_FAILED,
                      KIND_SWEEP, KIND_TRIAL, TAG_CODE, TAG_ERROR, TAG_HASH, TAG_HEARTBEAT, TAG_IDENTITY, TAG_KIND,
-                     TAG_LABEL, TAG_LOGGED_STEP, TAG_MODE, TAG_OUTCOME, TAG_OWNER, TAG_PARENT, TAG_SWEEP,
+                     TAG_FROM_STUDY, TAG_LABEL, TAG_LOGGED_STEP, TAG_MODE, TAG_OUTCOME, TAG_OWNER, TAG_PARENT, TAG_SWEEP,
                      quote as _quote, search_all, sqlite_lock, sqlite_path)
 from .trial import IDENTITY_VERSION, parametrization_label
 
@@ -102,8 +102,9 @@ class ChildRun:
 class SweepTracker(Claims):
     """Parent and child runs of one sweep in one experiment (and the claims on them, claims.py)."""
 
-    def __init__(self, tracking_uri: str, experiment: str, sweep: str, mode: str):
+    def __init__(self, tracking_uri: str, experiment: str, sweep: str, mode: str, from_study: str | None = None):
         self.tracking_uri, self.sweep, self.mode = tracking_uri, sweep, mode
+        self.from_study = from_study      # the study a grid sweep's base came from (links tuning to transfer)
         self.code_version = code_version()
         self.owner = new_owner_id()
         self.claimed: list[str] = []      # run ids this invocation claimed (trials, or the parent)
@@ -164,7 +165,8 @@ class SweepTracker(Claims):
     def _identity_tags(self, trial) -> dict[str, str]:
         return {TAG_PARENT: self.parent_id, TAG_KIND: KIND_TRIAL, TAG_HASH: trial.hash,
                 TAG_IDENTITY: str(IDENTITY_VERSION), TAG_SWEEP: self.sweep,
-                TAG_CODE: self.code_version, TAG_MODE: self.mode, TAG_LABEL: trial.label}
+                TAG_CODE: self.code_version, TAG_MODE: self.mode, TAG_LABEL: trial.label,
+                **({TAG_FROM_STUDY: self.from_study} if self.from_study else {})}
 
     def refresh(self) -> None:
         """Re-read the children (Tune works on a copy of the callback, hence of this tracker)."""

@@ -132,7 +132,8 @@ def _run_sweep(spec, opts: RunOptions) -> SweepSummary:
     where = opts.locations(spec)
     os.makedirs(where.storage, exist_ok=True)
     done = finished_hashes(where.tracking_uri, spec.experiment)  # also refuses runs of an older identity rule
-    tracker = SweepTracker(where.tracking_uri, spec.experiment, spec.name, spec.mode)
+    tracker = SweepTracker(where.tracking_uri, spec.experiment, spec.name, spec.mode,
+                           from_study=(spec.from_study or {}).get("study"))
     summary = SweepSummary(spec.name, 0, parent_run_id=tracker.parent_id)
     print(f"[{spec.name}] tracking {where.tracking_uri} (experiment {spec.experiment!r}, "
           f"parent run {tracker.parent_id}); storage {where.storage}", file=opts.out, flush=True)
