@@ -6,7 +6,8 @@ The optimum of a curve (estimator "asymmetric", the default) is the x0 of the le
 L = c + a·f(log2 hp − x0), a > 0, to the seed-mean losses of the best grid point ± k points
 (widened until it holds ≥ 4 finite points), over two families of asymmetric bowls f: the
 exponential (e^{s·u} − 1 − s·u)/s² (s = 0: a parabola) and two half-parabolas whose curvatures
-differ by a factor r; the family member, s or r, is chosen by the fit too. Loss curves are
+differ by a factor r; the family member, s or r, is chosen by the fit too (from a window of
+only 4 points, only shapes at least as steep above the optimum as below: s ≥ 0, r ≥ 1). Loss curves are
 steeper on the high-LR side, and a symmetric parabola through a wide window puts its vertex
 on the flatter side: up to 0.8 grid steps off on quickstart-like grids, where this model is
 within 0.15 (benchmarks/bench_estimators.py; docs/analysis.md). With 3 finite points it
@@ -168,6 +169,11 @@ def parabola_optima(x: np.ndarray, means: np.ndarray, k: int) -> OptimumFit:
 ESTIMATORS = ("asymmetric", "parabola")
 EXP_S = np.linspace(-3.0, 3.0, 15)          # s of (e^{s·u} − 1 − s·u)/s², u in log2 units; s < 0: steep below
 LOG_R = np.linspace(-np.log(8), np.log(8), 15)   # half-parabolas: the upper arm r = e^LOG_R times as curved
+# A window of 4 points leaves the 4-parameter bowl no residual: it cannot tell a bowl from its
+# mirror image, and the mirror shapes (steeper below the optimum) let it put a deep minimum
+# between two points (quickstart sp, d = 256: 0.10 below every measured loss). There only the
+# shapes loss-vs-log-η curves have are fitted: at least as steep above the optimum (s ≥ 0, r ≥ 1).
+MIRROR_NEEDS_POINTS = 5
 X0_PER_STEP = 10                            # candidate optima per grid step, before refinement
 REFINE = ((7, 1.0), (7, 1.0))               # refinement rounds: points per axis, half-width in the previous spacing
 
@@ -242,11 +248,14 @@ def _asymmetric_optima(x: np.ndarray, means: np.ndarray, k: int, chunk: int = 51
             sse = (yc[sl] ** 2).sum(1)[:, None] - a * sfy
         sse = np.where((a > 0) & (var_f > 0), sse, np.inf).reshape(-1, par.size, x0.size)
         coarse[sl] = np.where(inside[sl, None, :], sse, np.inf)
+    exact = n_used < MIRROR_NEEDS_POINTS
+    coarse[np.ix_(exact, par < 0, np.arange(x0.size))] = np.inf
     # refine the best bowl of each family, keep the better
     lo_r, hi_r = np.where(n_used > 0, lo, x[0]), np.where(n_used > 0, hi, x[-1])   # rows without a window: any
     cols = np.argsort(~use, axis=1, kind="stable")[:, :max(1, int(n_used.max()))]   # the window's points first
     xw, ww, ycw = x[cols], np.take_along_axis(w, cols, 1), np.take_along_axis(yc, cols, 1)
-    fit = [_refine(xw, ww, ycw, n, lo_r, hi_r, coarse[:, half == h], par[half == h], x0, h) for h in (False, True)]
+    fit = [_refine(xw, ww, ycw, n, lo_r, hi_r, coarse[:, half == h], par[half == h], x0, h,
+                   p_lo=np.where(exact, 0.0, par[half == h][0])) for h in (False, True)]
     take = fit[1][0] < fit[0][0]
     cur_sse, x0_c, cur_a, cur_mf = (np.where(take, b1, b0) for b0, b1 in zip(*fit))
     has, convex = n_used >= 4, np.isfinite(cur_sse) & np.isfinite(x0_c)
@@ -265,10 +274,10 @@ def _asymmetric_optima(x: np.ndarray, means: np.ndarray, k: int, chunk: int = 51
     return out
 
 
-def _refine(x, w, yc, n, lo, hi, coarse, par, x0, half: bool):
+def _refine(x, w, yc, n, lo, hi, coarse, par, x0, half: bool, p_lo: np.ndarray):
     """The best bowl of one family (coarse: (B, n_par, X) sse) refined on finer grids of its
     parameter and x0 around the coarse best: (sse, x0, a, mean of f) per row. x, w, yc: (B, W),
-    each row's window points."""
+    each row's window points; p_lo: per row, the lowest shape parameter allowed."""
     B = coarse.shape[0]
     j = np.argmin(coarse.reshape(B, -1), axis=1)
     jp, jx = np.unravel_index(j, coarse.shape[1:])
@@ -278,7 +287,7 @@ def _refine(x, w, yc, n, lo, hi, coarse, par, x0, half: bool):
     rows = np.arange(B)
     for points, width in REFINE:
         t = np.linspace(-width, width, points)
-        P = p_c[:, None, None] + p_step * t[None, :, None]                                    # (B, P, 1)
+        P = np.clip(p_c[:, None, None] + p_step * t[None, :, None], p_lo[:, None, None], par[-1])   # (B, P, 1)
         X0 = np.clip(x0_c[:, None, None] + dx * t[None, None, :], lo[:, None, None], hi[:, None, None])
         F = _bowl(x[:, None, None, :] - X0[..., None], half, P[..., None])                   # (B, P, X, W)
         sse, a, mf = _ls(F, w[:, None, None, :], yc[:, None, None, :], n[:, None, None])

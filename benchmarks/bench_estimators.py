@@ -47,7 +47,10 @@ def half_parabolas(r: float):
     return lambda u: CURVATURE * np.where(u > 0, np.sqrt(r), 1 / np.sqrt(r)) * u ** 2
 
 
-FAMILIES = {**{f"exp s={s:g}": exp_family(s) for s in (0.5, 1.0, 2.0)},
+# The symmetric parabola (r = 1) is the edge of what the asymmetric estimator allows (it fits only
+# bowls at least as steep above the optimum as below).
+FAMILIES = {"parabola": half_parabolas(1.0),
+            **{f"exp s={s:g}": exp_family(s) for s in (0.5, 1.0, 2.0)},
             **{f"half-par r={r:g}": half_parabolas(r) for r in (2.0, 4.0)}}
 
 

@@ -421,6 +421,22 @@ def test_asymmetric_optimum_falls_back_to_the_parabola_with_three_points():
     assert fit.n_used[0] == 3
     assert fit.vertex[0] == pytest.approx(parabola_optima(x, means[None, :], k=1).vertex[0])
 
+def test_a_four_point_window_does_not_dig_a_minimum_between_the_points():
+    """The quickstart's sp curve at d = 256 (measured: lr 1e-3 … 3e-2). Four points leave the bowl no
+    residual; with the mirror shapes allowed it put the optimum 0.10 below every measured loss."""
+    x = np.log2([1e-3, 3e-3, 1e-2, 3e-2])
+    means = np.array([[1.861, 1.809, 2.076, 2.313]])
+    fit = asymmetric_optima(x, means, k=2)
+    assert fit.n_used[0] == 4 and fit.convex[0]
+    assert x[0] < fit.vertex[0] < x[2]
+    assert fit.loss[0] > means.min() - 0.03
+    # a fifth point lets the data choose a shape steeper below the optimum
+    x5 = np.arange(0.0, 5.0)
+    u = x5 - 2.3
+    steep_below = 2.0 + 0.05 * (np.expm1(-1.3 * u) + 1.3 * u)
+    assert asymmetric_optima(x5, steep_below[None, :], k=2).vertex[0] == pytest.approx(2.3, abs=0.05)
+
+
 
 def test_transfer_estimator_is_named_and_checked():
     result = fit_transfer(_small(seeds=2), n_boot=20)
