@@ -11,7 +11,7 @@ MULTIPLIER_COLUMNS = ["run_id", "trial_hash", *MULTIPLIER_CSV_COLUMNS]  # each r
 MULTIPLIER_NUMBERS = ("mean", "rms", "min", "max", "size")
 # Columns of `trials` that describe the run rather than its config or its metrics.
 IDENTITY_COLUMNS = ["run_id", "experiment", "sweep", "trial_hash", "parametrization", "label", "outcome",
-                    "mode", "error", "code_version", "parent_run_id", "run_status",
+                    "mode", "error", "code_version", "from_study", "parent_run_id", "run_status",
                     "start_time", "end_time"]
 
 

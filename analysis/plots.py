@@ -20,6 +20,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, Locator, NullFormatte
 from .comparison import Comparison
 from .coordcheck import CoordCheckResult
 from .freedom import FreedomResult
+from .ladder import LadderResult
 from .multiplier_scaling import MultiplierResult, MultiplierSeries
 from .norms import POOLED, NormsResult
 from .scaling import ScalingResult, predict
@@ -502,6 +503,58 @@ def plot_tuning(result: TuningResult) -> Figure:
 
 
 # ---- training curves and the coordinate check -------------------------------------------------
+
+def plot_ladder(result: LadderResult) -> Figure:
+    """Left: each arm's loss with its interval, per level (left to right: more tuned). Right: the
+    multipliers' difference to their parent, with Welch's interval. Under each level: what it tuned
+    and what that cost."""
+    levels = result.levels
+    fig, (ax, gap_ax) = _grid(2, ncols=2)
+    x = np.arange(len(levels))
+    names = [_level_name(r) for r in levels]
+
+    def bars(ax, values, cis, shift, **kwargs):
+        y = np.array([v if v is not None else np.nan for v in values], float)
+        lo = np.array([c[0] if c[0] is not None else v for c, v in zip(cis, y)], float)
+        hi = np.array([c[1] if c[1] is not None else v for c, v in zip(cis, y)], float)
+        ax.errorbar(x + shift, y, yerr=[y - lo, hi - y], fmt="o", capsize=3, **kwargs)
+
+    parents = sorted({r["parent"] for r in levels})
+    lrms = sorted({r["lrm"] for r in levels})
+    bars(ax, [r["parent_loss"]["mean"] for r in levels], [r["parent_loss"]["ci"] for r in levels], -0.1,
+         color="tab:grey", label=" / ".join(parents))
+    bars(ax, [r["lrm_loss"]["mean"] for r in levels], [r["lrm_loss"]["ci"] for r in levels], 0.1,
+         color="tab:blue", label=" / ".join(lrms))
+    bars(gap_ax, [r["diff"] for r in levels], [r["diff_ci"] for r in levels], 0.0, color="tab:blue",
+         label=f"{' / '.join(lrms)} − {' / '.join(parents)}")
+    gap_ax.axhline(0, color="black", lw=0.8)
+    drawn = [v for r in levels for arm in ("parent_loss", "lrm_loss") for v in (r[arm]["mean"], *r[arm]["ci"])
+             if v is not None]
+    if drawn:  # ≥ MIN_LOSS_SPAN: seed noise is not drawn as a gap
+        mid = (max(drawn) + min(drawn)) / 2
+        half = max((max(drawn) - min(drawn)) / 2 * 1.15, MIN_LOSS_SPAN / 2)
+        ax.set_ylim(mid - half, mid + half)
+    for a in (ax, gap_ax):
+        a.set_xticks(x, names, fontsize=7)
+        a.set_xlim(-0.5, len(levels) - 0.5)
+    widths = sorted({_number(r[result.size]) for r in levels})
+    ax.set_ylabel(f"{result.loss} (nats)")
+    gap_ax.set_ylabel("multipliers − parent (nats)")
+    panel_title(ax, f"Loss at each level of tuning ({result.size} = {', '.join(widths)})")
+    panel_title(gap_ax, "Learnable multipliers − parent (below 0: they help)")
+    ax.legend(fontsize=7)
+    gap_ax.legend(fontsize=7)
+    return fig
+
+
+def _level_name(row: dict) -> str:
+    tuned = "+".join(row["tuned"]) if row["tuned"] else (f"from {row['study']}" if row["study"] else "untuned")
+    if len(tuned) > 18:
+        tuned = f"{len(row['tuned'])} keys"
+    cost = "" if not row["study"] else (
+        f"\n{row['search_trials']} runs, {row['cpu_hours']:.2g} CPU-h" if row["cpu_hours"] is not None else "\ncost n/a")
+    return tuned + cost
+
 
 def plot_training_curves(history: pd.DataFrame, trials: pd.DataFrame, comparison: Comparison) -> Figure:
     """Mean val loss vs tokens over the seeds of each parametrization's best runs per size."""

@@ -16,6 +16,8 @@ from . import frames, plots, report_md
 from .comparison import Comparison, compare
 from .coordcheck import CoordCheckResult, coord_check
 from .freedom import FreedomResult, fit_freedom
+from .ladder import LadderResult, fit_ladder
+from .ladder import applies as ladder_applies
 from .multiplier_scaling import MultiplierResult, fit_multipliers
 from .norms import NormsResult, fit_norms
 from .results import Result
@@ -82,11 +84,14 @@ SCALING = Analysis(
                                  level=o.level, interval=o.scaling_interval))
 TUNING = Analysis("tuning", TuningResult, section=report_md.tuning_section,
                   fit=lambda t, o: tuning_cost(t.trials, size=o.size, loss=o.loss))
+LADDER = Analysis("ladder", LadderResult, section=report_md.ladder_section,
+                  fit=lambda t, o: fit_ladder(t.trials, size=o.size, loss=o.loss, level=o.level),
+                  applies=lambda t, o: ladder_applies(t.trials))
 COORD_CHECK = Analysis(
     "coord_check", CoordCheckResult, section=report_md.coord_check_section,
     fit=lambda t, o: coord_check(t.trials, t.history, size=o.size, hp=o.hp, max_steps=o.coord_steps, level=o.level))
 
-ANALYSES = (COMPARISON, TRANSFER, TRANSFER_DEPTH, MULTIPLIERS, NORMS, FREEDOM, SCALING, TUNING, COORD_CHECK)
+ANALYSES = (COMPARISON, TRANSFER, TRANSFER_DEPTH, MULTIPLIERS, NORMS, FREEDOM, SCALING, TUNING, LADDER, COORD_CHECK)
 
 FIGURES = (
     FigureSpec("loss_vs_hp", "Loss vs the swept hyperparameter per width, fitted optima marked", TRANSFER,
@@ -106,6 +111,8 @@ FIGURES = (
     FigureSpec("mis_set_penalty", "Loss penalty of mis-set fixed multipliers with and without learnable multipliers",
                FREEDOM, lambda r, t: plots.plot_freedom(r)),
     FigureSpec("tuning_cost", "Best loss so far vs cumulative compute", TUNING, lambda r, t: plots.plot_tuning(r)),
+    FigureSpec("tuning_ladder", "Loss of µP and µP with learnable multipliers at each level of tuning, and its cost",
+               LADDER, lambda r, t: plots.plot_ladder(r)),
     FigureSpec("training_curves", "Validation loss vs tokens of each size's best runs", COMPARISON,
                lambda r, t: plots.plot_training_curves(t.history, t.trials, r)),
     FigureSpec("coord_check", "Mean |activation| per block vs width over the first steps", COORD_CHECK,

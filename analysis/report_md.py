@@ -11,6 +11,7 @@ from typing import Any
 from .comparison import Comparison
 from .coordcheck import CoordCheckResult
 from .freedom import FreedomResult, Penalty
+from .ladder import LadderResult
 from .multiplier_scaling import MultiplierResult
 from .norms import NormsResult
 from .scaling import ScalingResult
@@ -251,6 +252,27 @@ def tuning_section(tu: TuningResult, s: dict) -> str:
                         table(["curve", "kind", "runs", "best loss", "compute to best", "total compute",
                                "search compute to match"], rows),
                         _figure(s, "tuning_cost")])
+
+
+def ladder_section(la: LadderResult, s: dict) -> str:
+    size = la.size
+    rows = [[r["level"], ", ".join(r["tuned"]) or "none (defaults)", num(r["search_trials"]), num(r["cpu_hours"], 3),
+             num(r[size]), f'{r["parent"]}: {with_ci(r["parent_loss"]["mean"], r["parent_loss"]["ci"])} (n={r["parent_loss"]["n"]})',
+             f'{r["lrm"]}: {with_ci(r["lrm_loss"]["mean"], r["lrm_loss"]["ci"])} (n={r["lrm_loss"]["n"]})',
+             with_ci(r["diff"], r["diff_ci"]), num(r["p_value"], 2)] for r in la.levels]
+    parts = ["## Tuning ladder: learnable multipliers against their parent at each level of tuning",
+             f"Each level: a sweep at its widest {size}, its values tuned by the search it names (its cost: the "
+             f"search's runs, CPU-hours = training time × torch threads). {la.ci_method}.",
+             table(["level", "tuned", "search runs", "CPU-hours", size, "parent", "with multipliers",
+                    "multipliers − parent", "p (Welch)"], rows)]
+    if la.untuned:
+        parts.append("Untuned learnable multipliers against the tuned parent:")
+        parts.append(table(["untuned", "against", "tuned", "difference", "p (Welch)"],
+                           [[f'{u["lrm"]} ({u["untuned_level"]})', f'{u["parent"]} ({u["tuned_level"]})',
+                             ", ".join(u["tuned"]) or "n/a", with_ci(u["diff"], u["diff_ci"]), num(u["p_value"], 2)]
+                            for u in la.untuned]))
+    parts.append(_figure(s, "tuning_ladder"))
+    return "\n\n".join(parts)
 
 
 def coord_check_section(cc: CoordCheckResult, s: dict) -> str:

@@ -108,6 +108,19 @@ class TuningSpec:
     experiment: str = "synthetic"
 
 
+@dataclass
+class LadderSpec:
+    """Tuning-ladder levels: per level a grid sweep of `parent` and `parent+vector` at one width,
+    tuned by the TuningSpec's search (`from_study`) or not; the multipliers change the loss by
+    `effects[level]`."""
+    width: int = 256
+    seeds: int = 3
+    parent: str = "mup"
+    effects: dict[str, float] = field(default_factory=lambda: {"ladder-none": 0.0, "ladder-tuned": -0.02})
+    tuned_gain: float = 0.05         # what tuning takes off the parent's loss
+    experiment: str = "synthetic"
+
+
 def n_params(width: int | np.ndarray, n_layers: int, vocab: int = 256) -> np.ndarray:
     """An approximate parameter count (12·L·d² for the blocks, embedding and head) for synthetic runs."""
     return 12 * n_layers * np.asarray(width, dtype=float) ** 2 + 2 * vocab * np.asarray(width, dtype=float)
@@ -278,6 +291,28 @@ def tuning_trials(spec: TuningSpec, transfer: TransferSpec, rng: np.random.Gener
     return frame
 
 
+def ladder_trials(spec: LadderSpec, tuning: TuningSpec, transfer: TransferSpec,
+                  rng: np.random.Generator) -> tuple[pd.DataFrame, dict]:
+    parts = []
+    for level, effect in spec.effects.items():
+        tuned = level != "ladder-none"
+        labels = [spec.parent, f"{spec.parent}+vector"]
+        grid = pd.MultiIndex.from_product([labels, range(spec.seeds)], names=["parametrization", "seed"]
+                                          ).to_frame(index=False)
+        N = n_params(np.full(len(grid), spec.width), transfer.n_layers)
+        loss = (transfer.E + transfer.A * N ** -transfer.alpha - (spec.tuned_gain if tuned else 0.0)
+                + np.where(grid["parametrization"].str.contains("+", regex=False), effect, 0.0)
+                + rng.normal(0, transfer.noise, len(grid)))
+        frame = grid.assign(d_model=spec.width, n_layers=transfer.n_layers, steps=transfer.steps)
+        for key, value in _label_columns(frame["parametrization"]).items():
+            frame[key] = value
+        frame = _with_run_metrics(frame, N, loss, np.zeros(len(grid), bool), rng, transfer.steps)
+        frame["sweep"], frame["experiment"], frame["mode"] = level, spec.experiment, "grid"
+        frame["from_study"] = tuning.sweep if tuned else None
+        parts.append(frame)
+    return pd.concat(parts, ignore_index=True), {"effects": dict(spec.effects)}
+
+
 # ---- assembling Tables ----------------------------------------------------------------------
 
 def _finish_trials(frame: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
@@ -312,7 +347,7 @@ def _parent_runs(frame: pd.DataFrame, rng: np.random.Generator) -> tuple[pd.Data
 def synthetic_tables(seed: int = 0, transfer: TransferSpec | None = None,
                      norms: NormSpec | None = None, tuning: TuningSpec | None = None,
                      history: bool = True, coord_steps: int = 5,
-                     freedom: FreedomSpec | None = None) -> tuple[Tables, dict]:
+                     freedom: FreedomSpec | None = None, ladder: LadderSpec | None = None) -> tuple[Tables, dict]:
     """A whole experiment: a transfer/width sweep, optionally a sqrt(η/λ) sweep, a µP search
     sweep and a mis-set-multiplier sweep. Returns the tables and the ground truth."""
     rng = np.random.default_rng(seed)
@@ -327,6 +362,9 @@ def synthetic_tables(seed: int = 0, transfer: TransferSpec | None = None,
         parts.append(tuning_trials(tuning, transfer, rng))
     if freedom is not None:
         frame, truth["freedom"] = freedom_trials(freedom, transfer, rng)
+        parts.append(frame)
+    if ladder is not None:
+        frame, truth["ladder"] = ladder_trials(ladder, tuning or TuningSpec(), transfer, rng)
         parts.append(frame)
     trials = _finish_trials(pd.concat(parts, ignore_index=True), rng)
     trials, sweeps = _parent_runs(trials, rng)
@@ -404,7 +442,9 @@ def figure_hard_cases(seed: int = 0) -> dict[str, Tables]:
     so many panels and long group labels), `flat` (every exponent 0 and flat norms: narrow log
     ranges), `one_width` (one width; a search sweep of a single run) and `absent` (a width where
     every run diverged: a series with no finite point; a search of 3 runs: a
-    narrow compute axis; two depths with the same loss: a flat optimum vs depth)."""
+    narrow compute axis; two depths with the same loss: a flat optimum vs depth), `ladder` (a
+    tuning ladder: an untuned and a tuned level with their search) and `ladder_one_seed` (one
+    seed, no interval; the search not in the tables, so its cost is unknown)."""
     flat_labels = {"sp": LabelTruth(c=-6.6, gamma=0.0, offset=0.02),
                    "mup": LabelTruth(c=-7.3, gamma=0.0), "mup+scalar": LabelTruth(c=-7.1, gamma=0.0)}
     flat = TransferSpec(labels=flat_labels, mult_exponents={role: 0.0 for role in default_mult_exponents()}, seeds=2)
@@ -414,6 +454,8 @@ def figure_hard_cases(seed: int = 0) -> dict[str, Tables]:
                                  norms=NormSpec(weight_slope=0.0, loss_curvature=0.0, seeds=1))[0],
         "one_width": synthetic_tables(seed, transfer=TransferSpec(widths=(256,), seeds=2), tuning=TuningSpec(n_trials=1),
                                       freedom=FreedomSpec(seeds=2))[0],
+        "ladder": synthetic_tables(seed, tuning=TuningSpec(n_trials=6), ladder=LadderSpec())[0],
+        "ladder_one_seed": synthetic_tables(seed, ladder=LadderSpec(seeds=1))[0],
         "absent": _odd_seeds_deeper(synthetic_tables(
             seed, transfer=TransferSpec(seeds=2, diverged_sizes={"mup+scalar": (1024,)}), tuning=TuningSpec(n_trials=3),
             coord_steps=2)[0]),

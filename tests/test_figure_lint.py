@@ -347,7 +347,7 @@ def draw(spec, tables, results) -> Figure | None:
         return None
 
 
-CASES = ["full", "flat", "one_width", "absent"]
+CASES = ["full", "flat", "one_width", "absent", "ladder", "ladder_one_seed"]
 
 
 @pytest.mark.parametrize("case", CASES)
