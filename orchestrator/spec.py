@@ -28,6 +28,7 @@ from trainer.yaml_lines import KeyPath, LoadedYaml, load_yaml_file, load_yaml_te
 
 from . import derive, search_space
 from .from_study import best_params
+from .uri_auth import redact
 from .layout import resolve_tracking_uri
 from .locations import absolute_sqlite, default_study_url, storage_dir
 from .problems import Problems, brief, unknown_key
@@ -142,7 +143,7 @@ class SweepSpec:
         if self.mode == "search":
             s = self.search
             return (f"search: {s.num_samples} samples (seed {self.seeds[0]}) over {', '.join(s.space)}; "
-                    f"{s.mode} {s.metric}; study {s.study_name!r} at {study_url or s.storage}")
+                    f"{s.mode} {s.metric}; study {s.study_name!r} at {redact(study_url or s.storage)}")
         parts = []
         if self.grid:
             parts.append("grid: " + " × ".join(f"{k} {len(v)}" for k, v in self.grid.items()))
