@@ -110,7 +110,9 @@ def assert_no_password(request, store: str, *texts: str) -> None:
     """The PostgreSQL password, which the study URI carries, appears in none of `texts`."""
     if store == "postgres":
         password = request.getfixturevalue("postgres").password
-        assert not any(password in text for text in texts), "the PostgreSQL password was printed"
+        leaks = [line.replace(password, "<PASSWORD>") for text in texts for line in text.splitlines()
+                 if password in line]
+        assert not leaks, f"the PostgreSQL password was printed: {leaks[:5]}"
 
 
 def test_a_search_sweep_is_claimed_as_a_whole(tracking_uri, tmp_path, monkeypatch):
