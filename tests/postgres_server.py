@@ -3,8 +3,8 @@ on 127.0.0.1 on a free port, one database per test (an MLflow server's, a study'
 
 PostgreSQL refuses to run as root. Run by root, the server runs as an unprivileged user
 (POSTGRES_USER_ENV, default `scalelab-pg`, which `./dev` creates); otherwise as whoever runs
-the tests. Where something is missing (the server programs, the psycopg2 driver, that user),
-`skip_reason` says what, and the tests that need it skip with that reason.
+the tests. Where something is missing (the server programs, the driver SQLAlchemy loads for
+postgresql://, that user), `skip_reason` says what, and the tests that need it skip with it.
 
 The role has a password and the URIs carry it (`postgresql://scalelab:PASSWORD@127.0.0.1:PORT/DB`)
 so that the tests can check it is never printed.
@@ -12,7 +12,6 @@ so that the tests can check it is never printed.
 from __future__ import annotations
 
 import glob
-import importlib.util
 import os
 import pwd
 import secrets
@@ -23,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from helpers import free_port, log_tail, wait_ready
+from orchestrator.uri_check import tracking_uri_problem
 
 POSTGRES_USER_ENV = "SCALELAB_PG_USER"
 DEFAULT_OS_USER = "scalelab-pg"
@@ -48,8 +48,9 @@ def skip_reason() -> str | None:
     """Why no PostgreSQL can be started here, with the fix; None when one can."""
     if server_bin() is None:
         return "no PostgreSQL server programs (initdb, postgres): run ./dev, or apt-get install postgresql"
-    if importlib.util.find_spec("psycopg2") is None:
-        return "no PostgreSQL driver: pip install -e '.[postgres]' (psycopg2-binary)"
+    driver = tracking_uri_problem("postgresql://127.0.0.1/scalelab")  # the driver SQLAlchemy loads for it
+    if driver:
+        return f"{driver} (or pip install -e '.[postgres]')"
     user = os_user()
     if user is not None:
         try:
@@ -112,30 +113,30 @@ class PostgresServer:
             self.stop()
             raise
 
-    def uri(self, database: str = "postgres", driver: str = "postgresql") -> str:
-        return f"{driver}://{ROLE}:{self.password}@127.0.0.1:{self.port}/{database}"
+    def uri(self, database: str = "postgres") -> str:
+        return f"postgresql://{ROLE}:{self.password}@127.0.0.1:{self.port}/{database}"
 
-    def _connect(self, database: str = "postgres"):
-        import psycopg2
+    def _execute(self, sql: str) -> None:
+        """One statement in the `postgres` database, outside a transaction (CREATE DATABASE needs that)."""
+        import sqlalchemy
 
-        return psycopg2.connect(host="127.0.0.1", port=self.port, user=ROLE, password=self.password,
-                                dbname=database, connect_timeout=5)
+        engine = sqlalchemy.create_engine(self.uri(), isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool,
+                                          connect_args={"connect_timeout": 5})
+        try:
+            with engine.connect() as conn:
+                conn.execute(sqlalchemy.text(sql))
+        finally:
+            engine.dispose()
 
     def _answers(self) -> bool:
-        self._connect().close()
+        self._execute("SELECT 1")
         return True
 
     def new_database(self, purpose: str) -> str:
         """A new, empty database (`<purpose>_<n>`); returns its URI."""
         self.databases += 1
         name = f"{purpose}_{self.databases}"
-        conn = self._connect()
-        try:
-            conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
-            with conn.cursor() as cur:
-                cur.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            conn.close()
+        self._execute(f'CREATE DATABASE "{name}"')
         return self.uri(name)
 
     def stop(self) -> None:
