@@ -28,12 +28,12 @@ from trainer.yaml_lines import KeyPath, LoadedYaml, load_yaml_file, load_yaml_te
 
 from . import derive, search_space
 from .from_study import best_params
-from .uri_auth import redact
 from .layout import resolve_tracking_uri
 from .locations import absolute_sqlite, default_study_url, storage_dir
 from .problems import Problems, brief, unknown_key
 from .spec_schema import ALLOWED_KEYS, FromStudyFile, SweepFile
 from .trial import Trial, gpu_fraction, short_value, trial_hash, trial_label
+from .uri_auth import redact
 
 MAX_TRIALS = 100_000  # a typo like `seeds: 100000000` should fail fast, not fill memory
 FIELDS = TrainConfig.model_fields

@@ -29,8 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def server_command(uri: str, port: int) -> list[str]:
     """`mlflow server` over `uri` on 127.0.0.1:port, one worker, with the artifact root the
-    writer uses next to an SQLite database (layout.ARTIFACT_DIR). The URI itself goes in the
-    environment (server_env): a database password stays off the process list."""
+    writer uses next to an SQLite database (layout.ARTIFACT_DIR). The URI itself goes in its
+    environment (MLFLOW_BACKEND_STORE_URI, set by run_ui): a password stays off the process list."""
     cmd = [os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", "--workers", "1",
            "--host", "127.0.0.1", "--port", str(port)]
     db = sqlite_path(uri)
