@@ -120,7 +120,8 @@ def test_killed_search_requeues_the_interrupted_sample(store, tmp_path, tiny_swe
         assert request.getfixturevalue("postgres").password not in output, "the PostgreSQL password was printed"
 
     client, _, runs = sweep_runs(uri, "resume-search")
-    assert len(runs) == len({r.data.tags["scalelab.trial_hash"] for r in runs}) == 3
+    seen = [(r.data.params.get("lr"), r.data.tags.get("scalelab.outcome")) for r in runs]
+    assert len(runs) == len({r.data.tags["scalelab.trial_hash"] for r in runs}) == 3, (seen, interrupted, output[-3000:])
     assert all(r.data.tags["scalelab.outcome"] == "finished" for r in runs)
     # the re-queued point was trained to the end in the run that was interrupted
     lr = interrupted[0]["lr"]
