@@ -19,6 +19,7 @@ import pandas as pd
 
 from orchestrator.layout import (KIND_SWEEP, KIND_TRIAL, MULTIPLIERS_ARTIFACT, OUTCOME_FAILED, OUTCOME_FINISHED,
                                  TAG_COLUMNS, TAG_KIND, TAG_PARENT, TAG_SWEEP, probe_tracking, search_all, sqlite_lock, sqlite_path)
+from orchestrator.uri_auth import redact, redact_text
 from trainer.config import UserError
 
 from .columns import (HISTORY_COLUMNS, IDENTITY_COLUMNS, MULTIPLIER_NUMBERS, empty_history,
@@ -40,8 +41,8 @@ def read_experiments(names: list[str], tracking_uri: str, *, history: bool = Tru
     except UserError:
         raise
     except Exception as err:  # unreachable server, bad URI scheme, corrupt database, ...
-        raise UserError(f"cannot read the MLflow store at {tracking_uri}: {type(err).__name__}: "
-                        f"{str(err).splitlines()[0][:300] if str(err) else ''}") from None
+        raise UserError(f"cannot read the MLflow store at {redact(tracking_uri)}: {type(err).__name__}: "
+                        f"{redact_text(str(err).splitlines()[0][:300], tracking_uri) if str(err) else ''}") from None
     runs = search_all_runs(client, list(experiments), say)
     trial_runs = [r for r in runs if _kind(r) == KIND_TRIAL]
     sweep_runs = [r for r in runs if _kind(r) == KIND_SWEEP]
@@ -74,7 +75,7 @@ def find_experiment(client, name: str, tracking_uri: str):
     if experiment is None:
         existing = sorted(e.name for e in client.search_experiments())
         listing = ", ".join(repr(n) for n in existing) or "(none)"
-        raise UserError(f"experiment {name!r} not found at {tracking_uri}; experiments there: {listing}. "
+        raise UserError(f"experiment {name!r} not found at {redact(tracking_uri)}; experiments there: {listing}. "
                         "Pass one of them (or --tracking-uri for another MLflow store)")
     return experiment
 

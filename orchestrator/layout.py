@@ -15,6 +15,7 @@ from trainer import metrics
 from trainer.config import UserError
 
 from . import uri_auth
+from .uri_check import SERVER_DIALECTS
 
 TAG_KIND = "scalelab.kind"                    # KIND_SWEEP (parent run) | KIND_TRIAL (child run)
 TAG_SWEEP = "scalelab.sweep"
@@ -91,8 +92,11 @@ class TrackingUnreachable(UserError):
 
 
 def probe_tracking(tracking_uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
-    """Fail in seconds, in one line, when an MLflow server does not answer (MLflow's own client
-    retries for minutes). Any HTTP answer counts as up; other stores are not probed."""
+    """Fail in seconds, in one line, when an MLflow server or database server does not answer
+    (MLflow's own client retries for minutes). Any HTTP answer counts as up; a database server
+    must take one connection; SQLite is not probed."""
+    if tracking_uri.split("://", 1)[0].split("+", 1)[0].lower() in SERVER_DIALECTS:
+        return _probe_database(tracking_uri, timeout)
     if not tracking_uri.startswith(("http://", "https://")):
         return
     request = urllib.request.Request(tracking_uri.rstrip("/") + "/health", headers=uri_auth.basic_auth_header())
@@ -105,6 +109,23 @@ def probe_tracking(tracking_uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
         reason = getattr(err, "reason", None) or err
         raise TrackingUnreachable(f"MLflow at {uri_auth.redact(tracking_uri)} is unreachable ({reason}); start it or pass another "
                         "--tracking-uri") from None
+
+
+def _probe_database(uri: str, timeout: float) -> None:
+    import sqlalchemy  # a fraction of a second; only database tracking URIs get here
+
+    timeout_arg = {"connect_timeout": max(1, round(timeout))} if uri.lower().startswith(("postgresql", "mysql")) else {}
+    engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool, connect_args=timeout_arg)
+    try:
+        with engine.connect():
+            return
+    except Exception as err:  # noqa: BLE001 - any driver's error: refused, timed out, bad password, no database
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+        raise TrackingUnreachable(f"MLflow's database at {uri_auth.redact(uri)} is unreachable "
+                                  f"({uri_auth.redact_text(reason, uri)}); start it, or set another tracking_uri "
+                                  "(or --tracking-uri)") from None
+    finally:
+        engine.dispose()
 
 
 @contextmanager

@@ -15,8 +15,8 @@ from . import uri_auth
 def browse_hint(tracking_uri: str) -> str:
     """Where to look at the runs: the server itself, or the command that serves a local store."""
     if tracking_uri.startswith(("http://", "https://")):
-        return tracking_uri
-    return f"mlflow ui --backend-store-uri {tracking_uri}"
+        return uri_auth.redact(tracking_uri)
+    return f"mlflow ui --backend-store-uri {uri_auth.redact(tracking_uri)}"
 
 
 def experiment_url(tracking_uri: str, experiment: str, timeout: float = 5.0) -> str:
@@ -44,7 +44,7 @@ def optuna_dashboard_hint(study_url: str | None) -> str | None:
     """The command that opens a search sweep's Optuna study in optuna-dashboard."""
     if not study_url:
         return None
-    return f"  optuna: optuna-dashboard {study_url}   (pip install -e .[dashboard])"
+    return f"  optuna: optuna-dashboard {uri_auth.redact(study_url)}   (pip install -e .[dashboard])"
 
 
 def print_study_hint(study_url: str | None, out=None) -> None:

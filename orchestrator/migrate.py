@@ -22,6 +22,7 @@ from .layout import (CONFIG_ARTIFACT, KIND_TRIAL, TAG_HASH, TAG_IDENTITY, TAG_KI
 from .locations import storage_dir, trials_root
 from .trial import IDENTITY_VERSION, trial_hash
 from .trial_folder import trial_folder
+from .uri_auth import redact
 
 
 @dataclass
@@ -46,7 +47,7 @@ def migrate_experiment(tracking_uri: str, experiment: str, storage: str | None =
     client = MlflowClient(tracking_uri=tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        raise UserError(f"no MLflow experiment {experiment!r} at {tracking_uri}; check the name "
+        raise UserError(f"no MLflow experiment {experiment!r} at {redact(tracking_uri)}; check the name "
                         "(`experiment:` of the sweep file, or its `name:`)")
     result = Migration()
     trials_dir = trials_root(storage_dir(storage), experiment) if storage else None

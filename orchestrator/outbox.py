@@ -22,6 +22,8 @@ import time
 from collections import deque
 from typing import Callable
 
+from .uri_auth import redact
+
 GRACE_ENV = "SCALELAB_TRACKING_GRACE"
 DEFAULT_GRACE_S = 1800.0
 # MLflow's own HTTP retries while a `scalelab run` is on (our sender retries for as long as the
@@ -165,7 +167,7 @@ class Outbox:
 
 def outage_message(outbox: Outbox, tracking_uri: str) -> str:
     minutes = outbox.grace_s / 60
-    return (f"MLflow at {tracking_uri} unreachable for more than {minutes:g} min (last error: "
+    return (f"MLflow at {redact(tracking_uri)} unreachable for more than {minutes:g} min (last error: "
             f"{outbox.last_error}); the sweep stopped with {outbox.pending} report(s) not sent. Nothing "
             "is lost: every report is in its trial's journal and every trial resumes from its checkpoint; "
             "run the same command again once MLflow is back and it sends the rest "

@@ -12,6 +12,7 @@ from .spec import SweepSpec
 from .fuse import fusion_asked
 from .sweep_modes import sweep_mode
 from .trial import Trial, trial_cost
+from .uri_auth import redact
 
 
 def trial_row(trial: Trial, done: dict[str, str]) -> dict[str, Any]:
@@ -43,8 +44,10 @@ def build_plan(spec: SweepSpec, where: Locations, done: dict[str, str],
     mode.owe(done, list(own_runs))
     plan: dict[str, Any] = {
         "sweep": spec.name, "file": spec.source, "experiment": spec.experiment,
-        "tracking_uri": where.tracking_uri, "storage": where.storage, "mode": spec.mode,
-        "concurrency": spec.concurrency, "retries": spec.retries, "seeds": spec.seeds, "from_study": spec.from_study,
+        # what `plan` prints, as text or JSON: database URIs without their credentials
+        "tracking_uri": redact(where.tracking_uri), "storage": where.storage, "mode": spec.mode,
+        "concurrency": spec.concurrency, "retries": spec.retries, "seeds": spec.seeds,
+        "from_study": spec.from_study and {**spec.from_study, "storage": redact(spec.from_study.get("storage"))},
         "fuse": mode.fuse,
     }
     if spec.mode == "grid":
@@ -102,7 +105,7 @@ def _search_plan(spec: SweepSpec, study_url: str, mode) -> dict[str, Any]:
     seconds = base["seconds"] * remaining
     return {
         "search": {"metric": s.metric, "direction": s.mode, "num_samples": s.num_samples,
-                   "storage": study_url, "study_name": s.study_name, "space": s.space_text},
+                   "storage": redact(study_url), "study_name": s.study_name, "space": s.space_text},
         "per_sample_at_base": base,
         "trials": [],
         "totals": {

@@ -13,6 +13,7 @@ from .locations import STORAGE_HELP, Locations
 from .plan import build_plan, format_plan
 from .preflight import analysis_warnings
 from .spec import load_sweep
+from .uri_auth import redact
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -57,7 +58,7 @@ def run_plan(args: argparse.Namespace) -> int:
     warn_analyses("plan", args.sweep, spec)
     where = Locations.resolve(spec, args.tracking_uri, args.storage)
     if not args.json:
-        print(f"checking MLflow at {where.tracking_uri} for finished trials ...", file=sys.stderr)
+        print(f"checking MLflow at {redact(where.tracking_uri)} for finished trials ...", file=sys.stderr)
     done = tracking_query.finished_hashes(where.tracking_uri, spec.experiment)
     # the sweep's own results are among the experiment's: none there, none to look up
     own_runs = tracking_query.sweep_runs(where.tracking_uri, spec.experiment, spec.name) if done else []

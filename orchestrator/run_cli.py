@@ -17,6 +17,7 @@ from .locations import STORAGE_HELP
 from .results_table import format_rows, sweep_rows, trial_rows
 from .spec import load_sweep
 from .tracking_query import trial_runs
+from .uri_auth import redact
 
 RUN_HELP = "run a sweep: local embedded Ray by default, or an existing cluster with --address"
 
@@ -165,7 +166,7 @@ def _results(args) -> list[dict] | None:
         return trial_rows(runs)
     if os.environ.get("RAY_ADDRESS"):
         return None
-    raise UserError(f"{target!r} is neither a sweep file nor an MLflow experiment at {uri}; for a Ray job id "
+    raise UserError(f"{target!r} is neither a sweep file nor an MLflow experiment at {redact(uri)}; for a Ray job id "
                     "pass --address http://HEAD:8265 (or set RAY_ADDRESS)")
 
 

@@ -36,6 +36,7 @@ from .tracking_query import finished_hashes
 from .trainable import TrialContext, run_trial
 from .trial import trial_cost
 from .tune_callback import MlflowTrackingCallback, OutageStopper
+from .uri_auth import redact
 
 
 @dataclass
@@ -135,7 +136,7 @@ def _run_sweep(spec, opts: RunOptions) -> SweepSummary:
     tracker = SweepTracker(where.tracking_uri, spec.experiment, spec.name, spec.mode,
                            from_study=(spec.from_study or {}).get("study"))
     summary = SweepSummary(spec.name, 0, parent_run_id=tracker.parent_id)
-    print(f"[{spec.name}] tracking {where.tracking_uri} (experiment {spec.experiment!r}, "
+    print(f"[{spec.name}] tracking {redact(where.tracking_uri)} (experiment {spec.experiment!r}, "
           f"parent run {tracker.parent_id}); storage {where.storage}", file=opts.out, flush=True)
     mode = sweep_mode(spec, where.study_url, opts.fuse)
     mode.plan_run(tracker, done, opts.out)

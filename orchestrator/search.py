@@ -13,6 +13,7 @@ import logging
 from trainer.config import ConfigError
 
 from .trial import OBJECTIVE_KEY
+from .uri_auth import redact, redact_text
 
 
 def open_storage(url: str):
@@ -22,7 +23,7 @@ def open_storage(url: str):
     try:
         return optuna.storages.RDBStorage(url)
     except Exception as err:  # bad URL, unreachable database, not an optuna schema
-        raise ConfigError(f"search.storage: cannot open optuna storage {url!r}: {err}; "
+        raise ConfigError(f"search.storage: cannot open optuna storage {redact(url)!r}: {redact_text(str(err), url)}; "
                           "use an SQLAlchemy URL such as sqlite:///optuna.db") from None
 
 

@@ -33,6 +33,7 @@ from .locations import absolute_sqlite, default_study_url, storage_dir
 from .problems import Problems, brief, unknown_key
 from .spec_schema import ALLOWED_KEYS, FromStudyFile, SweepFile
 from .trial import Trial, gpu_fraction, short_value, trial_hash, trial_label
+from .uri_auth import redact
 
 MAX_TRIALS = 100_000  # a typo like `seeds: 100000000` should fail fast, not fill memory
 FIELDS = TrainConfig.model_fields
@@ -142,7 +143,7 @@ class SweepSpec:
         if self.mode == "search":
             s = self.search
             return (f"search: {s.num_samples} samples (seed {self.seeds[0]}) over {', '.join(s.space)}; "
-                    f"{s.mode} {s.metric}; study {s.study_name!r} at {study_url or s.storage}")
+                    f"{s.mode} {s.metric}; study {s.study_name!r} at {redact(study_url or s.storage)}")
         parts = []
         if self.grid:
             parts.append("grid: " + " × ".join(f"{k} {len(v)}" for k, v in self.grid.items()))

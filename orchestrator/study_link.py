@@ -7,6 +7,7 @@ from optuna.trial import TrialState
 from ray import tune
 
 from .search import open_storage
+from .uri_auth import redact_text
 
 RUN_ID_ATTR = "mlflow_run_id"
 
@@ -60,7 +61,8 @@ class StudyRunLinker(tune.Callback):
                 self._storage = open_storage(self.study_url)
             link_trial_to_run(self._storage, self.study_name, config, rec.child.run_id)
         except Exception as err:  # noqa: BLE001 - a missing link must not stop the sweep
-            print(f"note: could not link Optuna trial to MLflow run {rec.child.run_id}: {err}")
+            print(f"note: could not link Optuna trial to MLflow run {rec.child.run_id}: "
+                  f"{redact_text(str(err), self.study_url)}")
 
 
 def study_links(mode, tracking) -> list:

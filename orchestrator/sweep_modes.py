@@ -17,6 +17,7 @@ from .fuse import effective_fuse
 from .packing import make_packs, pack_summary
 from .search import make_searcher
 from .trial import GRID_TRIAL_KEY, trial_cost
+from .uri_auth import redact
 
 
 class GridTrials:
@@ -193,7 +194,7 @@ class SearchSweep:
     def plan_run(self, tracker, done: dict[str, str], out: TextIO) -> None:
         self.owe(done, tracker.child_runs())
         print(f"[{self.name}] search: {len(self.known)} of {self.search.num_samples} samples done, {self.to_run} "
-              f"to run (study {self.search.study_name!r} at {self.study_url})", file=out, flush=True)
+              f"to run (study {self.search.study_name!r} at {redact(self.study_url)})", file=out, flush=True)
 
     def claim(self, tracker, out: TextIO) -> None:
         """A search sweep is one stream of samples from one study: the invocation that runs it

@@ -18,7 +18,6 @@ def _read_client(tracking_uri: str):
     db = sqlite_path(tracking_uri)
     if db is not None and not os.path.isfile(db):
         return None
-    probe_tracking(tracking_uri)
     from mlflow.tracking import MlflowClient  # here and below: seconds to import, only with a store to read
 
     with sqlite_lock(tracking_uri):  # a `scalelab run` may be creating its schema right now
@@ -28,6 +27,7 @@ def _read_client(tracking_uri: str):
 def _search(tracking_uri: str, experiment: str, where: str) -> list | None:
     """The runs of `experiment` that match `where` (metrics, params and tags included); None when
     the store or the experiment is not there (neither is created)."""
+    probe_tracking(tracking_uri)  # a dead server in seconds, before MLflow's import (seconds more)
     from mlflow.exceptions import MlflowException  # mlflow: seconds to import; not for --help or validate
 
     try:

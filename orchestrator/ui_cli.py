@@ -11,6 +11,7 @@ import sys
 from trainer.config import UserError
 
 from .layout import ARTIFACT_DIR, resolve_tracking_uri, sqlite_path, tracking_uri_help
+from .uri_auth import redact
 
 DEFAULT_PORT = 5000
 
@@ -28,9 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def server_command(uri: str, port: int) -> list[str]:
     """`mlflow server` over `uri` on 127.0.0.1:port, one worker, with the artifact root the
-    writer uses next to an SQLite database (layout.ARTIFACT_DIR)."""
+    writer uses next to an SQLite database (layout.ARTIFACT_DIR). The URI itself goes in its
+    environment (MLFLOW_BACKEND_STORE_URI, set by run_ui): a password stays off the process list."""
     cmd = [os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", "--workers", "1",
-           "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri", uri]
+           "--host", "127.0.0.1", "--port", str(port)]
     db = sqlite_path(uri)
     if db:
         cmd += ["--default-artifact-root", os.path.join(os.path.dirname(os.path.abspath(db)), ARTIFACT_DIR)]
@@ -40,14 +42,14 @@ def server_command(uri: str, port: int) -> list[str]:
 def run_ui(args: argparse.Namespace) -> int:
     uri = resolve_tracking_uri(args.tracking_uri)
     if uri.startswith(("http://", "https://")):
-        print(f"MLflow UI: {uri.rstrip('/')}")
+        print(f"MLflow UI: {redact(uri).rstrip('/')}")
         return 0
     db = sqlite_path(uri)
     if db and not os.path.exists(db):
         raise UserError(f"no MLflow database at {db}: run a sweep first (`scalelab run SWEEP.yaml`) "
                         "or pass --tracking-uri")
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    print(f"MLflow UI: http://127.0.0.1:{args.port}  (runs from {uri}; Ctrl-C stops it)", flush=True)
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_BACKEND_STORE_URI=uri)
+    print(f"MLflow UI: http://127.0.0.1:{args.port}  (runs from {redact(uri)}; Ctrl-C stops it)", flush=True)
     proc = subprocess.Popen(server_command(uri, args.port), env=env)
     try:
         return proc.wait()

@@ -42,6 +42,17 @@ def redact(uri: str | None) -> str | None:
     return urlunsplit(parts._replace(netloc=f"{HIDDEN}@{host}"))
 
 
+def redact_text(text: str, uri: str | None) -> str:
+    """`text` (a driver's error message, say) with `uri`'s credentials hidden wherever it shows them."""
+    parts = _parts(uri) if has_credentials(uri) else None
+    if parts is None:
+        return text
+    text = text.replace(uri, redact(uri))
+    for secret in {parts.password, unquote(parts.password or "")} - {None, ""}:
+        text = text.replace(secret, HIDDEN)
+    return text
+
+
 def adopt(uri: str, environ: MutableMapping[str, str] | None = None) -> str:
     """For an HTTP(S) URI with credentials: put them in MLflow's variables and return the URI
     without them. Other URIs are returned unchanged."""

@@ -14,9 +14,8 @@ from urllib.parse import urlsplit
 from .uri_auth import redact
 
 SQLITE_MAGIC = b"SQLite format 3\0"  # the first bytes of every SQLite database file
-# SQLAlchemy dialect -> the driver it loads without a "+driver" suffix, and the package to install.
-DEFAULT_DRIVERS = {"postgresql": ("psycopg2", "psycopg2-binary"), "mysql": ("MySQLdb", "mysqlclient"),
-                   "mssql": ("pyodbc", "pyodbc")}
+SERVER_DIALECTS = ("postgresql", "mysql", "mssql")  # the SQLAlchemy databases MLflow and Optuna keep data in
+# SQLAlchemy driver name (`postgresql+NAME://`) -> the module it imports, and the package to install.
 NAMED_DRIVERS = {"psycopg": ("psycopg", "psycopg[binary]"), "psycopg2": ("psycopg2", "psycopg2-binary"),
                  "pg8000": ("pg8000", "pg8000"), "asyncpg": ("asyncpg", "asyncpg"),
                  "pymysql": ("pymysql", "PyMySQL"), "mysqldb": ("MySQLdb", "mysqlclient"),
@@ -78,14 +77,22 @@ def _database_problem(uri: str, scheme: str, examples: str) -> str | None:
     dialect, _, driver = scheme.partition("+")
     if dialect == "sqlite":
         return _sqlite_problem(uri)
-    if dialect not in DEFAULT_DRIVERS:
+    if dialect not in SERVER_DIALECTS:
         return f"unknown scheme {scheme!r} in {redact(uri)!r}; use {examples}"
-    module, package = NAMED_DRIVERS.get(driver, (None, None)) if driver else DEFAULT_DRIVERS[dialect]
+    module, package = NAMED_DRIVERS.get(driver or default_driver(dialect), (None, None))
     if module is None:
         return f"unknown {dialect} driver {driver!r} in {redact(uri)!r}"
     if importlib.util.find_spec(module.split(".")[0]) is None:
         return f"{redact(uri)} needs the {dialect} driver {module}: pip install {package}"
     return None
+
+
+def default_driver(dialect: str) -> str:
+    """The driver SQLAlchemy loads for `dialect://` (no "+driver"). SQLAlchemy decides, and it
+    changed: PostgreSQL's default is psycopg2 before SQLAlchemy 2.1 and psycopg (3) from it on."""
+    from sqlalchemy.engine.url import make_url  # a fraction of a second; only database URIs get here
+
+    return make_url(f"{dialect}://").get_dialect().driver
 
 
 def _sqlite_problem(uri: str) -> str | None:

@@ -28,7 +28,7 @@ from helpers import (BIN, MlflowServer, free_port, stop_group, venv_env, wait_ht
 # @pytest.mark.slow. Every other test is marked fast: `pytest -m fast` is the quick run, and
 # stays complete as tests are added.
 REAL_SYSTEM_FIXTURES = frozenset({"ray_local", "ray_head", "mlflow_server", "restartable_mlflow_server",
-                                  "browsed_sweep", "chromium", "browser"})
+                                  "postgres", "postgres_mlflow_server", "browsed_sweep", "chromium", "browser"})
 
 
 def pytest_collection_modifyitems(config, items):
@@ -122,6 +122,35 @@ def restartable_mlflow_server(tmp_path):
     server.start()
     try:
         yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL on 127.0.0.1, one for the session (tests/postgres_server.py): tests ask it
+    for new databases. Skips, naming the fix, where none can run (no server programs, no driver,
+    or root without the unprivileged user that ./dev creates)."""
+    from postgres_server import PostgresServer, skip_reason
+
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_mlflow_server(tmp_path, postgres):
+    """A real `mlflow server` on 127.0.0.1 over a new PostgreSQL database; yields its URI."""
+    server = MlflowServer(tmp_path, backend_store_uri=postgres.new_database("mlflow"))
+    server.start()
+    try:
+        yield server.uri
     finally:
         server.stop()
 

@@ -51,11 +51,11 @@ def study_storage(directory: Path) -> str:
 
 
 def write_search_sweep(directory: Path, name: str, num_samples: int, study_name: str = "lr-study",
-                       **sections) -> Path:
+                       storage: str | None = None, **sections) -> Path:
     """A search sweep: `num_samples` learning rates in [1e-3, 1e-2] (sampler seed 0), best
-    final_val_loss, its study in `directory`/optuna.db, two trials at once."""
+    final_val_loss, its study at `storage` (default `directory`/optuna.db), two trials at once."""
     search = {"metric": "final_val_loss", "mode": "min", "num_samples": num_samples,
-              "storage": study_storage(directory), "study_name": study_name, "sampler_seed": 0,
+              "storage": storage or study_storage(directory), "study_name": study_name, "sampler_seed": 0,
               "space": {"lr": {"log_uniform": [1e-3, 1e-2]}}}
     return write_sweep(directory, name, **{"search": search, "concurrency": 2, **sections})
 
@@ -209,13 +209,14 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> No
 
 class MlflowServer:
     """A real `mlflow server` on 127.0.0.1 (one worker, job execution off) over a SQLite file in
-    `directory`; it can be stopped (process group) and started again on the same port and
-    database: a tracking outage."""
+    `directory`, or over `backend_store_uri` (a PostgreSQL database, say); it can be stopped
+    (process group) and started again on the same port and database: a tracking outage."""
 
     READY_S = 300  # a loaded CI machine has taken over a minute to import and serve
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, backend_store_uri: str | None = None):
         self.dir, self.port = Path(directory), free_port()
+        self.backend_store_uri = backend_store_uri or "sqlite:///" + str(self.dir / "srv.db")
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.starts = 0
@@ -225,10 +226,10 @@ class MlflowServer:
         log = self.dir / f"mlflow-server-{self.starts}.log"
         self.proc = subprocess.Popen(
             [str(BIN / "mlflow"), "server", "--workers", "1", "--host", "127.0.0.1", "--port", str(self.port),
-             "--backend-store-uri", "sqlite:///" + str(self.dir / "srv.db"),
              "--artifacts-destination", str(self.dir / "artifacts")],
             stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
-            env=venv_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
+            # the store's URI through the environment: a password in it stays off the process list
+            env=venv_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_BACKEND_STORE_URI=self.backend_store_uri))
         try:
             wait_http(f"{self.uri}/health", self.READY_S, self.proc, log)
         except BaseException:

@@ -1,6 +1,8 @@
 """Two `scalelab run` of one sweep at once (issue 9): every trial is claimed in the tracking store
 before it runs, so no interleaving makes two child runs of one hash or two writers of one trial's
-directory. Unit level here (two trackers in one process); real processes at the end (slow)."""
+directory. Unit level here (two trackers in one process); real processes at the end (slow).
+`postgres` cases run against the lab's database: an MLflow server over PostgreSQL, and the
+study on the same PostgreSQL (tests/postgres_server.py); its password is never printed."""
 from __future__ import annotations
 
 import threading
@@ -86,9 +88,31 @@ def test_simultaneous_claims_leave_one_run_per_hash(tiny_sweep, tracking_uri, mo
     assert sorted(r.data.tags[TAG_HASH] for r in runs) == sorted(t.hash for t in trials)
 
 
-def search_sweep(folder):
-    """The search sweep of tests/test_run_search.py (3 samples of lr, 2 at once)."""
-    return write_search_sweep(folder, "search-twice", 3)
+def search_sweep(folder, storage: str | None = None):
+    """The search sweep of tests/test_run_search.py (3 samples of lr, 2 at once), its study at
+    `storage` (default: optuna.db in `folder`)."""
+    return write_search_sweep(folder, "search-twice", 3, storage=storage)
+
+
+def stores(request, store: str, tmp_path) -> tuple[str, str]:
+    """(tracking URI, search sweeps' study storage) of `store`: `sqlite` a new SQLite file (the
+    study beside it), `server` an MLflow server over SQLite, `postgres` an MLflow server over
+    PostgreSQL and the study in a database of that PostgreSQL."""
+    if store == "postgres":
+        study = request.getfixturevalue("postgres").new_database("optuna")
+        return request.getfixturevalue("postgres_mlflow_server"), study
+    uri = (request.getfixturevalue("mlflow_server") if store == "server"
+           else "sqlite:///" + str(tmp_path / "new.db"))
+    return uri, study_storage(tmp_path)
+
+
+def assert_no_password(request, store: str, *texts: str) -> None:
+    """The PostgreSQL password, which the study URI carries, appears in none of `texts`."""
+    if store == "postgres":
+        password = request.getfixturevalue("postgres").password
+        leaks = [line.replace(password, "<PASSWORD>") for text in texts for line in text.splitlines()
+                 if password in line]
+        assert not leaks, f"the PostgreSQL password was printed: {leaks[:5]}"
 
 
 def test_a_search_sweep_is_claimed_as_a_whole(tracking_uri, tmp_path, monkeypatch):
@@ -164,8 +188,9 @@ def send_trial(callback, tune_trial, loss: float) -> None:
     callback.on_trial_result(0, [], tune_trial, report(20, loss, final=True))
 
 
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("mode", ["grid", "search"])
-def test_writes_after_a_lapsed_claim_was_taken_over_are_dropped(mode, tiny_sweep, tracking_uri, tmp_path,
+def test_writes_after_a_lapsed_claim_was_taken_over_are_dropped(mode, store, tiny_sweep, tmp_path, request,
                                                                  monkeypatch, capsys):
     """A holds the trial (grid) or the sweep (search); its heartbeats do not reach MLflow for a
     whole lease and B takes the claim over and runs the trial. When A's queued reports are sent
@@ -176,7 +201,9 @@ def test_writes_after_a_lapsed_claim_was_taken_over_are_dropped(mode, tiny_sweep
     from orchestrator.tune_callback import OutageStopper
     from orchestrator.tune_callback import MlflowTrackingCallback
 
-    spec = load_sweep(search_sweep(tmp_path) if mode == "search"
+    tracking_uri, study = (request.getfixturevalue("tracking_uri"), None) if store == "sqlite" \
+        else stores(request, store, tmp_path)
+    spec = load_sweep(search_sweep(tmp_path, study) if mode == "search"
                       else tiny_sweep("lapse", grid={"lr": [0.01]}))
     trial = spec.resolve({"lr": 0.004}) if mode == "search" else spec.trials()[0]
     a = SweepTracker(tracking_uri, spec.experiment, spec.name, mode)
@@ -204,9 +231,10 @@ def test_writes_after_a_lapsed_claim_was_taken_over_are_dropped(mode, tiny_sweep
     assert run.data.metrics["val_loss"] == 2.0                         # B's reports, not A's
     claim_run = b.parent_id if mode == "search" else run.info.run_id
     assert MlflowClient(tracking_uri=tracking_uri).get_run(claim_run).data.tags[TAG_OWNER] == b.owner
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert err.count("taken over by another scalelab run") == 1 and b.owner in err, err
     assert "journal" in err
+    assert_no_password(request, store, out, err)
 
 
 def test_a_claim_that_lapsed_but_was_not_taken_is_kept(tiny_sweep, tracking_uri, monkeypatch, capsys):
@@ -260,13 +288,12 @@ def run_twice(sweep, uri: str, storage, stagger: float, logs_dir) -> tuple[list[
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("store,stagger", [("sqlite", 0.0), ("server", 3.0)])
+@pytest.mark.parametrize("store,stagger", [("sqlite", 0.0), ("server", 3.0), ("postgres", 3.0)])
 def test_two_runs_of_one_sweep_at_once_make_one_run_per_trial(store, stagger, tmp_path, tiny_sweep, request):
     """Two `scalelab run` of one sweep against one store, started together (new SQLite file: the
-    schema race) or a few seconds apart (server): both exit 0, each trial has one child run,
-    finished once, and one writer of its journal."""
-    uri = (request.getfixturevalue("mlflow_server") if store == "server"
-           else "sqlite:///" + str(tmp_path / "new.db"))
+    schema race) or a few seconds apart (a server, over SQLite or PostgreSQL): both exit 0, each
+    trial has one child run, finished once, and one writer of its journal."""
+    uri, _ = stores(request, store, tmp_path)
     sweep = tiny_sweep("twice", grid={"lr": [0.01, 0.02, 0.03]})
     storage = tmp_path / "store"
     codes, logs = run_twice(sweep, uri, storage, stagger, tmp_path)
@@ -286,24 +313,25 @@ def test_two_runs_of_one_sweep_at_once_make_one_run_per_trial(store, stagger, tm
     client = MlflowClient(tracking_uri=uri)
     parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
     assert parent.info.status == "FINISHED" and parent.data.metrics["tuning_trials"] == 3.0, logs
+    assert_no_password(request, store, *logs)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("store,stagger", [("sqlite", 0.0), ("server", 3.0)])
+@pytest.mark.parametrize("store,stagger", [("sqlite", 0.0), ("server", 3.0), ("postgres", 3.0)])
 def test_two_runs_of_one_search_sweep_at_once_draw_its_samples_once(store, stagger, tmp_path, request):
-    """Two `scalelab run` of one search sweep against one store: one holds the sweep and runs its
-    3 samples, the other runs none and names the holder; both exit 0; one child run per hash."""
-    uri = (request.getfixturevalue("mlflow_server") if store == "server"
-           else "sqlite:///" + str(tmp_path / "new.db"))
-    codes, logs = run_twice(search_sweep(tmp_path), uri, tmp_path / "store", stagger, tmp_path)
+    """Two `scalelab run` of one search sweep against one store (its study in SQLite, or in
+    PostgreSQL with `postgres`): one holds the sweep and runs its 3 samples, the other runs none
+    and names the holder; both exit 0; one child run per hash."""
+    uri, study = stores(request, store, tmp_path)
+    codes, logs = run_twice(search_sweep(tmp_path, study), uri, tmp_path / "store", stagger, tmp_path)
     assert codes == [0, 0], logs
     assert not any("Traceback" in text for text in logs), logs
     runs = trial_runs(uri, "search-twice")
     hashes = [r.data.tags[TAG_HASH] for r in runs]
     assert len(hashes) == len(set(hashes)) == 3, logs                   # 3 samples, not 6; one run each
     assert {r.data.tags.get("scalelab.outcome") for r in runs} == {"finished"}, logs
-    assert len(complete_trials(study_storage(tmp_path))) == 3, logs
+    assert len(complete_trials(study)) == 3, logs
     client = MlflowClient(tracking_uri=uri)
     parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
     holder = parent.data.tags[TAG_OWNER]                                # the winner's claim, released
@@ -313,6 +341,7 @@ def test_two_runs_of_one_search_sweep_at_once_draw_its_samples_once(store, stagg
     assert [h.value for h in client.get_metric_history(parent.info.run_id, "tuning_trials")] == [3.0], logs
     losers = [text for text in logs if "search sweep held by another scalelab run" in text]
     assert len(losers) == 1 and f"held by another scalelab run ({holder})" in losers[0], logs
+    assert_no_password(request, store, *logs)
 
 
 def test_a_claim_of_a_killed_process_on_this_machine_needs_no_lease():

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.uri_check import tracking_uri_problem
+
 HERE = Path(__file__).resolve().parent
 
 TAGS = ["!!bool", "!!int", "!!float", "!!timestamp", "!!binary", "!!str", "!!null", "!!set", "!!omap", "!!pairs",
@@ -48,9 +50,13 @@ def cases(tmp: Path) -> list[tuple[str, str, str | None]]:
             # -0 is 0, and a learning rate has no upper bound in the schema: those may be valid
             add(f"name: x\n{key}: {number}\n", None if number == "-0" or key.endswith("lr") else key.split()[-1])
     for uri in URIS:
-        add(f"name: x\ntracking_uri: {uri}\n", "tracking_uri")
+        # a database URI whose driver is installed is a valid file until something connects to
+        # it: `plan` does (and is refused: nothing listens there), `validate` does not
+        connects_later = tracking_uri_problem(uri.strip("'")) is None
+        add(f"name: x\ntracking_uri: {uri}\n", None if connects_later else "tracking_uri")
         add(f"name: x\ntracking_uri: {uri}\n", "tracking_uri", "plan")
-        add(f"name: x\nsearch:\n  storage: {uri}\n  space: {{lr: {{log_uniform: [1e-4, 1e-2]}}}}\n", "storage")
+        add(f"name: x\nsearch:\n  storage: {uri}\n  space: {{lr: {{log_uniform: [1e-4, 1e-2]}}}}\n",
+            None if connects_later else "storage")
         add(f"name: x\nbase:\n  from_study: {{storage: {uri}, study: s}}\n", "from_study")
     for width, depth in [(1_048_576, 100_000), (1_048_576, 1_000_000_000), (10 ** 9, 10 ** 9), (8, 10 ** 18)]:
         add(f"name: x\nbase: {{head_dim: 8}}\ngrid:\n  d_model: [{width}]\n  n_layers: [{depth}]\n", "grid")
@@ -93,8 +99,11 @@ def test_every_file_is_one_clean_line_fast(outcome):
     bad = []
     for (path, command, key), got in zip(todo, report["results"]):
         text = got["stderr"].strip()
-        lines = text.splitlines()
-        short = text.replace(path, "FILE")  # the limit is on what we say, not on where the user keeps files
+        # a file valid until `plan` connects gets the analysis warnings and the progress line
+        # of a valid file first; the one-line rule is for the refusal
+        lines = [line for line in text.splitlines()
+                 if ": warning: " not in line and not line.startswith("checking MLflow at ")]
+        short = "\n".join(lines).replace(path, "FILE")  # the limit is on what we say, not on where the user keeps files
         if got["code"] == 0 and key is None:
             why = f"{got['seconds']:.1f} s" if got["seconds"] > 2.0 else ""
         else:

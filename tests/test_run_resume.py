@@ -87,30 +87,41 @@ def test_killed_driver_resumes_without_duplicates(tmp_path, tiny_sweep):
     assert by_hash[interrupted].data.metrics["final_val_loss"] > 0
 
 
-def test_killed_search_requeues_the_interrupted_sample(tmp_path, tiny_sweep):
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_killed_search_requeues_the_interrupted_sample(store, tmp_path, tiny_sweep, request):
+    """`postgres`: the lab's database, an MLflow server over PostgreSQL and the study in it."""
     import optuna
 
+    if store == "postgres":
+        uri, storage = (request.getfixturevalue("postgres_mlflow_server"),
+                        request.getfixturevalue("postgres").new_database("optuna"))
+        where, flags = {"storage": storage}, ["--tracking-uri", uri]
+    else:   # the defaults: MLflow in ./mlflow.db, the study next to it
+        uri, storage = "sqlite:///" + str(tmp_path / "mlflow.db"), "sqlite:///" + str(tmp_path / "optuna.db")
+        where, flags = {}, []
     tiny_sweep("resume-search", base={"steps": 80}, concurrency=1, search={
         "metric": "final_val_loss", "num_samples": 3, "sampler_seed": 1,
-        "space": {"lr": {"log_uniform": [1e-3, 1e-2]}}})
+        "space": {"lr": {"log_uniform": [1e-3, 1e-2]}}, **where})
     trials_dir = tmp_path / ".scalelab" / "trials" / "resume-search"
-    proc = start_scalelab(["run", "resume-search.yaml"], tmp_path, stdout=subprocess.DEVNULL,
+    proc = start_scalelab(["run", "resume-search.yaml", *flags], tmp_path, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
     done, partial = kill_once_one_done_one_partial(proc, trials_dir)
     assert done and partial
-    storage = "sqlite:///" + str(tmp_path / "optuna.db")   # default: next to the SQLite MLflow db
     study = optuna.load_study(study_name="resume-search", storage=storage)
     interrupted = [t.params for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
     assert len(interrupted) == 1
 
-    second = start_scalelab(["run", "resume-search.yaml"], tmp_path, stdout=subprocess.PIPE,
+    second = start_scalelab(["run", "resume-search.yaml", *flags], tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     output, _ = second.communicate(timeout=400)
     assert second.returncode == 0, output[-3000:]
     assert "1 interrupted sample(s) re-queued" in output and "resumed" in output, output[-3000:]
+    if store == "postgres":
+        assert request.getfixturevalue("postgres").password not in output, "the PostgreSQL password was printed"
 
-    client, _, runs = sweep_runs("sqlite:///" + str(tmp_path / "mlflow.db"), "resume-search")
-    assert len(runs) == len({r.data.tags["scalelab.trial_hash"] for r in runs}) == 3
+    client, _, runs = sweep_runs(uri, "resume-search")
+    seen = [(r.data.params.get("lr"), r.data.tags.get("scalelab.outcome")) for r in runs]
+    assert len(runs) == len({r.data.tags["scalelab.trial_hash"] for r in runs}) == 3, (seen, interrupted, output[-3000:])
     assert all(r.data.tags["scalelab.outcome"] == "finished" for r in runs)
     # the re-queued point was trained to the end in the run that was interrupted
     lr = interrupted[0]["lr"]

@@ -1,5 +1,6 @@
 """Optuna search mode through Ray Tune: a persistent study, runs tagged as search, reruns that
-only complete the samples still owed."""
+only complete the samples still owed. `postgres`: the lab's database, an MLflow server over
+PostgreSQL and the study in that PostgreSQL (tests/postgres_server.py)."""
 from __future__ import annotations
 
 import io
@@ -14,8 +15,8 @@ from orchestrator.trial import trial_hash
 pytestmark = pytest.mark.timeout(600)
 
 
-def search_sweep(folder, num_samples: int):
-    return write_search_sweep(folder, "search-lr", num_samples)
+def search_sweep(folder, num_samples: int, storage: str | None = None):
+    return write_search_sweep(folder, "search-lr", num_samples, storage=storage)
 
 
 def trial_runs(uri: str):
@@ -23,9 +24,16 @@ def trial_runs(uri: str):
     return trials, parents
 
 
-def test_search_uses_persistent_study_and_reruns_complete_only_what_is_owed(ray_local, tracking_uri, tmp_path):
-    opts = RunOptions(tracking_uri=tracking_uri, storage=str(tmp_path / "store"), out=io.StringIO())
-    spec = load_sweep(str(search_sweep(tmp_path, 3)))
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
+def test_search_uses_persistent_study_and_reruns_complete_only_what_is_owed(store, ray_local, tmp_path, request):
+    if store == "postgres":
+        tracking_uri, study = (request.getfixturevalue("postgres_mlflow_server"),
+                               request.getfixturevalue("postgres").new_database("optuna"))
+    else:
+        tracking_uri, study = request.getfixturevalue("tracking_uri"), study_storage(tmp_path)
+    first = io.StringIO()
+    opts = RunOptions(tracking_uri=tracking_uri, storage=str(tmp_path / "store"), out=first)
+    spec = load_sweep(str(search_sweep(tmp_path, 3, study)))
     summary = run_sweep(spec, opts)
     assert summary.count("finished") == 3
 
@@ -40,7 +48,7 @@ def test_search_uses_persistent_study_and_reruns_complete_only_what_is_owed(ray_
         # the run is the trial that `spec.resolve` makes of the sampled point
         assert tags["scalelab.trial_hash"] == trial_hash(spec.resolve({"lr": lr}).config)
         values[lr] = run.data.metrics["final_val_loss"]
-    study_trials = complete_trials(study_storage(tmp_path))
+    study_trials = complete_trials(study)
     assert len(study_trials) == 3
     # Optuna was told each trial's final_val_loss
     assert sorted(t.value for t in study_trials) == pytest.approx(sorted(values.values()))
@@ -49,16 +57,21 @@ def test_search_uses_persistent_study_and_reruns_complete_only_what_is_owed(ray_
 
     # same file again: nothing owed, nothing run
     out = io.StringIO()
-    summary = run_sweep(load_sweep(str(search_sweep(tmp_path, 3))),
+    summary = run_sweep(load_sweep(str(search_sweep(tmp_path, 3, study))),
                         RunOptions(tracking_uri=tracking_uri, storage=str(tmp_path / "store"), out=out))
     assert summary.ran == 0 and "3 of 3 samples done, 0 to run" in out.getvalue()
-    assert len(trial_runs(tracking_uri)[0]) == 3 and len(complete_trials(study_storage(tmp_path))) == 3
+    assert len(trial_runs(tracking_uri)[0]) == 3 and len(complete_trials(study)) == 3
 
     # one more sample asked for: exactly one more trial, in the same study and parent run
-    summary = run_sweep(load_sweep(str(search_sweep(tmp_path, 4))), opts)
+    summary = run_sweep(load_sweep(str(search_sweep(tmp_path, 4, study))), opts)
     assert summary.ran == 1
     runs, parents = trial_runs(tracking_uri)
     assert len(runs) == 4 and len(parents) == 1
     assert len({r.data.tags["scalelab.trial_hash"] for r in runs}) == 4
-    assert len(complete_trials(study_storage(tmp_path))) == 4
+    study_trials = complete_trials(study)
+    assert len(study_trials) == 4
+    assert len({tuple(sorted(t.params.items())) for t in study_trials}) == 4     # no sample drawn twice
     assert parents[0].data.metrics["tuning_trials"] == 4
+    if store == "postgres":
+        password = request.getfixturevalue("postgres").password
+        assert password not in first.getvalue() + out.getvalue(), "the PostgreSQL password was printed"

@@ -69,3 +69,37 @@ def test_submit_passes_credentials_through_the_environment_not_the_entrypoint(cl
     command = jobs.entrypoint("sweep.yaml", http_uri, None, None)
     assert "hunter22" not in command and "--tracking-uri http://127.0.0.1:5000" in command
     assert jobs.secret_env(http_uri) == {uri_auth.USERNAME_ENV: "ana", uri_auth.PASSWORD_ENV: "hunter22"}
+
+
+def test_redact_text_hides_a_uri_password_inside_a_message():
+    uri = "postgresql://ana:hunter%2122@127.0.0.1:5432/optuna"
+    text = f"cannot open {uri}: password 'hunter!22' refused (hunter%2122)"
+    shown = uri_auth.redact_text(text, uri)
+    assert "hunter" not in shown and "postgresql://***@127.0.0.1:5432/optuna" in shown
+    assert uri_auth.redact_text("no secret here", "sqlite:////tmp/x.db") == "no secret here"
+
+
+def test_an_unreachable_database_is_named_in_one_line_without_its_password(clean_env):
+    """A postgresql:// tracking URI that nothing answers: seconds, not MLflow's minutes of retries."""
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(layout.TrackingUnreachable) as err:
+        layout.probe_tracking("postgresql://ana:hunter22@127.0.0.1:1/mlflow", timeout=2)
+    message = str(err.value)
+    assert "hunter22" not in message and "127.0.0.1:1" in message and "\n" not in message, message
+    assert "tracking_uri" in message and time.monotonic() - start < 30
+
+
+@pytest.mark.parametrize("command", ["validate", "plan"])
+def test_a_study_password_is_never_printed(command, tmp_path, monkeypatch, capsys):
+    """A search sweep whose study URI holds a password: `validate` and `plan` name the study
+    (and the optuna-dashboard command) without it, on stdout as on stderr."""
+    from helpers import write_search_sweep
+    from orchestrator.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    sweep = write_search_sweep(tmp_path, "secret-study", 2, storage="postgresql://ana:hunter22@127.0.0.1:1/optuna")
+    assert main([command, str(sweep)]) == 0
+    out, err = capsys.readouterr()
+    assert "postgresql://***@127.0.0.1:1/optuna" in out and "hunter22" not in out + err, out + err

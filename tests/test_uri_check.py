@@ -36,7 +36,7 @@ def test_unusable_tracking_uris(uri, fragment):
 
 
 @pytest.mark.parametrize("uri, module, package", [
-    ("postgresql://ana:hunter22@127.0.0.1/mlflow", "psycopg2", "psycopg2-binary"),
+    ("postgresql+psycopg2://ana:hunter22@127.0.0.1/mlflow", "psycopg2", "psycopg2-binary"),
     ("postgresql+psycopg://ana@127.0.0.1/mlflow", "psycopg", "psycopg[binary]"),
     ("mysql://ana:hunter22@127.0.0.1/mlflow", "MySQLdb", "mysqlclient"),
     ("mssql://ana@127.0.0.1/mlflow", "pyodbc", "pyodbc"),
@@ -47,6 +47,19 @@ def test_a_missing_driver_names_the_package(uri, module, package):
         assert problem is None
         return
     assert f"pip install {package}" in problem and "hunter22" not in problem
+
+
+def test_a_plain_postgresql_uri_needs_the_driver_sqlalchemy_loads_for_it(monkeypatch):
+    """SQLAlchemy 2.1 loads psycopg (3) for postgresql://, older ones psycopg2: the check names
+    the one this SQLAlchemy would import, never the password."""
+    from sqlalchemy.engine.url import make_url
+
+    from orchestrator import uri_check
+
+    module, package = uri_check.NAMED_DRIVERS[make_url("postgresql://").get_dialect().driver]
+    monkeypatch.setattr(uri_check.importlib.util, "find_spec", lambda name: None)
+    problem = study_url_problem("postgresql://ana:hunter22@127.0.0.1/optuna")
+    assert f"driver {module}: pip install {package}" in problem and "hunter22" not in problem, problem
 
 
 def test_study_urls_are_databases():
