@@ -229,17 +229,15 @@ class SweepTracker(Claims):
         a run made by the claim keeps the claim's time as its start: the UI's Duration then
         counts the time queued too. TAG_TRAINING_STARTED records when training began; the
         training time itself is the trial's `wall_time_s` metric (docs/running.md)."""
-        now = int(time.time() * 1000)
         child = self.children.get(trial.hash)
         if child is not None:
-            self.client.update_run(child.run_id, status="RUNNING")
-            self.set_tags(child.run_id, {**self.provenance, TAG_TRAINING_STARTED: str(now)})
+            self.mark_running(child)
         else:
             # One call creates the run with the tags that identify it: no half-identified runs.
+            now = int(time.time() * 1000)
             run = self.client.create_run(self.experiment_id, run_name=trial.label, start_time=now,
                                          tags={**self._identity_tags(trial), TAG_TRAINING_STARTED: str(now)})
             child = self.children[trial.hash] = ChildRun(run.info.run_id)
-        child.status = "RUNNING"
         params = flat_params(trial.config)
         params["parametrization"] = parametrization_label(trial.config)
         if n_params is not None:
@@ -249,6 +247,12 @@ class SweepTracker(Claims):
             self.log_params(child.run_id, params)
             child.n_params = len(params)
         return child
+
+    def mark_running(self, child: ChildRun) -> None:
+        """The trial's training (re)starts: RUNNING, with this invocation's provenance."""
+        self.client.update_run(child.run_id, status="RUNNING")
+        self.set_tags(child.run_id, {**self.provenance, TAG_TRAINING_STARTED: str(int(time.time() * 1000))})
+        child.status = "RUNNING"
 
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
         items = [Param(k, v) for k, v in sorted(params.items())]

@@ -27,8 +27,8 @@ def sweep_params(spec) -> dict[str, str]:
             params[f"{section}.{key}"] = ",".join(short_value(v) for v in values)
     if spec.search:
         params.update({f"search.{key}": text for key, text in spec.search.space_text.items()})
-        params.update({"search.metric": spec.search.metric, "search.mode": spec.search.mode,
-                       "search.num_samples": str(spec.search.num_samples)})
+        # not num_samples: asking for more samples is a rerun of the same sweep, and params cannot change
+        params.update({"search.metric": spec.search.metric, "search.mode": spec.search.mode})
     params["seeds"] = ",".join(str(s) for s in spec.seeds)
     params["mode"] = spec.mode
     return {k: v[:MAX_PARAM_CHARS] for k, v in params.items()}

@@ -129,7 +129,7 @@ class MlflowTrackingCallback(tune.Callback):
         for rec in self.records_of(trial):
             rec.attempts += 1
             if rec.tracked and rec.attempts > 1 and not rec.ended:
-                self._send_for(rec, lambda rec=rec: self.tracker.client.update_run(rec.child.run_id, status="RUNNING"))
+                self._send_for(rec, lambda rec=rec: self.tracker.mark_running(rec.child))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         payload = result.get(REPORT_KEY) or {}
