@@ -31,8 +31,8 @@ from mlflow.tracking import MlflowClient
 
 from trainer.config import UserError
 
-from .claims import CLAIM_SETTLE_S, Claims, held_by_other, new_owner_id
 from . import sweep_answer
+from .claims import CLAIM_SETTLE_S, Claims, held_by_other, new_owner_id
 from .layout import (ARTIFACT_DIR, CONFIG_ARTIFACT, MULTIPLIER_COLUMNS, MULTIPLIERS_ARTIFACT, OUTCOME_FAILED,
                      RESULTS_TABLE_ARTIFACT, SWEEP_ARTIFACT, KIND_SWEEP, KIND_TRIAL, TAG_BEST_RUN, TAG_BEST_TRIAL,
                      TAG_CODE, TAG_ERROR, TAG_GIT_COMMIT, TAG_HASH, TAG_HEARTBEAT, TAG_IDENTITY, TAG_KIND, TAG_LABEL,
