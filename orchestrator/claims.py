@@ -29,6 +29,9 @@ DEFAULT_LEASE_S = 180.0
 # After creating or taking over runs, wait this long before re-reading them: longer than a run's
 # start time (stamped by the client) can precede its commit, so every older rival is visible.
 CLAIM_SETTLE_S = 2.0
+# MLflow's RunStatus of a claimed trial's run until its training starts: the run list does not
+# show a queued trial as RUNNING. (A run is created RUNNING; the claim moves it here.)
+SCHEDULED = "SCHEDULED"
 
 # (owner, run id) -> epoch ms of our last claim write on that run known to hold, and -> the owner
 # that took the run over from us. Module-level: Tune works on copies of the tracker, and the
@@ -119,6 +122,9 @@ class Claims:
             elif child.owner == self.owner:
                 mine.append(trial)
                 self._held_since(child.run_id, now)
+                if child.status != SCHEDULED:  # queued until its training starts (SweepTracker.start_child)
+                    self.client.update_run(child.run_id, status=SCHEDULED)
+                    child.status = SCHEDULED
             else:
                 held[trial.hash] = child.owner
         return mine, held, done

@@ -2,7 +2,10 @@
 `ray.job_submission.JobSubmissionClient` (needs ray[default] on this machine and the cluster).
 
 The job's entrypoint is `python -m orchestrator.cli run SWEEP --address auto --tracking-uri URI`,
-run in the uploaded working directory with the cluster's Python environment.
+run in the uploaded working directory with the cluster's Python environment. Before it, `scalelab
+submit` sends a tiny job with the same upload that only imports the project (check_cluster_python):
+a cluster whose Python lacks the project's dependencies is said in one line, not in a traceback
+minutes later.
 """
 from __future__ import annotations
 
@@ -28,6 +31,10 @@ EXCLUDES = [".venv", "venv", ".git", DEFAULT_TRACKING_DB, DEFAULT_TRACKING_DB + 
 IGNORE_FILES = (".gitignore", ".scalelabignore")  # gitignore syntax, read from the working directory
 PACKAGES = ("trainer", "orchestrator", "analysis")
 LOCAL_SCHEMES = ("sqlite", "file")
+CLUSTER_PYTHON = "python"   # the cluster's Python, as a job's shell finds it (the check and the run alike)
+IMPORT_CHECK = "import orchestrator.runner, trainer.loop"  # what `scalelab run` needs on the cluster
+CHECK_TIMEOUT_S = 300.0     # a check job that has not ended by then is stopped; the sweep is submitted anyway
+TERMINAL_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 # --- connection ----------------------------------------------------------------------------
@@ -144,11 +151,11 @@ def secret_env(tracking_uri: str) -> dict[str, str]:
 
 
 def runtime_env(working_dir: Path, excludes: list[str] | None = None, secrets: dict[str, str] | None = None) -> dict:
-    from .run_writes import code_version  # mlflow: seconds to import, which `status` and `logs` do not need
+    from .run_writes import code_env  # mlflow: seconds to import, which `status` and `logs` do not need
 
     excludes = upload_excludes(working_dir) if excludes is None else excludes
     env = {"working_dir": str(working_dir), "excludes": excludes,
-           "env_vars": {"SCALELAB_CODE_VERSION": code_version(), "PYTHONUNBUFFERED": "1", **(secrets or {})}}
+           "env_vars": {**code_env(), "PYTHONUNBUFFERED": "1", **(secrets or {})}}
     # The code travels with the job unless the working directory already holds it.
     modules = []
     for name in PACKAGES:
@@ -162,7 +169,7 @@ def runtime_env(working_dir: Path, excludes: list[str] | None = None, secrets: d
 
 def entrypoint(sweep_rel: str, tracking_uri: str, storage: str | None, max_concurrent: int | None,
                fuse: int | str | None = None) -> str:
-    args = ["python", "-m", "orchestrator.cli", "run", sweep_rel, "--address", "auto"]
+    args = [CLUSTER_PYTHON, "-m", "orchestrator.cli", "run", sweep_rel, "--address", "auto"]
     if not uri_auth.has_credentials(tracking_uri):  # else the job reads it from $MLFLOW_TRACKING_URI
         args += ["--tracking-uri", tracking_uri]
     if storage:
@@ -174,11 +181,47 @@ def entrypoint(sweep_rel: str, tracking_uri: str, storage: str | None, max_concu
     return " ".join(shlex.quote(a) for a in args)
 
 
+def check_cluster_python(jobs, job_id: str, env: dict, address: str | None, timeout: float = CHECK_TIMEOUT_S,
+                         python: str | None = None) -> None:
+    """Run IMPORT_CHECK as a Ray Job with the sweep's runtime env (its upload is then cached for
+    the sweep's job); UserError with the fix when the cluster's Python cannot import the project.
+    A check that does not end within `timeout` is stopped with a warning (the cluster may be busy)."""
+    check_id = f"{job_id}-check"
+    command = f"{python or CLUSTER_PYTHON} -c {shlex.quote(IMPORT_CHECK)}"
+    try:
+        jobs.submit_job(entrypoint=command, submission_id=check_id, runtime_env=env,
+                        metadata={"scalelab_check": "imports"})
+    except (RuntimeError, OSError) as err:
+        raise UserError(f"the Ray cluster at {dashboard_address(address)} did not take the check job "
+                        f"({first_line(err)}); its job agent may not be up yet: wait a minute after `ray start "
+                        "--head`, check `ray status` on the head, then submit again") from None
+    deadline = time.monotonic() + timeout
+    status = ""
+    while time.monotonic() < deadline:
+        status = str(jobs.get_job_status(check_id))
+        if status in TERMINAL_STATES:
+            break
+        time.sleep(1.0)
+    if status == "SUCCEEDED":
+        return
+    if status not in TERMINAL_STATES:
+        jobs.stop_job(check_id)
+        print(f"scalelab submit: warning: the import check ({check_id}) did not end within {timeout:.0f} s; "
+              "submitting anyway", file=sys.stderr)
+        return
+    lines = [line for line in (jobs.get_job_logs(check_id) or "").splitlines() if line.strip()]
+    why = lines[-1].strip() if lines else (jobs.get_job_info(check_id).message or status)
+    raise UserError(f"the cluster's Python cannot import the project ({why}); install the project on every "
+                    "node with the Python that runs Ray (pip install -e . in the environment of `ray start`), "
+                    "then submit again")
+
+
 def submit_sweep(sweep: str, address: str | None, tracking_uri: str | None = None, storage: str | None = None,
                  max_concurrent: int | None = None, working_dir: str = ".", dry_run: bool = False,
-                 out=None, fuse: int | str | None = None) -> str | None:
+                 out=None, fuse: int | str | None = None, check_python: bool = False) -> str | None:
     """Submit; the job id. With dry_run: print what would be uploaded and submitted to `out`
-    (stdout) and return None, without contacting the cluster."""
+    (stdout) and return None, without contacting the cluster. With check_python (`scalelab
+    submit` sets it), first check that the cluster's Python imports the project."""
     out = out or sys.stdout
     spec = load_sweep(sweep)  # fail here, not on the cluster
     for line in spec.missing_corpora():  # the cluster may hold them: a warning, not an error
@@ -218,10 +261,13 @@ def submit_sweep(sweep: str, address: str | None, tracking_uri: str | None = Non
     job_id = f"scalelab-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     mlflow_url = experiment_url(uri, spec.experiment)
     jobs = client(address)
+    env = runtime_env(wd, excludes, secret_env(uri))
+    if check_python:
+        check_cluster_python(jobs, job_id, env, address)
     try:
         return jobs.submit_job(
             entrypoint=announce_experiment(command, uri_auth.redact(mlflow_url)),
-            submission_id=job_id, runtime_env=runtime_env(wd, excludes, secret_env(uri)),
+            submission_id=job_id, runtime_env=env,
             metadata={"scalelab_sweep": spec.name, "tracking_uri": uri_auth.redact(uri),
                       "mlflow_experiment": uri_auth.redact(mlflow_url)})
     except (RuntimeError, OSError) as err:  # an error status (RuntimeError) or a dropped connection (requests')

@@ -31,8 +31,17 @@ TAG_FROM_STUDY = "scalelab.from_study"       # a grid sweep whose base came from
 TAG_LOGGED_STEP = "scalelab.logged_step"
 TAG_OWNER = "scalelab.owner"                 # "host:pid:id" of the `scalelab run` holding the trial (search: the parent)
 TAG_HEARTBEAT = "scalelab.heartbeat"          # epoch ms its owner last renewed the claim; 0 = released
+TAG_TRAINING_STARTED = "scalelab.training_started"  # epoch ms a trial's run last moved to RUNNING (training began)
+TAG_RAY_JOB = "scalelab.ray_job_id"           # the Ray Job (submission id) the sweep ran in, when it ran as one
+TAG_OPTUNA_STUDY = "scalelab.optuna_study"    # search sweeps: the study (parent and trial runs)
+TAG_OPTUNA_TRIAL = "scalelab.optuna_trial"    # search sweeps: the Optuna trial number of a trial run
+TAG_BEST_TRIAL = "scalelab.best_trial"        # parent: label of the trial with the lowest final val loss
+TAG_BEST_RUN = "scalelab.best_run_id"         # parent: that trial's run id
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
+TAG_GIT_COMMIT = "mlflow.source.git.commit"   # MLflow's own: the UI shows it as the run's source version
+TAG_NOTE = "mlflow.note.content"              # MLflow's own: the run's description in the UI
+TAG_LOGGED_ARTIFACTS = "mlflow.loggedArtifacts"  # MLflow's own: which artifacts its UI shows as tables
 
 KIND_SWEEP, KIND_TRIAL = "sweep", "trial"
 
@@ -45,6 +54,11 @@ USABLE_OUTCOMES = DONE_OUTCOMES  # what the analysis fits (a diverged trial as l
 # A trial run's artifacts.
 CONFIG_ARTIFACT = "config.yaml"            # the resolved TrainConfig
 MULTIPLIERS_ARTIFACT = "multipliers.csv"   # the final multiplier table, MULTIPLIER_COLUMNS
+# A sweep's parent run's artifacts (its answer, written at the end of every `scalelab run`).
+SWEEP_ARTIFACT = "sweep.yaml"              # the sweep file as it was run last
+RESULTS_TABLE_ARTIFACT = "results_table.json"  # the results table (results_table.py rows), an MLflow table
+# parent: the lowest final val loss; per parametrization × width: BEST_METRIC/<param>/d<width>
+BEST_METRIC = "best_" + metrics.FINAL_VAL_LOSS
 
 # Tags the analysis reads into columns of its trials table.
 TAG_COLUMNS = {TAG_SWEEP: "sweep", TAG_HASH: "trial_hash", TAG_OUTCOME: "outcome", TAG_MODE: "mode",

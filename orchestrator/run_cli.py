@@ -46,7 +46,8 @@ def register(subparsers) -> None:
                                    "the working directory is uploaded (without .venv, .git, mlflow.db, "
                                    ".scalelab, reports, and what .gitignore and .scalelabignore list); files "
                                    "that look like credentials are refused. Tracking must be an MLflow "
-                                   "server (http://...).")
+                                   "server (http://...). Before the sweep, a tiny job checks that the "
+                                   "cluster's Python imports the project.")
     submit.add_argument("sweep", help="sweep YAML file (inside the working directory)")
     _address_arg(submit)
     submit.add_argument("--tracking-uri", help="an MLflow server reachable from the cluster, e.g. "
@@ -131,7 +132,7 @@ def cmd_submit(args) -> int:
     _positive(args.max_concurrent, "--max-concurrent")
     job_id = submit_sweep(args.sweep, address=args.address, tracking_uri=args.tracking_uri,
                           storage=args.storage, max_concurrent=args.max_concurrent, working_dir=args.working_dir,
-                          dry_run=args.dry_run, fuse=parse_fuse_flag(args.fuse))
+                          dry_run=args.dry_run, fuse=parse_fuse_flag(args.fuse), check_python=True)
     if job_id is None:  # --dry-run
         return 0
     print(job_id)

@@ -31,10 +31,13 @@ from mlflow.tracking import MlflowClient
 
 from trainer.config import UserError
 
+from . import sweep_answer
 from .claims import CLAIM_SETTLE_S, Claims, held_by_other, new_owner_id
 from .layout import (ARTIFACT_DIR, CONFIG_ARTIFACT, MULTIPLIER_COLUMNS, MULTIPLIERS_ARTIFACT, OUTCOME_FAILED,
-                     KIND_SWEEP, KIND_TRIAL, TAG_CODE, TAG_ERROR, TAG_HASH, TAG_HEARTBEAT, TAG_IDENTITY, TAG_KIND,
-                     TAG_FROM_STUDY, TAG_LABEL, TAG_LOGGED_STEP, TAG_MODE, TAG_OUTCOME, TAG_OWNER, TAG_PARENT, TAG_SWEEP,
+                     RESULTS_TABLE_ARTIFACT, SWEEP_ARTIFACT, KIND_SWEEP, KIND_TRIAL, TAG_BEST_RUN, TAG_BEST_TRIAL,
+                     TAG_CODE, TAG_ERROR, TAG_FROM_STUDY, TAG_GIT_COMMIT, TAG_HASH, TAG_HEARTBEAT, TAG_IDENTITY,
+                     TAG_KIND, TAG_LABEL, TAG_LOGGED_ARTIFACTS, TAG_LOGGED_STEP, TAG_MODE, TAG_NOTE, TAG_OPTUNA_STUDY,
+                     TAG_OUTCOME, TAG_OWNER, TAG_PARENT, TAG_RAY_JOB, TAG_SWEEP, TAG_TRAINING_STARTED,
                      quote as _quote, search_all, sqlite_lock, sqlite_path)
 from .trial import IDENTITY_VERSION, parametrization_label
 
@@ -46,23 +49,60 @@ MAX_TAG_CHARS = 8000
 
 # --- small helpers ------------------------------------------------------------------------
 
+# Set by `scalelab submit` (code_env): the job's upload has no .git to ask.
+CODE_VERSION_ENV, GIT_COMMIT_ENV = "SCALELAB_CODE_VERSION", "SCALELAB_GIT_COMMIT"
+# Ray sets this in a Ray Job's driver: the job's config, whose metadata names its submission id.
+RAY_JOB_CONFIG_ENV, RAY_JOB_ID_KEY = "RAY_JOB_CONFIG_JSON_ENV_VAR", "job_submission_id"
+
+
+def _git(*args: str) -> str | None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+
+
 def code_version() -> str:
     """`git describe` of the source tree (+ '-dirty'), else SCALELAB_CODE_VERSION (set by
     `scalelab submit`, whose upload has no .git), else the package version."""
-    if os.environ.get("SCALELAB_CODE_VERSION"):
-        return os.environ["SCALELAB_CODE_VERSION"]
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=here,
-                             capture_output=True, text=True, timeout=10)
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
+    if os.environ.get(CODE_VERSION_ENV):
+        return os.environ[CODE_VERSION_ENV]
+    described = _git("describe", "--always", "--dirty", "--tags")
+    if described:
+        return described
     try:
         return f"scalelab-{version('scalelab')}"
     except PackageNotFoundError:
         return "unknown"
+
+
+def git_commit() -> str | None:
+    """The full commit hash of the source tree (TAG_GIT_COMMIT; code_version says whether the
+    tree was dirty), else SCALELAB_GIT_COMMIT (set by `scalelab submit`), else None."""
+    return os.environ.get(GIT_COMMIT_ENV) or _git("rev-parse", "HEAD")
+
+
+def code_env() -> dict[str, str]:
+    """What a Ray Job needs in its environment to name the code it runs (no .git travels)."""
+    commit = git_commit()
+    return {CODE_VERSION_ENV: code_version(), **({GIT_COMMIT_ENV: commit} if commit else {})}
+
+
+def ray_job_id() -> str | None:
+    """The submission id of the Ray Job this process is the driver of, else None."""
+    try:
+        config = json.loads(os.environ.get(RAY_JOB_CONFIG_ENV) or "{}")
+    except ValueError:
+        return None
+    job = (config.get("metadata") or {}).get(RAY_JOB_ID_KEY) if isinstance(config, dict) else None
+    return str(job) if job else None
+
+
+def trial_note(trial, sweep: str) -> str:
+    """The one line the MLflow UI shows as a trial run's description."""
+    return f"{trial.label} — sweep {sweep}"
 
 
 def flat_params(cfg) -> dict[str, str]:
@@ -92,6 +132,7 @@ class ChildRun:
     n_params: int = 0              # params stored; fewer than expected after a crash in setup
     owner: str = ""                # TAG_OWNER: the invocation that claimed the trial
     heartbeat_ms: int = 0          # TAG_HEARTBEAT
+    status: str = "RUNNING"        # the run's MLflow status (SCHEDULED while its trial waits)
 
     def held_by_other(self, me: str, now_ms: int, lease_s: float) -> bool:
         return held_by_other(self.owner, self.heartbeat_ms, me, now_ms, lease_s)
@@ -106,6 +147,9 @@ class SweepTracker(Claims):
         self.tracking_uri, self.sweep, self.mode = tracking_uri, sweep, mode
         self.from_study = from_study      # the study a grid sweep's base came from (links tuning to transfer)
         self.code_version = code_version()
+        # Where this invocation's code and job are: on every run it creates or (re)starts.
+        self.provenance = {TAG_CODE: self.code_version, TAG_GIT_COMMIT: git_commit(), TAG_RAY_JOB: ray_job_id()}
+        self.provenance = {k: v for k, v in self.provenance.items() if v}
         self.owner = new_owner_id()
         self.claimed: list[str] = []      # run ids this invocation claimed (trials, or the parent)
         self.sweep_claimed = False        # the claim is on the parent run (search sweeps)
@@ -137,10 +181,10 @@ class SweepTracker(Claims):
         if found:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
-            self.client.set_tag(run_id, TAG_CODE, self.code_version)
+            self.set_tags(run_id, self.provenance)
             return run_id
         run = self.client.create_run(self.experiment_id, run_name=self.sweep, tags={
-            TAG_KIND: KIND_SWEEP, TAG_SWEEP: self.sweep, TAG_MODE: self.mode, TAG_CODE: self.code_version})
+            TAG_KIND: KIND_SWEEP, TAG_SWEEP: self.sweep, TAG_MODE: self.mode, **self.provenance})
         # Another invocation may have created one at the same time: the oldest wins, ours goes.
         # (SQLite: we hold the database's lock, nobody else can have.)
         if sqlite_path(self.tracking_uri) is None:
@@ -159,14 +203,15 @@ class SweepTracker(Claims):
                 children[trial_hash] = ChildRun(run.info.run_id, int(tags.get(TAG_LOGGED_STEP, -1)),
                                                 tags.get(TAG_OUTCOME), n_params=len(run.data.params),
                                                 owner=tags.get(TAG_OWNER, ""),
-                                                heartbeat_ms=int(tags.get(TAG_HEARTBEAT) or 0))
+                                                heartbeat_ms=int(tags.get(TAG_HEARTBEAT) or 0),
+                                                status=run.info.status)
         return children
 
     def _identity_tags(self, trial) -> dict[str, str]:
         return {TAG_PARENT: self.parent_id, TAG_KIND: KIND_TRIAL, TAG_HASH: trial.hash,
                 TAG_IDENTITY: str(IDENTITY_VERSION), TAG_SWEEP: self.sweep,
-                TAG_CODE: self.code_version, TAG_MODE: self.mode, TAG_LABEL: trial.label,
-                **({TAG_FROM_STUDY: self.from_study} if self.from_study else {})}
+                TAG_MODE: self.mode, TAG_LABEL: trial.label, TAG_NOTE: trial_note(trial, self.sweep),
+                **({TAG_FROM_STUDY: self.from_study} if self.from_study else {}), **self.provenance}
 
     def refresh(self) -> None:
         """Re-read the children (Tune works on a copy of the callback, hence of this tracker)."""
@@ -178,13 +223,21 @@ class SweepTracker(Claims):
 
     # --- trial runs ---
     def start_child(self, trial, n_params: int | None) -> ChildRun:
-        """Create or re-open the run of `trial`; params and CONFIG_ARTIFACT are written once."""
+        """Training of `trial` begins: create its run, or move the run its claim made (SCHEDULED)
+        to RUNNING; params and CONFIG_ARTIFACT are written once.
+
+        MLflow cannot move a run's start time (UpdateRun sets status, end time and name only), so
+        a run made by the claim keeps the claim's time as its start: the UI's Duration then
+        counts the time queued too. TAG_TRAINING_STARTED records when training began; the
+        training time itself is the trial's `wall_time_s` metric (docs/running.md)."""
         child = self.children.get(trial.hash)
         if child is not None:
-            self.client.update_run(child.run_id, status="RUNNING")
+            self.mark_running(child)
         else:
             # One call creates the run with the tags that identify it: no half-identified runs.
-            run = self.client.create_run(self.experiment_id, run_name=trial.label, tags=self._identity_tags(trial))
+            now = int(time.time() * 1000)
+            run = self.client.create_run(self.experiment_id, run_name=trial.label, start_time=now,
+                                         tags={**self._identity_tags(trial), TAG_TRAINING_STARTED: str(now)})
             child = self.children[trial.hash] = ChildRun(run.info.run_id)
         params = flat_params(trial.config)
         params["parametrization"] = parametrization_label(trial.config)
@@ -196,6 +249,12 @@ class SweepTracker(Claims):
             child.n_params = len(params)
         return child
 
+    def mark_running(self, child: ChildRun) -> None:
+        """The trial's training (re)starts: RUNNING, with this invocation's provenance."""
+        self.client.update_run(child.run_id, status="RUNNING")
+        self.set_tags(child.run_id, {**self.provenance, TAG_TRAINING_STARTED: str(int(time.time() * 1000))})
+        child.status = "RUNNING"
+
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
         items = [Param(k, v) for k, v in sorted(params.items())]
         for part in chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
@@ -203,6 +262,20 @@ class SweepTracker(Claims):
 
     def log_text(self, run_id: str, text: str, name: str) -> None:
         self.client.log_text(run_id, text, name)
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        items = [RunTag(k, str(v)[:MAX_TAG_CHARS]) for k, v in sorted(tags.items())]
+        for part in chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(run_id, tags=part, synchronous=True)
+
+    def log_changed_metrics(self, run_id: str, values: dict[str, float]) -> None:
+        """Log the values that differ from the run's latest ones (at step 0): re-running a
+        finished sweep adds no rows to the metric histories."""
+        current = self.client.get_run(run_id).data.metrics
+        now = int(time.time() * 1000)
+        changed = [Metric(k, float(v), now, 0) for k, v in sorted(values.items()) if current.get(k) != float(v)]
+        for part in chunks(changed, MAX_METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=part, synchronous=True)
 
     def log_report(self, child: ChildRun, report: dict, timestamp_ms: int) -> bool:
         """Write one trainer report at its step; False when that step is already in MLflow."""
@@ -243,11 +316,35 @@ class SweepTracker(Claims):
             flops = sum(r.data.metrics.get("flops", 0.0) for r in runs
                         if math.isfinite(r.data.metrics.get("flops", 0.0)))
             cost = {"tuning_trials": float(len(runs)), "tuning_flops": float(flops)}
-            now = int(time.time() * 1000)
-            self.client.log_batch(self.parent_id, metrics=[Metric(k, v, now, 0) for k, v in cost.items()],
-                                  synchronous=True)
+            self.log_changed_metrics(self.parent_id, cost)
         self.client.set_terminated(self.parent_id, "FINISHED")
         return cost
+
+    def record_answer(self, spec, rows: list[dict]) -> list[str]:
+        """The sweep's answer on its parent run (sweep_answer.py): the sweep file, the results
+        table `rows` (results_table.py) as an MLflow table, the best final val loss overall and
+        per parametrization × width, the sweep's settings as params. Every `scalelab run`
+        rewrites the artifacts and logs only metrics that changed. MLflow params cannot change:
+        returns the names of those whose value in the sweep file differs from the recorded one."""
+        run_id = self.parent_id
+        if os.path.isfile(spec.source):
+            self.log_text(run_id, Path(spec.source).read_text(encoding="utf-8"), SWEEP_ARTIFACT)
+        self.log_text(run_id, json.dumps(sweep_answer.table(rows)), RESULTS_TABLE_ARTIFACT)
+        run = self.client.get_run(run_id)
+        shown = json.loads(run.data.tags.get(TAG_LOGGED_ARTIFACTS) or "[]")
+        tags = {TAG_OPTUNA_STUDY: spec.search.study_name if spec.search else None, TAG_NOTE: spec.description}
+        entry = {"path": RESULTS_TABLE_ARTIFACT, "type": "table"}  # what makes the UI show it as a table
+        if entry not in shown:
+            tags[TAG_LOGGED_ARTIFACTS] = json.dumps([*shown, entry])
+        best = sweep_answer.best_row(rows)
+        if best is not None:
+            tags.update({TAG_BEST_TRIAL: best["label"], TAG_BEST_RUN: best["run_id"]})
+        self.set_tags(run_id, {k: v for k, v in tags.items() if v})
+        self.log_changed_metrics(run_id, sweep_answer.best_metrics(rows))
+        params = sweep_answer.sweep_params(spec)
+        recorded = run.data.params
+        self.log_params(run_id, {k: v for k, v in params.items() if k not in recorded})
+        return sorted(k for k, v in params.items() if k in recorded and recorded[k] != v)
 
 
 def artifact_location_for(tracking_uri: str) -> str | None:

@@ -22,7 +22,8 @@ from trainer.config import UserError
 
 from .claims import Heartbeat
 from .faults import FAULT_ENV, check_faults
-from .layout import DONE_OUTCOMES, OUTCOME_FAILED, OUTCOMES, TAG_ERROR, TAG_HASH, TAG_LABEL, TAG_OUTCOME
+from .layout import (DONE_OUTCOMES, OUTCOME_FAILED, OUTCOMES, SWEEP_ARTIFACT, TAG_ERROR, TAG_HASH, TAG_LABEL,
+                     TAG_OUTCOME)
 from .links import browse_hint, print_study_hint
 from .locations import Locations
 from .outbox import RUN_HTTP_ENV, Outbox, grace_seconds, outage_message
@@ -156,11 +157,16 @@ def _run_sweep(spec, opts: RunOptions) -> SweepSummary:
             outbox.close()
         summary.ran = mode.to_run
         tracker.refresh()
+    rows = sweep_rows(where.tracking_uri, spec)
+    stale = tracker.record_answer(spec, rows)  # the parent run shows the answer (sweep_answer.py)
+    if stale:
+        print(f"[{spec.name}] note: the parent run keeps its first value of param(s) {', '.join(stale)} (MLflow "
+              f"params cannot change); its {SWEEP_ARTIFACT} artifact is the file as run now", file=opts.out, flush=True)
     if not tracker.others_active():  # else the run still at work closes the parent (and logs the cost)
         summary.tuning_cost = tracker.finish_parent()
     _fill_outcomes(summary, mode, tracker)
     print(summary.text(), file=opts.out, flush=True)
-    print(format_rows(sweep_rows(where.tracking_uri, spec), limit=END_OF_RUN_ROWS), file=opts.out, flush=True)
+    print(format_rows(rows, limit=END_OF_RUN_ROWS), file=opts.out, flush=True)
     print(f"  browse: {browse_hint(where.tracking_uri)} (experiment {spec.experiment!r})", file=opts.out, flush=True)
     print_study_hint(where.study_url, opts.out)
     return summary

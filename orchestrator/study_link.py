@@ -1,11 +1,13 @@
 """Optuna trial -> MLflow run: the user attribute `mlflow_run_id` (RUN_ID_ATTR) on each trial of a
 search sweep's study, so optuna-dashboard shows which MLflow run a trial is. Written here only,
-through Optuna's public storage API."""
+through Optuna's public storage API. The other way, each MLflow trial run gets the study's name
+and the trial's number as tags (TAG_OPTUNA_STUDY, TAG_OPTUNA_TRIAL)."""
 from __future__ import annotations
 
 from optuna.trial import TrialState
 from ray import tune
 
+from .layout import TAG_OPTUNA_STUDY, TAG_OPTUNA_TRIAL
 from .search import open_storage
 from .uri_auth import redact_text
 
@@ -21,24 +23,24 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def link_trial_to_run(storage, study_name: str, params: dict, run_id: str) -> bool:
+def link_trial_to_run(storage, study_name: str, params: dict, run_id: str) -> int | None:
     """Set RUN_ID_ATTR to `run_id` on the study's RUNNING trial whose params are `params` (a
-    finished Optuna trial can no longer be changed); False when there is none."""
+    finished Optuna trial can no longer be changed); that trial's number, None when there is none."""
     study_id = storage.get_study_id_from_name(study_name)
     for trial in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
         if trial.params and all(_same(params.get(k), v) for k, v in trial.params.items()):
             if trial.user_attrs.get(RUN_ID_ATTR) != run_id:
                 trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
                 storage.set_trial_user_attr(trial_id, RUN_ID_ATTR, run_id)
-            return True
-    return False
+            return trial.number
+    return None
 
 
 class StudyRunLinker(tune.Callback):
     """Driver-side, after the MLflow tracking callback (it creates the child run on trial start):
     links the study's RUNNING trial whose params are this Tune trial's sampled values to the
-    trial's MLflow run, on start. Matching by params, not by the searcher's objects: Tune may
-    work on copies of them."""
+    trial's MLflow run, and tags the run with the study and trial number, on start. Matching by
+    params, not by the searcher's objects: Tune may work on copies of them."""
 
     def __init__(self, study_url: str, study_name: str, tracking):
         self.study_url, self.study_name, self.tracking = study_url, study_name, tracking
@@ -59,7 +61,9 @@ class StudyRunLinker(tune.Callback):
         try:
             if self._storage is None:
                 self._storage = open_storage(self.study_url)
-            link_trial_to_run(self._storage, self.study_name, config, rec.child.run_id)
+            number = link_trial_to_run(self._storage, self.study_name, config, rec.child.run_id)
+            if number is not None:
+                self.tracking.tag_run(rec, {TAG_OPTUNA_STUDY: self.study_name, TAG_OPTUNA_TRIAL: str(number)})
         except Exception as err:  # noqa: BLE001 - a missing link must not stop the sweep
             print(f"note: could not link Optuna trial to MLflow run {rec.child.run_id}: "
                   f"{redact_text(str(err), self.study_url)}")

@@ -96,6 +96,11 @@ class MlflowTrackingCallback(tune.Callback):
         exists): other callbacks that need a run id go through here, in the outbox's order."""
         self._send(fn)
 
+    def tag_run(self, rec: TrialRecord, tags: dict[str, str]) -> None:
+        """Tag the trial's run now (the caller runs in the outbox's order: after_writes)."""
+        if rec.child is not None and not rec.taken_by:
+            self.tracker.set_tags(rec.child.run_id, tags)
+
     def records_of(self, tune_trial) -> list[TrialRecord]:
         recs = self.records.get(tune_trial.trial_id)
         if recs is None:
@@ -124,7 +129,7 @@ class MlflowTrackingCallback(tune.Callback):
         for rec in self.records_of(trial):
             rec.attempts += 1
             if rec.tracked and rec.attempts > 1 and not rec.ended:
-                self._send_for(rec, lambda rec=rec: self.tracker.client.update_run(rec.child.run_id, status="RUNNING"))
+                self._send_for(rec, lambda rec=rec: self.tracker.mark_running(rec.child))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         payload = result.get(REPORT_KEY) or {}

@@ -2,6 +2,7 @@
 started here on 127.0.0.1 (fixtures in conftest.py), plus the refusals that need no cluster."""
 from __future__ import annotations
 
+import subprocess
 import time
 
 import pytest
@@ -79,8 +80,33 @@ def test_submit_runs_the_sweep_on_a_real_cluster(ray_head, mlflow_server, tmp_pa
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert run.data.tags["scalelab.outcome"] == "finished"
         assert run.data.tags["scalelab.code_version"] == "test-cluster-version"
+        assert run.data.tags["scalelab.ray_job_id"] == job_id  # the run names its Ray Job
+        assert len(run.data.tags["mlflow.source.git.commit"]) == 40  # the submitting checkout's commit
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [10, 20]
         names = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert names == {"config.yaml", "multipliers.csv"}
+    assert {"sweep.yaml", "results_table.json"} <= {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert jobs.job_status(ray_head, job_id + "-check") == "SUCCEEDED"  # submit checked the cluster's Python first
     # checkpoints went to the storage we named, keyed by experiment and trial hash
     assert len(list((tmp_path / "cluster-store" / "trials" / "on-cluster").glob("*/reports.jsonl"))) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # its Ray head may take up to 600 s to be ready under load
+def test_the_import_check_fails_on_a_python_without_the_project(ray_head, tmp_path):
+    """The check job of `scalelab submit`, run by the cluster: the system Python (no Ray, MLflow or
+    torch installed) cannot import the project and is named with the fix; the cluster's own passes."""
+    import shutil
+
+    system_python = shutil.which("python3", path="/usr/bin")
+    bare = system_python and subprocess.run([system_python, "-c", "import mlflow"], capture_output=True).returncode
+    if not bare:
+        pytest.skip("needs a system Python without the project's dependencies")
+    env = jobs.runtime_env(tmp_path)  # the project's packages travel as py_modules
+    jobs_client = jobs.client(ray_head)
+    with pytest.raises(jobs.UserError) as err:
+        jobs.check_cluster_python(jobs_client, "bare", env, ray_head, python=system_python)
+    message = str(err.value)
+    assert message.startswith("the cluster's Python cannot import the project (ModuleNotFoundError: No module named")
+    assert "install the project on every node" in message and "Traceback" not in message
+    jobs.check_cluster_python(jobs_client, "installed", env, ray_head)  # the cluster's own Python: passes

@@ -77,10 +77,38 @@ def test_sweep_writes_parent_children_params_metrics_artifacts(grid_run, shared_
     assert sum(line.startswith("*") for line in table) == 2
 
 
+def test_parent_run_carries_the_answer_and_trial_runs_their_provenance(grid_run, shared_tracking_uri):
+    """What the MLflow UI shows of a sweep: the parent's settings, sweep file, results table and
+    best losses; each trial's description, code commit and lifecycle (ended FINISHED)."""
+    spec, _, _, output = grid_run
+    client, parents, children = sweep_runs(shared_tracking_uri, "grid-basic")
+    parent = parents[0]
+    params, metrics, tags = parent.data.params, parent.data.metrics, parent.data.tags
+    assert params["grid.lr"] == "1e-3,3e-3" and params["zip.scheme"] == "sp,mup" and params["mode"] == "grid"
+    assert params["steps"] == str(spec.base["steps"])
+    sweep_file = Path(client.download_artifacts(parent.info.run_id, "sweep.yaml"))
+    assert sweep_file.read_text() == Path(spec.source).read_text()
+    table = json.loads(Path(client.download_artifacts(parent.info.run_id, "results_table.json")).read_text())
+    assert len(table["data"]) == 4 and table["columns"][:2] == ["best", "label"]
+    assert {"path": "results_table.json", "type": "table"} in json.loads(tags["mlflow.loggedArtifacts"])
+    finals = {r.data.tags["scalelab.label"]: r.data.metrics["final_val_loss"] for r in children}
+    assert metrics["best_final_val_loss"] == pytest.approx(min(finals.values()))
+    groups = {k for k in metrics if k.startswith("best_final_val_loss/")}
+    assert groups == {"best_final_val_loss/sp/d32", "best_final_val_loss/mup_vector/d32"}
+    assert tags["scalelab.best_trial"] == min(finals, key=finals.get)
+    for run in children:
+        t = run.data.tags
+        assert t["mlflow.note.content"] == f"{t['scalelab.label']} — sweep grid-basic"
+        assert len(t["mlflow.source.git.commit"]) == 40  # the tests run in a git checkout
+        assert int(t["scalelab.training_started"]) >= run.info.start_time
+        assert run.info.status == "FINISHED" and "scalelab.ray_job_id" not in t  # not a Ray Job
+
+
 def test_rerun_adds_no_runs(grid_run, shared_tracking_uri):
     spec, _, storage, _ = grid_run
-    client, _, before = sweep_runs(shared_tracking_uri, "grid-basic")
+    client, (parent,), before = sweep_runs(shared_tracking_uri, "grid-basic")
     lengths = {r.info.run_id: len(client.get_metric_history(r.info.run_id, "train_loss")) for r in before}
+    best_rows = {k: len(client.get_metric_history(parent.info.run_id, k)) for k in parent.data.metrics}
     out = io.StringIO()
     summary = run_sweep(load_sweep(spec.source), sweep_opts(shared_tracking_uri, storage, out))
     assert "4 already done, 0 to run" in out.getvalue()
@@ -89,6 +117,10 @@ def test_rerun_adds_no_runs(grid_run, shared_tracking_uri):
     assert len(parents) == 1
     assert sorted(r.info.run_id for r in after) == sorted(lengths)
     assert {r.info.run_id: len(client.get_metric_history(r.info.run_id, "train_loss")) for r in after} == lengths
+    # the parent's answer is refreshed, not duplicated
+    assert {k: len(client.get_metric_history(parent.info.run_id, k)) for k in best_rows} == best_rows
+    table = json.loads(Path(client.download_artifacts(parent.info.run_id, "results_table.json")).read_text())
+    assert len(table["data"]) == 4
 
 
 def test_injected_crash_is_retried_and_exhausted_retries_fail(ray_local, shared_tracking_uri, tmp_path,

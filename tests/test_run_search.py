@@ -53,6 +53,14 @@ def test_search_uses_persistent_study_and_reruns_complete_only_what_is_owed(stor
     # Optuna was told each trial's final_val_loss
     assert sorted(t.value for t in study_trials) == pytest.approx(sorted(values.values()))
     assert parents[0].data.metrics["tuning_trials"] == 3
+    # two-way links: the Optuna trial names its run, the run names the study and trial number
+    number_of = {t.user_attrs["mlflow_run_id"]: t.number for t in study_trials}
+    assert {r.info.run_id: (r.data.tags["scalelab.optuna_study"], int(r.data.tags["scalelab.optuna_trial"]))
+            for r in runs} == {run_id: ("lr-study", n) for run_id, n in number_of.items()}
+    parent = parents[0].data
+    assert parent.params["search.lr"] and parent.params["mode"] == "search"
+    assert parent.tags["scalelab.optuna_study"] == "lr-study"
+    assert parent.metrics["best_final_val_loss"] == pytest.approx(min(values.values()))
     assert parents[0].data.metrics["tuning_flops"] == pytest.approx(sum(r.data.metrics["flops"] for r in runs))
 
     # same file again: nothing owed, nothing run

@@ -1,6 +1,7 @@
 """orchestrator/study_link.py without Ray running: the Optuna trial whose params are a Tune
-trial's sampled values gets the MLflow child run's id; a trial that matches nothing is left
-alone and a failure to link is a note, not an error. (The real search sweep: test_browse_ui.)"""
+trial's sampled values gets the MLflow child run's id, and the run gets the study and trial
+number; a trial that matches nothing is left alone and a failure to link is a note, not an
+error. (The real search sweep: test_browse_ui.)"""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -17,9 +18,13 @@ class FakeTracking:
 
     def __init__(self, records: dict):
         self.records = records
+        self.tags: dict[str, dict] = {}   # run id -> tags written through tag_run
 
     def after_writes(self, fn):
         fn()
+
+    def tag_run(self, rec, tags: dict):
+        self.tags[rec.child.run_id] = tags
 
 
 def record(run_id: str | None):
@@ -45,6 +50,7 @@ def test_the_running_trial_with_the_sampled_values_gets_the_child_run_id(tmp_pat
     linker.on_trial_start(0, [], SimpleNamespace(trial_id="tune-3", config={"lr": 0.01}))  # no record
     attrs = {t.params["lr"]: t.user_attrs for t in optuna.load_study(study_name="link", storage=storage).trials}
     assert attrs == {0.002: {"mlflow_run_id": "run-b"}, 0.01: {}}
+    assert tracking.tags == {"run-b": {"scalelab.optuna_study": "link", "scalelab.optuna_trial": "1"}}
 
 
 def test_a_sample_that_matches_no_trial_is_left_alone_and_a_broken_store_is_a_note(tmp_path, capsys):
