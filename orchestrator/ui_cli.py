@@ -81,9 +81,9 @@ def swept_params(runs: list) -> list[str]:
 def loss_view(swept: list[str]) -> dict:
     """The run list of the answer: the trials (not their parent), best loss first, with the loss,
     the outcome and the swept params as columns."""
-    return {"searchFilter": trials_filter(), "orderByKey": column("metrics", LOSS), "orderByAsc": True,
-            "selectedColumns": [column("metrics", LOSS), column("tags", TAG_OUTCOME)]
-                               + [column("params", p) for p in swept]}
+    loss, outcome = column("metrics", LOSS), column("tags", TAG_OUTCOME)
+    return {"searchFilter": trials_filter(), "orderByKey": loss, "orderByAsc": True,
+            "selectedColumns": [loss, outcome] + [column("params", p) for p in swept]}
 
 
 def loss_view_path(uri: str, experiment: str) -> str:

@@ -134,14 +134,18 @@ CLOSE_ASSISTANT = 'button[data-component-id="mlflow.assistant.chat_panel.close"]
 SHOT_SIZE = {"width": 1280, "height": 800}
 
 
-def save_shot(page, name: str) -> None:
-    """docs/ui/<name>.png at SHOT_SIZE, without the assistant panel, when SCALELAB_UI_SHOTS=1."""
+def save_shot(page, name: str, arrange=None) -> None:
+    """docs/ui/<name>.png at SHOT_SIZE, without the assistant panel, when SCALELAB_UI_SHOTS=1;
+    `arrange()` runs once the page has that size (e.g. to scroll)."""
     if not os.environ.get("SCALELAB_UI_SHOTS"):
         return
     page.set_viewport_size(SHOT_SIZE)
     if page.locator(CLOSE_ASSISTANT).count():
         page.locator(CLOSE_ASSISTANT).first.click()
     page.wait_for_timeout(1500)  # let the layout settle for the picture
+    if arrange:
+        arrange()
+        page.wait_for_timeout(500)
     out = REPO / "docs" / "ui" / f"{name}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(out))
@@ -203,7 +207,9 @@ def test_the_parent_shows_the_report_with_its_figures(browsed_sweep, browser):
         figure.scroll_into_view_if_needed()
         widths = report.locator("img").evaluate_all("imgs => imgs.map(i => i.complete ? i.naturalWidth : -1)")
         assert widths and all(w > 0 for w in widths), f"figures not loaded (naturalWidth per <img>: {widths})"
-        save_shot(page, "report")
+        # the picture: the report scrolled to its first figure, a little of the text above it in view
+        save_shot(page, "report", lambda: figure.evaluate(
+            "img => img.ownerDocument.defaultView.scrollBy(0, img.getBoundingClientRect().top - 140)"))
     with browser.check("parent-report-files") as page:
         page.get_by_text("figures", exact=True).first.click()
         page.get_by_text("training_curves.png", exact=True).first.wait_for()
