@@ -83,7 +83,10 @@ def loss_view(swept: list[str]) -> dict:
     the outcome and the swept params as columns."""
     loss, outcome = column("metrics", LOSS), column("tags", TAG_OUTCOME)
     return {"searchFilter": trials_filter(), "orderByKey": loss, "orderByAsc": True,
-            "selectedColumns": [loss, outcome] + [column("params", p) for p in swept]}
+            "selectedColumns": [loss, outcome] + [column("params", p) for p in swept],
+            # widths apply to the columns the order names: the loss after the run's name, wide enough for its digits
+            "columnOrder": [column("attributes", "Run Name"), loss, outcome],
+            "columnWidths": {loss: 150, outcome: 150}}
 
 
 def loss_view_path(uri: str, experiment: str) -> str:

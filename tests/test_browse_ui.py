@@ -270,17 +270,18 @@ def test_comparing_the_lr_curves_of_one_width(browsed_sweep, browser):
 
 @pytest.mark.slow  # an MLflow server, started by `scalelab ui`
 def test_scalelab_ui_serves_the_local_store(tmp_path):
-    """`scalelab ui` started as a process: prints its URL, serves the UI and this store's
-    experiments on 127.0.0.1, stops when its process group is ended."""
+    """`scalelab ui EXPERIMENT` started as a process: prints the link of the experiment's loss
+    view, serves the UI and this store's experiments on 127.0.0.1, stops when its process group
+    is ended."""
     uri = "sqlite:///" + str(tmp_path / "mlflow.db")
-    MlflowClient(tracking_uri=uri).create_experiment("seen-in-ui")
+    exp = MlflowClient(tracking_uri=uri).create_experiment("seen-in-ui")
     port = free_port()
     log = tmp_path / "ui.log"
-    proc = start_scalelab(["ui", "--tracking-uri", uri, "--port", str(port)], tmp_path, log)
+    proc = start_scalelab(["ui", "seen-in-ui", "--tracking-uri", uri, "--port", str(port)], tmp_path, log)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url + "/health", MlflowServer.READY_S, proc, log)
-        assert f"MLflow UI: {url}" in log.read_text()
+        assert f"MLflow UI: {url}/#/experiments/{exp}/runs?viewStateShareKey={VIEW_KEY}  (runs from" in log.read_text()
         with urllib.request.urlopen(url + "/", timeout=10) as page:
             assert "<title>MLflow</title>" in page.read().decode()
         api = url + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=seen-in-ui"
@@ -320,7 +321,9 @@ def test_scalelab_ui_saves_the_loss_view_on_the_experiment(tmp_path):
     view = json.loads(MlflowClient(tracking_uri=uri).get_experiment(exp).tags[SHARED_VIEW_TAG + VIEW_KEY])
     assert view == {"searchFilter": "tags.`scalelab.kind` = 'trial'", "orderByKey": "metrics.`final_val_loss`",
                     "orderByAsc": True, "selectedColumns": ["metrics.`final_val_loss`", "tags.`scalelab.outcome`",
-                                                            "params.`lr`"]}
+                                                            "params.`lr`"],
+                    "columnOrder": ["attributes.`Run Name`", "metrics.`final_val_loss`", "tags.`scalelab.outcome`"],
+                    "columnWidths": {"metrics.`final_val_loss`": 150, "tags.`scalelab.outcome`": 150}}
     with pytest.raises(UserError, match="no experiment 'nope' .* experiments there: Default, seen-in-ui"):
         loss_view_path(uri, "nope")
 
