@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from datetime import datetime, timezone
 
 from orchestrator.layout import KIND_SWEEP, TAG_KIND, resolve_tracking_uri, tracking_uri_help
 from orchestrator.locations import safe_component
@@ -14,11 +15,15 @@ from trainer.paths import writable_dir, writable_file
 
 from .options import FitOptions
 
+REPORT_ARTIFACT = "report"   # a parent run's artifact folder of reports: report/<report id>/
+
 REPORT_HELP = """\
 Fit and plot a sweep: hyperparameter transfer (optima, γ, drift, LR sensitivity), learned
-multipliers vs width, equilibrium norms, scaling laws, tuning cost, coordinate check. Writes
-OUT/report.md, OUT/summary.json (every number and interval) and OUT/figures/*.png|svg, and
-attaches them to the sweep's parent run in MLflow (artifact folder 'report').
+multipliers vs width, equilibrium norms, scaling laws, tuning cost, coordinate check. Each
+report gets its own folder OUT/<report id> (the UTC time it was made, e.g. 20250101-120000):
+report.html (figures embedded), report.md, summary.json (every number and interval) and
+figures/*.png|svg. The folder is attached to the sweep's parent run in MLflow as the artifact
+folder report/<report id>; reporting again adds a new folder and changes no earlier one.
 
 SOURCE is one or more MLflow experiment names, or one snapshot file written by
 `scalelab export` (then MLflow is not needed and nothing is attached)."""
@@ -32,7 +37,8 @@ def register(subparsers) -> None:
     report = subparsers.add_parser("report", help="fits, figures and report.md of a sweep",
                                    description=REPORT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     report.add_argument("source", nargs="+", metavar="EXPERIMENT_OR_PARQUET")
-    report.add_argument("--out", help="output directory (default reports/<experiment>)")
+    report.add_argument("--out", help="folder of the reports; each report writes OUT/<report id>/ (default "
+                        "reports/<experiment>)")
     _tracking(report)
     default = FitOptions()   # the defaults are FitOptions'; %(default)s shows them in --help
     report.add_argument("--hp", default=default.hp, help="swept hyperparameter of the transfer fit (default "
@@ -124,14 +130,28 @@ def run_report(args) -> int:
         uri = resolve_tracking_uri(args.tracking_uri)
         tables = Tables.from_mlflow(args.source, uri, history=not args.no_history, progress=say)
         name = "+".join(args.source)
+    sweeps = tables.meta.get("sweeps", []) if uri and not args.no_attach else []
     out = args.out or os.path.join("reports", safe_component(name))
-    build_report(tables, out, options, progress=say)
+    report_id = new_report_id(out, attached_report_ids(uri, sweeps) if sweeps else set())
+    folder = os.path.join(out, report_id)
+    build_report(tables, folder, options, progress=say)
     if uri and not args.no_attach:
-        attach_report(uri, tables.meta.get("sweeps", []), out, say)
+        attach_report(uri, sweeps, folder, report_id, say)
     elif snapshots:
         say("built from a snapshot: not attached to MLflow")
-    print(os.path.join(out, "report.md"))
+    print(os.path.join(folder, "report.html"))
     return 0
+
+
+def new_report_id(out: str, taken: set[str] = frozenset(), now: datetime | None = None) -> str:
+    """The UTC time, to the second (20250101-120000), with -2, -3, ... when that name is already
+    a folder under `out` or among the parent runs' reports (`taken`): a report never reuses a folder."""
+    base = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
+    candidate, n = base, 1
+    while candidate in taken or os.path.exists(os.path.join(out, candidate)):
+        n += 1
+        candidate = f"{base}-{n}"
+    return candidate
 
 
 def _options(args) -> FitOptions:
@@ -147,17 +167,27 @@ def _options(args) -> FitOptions:
                       reference=args.reference)
 
 
-def attach_report(tracking_uri: str, sweeps: list[dict], out_dir: str, say) -> list[str]:
-    """Log the report directory to each sweep's parent run (artifact folder 'report')."""
+def attached_report_ids(tracking_uri: str, sweeps: list[dict]) -> set[str]:
+    """The report ids already attached to these parent runs (the folders under REPORT_ARTIFACT)."""
+    from mlflow import MlflowClient  # seconds to import; only when a report is attached
+
+    client = MlflowClient(tracking_uri)
+    return {os.path.basename(f.path) for s in sweeps for f in client.list_artifacts(s["run_id"], REPORT_ARTIFACT)
+            if f.is_dir}
+
+
+def attach_report(tracking_uri: str, sweeps: list[dict], folder: str, report_id: str, say) -> list[str]:
+    """Log one report's folder to each sweep's parent run, as REPORT_ARTIFACT/<report id>."""
     from mlflow import MlflowClient  # seconds to import; only when a report is attached
 
     if not sweeps:
         say(f"no sweep parent run (tag {TAG_KIND}={KIND_SWEEP}) in these experiments: report not attached")
         return []
     client = MlflowClient(tracking_uri)
+    path = f"{REPORT_ARTIFACT}/{report_id}"
     for sweep in sweeps:
-        client.log_artifacts(sweep["run_id"], out_dir, artifact_path="report")
-        say(f"attached to parent run {sweep['run_id']} (sweep {sweep.get('sweep')}, artifacts/report)")
+        client.log_artifacts(sweep["run_id"], folder, artifact_path=path)
+        say(f"attached to parent run {sweep['run_id']} (sweep {sweep.get('sweep')}, artifacts/{path}/report.html)")
     return [s["run_id"] for s in sweeps]
 
 

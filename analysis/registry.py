@@ -23,7 +23,7 @@ from .norms import NormsResult, fit_norms
 from .results import Result
 from .scaling import ScalingResult, fit_scaling
 from .transfer import TransferResult, fit_transfer
-from .tuning import TuningResult, tuning_cost
+from .tuning import SearchResult, TuningResult, has_search_runs, search_samples, tuning_cost
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -87,11 +87,13 @@ TUNING = Analysis("tuning", TuningResult, section=report_md.tuning_section,
 LADDER = Analysis("ladder", LadderResult, section=report_md.ladder_section,
                   fit=lambda t, o: fit_ladder(t.trials, size=o.size, loss=o.loss, level=o.level),
                   applies=lambda t, o: ladder_applies(t.trials))
+SEARCH = Analysis("search", SearchResult, section=report_md.search_section,
+                  fit=lambda t, o: search_samples(t.trials, loss=o.loss), applies=lambda t, o: has_search_runs(t.trials))
 COORD_CHECK = Analysis(
     "coord_check", CoordCheckResult, section=report_md.coord_check_section,
     fit=lambda t, o: coord_check(t.trials, t.history, size=o.size, hp=o.hp, max_steps=o.coord_steps, level=o.level))
 
-ANALYSES = (COMPARISON, TRANSFER, TRANSFER_DEPTH, MULTIPLIERS, NORMS, FREEDOM, SCALING, TUNING, LADDER, COORD_CHECK)
+ANALYSES = (COMPARISON, TRANSFER, TRANSFER_DEPTH, MULTIPLIERS, NORMS, FREEDOM, SCALING, TUNING, SEARCH, LADDER, COORD_CHECK)
 
 FIGURES = (
     FigureSpec("loss_vs_hp", "Loss vs the swept hyperparameter per width, fitted optima marked", TRANSFER,

@@ -1,7 +1,8 @@
 """Build a report directory from `Tables`: every fit (summary.json), every figure that has
-data (figures/*.png and *.svg) and a readable report.md that puts the parametrizations side by
-side. summary.json is written right after the fits and again after the figures, so a crash
-while drawing loses nothing that was computed. Figures and report.md read the typed results; the
+data (figures/*.png and *.svg), a readable report.md that puts the parametrizations side by
+side, and report.html: the same page with its figures embedded (what MLflow's artifact view shows).
+summary.json is written right after the fits and again after the figures, so a crash while
+drawing loses nothing that was computed. Figures and report.md read the typed results; the
 returned summary is summary.json's content (every result as its `to_dict()`)."""
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from . import frames, report_md
+from . import frames, report_html, report_md
 from .fits import run_fits
 from .options import FitOptions
 from .plots import SkipFigure, save
@@ -40,8 +41,11 @@ def build_report(tables: Tables, out_dir: str | os.PathLike, options: FitOptions
     _draw(summary, tables, out / "figures", say)
     say("writing summary.json and report.md")
     _write(out / "summary.json", json.dumps(_json(summary), indent=1, allow_nan=False))
-    _write(out / "report.md", render(summary))
-    say(f"report written to {out}: report.md, summary.json, {len(summary['figures'])} figure(s)")
+    markdown = render(summary)
+    _write(out / "report.md", markdown)
+    title = f"scalelab report: {', '.join(summary['experiments']) or 'snapshot'}"
+    _write(out / "report.html", report_html.to_html(markdown, out, title))
+    say(f"report written to {out}: report.html, report.md, summary.json, {len(summary['figures'])} figure(s)")
     return _json(summary)
 
 

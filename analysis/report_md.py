@@ -17,7 +17,7 @@ from .norms import NormsResult
 from .scaling import ScalingResult
 from .stats import LogLogFit
 from .transfer import TransferCurve, TransferResult
-from .tuning import TuningResult
+from .tuning import SearchResult, TuningResult
 
 
 # ---- formatting ---------------------------------------------------------------------------
@@ -273,6 +273,21 @@ def ladder_section(la: LadderResult, s: dict) -> str:
                             for u in la.untuned]))
     parts.append(_figure(s, "tuning_ladder"))
     return "\n\n".join(parts)
+
+
+def search_section(se: SearchResult, s: dict) -> str:
+    out = ["## Search samples",
+           f"Every sample of each search sweep: its searched parameters, outcome and {se.loss}, best first "
+           "(diverged and failed samples last, without a loss)."]
+    for sw in se.sweeps:
+        best = sw.best
+        best_text = ("Best: " + ", ".join(f"{k} = {num(v)}" for k, v in best.params.items())
+                     + f" ({se.loss} {num(best.loss)}, {best.label or 'unlabelled'})") if best else "No finished sample."
+        rows = [[x.label or "—", *(num(x.params.get(k)) for k in sw.searched), x.outcome, num(x.loss)]
+                for x in sw.samples]
+        out += [f"### {sw.sweep or 'search'} ({len(sw.samples)} samples)", f"**{best_text}**",
+                table(["sample", *sw.searched, "outcome", se.loss], rows)]
+    return "\n\n".join(out)
 
 
 def coord_check_section(cc: CoordCheckResult, s: dict) -> str:

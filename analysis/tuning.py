@@ -5,6 +5,10 @@ mode), each per sweep, parametrization and width, runs in start order.
 Every run's compute counts (diverged and failed runs cost compute too, when their flops are
 known); a diverged run never improves the best-so-far loss. A curve is one realisation of a
 tuning process, so its numbers carry no interval.
+
+`search_samples` lists what a search sweep tried: per sweep, every sample's searched parameters
+(the config columns that vary between its runs), outcome and loss, best first, and the best
+finished sample.
 """
 from __future__ import annotations
 
@@ -107,3 +111,57 @@ def _match(curves: list[dict], size: str) -> None:
                 continue
             reached = [p.compute for p in curve["points"] if p.best_loss <= other["best_loss"]]
             curve["compute_to_match"][other["label"]] = reached[0] if reached else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchSample(Result):
+    label: str | None             # the trial's short name
+    params: dict[str, Any]        # the searched parameters' values
+    outcome: str
+    loss: float | None            # None unless finished with a finite loss
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchSweep(Result):
+    sweep: str | None
+    searched: list[str]           # the config columns that vary between the samples
+    samples: list[SearchSample]   # finished by loss (best first), then the others
+    best: SearchSample | None = optional()   # the finished sample with the lowest loss
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchResult(Result):
+    analysis: str = "search"
+    loss: str
+    treatment: dict[str, str]
+    sweeps: list[SearchSweep]
+    warnings: list[str]
+
+
+def has_search_runs(trials: pd.DataFrame) -> bool:
+    return "mode" in trials.columns and bool(trials["mode"].eq("search").any())
+
+
+def search_samples(trials: pd.DataFrame, *, loss: str = "final_val_loss") -> SearchResult:
+    frames.require_columns(trials, [loss, "outcome", "mode"], "the search-sweep samples")
+    runs = trials[trials["mode"].eq("search")]
+    if runs.empty:
+        raise UserError("the search-sweep samples need runs of a search sweep (mode: search)")
+    sweeps, warnings = [], []
+    keys = ["sweep"] if "sweep" in runs.columns else []
+    for group, sub in (frames.iter_groups(runs, keys) if keys else [({}, runs)]):
+        searched = [c for c in frames.config_columns(sub) if c != "parametrization"
+                    and sub[c].nunique(dropna=True) > 1]
+        if not searched:
+            warnings.append(f"search sweep {group.get('sweep')}: its samples do not differ in any parameter")
+        values = pd.to_numeric(sub[loss], errors="coerce")
+        scored = sub["outcome"].eq("finished") & np.isfinite(values)
+        order = sub.assign(_scored=~scored, _loss=values.where(scored)).sort_values(["_scored", "_loss"], kind="stable")
+        samples = [SearchSample(label=row.get("label"), params={c: row[c] for c in searched},
+                                outcome=str(row["outcome"]), loss=None if row["_scored"] else float(row["_loss"]))
+                   for _, row in order.iterrows()]
+        best = samples[0] if samples and samples[0].loss is not None else None
+        sweeps.append(SearchSweep(sweep=group.get("sweep"), searched=searched, samples=samples, best=best))
+    return SearchResult(loss=loss, sweeps=sweeps, warnings=warnings,
+                        treatment={"diverged": "listed without a loss, after the finished samples",
+                                   "failed": "listed without a loss, after the finished samples"})

@@ -164,19 +164,35 @@ def _cli(argv: list[str], monkeypatch) -> int:
 
 
 @pytest.mark.slow  # a full report with every figure
-def test_report_attaches_artifacts_to_the_parent_run(store, monkeypatch, tmp_path):
+def test_report_attaches_artifacts_to_the_parent_run(store, monkeypatch, tmp_path, capsys):
     out = tmp_path / "rep"
     code = _cli(["report", "quick-exp", "--tracking-uri", store["uri"], "--out", str(out), "--n-boot", "40"],
                 monkeypatch)
     assert code == 0
-    summary = json.loads((out / "summary.json").read_text())
+    (report_id,) = os.listdir(out)   # each report in its own folder: OUT/<report id>
+    printed = capsys.readouterr().out.strip()
+    assert printed == str(out / report_id / "report.html")
+    summary = json.loads((out / report_id / "summary.json").read_text())
     assert summary["n_trials"] == 2 * len(WIDTHS) * len(LRS) + 1
     assert "transfer" in summary["results"]
     client = MlflowClient(store["uri"])
-    attached = {f.path for f in client.list_artifacts(store["parent"], "report")}
-    assert {"report/report.md", "report/summary.json", "report/figures"} <= attached
-    figures = {f.path for f in client.list_artifacts(store["parent"], "report/figures")}
-    assert "report/figures/loss_vs_hp.png" in figures
+    folder = f"report/{report_id}"
+    attached = {f.path for f in client.list_artifacts(store["parent"], folder)}
+    assert {f"{folder}/report.html", f"{folder}/report.md", f"{folder}/summary.json", f"{folder}/figures"} <= attached
+    figures = {f.path for f in client.list_artifacts(store["parent"], f"{folder}/figures")}
+    assert f"{folder}/figures/loss_vs_hp.png" in figures
+
+    # again (--no-history: quicker): a new folder beside the first, locally and on the run; the first unchanged
+    first = {p.name: p.stat().st_mtime_ns for p in (out / report_id).rglob("*")}
+    assert _cli(["report", "quick-exp", "--tracking-uri", store["uri"], "--out", str(out), "--n-boot", "20",
+                 "--no-history"], monkeypatch) == 0
+    second = sorted(set(os.listdir(out)) - {report_id})
+    assert len(second) == 1 and second[0] != report_id
+    assert {p.name: p.stat().st_mtime_ns for p in (out / report_id).rglob("*")} == first
+    assert {os.path.basename(f.path) for f in client.list_artifacts(store["parent"], "report")} == {report_id, second[0]}
+    # the second report has no training curves (no histories): no stale figure stands beside it
+    assert not (out / second[0] / "figures" / "training_curves.png").exists()
+    assert (out / report_id / "figures" / "training_curves.png").exists()
 
 
 @pytest.mark.slow  # a full report with every figure
@@ -191,7 +207,8 @@ def test_export_then_report_offline(store, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     out = tmp_path / "offline"
     assert _cli(["report", str(snap), "--out", str(out), "--n-boot", "40"], monkeypatch) == 0
-    assert (out / "report.md").exists() and (out / "figures" / "loss_vs_hp.svg").exists()
+    (folder,) = out.iterdir()
+    assert (folder / "report.md").exists() and (folder / "figures" / "loss_vs_hp.svg").exists()
 
 
 def test_cli_errors_are_clean(store, monkeypatch, tmp_path, capsys):

@@ -30,7 +30,8 @@ def full_report(tmp_path_factory):
 def test_summary_json_holds_every_fit_as_strict_json(full_report):
     out, summary, _, _ = full_report
     data = json.loads((out / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
-    assert set(data["results"]) == {"comparison", "transfer", "multipliers", "norms", "scaling", "tuning", "coord_check"}
+    assert set(data["results"]) == {"comparison", "transfer", "multipliers", "norms", "scaling", "tuning", "search",
+                                    "coord_check"}
     # this world has no mis-set-multiplier sweep: tests/test_analysis_replication.py reports one
     assert set(data["skipped"]) == {"freedom"}
     # every fit says how it counted diverged and failed runs
@@ -65,6 +66,78 @@ def test_report_md_puts_parametrizations_side_by_side(full_report):
     assert "![" in text and "(figures/loss_vs_hp.png)" in text
     assert any(line.startswith("fit: transfer") for line in lines)      # progress per stage
     assert any(line.startswith("figure: coord_check") for line in lines)
+
+
+@pytest.mark.slow  # the full report of every fit and figure
+def test_report_html_embeds_every_figure_it_shows(full_report):
+    """MLflow shows an HTML artifact from a blob URL, where a relative image does not load: every
+    <img> of report.html is a data URI, one per figure that report.md shows."""
+    import re
+
+    out, summary, _, _ = full_report
+    page = (out / "report.html").read_text()
+    sources = re.findall(r'<img [^>]*src="([^"]+)"', page)
+    shown = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (out / "report.md").read_text())
+    assert len(sources) == len(shown) >= 5
+    assert all(src.startswith("data:image/png;base64,") for src in sources)
+    assert "<table>" in page and "<h2>Transfer of the optimal lr across d_model</h2>" in page
+
+
+def test_report_html_translates_the_markdown_report_md_writes(tmp_path):
+    from analysis.report_html import to_html
+
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "a.png").write_bytes(PNG_MAGIC + b"rest")
+    md = ("# scalelab report: x\n\nGenerated <now>; **met** and _Figure loss_vs_hp skipped: no data_.\n\n"
+          "| a | b |\n|---|---|\n| 1 | `c_d` |\n\n![The a figure](figures/a.png)\n\n![gone](figures/b.png)\n\n"
+          "## Figures\n- `a`: x\n- `b` skipped: y")
+    page = to_html(md, tmp_path, "t")
+    assert "<h1>scalelab report: x</h1>" in page and "&lt;now&gt;" in page
+    assert "<strong>met</strong>" in page and "<em>Figure loss_vs_hp skipped: no data</em>" in page
+    assert "<th>a</th><th>b</th>" in page and "<td><code>c_d</code></td>" in page
+    assert 'src="data:image/png;base64,' in page and "<figcaption>The a figure</figcaption>" in page
+    assert "figures/b.png not found" in page and page.count("<img") == 1   # never a broken image
+    assert "<li><code>b</code> skipped: y</li>" in page
+
+
+@pytest.mark.slow  # the full report of every fit and figure
+def test_a_search_sweep_lists_its_samples_and_best_parameters(full_report):
+    out, summary, _, _ = full_report
+    (sweep,) = summary["results"]["search"]["sweeps"]
+    assert sorted(sweep["searched"]) == ["alpha_out", "lr"] and len(sweep["samples"]) == 30
+    losses = [x["loss"] for x in sweep["samples"] if x["loss"] is not None]
+    assert losses == sorted(losses) and sweep["best"] == sweep["samples"][0]
+    text = (out / "report.md").read_text()
+    assert "## Search samples" in text and f"| sample | {' | '.join(sweep['searched'])} | outcome | final_val_loss |" in text
+    assert "**Best: " in text and "lr = " in text
+
+
+def test_search_samples_rank_finished_runs_and_list_the_others_last():
+    import pandas as pd
+
+    from analysis.tuning import search_samples
+
+    trials = pd.DataFrame({"sweep": "s", "mode": "search", "label": ["a", "b", "c", "d"], "parametrization": "mup",
+                           "lr": [1e-3, 2e-3, 3e-3, 4e-3], "steps": 10,
+                           "outcome": ["finished", "diverged", "finished", "failed"],
+                           "final_val_loss": [3.0, float("nan"), 2.5, None]})
+    (sweep,) = search_samples(trials).sweeps
+    assert sweep.searched == ["lr"]                        # steps is the same in every sample
+    assert [x.label for x in sweep.samples] == ["c", "a", "b", "d"]
+    assert [x.loss for x in sweep.samples] == [2.5, 3.0, None, None]
+    assert sweep.best.label == "c" and sweep.best.params == {"lr": 3e-3}
+
+
+def test_report_ids_never_reuse_a_folder(tmp_path):
+    from datetime import datetime, timezone
+
+    from analysis.cli import new_report_id
+
+    now = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    assert new_report_id(str(tmp_path), now=now) == "20250102-030405"
+    (tmp_path / "20250102-030405").mkdir()
+    assert new_report_id(str(tmp_path), now=now) == "20250102-030405-2"
+    assert new_report_id(str(tmp_path), {"20250102-030405-2"}, now=now) == "20250102-030405-3"
 
 
 def test_a_sweep_without_the_data_for_a_figure_says_why(tmp_path):

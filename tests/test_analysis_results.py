@@ -25,9 +25,11 @@ def fitted():
 TYPES = {"comparison": (comparison.Comparison, None), "transfer": (transfer.TransferResult, "groups"),
          "multipliers": (mult.MultiplierResult, "groups"), "norms": (norms.NormsResult, "sweeps"),
          "freedom": (freedom.FreedomResult, "groups"), "scaling": (scaling.ScalingResult, "fits"),
-         "tuning": (tuning.TuningResult, "curves"), "coord_check": (coordcheck.CoordCheckResult, "groups")}
+         "tuning": (tuning.TuningResult, "curves"), "search": (tuning.SearchResult, "sweeps"),
+         "coord_check": (coordcheck.CoordCheckResult, "groups")}
 PARTS = {"transfer": transfer.TransferGroup, "multipliers": mult.MultiplierGroup, "norms": norms.NormsSweep,
-         "freedom": freedom.FreedomGroup, "scaling": scaling.ScalingFit, "tuning": tuning.TuningCurve, "coord_check": coordcheck.CoordGroup}
+         "freedom": freedom.FreedomGroup, "scaling": scaling.ScalingFit, "tuning": tuning.TuningCurve,
+         "search": tuning.SearchSweep, "coord_check": coordcheck.CoordGroup}
 
 
 def test_every_fit_returns_its_dataclass(fitted):

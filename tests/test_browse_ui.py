@@ -1,12 +1,14 @@
 """What a researcher sees in the MLflow UI, checked in a real (headless) Chromium: a tiny real
 sweep is run with `scalelab run` against a real `mlflow server` and reported with `scalelab
 report`; the experiment page lists the parent run with its trials nested under it, a trial shows
-its params, a metrics chart and config.yaml, the parent shows the report. Also `scalelab ui`
-started as a process, fetched over HTTP and stopped by pid. Screenshots of a failing browser
-check land in the folder named in the failure message; the compare view is saved as
-docs/ui/compare.png when SCALELAB_UI_SHOTS=1."""
+its params, a metrics chart and config.yaml, `scalelab ui EXPERIMENT`'s link lists the trials
+sorted by loss, the parent shows the report with its figures. Also `scalelab ui` started as a
+process, fetched over HTTP and stopped by pid. Screenshots of a failing browser check land in
+the folder named in the failure message; with SCALELAB_UI_SHOTS=1 the pictures of the docs are
+saved under docs/ui/ (compare.png, runs-by-loss.png, report.png)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -21,7 +23,10 @@ from mlflow.tracking import MlflowClient
 
 from helpers import (MlflowServer, complete_trials, free_port, start_scalelab, study_storage, sweep_runs,
                      wait_http, write_search_sweep, write_sweep)
+from analysis.cli import REPORT_ARTIFACT
 from orchestrator.cli import main
+from orchestrator.ui_cli import LOSS, SHARED_VIEW_TAG, VIEW_KEY, column
+from trainer.config import UserError
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -125,6 +130,25 @@ def browser(chromium):
 
 
 EXPAND = 'button[data-component-id*="runnamecellrenderer"]'  # the +/- before a parent run's name
+CLOSE_ASSISTANT = 'button[data-component-id="mlflow.assistant.chat_panel.close"]'
+SHOT_SIZE = {"width": 1280, "height": 800}
+
+
+def save_shot(page, name: str, arrange=None) -> None:
+    """docs/ui/<name>.png at SHOT_SIZE, without the assistant panel, when SCALELAB_UI_SHOTS=1;
+    `arrange()` runs once the page has that size (e.g. to scroll)."""
+    if not os.environ.get("SCALELAB_UI_SHOTS"):
+        return
+    page.set_viewport_size(SHOT_SIZE)
+    if page.locator(CLOSE_ASSISTANT).count():
+        page.locator(CLOSE_ASSISTANT).first.click()
+    page.wait_for_timeout(1500)  # let the layout settle for the picture
+    if arrange:
+        arrange()
+        page.wait_for_timeout(500)
+    out = REPO / "docs" / "ui" / f"{name}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(out))
 
 
 def test_the_experiment_lists_the_sweep_with_its_trials_nested(browsed_sweep, browser):
@@ -164,16 +188,59 @@ def test_a_trial_shows_params_metrics_chart_and_config(browsed_sweep, browser):
         page.get_by_text(f"d_model: {trial.data.params['d_model']}", exact=False).first.wait_for()
 
 
-def test_the_parent_shows_the_report(browsed_sweep, browser):
+def test_the_parent_shows_the_report_with_its_figures(browsed_sweep, browser):
+    """report/<report id>/report.html, opened in the parent's artifacts, shows its heading and
+    figures that loaded (an <img> with a width, not link text); figures/ holds the files."""
     server, exp_id, parent, _ = browsed_sweep
-    with browser.check("parent-artifacts") as page:
+    (folder,) = MlflowClient(server).list_artifacts(parent.info.run_id, REPORT_ARTIFACT)
+    report_id = os.path.basename(folder.path)
+    with browser.check("parent-report") as page:
         browser.open(f"{server}/#/experiments/{exp_id}/runs/{parent.info.run_id}/artifacts")
-        page.get_by_text("report", exact=True).first.click()
+        page.get_by_text(REPORT_ARTIFACT, exact=True).first.click()
+        page.get_by_text(report_id, exact=True).first.click()
         page.get_by_text("summary.json", exact=True).first.wait_for()
-        page.get_by_text("report.md", exact=True).first.click()
-        page.get_by_text("scalelab report: browse", exact=True).first.wait_for()  # its heading, previewed
+        page.get_by_text("report.html", exact=True).first.click()
+        report = page.frame_locator("iframe.mlflow-html-iframe")
+        report.get_by_text("scalelab report: browse", exact=True).wait_for()  # its heading, rendered
+        figure = report.locator("figure img").first
+        figure.wait_for()
+        figure.scroll_into_view_if_needed()
+        widths = report.locator("img").evaluate_all("imgs => imgs.map(i => i.complete ? i.naturalWidth : -1)")
+        assert widths and all(w > 0 for w in widths), f"figures not loaded (naturalWidth per <img>: {widths})"
+        # the picture: the report scrolled to its first figure, a little of the text above it in view
+        save_shot(page, "report", lambda: figure.evaluate(
+            "img => img.ownerDocument.defaultView.scrollBy(0, img.getBoundingClientRect().top - 140)"))
+    with browser.check("parent-report-files") as page:
         page.get_by_text("figures", exact=True).first.click()
         page.get_by_text("training_curves.png", exact=True).first.wait_for()
+
+
+def test_scalelab_ui_opens_the_trials_sorted_by_loss(browsed_sweep, browser, capsys):
+    """`scalelab ui EXPERIMENT` against a server prints the link of the answer: the trials sorted
+    by final_val_loss (best first), with the loss and the swept params as columns."""
+    server, _, _, trials = browsed_sweep
+    assert main(["ui", "browse", "--tracking-uri", server]) == 0
+    url = capsys.readouterr().out.strip().removeprefix("MLflow UI: ")
+    assert url.startswith(server + "/#/experiments/") and url.endswith(f"/runs?viewStateShareKey={VIEW_KEY}")
+    by_loss = sorted(trials, key=lambda t: t.data.metrics[LOSS])
+    loss_cells = f'.ag-row [col-id="{column("metrics", LOSS)}"]'
+    with browser.check("runs-by-loss") as page:
+        browser.open(url)
+        page.wait_for_function(f"document.querySelectorAll({loss_cells!r}).length >= {len(trials)}")
+        for param in ("d_model", "lr"):  # the swept params are columns; steps (not swept) is not
+            assert page.locator(f'.ag-row [col-id="{column("params", param)}"]').count() == len(trials)
+        assert page.locator(f'.ag-row [col-id="{column("params", "steps")}"]').count() == 0
+        rows = page.locator(loss_cells).evaluate_all(
+            "cells => cells.map(c => [Number(c.closest('.ag-row').getAttribute('row-index')), c.innerText])")
+        shown = [float(text) for _, text in sorted(rows)]
+        assert len(shown) == len(trials) and shown == sorted(shown), f"loss column not sorted: {rows}"
+        assert shown == pytest.approx([t.data.metrics[LOSS] for t in by_loss], rel=1e-3)
+        names = page.locator('.ag-row [col-id="attributes.`Run Name`"]').evaluate_all(
+            "cells => cells.map(c => [Number(c.closest('.ag-row').getAttribute('row-index')), c.innerText])")
+        order = [text for _, text in sorted(names)]
+        for text, trial in zip(order, by_loss):
+            assert trial.info.run_name in text, f"row order {order} is not the loss order"
+        save_shot(page, "runs-by-loss")
 
 
 def test_comparing_the_lr_curves_of_one_width(browsed_sweep, browser):
@@ -203,17 +270,18 @@ def test_comparing_the_lr_curves_of_one_width(browsed_sweep, browser):
 
 @pytest.mark.slow  # an MLflow server, started by `scalelab ui`
 def test_scalelab_ui_serves_the_local_store(tmp_path):
-    """`scalelab ui` started as a process: prints its URL, serves the UI and this store's
-    experiments on 127.0.0.1, stops when its process group is ended."""
+    """`scalelab ui EXPERIMENT` started as a process: prints the link of the experiment's loss
+    view, serves the UI and this store's experiments on 127.0.0.1, stops when its process group
+    is ended."""
     uri = "sqlite:///" + str(tmp_path / "mlflow.db")
-    MlflowClient(tracking_uri=uri).create_experiment("seen-in-ui")
+    exp = MlflowClient(tracking_uri=uri).create_experiment("seen-in-ui")
     port = free_port()
     log = tmp_path / "ui.log"
-    proc = start_scalelab(["ui", "--tracking-uri", uri, "--port", str(port)], tmp_path, log)
+    proc = start_scalelab(["ui", "seen-in-ui", "--tracking-uri", uri, "--port", str(port)], tmp_path, log)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url + "/health", MlflowServer.READY_S, proc, log)
-        assert f"MLflow UI: {url}" in log.read_text()
+        assert f"MLflow UI: {url}/#/experiments/{exp}/runs?viewStateShareKey={VIEW_KEY}  (runs from" in log.read_text()
         with urllib.request.urlopen(url + "/", timeout=10) as page:
             assert "<title>MLflow</title>" in page.read().decode()
         api = url + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=seen-in-ui"
@@ -231,6 +299,51 @@ def test_scalelab_ui_serves_the_local_store(tmp_path):
             break
     else:
         pytest.fail(f"{url} still answers 30 s after its process group was ended")
+
+
+def _two_trials(uri: str, name: str = "seen-in-ui") -> str:
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment(name)
+    for lr, loss in (("0.001", 3.2), ("0.003", 3.0)):
+        run = client.create_run(exp, tags={"scalelab.kind": "trial"})
+        for key, value in (("lr", lr), ("d_model", "64"), ("steps", "30")):
+            client.log_param(run.info.run_id, key, value)
+        client.log_metric(run.info.run_id, LOSS, loss)
+    return exp
+
+
+def test_scalelab_ui_saves_the_loss_view_on_the_experiment(tmp_path):
+    from orchestrator.ui_cli import loss_view_path
+
+    uri = "sqlite:///" + str(tmp_path / "mlflow.db")
+    exp = _two_trials(uri)
+    assert loss_view_path(uri, "seen-in-ui") == f"/#/experiments/{exp}/runs?viewStateShareKey={VIEW_KEY}"
+    view = json.loads(MlflowClient(tracking_uri=uri).get_experiment(exp).tags[SHARED_VIEW_TAG + VIEW_KEY])
+    assert view == {"searchFilter": "tags.`scalelab.kind` = 'trial'", "orderByKey": "metrics.`final_val_loss`",
+                    "orderByAsc": True, "selectedColumns": ["metrics.`final_val_loss`", "tags.`scalelab.outcome`",
+                                                            "params.`lr`"],
+                    "columnOrder": ["attributes.`Run Name`", "metrics.`final_val_loss`", "tags.`scalelab.outcome`"],
+                    "columnWidths": {"metrics.`final_val_loss`": 150, "tags.`scalelab.outcome`": 150}}
+    with pytest.raises(UserError, match="no experiment 'nope' .* experiments there: Default, seen-in-ui"):
+        loss_view_path(uri, "nope")
+
+
+def test_scalelab_ui_without_write_access_links_the_sort_alone(tmp_path, monkeypatch, capsys):
+    from mlflow.exceptions import MlflowException
+
+    from orchestrator.ui_cli import loss_view_path
+
+    uri = "sqlite:///" + str(tmp_path / "mlflow.db")
+    exp = _two_trials(uri)
+
+    def refuse(*args, **kwargs):
+        raise MlflowException("Permission denied")
+
+    monkeypatch.setattr(MlflowClient, "set_experiment_tag", refuse)
+    path = loss_view_path(uri, "seen-in-ui")
+    assert path == (f"/#/experiments/{exp}/runs?searchFilter=tags.%60scalelab.kind%60%20%3D%20%27trial%27"
+                    "&orderByKey=metrics.%60final_val_loss%60&orderByAsc=true")
+    assert "could not save the view on the experiment (Permission denied)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("server", ["http://127.0.0.2:5000/", "https://127.0.0.3"])  # only printed, never reached
