@@ -133,3 +133,69 @@ def test_a_checkpoint_moves_between_two_workers_and_one(tmp_path):
     assert [h["step"] for h in rank0] == [15, 20]
     assert_same_curve(rank0[-1:], one[-1:])
     assert_same_curve(json.loads(json.dumps(resumed[-2:])), rank0)
+
+
+# --- a sweep's `resources.workers` (orchestrator; nothing trains) ------------------------------
+
+def _sweep(tmp_path, resources: dict, **sections):
+    from helpers import write_sweep
+    from orchestrator.spec import load_sweep
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    return load_sweep(str(write_sweep(tmp_path, "dp", resources=resources, **sections)))
+
+
+@pytest.mark.parametrize("resources, words", [
+    ({"workers": 0}, ["resources.workers (line", "from 1 to 1024", "got 0"]),
+    ({"workers": "two"}, ["resources.workers (line", "e.g. workers: 2"]),
+    ({"workers": 2.5}, ["resources.workers (line", "whole number"]),
+    ({"workers": 2, "gpu": 0.5}, ["resources (line", "one whole GPU", "set gpu: 1"]),
+])
+def test_bad_workers_name_the_file_the_key_and_the_fix(tmp_path, resources, words):
+    from trainer.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        _sweep(tmp_path, {"cpu": 1, **resources})
+    assert "dp.yaml" in str(err.value)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_workers_and_accumulation_leave_the_trial_as_it_is(tmp_path):
+    one = _sweep(tmp_path / "a", {"cpu": 1}).trials()[0]
+    two = _sweep(tmp_path / "b", {"cpu": 1, "workers": 2}, base={"micro_batch_size": 1}).trials()[0]
+    assert two.hash == one.hash  # a trial moved from 1 to N workers, or cut into passes, is the same trial
+    assert two.resources == {"cpu": 1.0, "gpu": 0.0, "workers": 2} and one.resources == {"cpu": 1.0, "gpu": 0.0}
+    gpu = _sweep(tmp_path / "c", {"cpu": 1, "gpu": "auto", "workers": 4}).trials()[0]
+    assert gpu.resources["gpu"] == 1.0  # one rank per GPU
+
+
+def test_multi_worker_trials_are_never_fused_and_reserve_through_ray_train(tmp_path):
+    from orchestrator.packing import make_packs
+    from orchestrator.runner import placement
+    from orchestrator.trainable import DRIVER_CPU
+
+    spec = _sweep(tmp_path, {"cpu": 2, "workers": 2}, grid={"lr": [1e-3, 2e-3, 3e-3]})
+    packs = make_packs(spec.trials(), 8, gpu_auto=False, gpu_memory_gb=80)
+    assert len(packs) == 3 and not any(p.fused for p in packs)
+    assert {p.note for p in packs} == {"trials on several workers run alone"}
+    # the Tune trial holds a sliver; the TorchTrainer's workers reserve cpu each themselves
+    assert placement(spec.trials()[0].resources, has_gpu=False).bundles == [{"CPU": DRIVER_CPU}]
+    assert placement({"cpu": 2, "gpu": 0}, has_gpu=False).bundles == [{"CPU": 2.0}]
+
+
+def test_plan_shows_workers_memory_per_worker_and_wall_time(tmp_path):
+    from orchestrator.locations import Locations
+    from orchestrator.plan import build_plan, format_plan
+
+    base = {"batch_size": 8}
+    plans = {}
+    for workers in (1, 4):
+        spec = _sweep(tmp_path / str(workers), {"cpu": 1, "workers": workers}, base=base)
+        where = Locations.resolve(spec, f"sqlite:///{tmp_path}/{workers}.db", str(tmp_path / "store"))
+        plans[workers] = build_plan(spec, where, {}, measure=None)
+    one, four = plans[1]["trials"][0], plans[4]["trials"][0]
+    assert (one["workers"], four["workers"]) == (1, 4) and plans[4]["workers"] == 4
+    assert four["seconds"] == pytest.approx(one["seconds"] / 4)  # wall time, the work shared
+    assert four["memory_bytes"] < one["memory_bytes"]  # a worker holds activations of its rows only
+    assert "workers: 4 per trial" in format_plan(plans[4]) and "workers:" not in format_plan(plans[1])
