@@ -392,6 +392,9 @@ class SweepSpec:
             spots = [self.where(self._origin[k] + ((index[k],) if index and k in index else ()))
                      for k in SIZE_KEYS if k in self._origin]
             raise _PointError(f"at {point()}{' (' + ', '.join(spots) + ')' if spots else ''}: {too_big}")
+        if cfg.batch_size < self.workers:  # each worker trains its rows of the batch (trainer/distributed.py)
+            raise _PointError(f"at {point()}: batch_size={cfg.batch_size} is smaller than resources.workers="
+                              f"{self.workers}; every worker needs a row of the batch: raise batch_size or lower workers")
         return Trial(hash=trial_hash(cfg), config=cfg, overrides=overrides,
                      resources=self._resources_for(cfg),
                      label=trial_label(cfg, overrides, varying))

@@ -150,6 +150,7 @@ def _sweep(tmp_path, resources: dict, **sections):
     ({"workers": "two"}, ["resources.workers (line", "e.g. workers: 2"]),
     ({"workers": 2.5}, ["resources.workers (line", "whole number"]),
     ({"workers": 2, "gpu": 0.5}, ["resources (line", "one whole GPU", "set gpu: 1"]),
+    ({"workers": 8}, ["batch_size=4 is smaller than resources.workers=8", "raise batch_size"]),
 ])
 def test_bad_workers_name_the_file_the_key_and_the_fix(tmp_path, resources, words):
     from trainer.config import ConfigError

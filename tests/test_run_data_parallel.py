@@ -6,12 +6,20 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
+import signal
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
-from helpers import journal, trials_by_hash
+from helpers import TINY_BASE, journal, trials_by_hash
+from orchestrator.locations import trials_root
 from orchestrator.runner import RunOptions, run_sweep
 from orchestrator.spec import load_sweep
+from trainer.config import TrainConfig
+from trainer.loop import train
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -61,3 +69,66 @@ def test_a_two_worker_sweep_records_the_one_worker_curve(ray_local, tiny_sweep, 
     entries = journal(tmp_path / "store", "two-workers", two.hash)
     assert [e["metrics"]["step"] for e in entries] == [5, 10, 15, 20]
     assert entries[-1]["metrics"]["final"] is True and entries[-1]["multipliers"]
+
+
+def train_workers() -> list[int]:
+    """The pids of this test's Ray Train workers: children of its own raylet (other Ray
+    instances on the machine have their own) whose title Ray set to the worker actor's."""
+    import ray
+    from ray._private import ray_constants
+
+    raylet = ray._private.worker._global_node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == raylet and title.startswith("ray::RayTrainWorker"):
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_killed_worker_is_retried_from_its_checkpoint_without_loss_or_duplicates(ray_local, tiny_sweep,
+                                                                                   tracking_uri, tmp_path):
+    """kill -9 of one of the two workers mid-trial: Tune retries the trial from its latest
+    checkpoint; MLflow ends with each report once, equal to the uninterrupted run's."""
+    long_curve = {**CURVE, "steps": 120, "eval_interval": 10, "warmup_steps": 5}
+    path = tiny_sweep("killed", base=long_curve, resources={"cpu": 0.5, "gpu": 0, "workers": 2}, retries=2)
+    spec = load_sweep(str(path))
+    trial = spec.trials()[0]
+    reports = Path(trials_root(str(tmp_path / "store"), "killed")) / trial.hash / "reports.jsonl"
+    killed: list[int] = []
+
+    def kill_one_worker_mid_trial():
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not killed:
+            lines = reports.read_text().splitlines() if reports.is_file() else []
+            if len(lines) >= 3 and '"final": true' not in lines[-1]:
+                workers = train_workers()
+                if workers:
+                    os.kill(workers[-1], signal.SIGKILL)
+                    killed.append(len(lines))
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_one_worker_mid_trial, daemon=True)
+    killer.start()
+    out = io.StringIO()
+    summary = run_sweep(spec, RunOptions(tracking_uri=tracking_uri, storage=str(tmp_path / "store"), out=out))
+    killer.join(timeout=1)
+    assert killed, "no worker was killed mid-trial: " + out.getvalue()
+    assert summary.count("finished") == 1, out.getvalue()
+    resumed = re.search(r"resumed .* from step (\d+)", out.getvalue())  # from its checkpoint, not from scratch
+    assert resumed and 10 <= int(resumed.group(1)) < 120, out.getvalue()
+    one = train(TrainConfig(**{**TINY_BASE, **long_curve}))  # the uninterrupted curve, on one process
+    want = {h["step"]: h for h in one.history}
+    got = history(tracking_uri, "killed", trial.hash)
+    for key in ("train_loss", "val_loss"):
+        assert [s for s, _ in got[key]] == list(range(10, 121, 10)), key  # each report once: none lost, none twice
+        for step, value in got[key]:
+            assert math.isclose(value, want[step][key], rel_tol=1e-5), (key, step)
+    entries = journal(tmp_path / "store", "killed", trial.hash)
+    assert [e["metrics"]["step"] for e in entries] == list(range(10, 121, 10))
