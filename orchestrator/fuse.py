@@ -39,6 +39,11 @@ def effective_fuse(flag, file_value):
     return file_value if flag is None else flag
 
 
+# Why a trial on several workers is never in a pack: its step loop is one rank of a process
+# group of its own (trainer/distributed.py), a pack's is one process stepping K models.
+DATA_PARALLEL_ALONE = "trials on several workers run alone"
+
+
 def fusion_asked(fuse) -> bool:
     """Did the user ask for packs (N > 1)? `auto` only packs GPU trials, so it is not news."""
     return fuse not in ("auto", "off", 1)

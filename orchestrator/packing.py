@@ -12,7 +12,8 @@
 
 A pack is only how trials share a Ray trial and a step loop: each member keeps its own hash,
 MLflow run, outcome, journal and checkpoint directory, so dedupe, claims, resume and the
-analysis see members, never packs. Muon trials and search samples always run alone.
+analysis see members, never packs. Muon trials, trials on several workers and search samples
+always run alone.
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from dataclasses import dataclass
 from trainer.estimate import machine_memory_bytes
 from trainer.pack_rules import group_packs, unfusable_reason
 
-from .fuse import fusion_asked
-from .trial import PACK_MEMBERS_KEY, gpu_fraction, trial_cost
+from .fuse import DATA_PARALLEL_ALONE, fusion_asked
+from .trial import PACK_MEMBERS_KEY, gpu_fraction, trial_cost, workers_of
 
 AUTO_MAX_MEMBERS = 16     # HFTA's gains flatten out well before this; memory decides below it
 MEMORY_USE = 0.9          # share of the device's memory a pack may plan for (allocator slack)
@@ -68,6 +69,10 @@ def make_packs(trials: list, fuse, gpu_auto: bool, gpu_memory_gb: float) -> list
     """The pending trials as packs (or alone), longest first."""
     if fuse == "off" or fuse == 1 or not trials:
         return longest_first([Pack((t,), dict(t.resources)) for t in trials])
+    alone = [Pack((t,), dict(t.resources), note=DATA_PARALLEL_ALONE) for t in trials if workers_of(t.resources) > 1]
+    if alone:
+        return longest_first(alone + make_packs([t for t in trials if workers_of(t.resources) == 1], fuse, gpu_auto,
+                                                gpu_memory_gb))
     on_gpu = [t.resources["gpu"] > 0 for t in trials]
     packs: list[Pack] = []
     for device_gpu in (True, False):

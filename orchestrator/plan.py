@@ -11,7 +11,7 @@ from .locations import Locations
 from .spec import SweepSpec
 from .fuse import fusion_asked
 from .sweep_modes import sweep_mode
-from .trial import Trial, trial_cost
+from .trial import Trial, trial_cost, workers_of
 from .uri_auth import redact
 
 
@@ -27,6 +27,7 @@ def trial_row(trial: Trial, done: dict[str, str]) -> dict[str, Any]:
         "memory_bytes": int(est["memory_bytes"]),
         "cpu": trial.resources["cpu"],
         "gpu": trial.resources["gpu"],
+        "workers": workers_of(trial.resources),  # memory_bytes is one worker's, seconds the wall time on all
         "seconds": float(est["seconds"]),
         "done": done.get(trial.hash),  # "finished" | "diverged" | None
     }
@@ -48,7 +49,7 @@ def build_plan(spec: SweepSpec, where: Locations, done: dict[str, str],
         "tracking_uri": redact(where.tracking_uri), "storage": where.storage, "mode": spec.mode,
         "concurrency": spec.concurrency, "retries": spec.retries, "seeds": spec.seeds,
         "from_study": spec.from_study and {**spec.from_study, "storage": redact(spec.from_study.get("storage"))},
-        "fuse": mode.fuse,
+        "fuse": mode.fuse, "workers": spec.workers,
     }
     if spec.mode == "grid":
         rows = [trial_row(t, mode.done_before) for t in mode.trials]
@@ -151,6 +152,9 @@ def format_plan(plan: dict[str, Any]) -> str:
         values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in fs["params"].items())
         head.append(f"from study {fs['study']!r} ({fs['storage']}): {values}")
+    if plan.get("workers", 1) > 1:
+        head.append(f"workers: {plan['workers']} per trial (Ray Train TorchTrainer, PyTorch DDP; never fused): "
+                    "memory is per worker, time is the wall time on all of them")
     if plan["mode"] == "search":
         return "\n".join(head + _format_search(plan) + _format_totals(plan["totals"]))
     return "\n".join(head + [""] + _format_table(plan["trials"]) + [""] + _format_totals(plan["totals"])

@@ -34,8 +34,8 @@ from .run_writes import SweepTracker
 from .study_link import study_links
 from .sweep_modes import sweep_mode
 from .tracking_query import finished_hashes
-from .trainable import TrialContext, run_trial
-from .trial import trial_cost
+from .trainable import DRIVER_CPU, TrialContext, run_trial
+from .trial import trial_cost, workers_of
 from .tune_callback import MlflowTrackingCallback, OutageStopper
 from .uri_auth import redact
 
@@ -72,6 +72,8 @@ class SweepSummary:
 
 
 def placement(resources: dict, has_gpu: bool):
+    if workers_of(resources) > 1:  # Ray Train's workers reserve their own (trainable.py)
+        return PlacementGroupFactory([{"CPU": DRIVER_CPU}])
     bundle = {"CPU": float(resources.get("cpu", 1))}
     gpu = float(resources.get("gpu") or 0) if has_gpu else 0.0
     if gpu > 0:
@@ -212,11 +214,13 @@ def _tuner(spec, mode, ctx: TrialContext, callbacks: list, where: Locations, opt
 
 def _check_fits(spec, resources: dict, opts: RunOptions) -> None:
     """A trial asking for more CPUs than the cluster has would wait forever: say so now."""
-    want = float(spec.resources.get("cpu", 1))
+    want = float(spec.resources.get("cpu", 1)) * spec.workers + (DRIVER_CPU if spec.workers > 1 else 0)
     have = float(resources.get("CPU", 0))
     if want > have:
-        raise UserError(f"{spec.source}: resources.cpu={want:g} per trial, but the Ray cluster has only "
-                        f"{have:g} CPUs; lower resources.cpu or use a bigger cluster")
+        per = f" × workers={spec.workers}" if spec.workers > 1 else ""
+        raise UserError(f"{spec.source}: resources.cpu={spec.resources.get('cpu', 1):g}{per} per trial, but the Ray "
+                        f"cluster has only {have:g} CPUs; lower resources.cpu{' or workers' if per else ''} or use a "
+                        "bigger cluster")
     gpu = spec.resources.get("gpu")
     if isinstance(gpu, (int, float)) and gpu > 0 and resources.get("GPU", 0) == 0:
         print(f"[{spec.name}] note: the sweep asks for {gpu:g} GPU per trial but the cluster has none; "

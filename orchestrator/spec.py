@@ -86,6 +86,7 @@ class SweepSpec:
         self.mode: Literal["grid", "search"] = "search" if parsed.search else "grid"
         gpu = parsed.resources.gpu
         self.resources = {"cpu": float(parsed.resources.cpu), "gpu": gpu if gpu == "auto" else float(gpu)}
+        self.workers = parsed.resources.workers  # in a trial's resources only when more than one
         self.gpu_memory_gb = parsed.resources.gpu_memory_gb
         self.grid = dict(parsed.grid)
         self.zip = dict(parsed.zip)
@@ -392,8 +393,11 @@ class SweepSpec:
             spots = [self.where(self._origin[k] + ((index[k],) if index and k in index else ()))
                      for k in SIZE_KEYS if k in self._origin]
             raise _PointError(f"at {point()}{' (' + ', '.join(spots) + ')' if spots else ''}: {too_big}")
+        if cfg.batch_size < self.workers:  # each worker trains its rows of the batch (trainer/distributed.py)
+            raise _PointError(f"at {point()}: batch_size={cfg.batch_size} is smaller than resources.workers="
+                              f"{self.workers}; every worker needs a row of the batch: raise batch_size or lower workers")
         return Trial(hash=trial_hash(cfg), config=cfg, overrides=overrides,
-                     resources={"cpu": self.resources["cpu"], "gpu": self._gpu_for(cfg)},
+                     resources=self._resources_for(cfg),
                      label=trial_label(cfg, overrides, varying))
 
     def _point_error(self, err: ValidationError, point: str, overrides: dict, index: dict) -> str:
@@ -422,9 +426,11 @@ class SweepSpec:
 
     def _memory_problem(self, cfg: TrainConfig) -> str | None:
         """GPU trials against resources.gpu_memory_gb; CPU trials against this machine's RAM."""
-        if self.resources["gpu"] == 0:
-            return memory_problem(cfg, _ram_bytes(), "RAM here (resources.gpu: 0)")
-        return memory_problem(cfg, self.gpu_memory_gb * 2 ** 30, "resources.gpu_memory_gb")
+        if self.resources["gpu"] == 0:  # every worker of a local run shares this machine's RAM
+            ram = _ram_bytes()
+            return memory_problem(cfg, ram and ram / self.workers, "RAM here (resources.gpu: 0)"
+                                  + (f" shared by {self.workers} workers" if self.workers > 1 else ""), self.workers)
+        return memory_problem(cfg, self.gpu_memory_gb * 2 ** 30, "resources.gpu_memory_gb", self.workers)
 
     def missing_corpora(self) -> list[str]:
         """'<where>: corpus file x.txt does not exist' for each corpus path that is not here
@@ -451,10 +457,16 @@ class SweepSpec:
         if missing:
             raise ConfigError("\n".join(missing))
 
+    def _resources_for(self, cfg: TrainConfig) -> dict[str, float]:
+        resources = {"cpu": self.resources["cpu"], "gpu": self._gpu_for(cfg)}
+        return {**resources, "workers": self.workers} if self.workers > 1 else resources
+
     def _gpu_for(self, cfg: TrainConfig) -> float:
         gpu = self.resources["gpu"]
         if gpu != "auto":
             return gpu
+        if self.workers > 1:
+            return 1.0  # one rank per GPU (spec_schema)
         return gpu_fraction(estimate(cfg)["memory_bytes"], self.gpu_memory_gb)
 
 

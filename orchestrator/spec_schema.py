@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from trainer import metrics
 from trainer.config import MAX_SEED
@@ -26,6 +26,7 @@ MAX_NAME_LENGTH = 100   # names become folder names (Ray's run folder, the trial
 MAX_CONCURRENCY = 10_000
 MAX_RETRIES = 100
 MAX_SAMPLES = 100_000
+MAX_WORKERS = 1024
 # Control characters (NUL, newline, ANSI escapes) in a name end up in folder names, MLflow and
 # terminals; a description may hold line breaks and tabs.
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -42,6 +43,23 @@ class ResourcesFile(_Strict):
         0.0, description="GPUs per trial: 0, a fraction (0.25), a whole number, or 'auto' "
         "(a fraction from the trial's estimated memory)")
     gpu_memory_gb: float = Field(80.0, gt=0, le=1e6, strict=True, description="GPU memory assumed by gpu: auto (GiB)")
+    workers: int = Field(1, description="data-parallel workers per trial (Ray Train, PyTorch DDP), each with this "
+                         "cpu and gpu; the trial's result does not depend on it")
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+            raise ValueError(f"expected a whole number of workers from 1 to {MAX_WORKERS} (e.g. workers: 2), "
+                             f"got {brief(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_gpu_per_worker(self) -> "ResourcesFile":
+        if self.workers > 1 and self.gpu not in (0, 1, "auto"):
+            raise ValueError(f"with workers: {self.workers} each worker takes one whole GPU (DDP over NCCL runs one "
+                             f"rank per GPU), got gpu: {self.gpu}; set gpu: 1 (or 0 to train on CPUs)")
+        return self
 
     @field_validator("gpu", mode="before")
     @classmethod

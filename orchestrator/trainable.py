@@ -1,5 +1,7 @@
 """The two Tune function trainables: one scalelab Trial → `trainer.loop.train`, or a fused pack
-→ `trainer.fused.train_fused`, on a Ray worker.
+→ `trainer.fused.train_fused`, on a Ray worker. A trial on several workers (resources.workers)
+runs as a Ray Train V2 `TorchTrainer` inside its Tune trial: PyTorch DDP over gloo on CPUs,
+NCCL on GPUs (trainer/distributed.py); rank 0 alone writes the folder and reports.
 
 Each trial keeps its own folder (trial_folder.py). On (re)start its journal is replayed up to
 the checkpoint it resumes from, so a report that was written but never reached MLflow (driver
@@ -13,13 +15,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ray import tune
 
 from .faults import FAULT_ENV, maybe_inject_fault
 from .progress import trial_progress_s
-from .trial import GRID_TRIAL_KEY, OBJECTIVE_KEY, PACK_MEMBERS_KEY, REPORT_KEY, Trial
+from .trial import GRID_TRIAL_KEY, OBJECTIVE_KEY, PACK_MEMBERS_KEY, REPORT_KEY, Trial, workers_of
 from .trial_folder import (Journal, checkpoints_of, open_folder, prune_checkpoints, resume_point, resume_points,
                            trial_folder, trial_lock)
 
@@ -107,9 +109,10 @@ class TrialWriter:
     """Where one trial's reports go while it trains, alone or in a pack: the journal first, then
     Tune. The final report waits for the multiplier table (`finish`)."""
 
-    def __init__(self, trial, trial_dir: Path, journal: Journal, ctx: TrialContext, resumed_step: int | None):
+    def __init__(self, trial, trial_dir: Path, journal: Journal, ctx: TrialContext, resumed_step: int | None,
+                 send: Callable[[dict], None] = tune.report):
         self.trial, self.trial_dir, self.journal, self.ctx = trial, trial_dir, journal, ctx
-        self.resumed_step = resumed_step
+        self.resumed_step, self.send = resumed_step, send
         self.fault = ctx.fault_inject if ctx.fault_inject is not None else os.environ.get(FAULT_ENV)
         self.final: dict | None = None
 
@@ -125,7 +128,7 @@ class TrialWriter:
             return
         self.journal.append(entry)
         maybe_inject_fault(self.fault, self.trial.hash, int(metrics["step"]), self.trial_dir)
-        tune.report(payload(entry, self.ctx, replay=False, resumed_from=self.resumed_step))
+        self.send(payload(entry, self.ctx, replay=False, resumed_from=self.resumed_step))
 
     def finish(self, result) -> None:
         """The final report with the trial's multiplier table: journaled, old checkpoints
@@ -134,18 +137,86 @@ class TrialWriter:
         entry["multipliers"] = result.multipliers
         self.journal.append(entry)
         prune_checkpoints(checkpoints_of(self.trial_dir), keep=entry.get("checkpoint"), trial_dir=self.trial_dir)
-        tune.report(payload(entry, self.ctx, replay=False, resumed_from=self.resumed_step))
+        self.send(payload(entry, self.ctx, replay=False, resumed_from=self.resumed_step))
 
 
 def _train(trial, ctx: TrialContext, trial_dir: Path, journal: Journal, resume_from: str | None,
            resumed_step: int | None) -> None:
+    if workers_of(trial.resources) > 1:
+        return _train_data_parallel(trial, ctx, resume_from, resumed_step)
+    _train_here(trial, ctx, trial_dir, TrialWriter(trial, trial_dir, journal, ctx, resumed_step), resume_from)
+
+
+def _train_here(trial, ctx: TrialContext, trial_dir: Path, writer, resume_from: str | None) -> None:
+    """Train the trial in this process (alone, or as one rank of its workers)."""
     from trainer.loop import train  # torch: on the worker only (see set_threads)
 
     set_threads(trial.config, trial.resources.get("cpu", 1))
-    writer = TrialWriter(trial, trial_dir, journal, ctx, resumed_step)
     result = train(trial.config, report=writer.report, checkpoint_dir=str(checkpoints_of(trial_dir)),
                    resume_from=resume_from, progress_s=ctx.progress_s, label=f"[{trial.label}] ")
     writer.finish(result)
+
+
+# --- data-parallel trials (resources.workers > 1) -------------------------------------------
+
+# What the Tune trial itself reserves when Ray Train's workers do the training: only a process
+# that waits for them (Tune refuses an empty bundle). The workers reserve their own.
+DRIVER_CPU = 0.01
+
+
+def _train_data_parallel(trial, ctx: TrialContext, resume_from: str | None, resumed_step: int | None) -> None:
+    """The trial as a Ray Train V2 TorchTrainer of resources.workers workers, each with the
+    trial's cpu (and one GPU when it asks for GPUs and the cluster has them). Rank 0's reports
+    reach this Tune trial through TuneReportCallback. A worker that dies fails the run here, and
+    Tune retries the trial from its folder like any other (journal replay, latest checkpoint)."""
+    import ray
+    from ray.train.v2.api.config import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.v2.torch.torch_trainer import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    use_gpu = trial.resources.get("gpu", 0) > 0 and ray.cluster_resources().get("GPU", 0) > 0
+    per_worker = {"CPU": trial.resources.get("cpu", 1), **({"GPU": 1} if use_gpu else {})}
+    trainer = TorchTrainer(
+        _rank_main,
+        train_loop_config={"trial": trial.to_payload(), "ctx": ctx, "resume_from": resume_from,
+                           "resumed_step": resumed_step},
+        scaling_config=ScalingConfig(num_workers=workers_of(trial.resources), use_gpu=use_gpu,
+                                     resources_per_worker=per_worker),
+        run_config=RunConfig(name=f"train-{trial.hash}", storage_path=tune.get_context().get_trial_dir(),
+                             callbacks=[TuneReportCallback()], failure_config=FailureConfig(max_failures=0)))
+    trainer.fit()
+
+
+class RankReports:
+    """A rank other than 0: writes nothing, but reports (empty) at the same points as rank 0,
+    since Ray Train takes a report from every rank together."""
+
+    def __init__(self, send: Callable[[dict], None]):
+        self.send = send
+
+    def report(self, metrics: dict, checkpoint_path: str | None) -> None:
+        if not metrics.get("final"):  # rank 0 holds its final report back for `finish`
+            self.send({})
+
+    def finish(self, result) -> None:
+        self.send({})
+
+
+def _rank_main(config: dict) -> None:
+    """One Ray Train worker of a data-parallel trial (the process group is Ray Train's)."""
+    import logging
+
+    from ray.train.v2.api.train_fn_utils import get_context, report
+
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # else a line per report, holding all its metrics
+
+    trial, ctx = Trial.from_payload(config["trial"]), config["ctx"]
+    trial_dir, journal = open_folder(ctx.trials_root, trial.hash)
+    if get_context().get_world_rank() == 0:
+        writer = TrialWriter(trial, trial_dir, journal, ctx, config["resumed_step"], send=report)
+    else:
+        writer = RankReports(report)
+    _train_here(trial, ctx, trial_dir, writer, config["resume_from"])
 
 
 # --- fused packs ----------------------------------------------------------------------------

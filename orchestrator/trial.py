@@ -38,7 +38,7 @@ class Trial:
     hash: str                  # trial_hash(config): the trial's identity
     config: TrainConfig        # fully resolved (base + axes + seed + derived)
     overrides: dict[str, Any]  # the values that vary across the sweep (axes / sampled values, seed)
-    resources: dict[str, float]  # {"cpu": float, "gpu": float}
+    resources: dict[str, float]  # {"cpu": float, "gpu": float} per worker, and "workers" when more than one
     label: str                 # e.g. "mup+vector d=256 lr=3e-3 s=0"
 
     def to_payload(self) -> dict[str, Any]:
@@ -69,6 +69,12 @@ def legacy_trial_hash(config: dict) -> str:
 def parametrization_label(cfg: TrainConfig) -> str:
     """`sp`, `mup`, `mup+vector`, ... (CONTRACTS.md, Labels)."""
     return cfg.scheme + ("" if cfg.multipliers == "none" else f"+{cfg.multipliers}")
+
+
+def workers_of(resources: dict) -> int:
+    """How many data-parallel workers (Ray Train, DDP) train the trial: resources.workers of
+    the sweep file. Not part of the trial's identity: N workers train the same curve as one."""
+    return int(resources.get("workers", 1))
 
 
 def gpu_fraction(memory_bytes: float, gpu_memory_gb: float) -> float:
@@ -112,7 +118,8 @@ def trial_label(cfg: TrainConfig, overrides: dict[str, Any], varying: list[str])
 
 
 def trial_cost(trial) -> dict[str, Any]:
-    """`trainer.estimate` of the trial's config, plus `seconds`: its compute time on the device
-    the trial asks for (GPU when resources.gpu > 0, else CPU)."""
-    est = estimate(trial.config)
+    """`trainer.estimate` of the trial's config on its workers (memory_bytes: one worker's),
+    plus `seconds`: its wall time on the devices the trial asks for (GPU when resources.gpu > 0,
+    else CPU)."""
+    est = estimate(trial.config, workers_of(trial.resources))
     return {**est, "seconds": est["seconds_gpu"] if trial.resources.get("gpu") else est["seconds_cpu"]}

@@ -96,7 +96,7 @@ def test_experiment_defaults_are_pinned():
 def test_runtime_options_do_not_change_the_hash():
     base = TrainConfig(d_model=64, scheme="mup", lr=1e-2)
     runtime = {"device": "cpu", "compile": True, "threads": 3, "peak_flops": 1e12,
-               "cache_dir": "/somewhere/else", "record_activations": False}
+               "cache_dir": "/somewhere/else", "record_activations": False, "micro_batch_size": 2}
     assert set(runtime) == set(RUNTIME_FIELDS)
     for key, value in runtime.items():
         assert trial_hash(base.model_copy(update={key: value})) == trial_hash(base), key

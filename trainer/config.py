@@ -29,9 +29,12 @@ MultiplierKind = Literal["none", "scalar", "row", "col", "vector"]
 # How and where a run executes, not what it computes: these fields are left out of a run's
 # identity (a trial's hash, a checkpoint's compatibility check). `device` and `compile` are
 # here on purpose: the same trial run on a CPU or a GPU, compiled or not, is one trial (its
-# precision follows the device, and the run records the device it used). Every other field
+# precision follows the device, and the run records the device it used). `micro_batch_size`
+# too: passes of fewer rows whose gradients add up give the same step as one pass of the whole
+# batch (tests/test_data_parallel.py holds it to that). Every other field
 # changes the trained model's numbers or what is measured of them, and is part of identity.
-RUNTIME_FIELDS = frozenset({"device", "compile", "threads", "peak_flops", "cache_dir", "record_activations"})
+RUNTIME_FIELDS = frozenset({"device", "compile", "threads", "peak_flops", "cache_dir", "record_activations",
+                            "micro_batch_size"})
 # Bounds every value obeys: floats are finite (model_config), integers fit in this (a width of
 # 1e30 is a typo, not a model), seeds fit numpy's and torch's seeding, text stays short.
 MAX_INT = 2 ** 40
@@ -109,7 +112,9 @@ class TrainConfig(BaseModel):
         "file, or a .parquet file")
     parquet_column: str = "text"
     val_fraction: float = Field(0.05, gt=0, lt=0.5)
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="rows of one step (the global batch, however many workers)")
+    micro_batch_size: int = Field(0, ge=0, description="gradient accumulation: rows per forward/backward pass on "
+                                  "one worker (0 = all its rows at once); saves memory, same result")
     cache_dir: str | None = Field(None, description="prepared-token cache (default ~/.cache/scalelab)")
 
     # --- loop ---

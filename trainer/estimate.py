@@ -56,16 +56,24 @@ def machine_memory_bytes() -> int | None:
 # a 100,000-point grid share a few shapes. A field that starts to matter to memory belongs here
 # (test_hostile_inputs checks memory_bytes against estimate).
 MEMORY_FIELDS = ("d_model", "n_layers", "mlp_ratio", "vocab_size", "batch_size", "seq_len", "multipliers",
-                 "multiplier_placement", "multiplier_overrides")
+                 "multiplier_placement", "multiplier_overrides", "micro_batch_size")
 
 
-def memory_bytes(cfg: TrainConfig) -> float:
-    key = tuple(_hashable(getattr(cfg, f)) for f in MEMORY_FIELDS)
+def memory_bytes(cfg: TrainConfig, workers: int = 1) -> float:
+    """One worker's memory (see `estimate`)."""
+    key = (workers, *(_hashable(getattr(cfg, f)) for f in MEMORY_FIELDS))
     if key not in _MEMORY:
         if len(_MEMORY) > 10_000:
             _MEMORY.clear()
-        _MEMORY[key] = estimate(cfg)["memory_bytes"]
+        _MEMORY[key] = estimate(cfg, workers)["memory_bytes"]
     return _MEMORY[key]
+
+
+def rows_per_pass(cfg: TrainConfig, workers: int = 1) -> int:
+    """The most rows one forward/backward pass holds: a worker's share of the batch
+    (trainer/distributed.py), cut to micro_batch_size."""
+    rows = -(-cfg.batch_size // workers)
+    return min(rows, cfg.micro_batch_size) if cfg.micro_batch_size else rows
 
 
 _MEMORY: dict[tuple, float] = {}
@@ -75,18 +83,22 @@ def _hashable(value):
     return tuple(sorted(value.items())) if isinstance(value, dict) else value
 
 
-def memory_problem(cfg: TrainConfig, available_bytes: float | None, device: str) -> str | None:
-    """None when the estimated training memory fits `available_bytes` of `device` (e.g. "GPU
-    memory (resources.gpu_memory_gb)"), else a sentence naming the estimate and the fix."""
-    need = memory_bytes(cfg)
+def memory_problem(cfg: TrainConfig, available_bytes: float | None, device: str, workers: int = 1) -> str | None:
+    """None when the estimated training memory (of one of `workers`) fits `available_bytes` of
+    `device` (e.g. "GPU memory (resources.gpu_memory_gb)"), else a sentence naming the estimate
+    and the fix."""
+    need = memory_bytes(cfg, workers)
     if available_bytes is None or need <= available_bytes:
         return None
     # Short: the caller's prefix already names the trial's values (a sweep's grid point).
     return (f"needs about {need / 2 ** 30:,.3g} GiB to train, more than the {available_bytes / 2 ** 30:,.1f} GiB "
-            f"of {device}; shrink the model or the batch")
+            f"of {device}; shrink the model or the batch, or set micro_batch_size")
 
 
-def estimate(cfg: TrainConfig) -> dict[str, float]:
+def estimate(cfg: TrainConfig, workers: int = 1) -> dict[str, float]:
+    """Costs of one run; on `workers` data-parallel workers, `memory_bytes` is one worker's
+    (every worker holds the whole model and its optimizer, activations of its rows of one pass)
+    and the seconds are wall time with the work shared."""
     kinds = multiplier_placement(cfg.multipliers, cfg.multiplier_placement, cfg.multiplier_overrides)
     groups = matrix_groups(cfg)
     weights = sum(n * i * o for _, i, o, n in groups)
@@ -97,10 +109,10 @@ def estimate(cfg: TrainConfig) -> dict[str, float]:
     flops = flops_per_token(cfg) * tokens
     # fp32 weights + grads + two Adam moments, activations kept for backward (~24 floats per
     # token and width per layer, plus attention and fp32 logits with their gradient).
-    act = cfg.tokens_per_step * (cfg.n_layers * (24 * cfg.d_model + 2 * cfg.mlp_hidden * 3)
+    act = rows_per_pass(cfg, workers) * cfg.seq_len * (cfg.n_layers * (24 * cfg.d_model + 2 * cfg.mlp_hidden * 3)
                                  + 3 * cfg.vocab_size)
     memory = 16 * n_params + 4 * act
     return {"n_params": n_params, "n_params_nonembedding": n_params - cfg.vocab_size * cfg.d_model,
             "tokens": tokens, "flops": flops, "memory_bytes": memory,
-            "seconds_cpu": flops / (CPU_FLOPS_PER_THREAD * max(1, cfg.threads)),
-            "seconds_gpu": flops / GPU_FLOPS}
+            "seconds_cpu": flops / (CPU_FLOPS_PER_THREAD * max(1, cfg.threads) * workers),
+            "seconds_gpu": flops / (GPU_FLOPS * workers)}

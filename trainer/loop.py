@@ -25,6 +25,7 @@ from .checkpoint import LATEST, latest_checkpoint, load_checkpoint, save_checkpo
 from .config import TrainConfig, UserError
 from .cpu_memory import keep_freed_memory
 from .data import Batches
+from .distributed import Shard, data_parallel, device_of_rank, micro_batches, no_sync
 from .estimate import PEAK_FLOPS, flops_per_token
 from .metrics import (ACT, DIVERGED, DIVERGED_AT_STEP, ELAPSED_S, FINAL, FINAL_TRAIN_LOSS, FINAL_VAL_LOSS, FINISHED,
                       FLOPS, GRAD_NORM, LR, MFU, MIN_VAL_LOSS, MULT_GRAD_NORM, N_PARAMS, N_PARAMS_NONEMBEDDING, STATUS,
@@ -105,11 +106,13 @@ class RunState:
     mult_norm: float = 0.0
 
     @classmethod
-    def build(cls, cfg: TrainConfig, batches: Batches, device: torch.device, label: str = "") -> "RunState":
+    def build(cls, cfg: TrainConfig, batches: Batches, device: torch.device, label: str = "",
+              devices: int = 1) -> "RunState":
+        """`devices`: how many train it together (their peak FLOP/s add up for MFU)."""
         torch.manual_seed(cfg.seed)  # a model's init is set by its own seed, alone or in a pack
         model = GPT(cfg).to(device)
-        return cls(cfg, model, Optimizers(model, cfg), batches, flops_per_token(cfg), peak_flops(cfg, device),
-                   label)
+        peak = peak_flops(cfg, device)
+        return cls(cfg, model, Optimizers(model, cfg), batches, flops_per_token(cfg), peak and peak * devices, label)
 
     def state_dict(self) -> dict:
         """Everything a resumed run needs to continue exactly (RNG states included)."""
@@ -163,14 +166,19 @@ class Engine(Protocol):
 
 
 class Trainer:
-    """One model, any optimizer (Muon included): the engine of a lone run. The coordinate check
-    and the benchmarks step it directly (train_step, evaluate)."""
+    """One model, any optimizer (Muon included): the engine of a lone run, on one process or on
+    every rank of a process group (trainer/distributed.py). A step sees the same global batch
+    however it is cut: into ranks, and on each rank into passes of `micro_batch_size` rows
+    whose gradients add up before the one optimizer step. The coordinate check and the
+    benchmarks step it directly (train_step, evaluate)."""
 
     def __init__(self, cfg: TrainConfig, batches: Batches | None = None):
-        self.device = start_runtime(cfg)
-        self.run = RunState.build(cfg, batches or Batches(cfg), self.device)
+        self.shard = Shard.current()
+        self.device = device_of_rank(start_runtime(cfg))
+        self.run = RunState.build(cfg, batches or Batches(cfg), self.device, devices=self.shard.world)
         self.members = [self.run]
-        self.forward = torch.compile(self.run.model) if cfg.compile else self.run.model
+        self.parallel = data_parallel(self.run.model, self.shard, self.device)
+        self.forward = torch.compile(self.parallel) if cfg.compile else self.parallel
 
     @property
     def step(self) -> int:
@@ -178,11 +186,21 @@ class Trainer:
 
     def train_step(self) -> tuple[float, float, float]:
         r = self.run
-        x, y = (t.to(self.device, non_blocking=True) for t in r.batches.train(r.step))
+        x, y = r.batches.train(r.step)
         r.opt.set_lr(lr_factor(r.step, r.cfg))
-        with autocast(self.device):
-            _, loss = self.forward(x, y)
-        loss.backward()
+        batch = r.cfg.batch_size
+        passes = micro_batches(*self.shard.rows(batch), r.cfg.micro_batch_size)
+        loss = torch.zeros((), device=self.device)  # the global batch's mean, the same on every rank
+        for i, (a, b) in enumerate(passes):
+            # a pass's mean loss, weighted by its share of the global batch (x world: DDP
+            # averages over ranks), so the gradients add up to the whole batch's mean
+            weight = (b - a) * self.shard.world / batch
+            xs, ys = (t[a:b].to(self.device, non_blocking=True) for t in (x, y))
+            with no_sync(self.parallel, last=i == len(passes) - 1):
+                with autocast(self.device):
+                    _, part = self.forward(xs, ys)
+                (part if weight == 1 else part * weight).backward()
+            loss += part.detach().float() * ((b - a) / batch)
         clip = r.cfg.grad_clip if r.cfg.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(r.opt.clipped_params(), clip)
         mult = r.opt.multiplier_params()
@@ -190,11 +208,14 @@ class Trainer:
         r.opt.step()
         r.opt.zero_grad()
         r.step += 1
+        loss = self.shard.sum(loss)
         return loss.item(), grad_norm.item(), (mult_norm.item() if mult_norm is not None else 0.0)
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, dict[str, float]]:
         r = self.run
+        if not self.shard.writes:  # the model is the same on every rank: rank 0 alone reports it
+            return math.nan, {}
         record: dict[str, float] = {}
         losses = []
         for i in range(r.cfg.eval_batches):
@@ -232,11 +253,17 @@ def train(cfg: TrainConfig, report: Report | None = None, checkpoint_dir: str | 
     last report carries `final: True` and the final metrics (see docs/CONTRACTS.md).
     `resume_from`: a checkpoint path, or "latest" (the newest in `checkpoint_dir`).
     `progress`: a line at every eval point; `progress_s`: a line at most every that many
-    seconds (none in a run shorter than that), `label` before it."""
-    resume = resume_from if resume_from in (None, LATEST) else [resume_from]
+    seconds (none in a run shorter than that), `label` before it.
+    On the ranks of a process group (trainer/distributed.py) every rank trains its rows of each
+    batch and resumes from the same checkpoint; rank 0 alone writes checkpoints and prints, and
+    only its reports hold the validation loss (`report` is called on every rank, at the same
+    steps, so a caller can keep the ranks in step)."""
     trainer = Trainer(cfg)
     trainer.run.label = label
-    return run(trainer, [report], [checkpoint_dir], resume, progress, progress_s=progress_s)[0]
+    resume = resume_paths(resume_from if resume_from in (None, LATEST) else [resume_from], [checkpoint_dir])
+    writes = trainer.shard.writes
+    return run(trainer, [report], [checkpoint_dir if writes else None], resume, progress and writes,
+               progress_s=progress_s if writes else 0.0)[0]
 
 
 def run(engine: Engine, reports: list[Report | None], dirs: list[str | None],

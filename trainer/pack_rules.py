@@ -13,7 +13,7 @@ from .config import ConfigError, TrainConfig
 PACK_FIELDS = ("d_model", "n_layers", "head_dim", "mlp_ratio", "vocab_size", "seq_len", "freeze_norms",
                "multipliers", "multiplier_placement", "multiplier_overrides", "optimizer",
                "corpus", "parquet_column", "val_fraction", "batch_size", "cache_dir",
-               "steps", "eval_interval", "eval_batches", "device", "compile", "threads")
+               "steps", "eval_interval", "eval_batches", "device", "compile", "threads", "micro_batch_size")
 MEMBER_FIELDS = ("scheme", "multiplier_init", "base_width", "base_depth", "width_recipe", "depth_scaling",
                  "init_std", "emb_init_std", "head_init_std", "alpha_emb", "alpha_out", "alpha_attn",
                  "lr_mult_emb", "lr_mult_hidden", "lr_mult_head", "lr_mult_vector", "lr_mult_multiplier",
@@ -27,6 +27,9 @@ def unfusable_reason(cfg: TrainConfig) -> str | None:
     if cfg.optimizer != "adamw":
         return (f"optimizer={cfg.optimizer} cannot be fused (Muon orthogonalises each matrix on its own); "
                 "train it alone with trainer.loop.train")
+    if cfg.micro_batch_size:
+        return (f"micro_batch_size={cfg.micro_batch_size} cannot be fused (a pack steps every member's whole batch "
+                "at once); train it alone with trainer.loop.train, or leave micro_batch_size at 0")
     return None
 
 
