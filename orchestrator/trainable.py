@@ -18,6 +18,7 @@ from typing import Any
 from ray import tune
 
 from .faults import FAULT_ENV, maybe_inject_fault
+from .placement import recorded
 from .progress import trial_progress_s
 from .trial import GRID_TRIAL_KEY, OBJECTIVE_KEY, PACK_MEMBERS_KEY, REPORT_KEY, Trial
 from .trial_folder import (Journal, checkpoints_of, open_folder, prune_checkpoints, resume_point, resume_points,
@@ -143,9 +144,10 @@ def _train(trial, ctx: TrialContext, trial_dir: Path, journal: Journal, resume_f
 
     set_threads(trial.config, trial.resources.get("cpu", 1))
     writer = TrialWriter(trial, trial_dir, journal, ctx, resumed_step)
-    result = train(trial.config, report=writer.report, checkpoint_dir=str(checkpoints_of(trial_dir)),
-                   resume_from=resume_from, progress_s=ctx.progress_s, label=f"[{trial.label}] ")
-    writer.finish(result)
+    with recorded([trial_dir]):
+        result = train(trial.config, report=writer.report, checkpoint_dir=str(checkpoints_of(trial_dir)),
+                       resume_from=resume_from, progress_s=ctx.progress_s, label=f"[{trial.label}] ")
+        writer.finish(result)
 
 
 # --- fused packs ----------------------------------------------------------------------------
@@ -215,8 +217,9 @@ def _train_pack(live: list[PackMember], ctx: TrialContext, paths: list[str | Non
     first = live[0].trial
     set_threads(first.config, first.resources.get("cpu", 1))
     writers = [TrialWriter(m.trial, m.trial_dir, m.journal, ctx, resumed_step) for m in live]
-    train_fused([m.trial.config for m in live], reports=[w.report for w in writers],
-                checkpoint_dirs=[str(checkpoints_of(m.trial_dir)) for m in live],
-                resume_from=paths if any(paths) else None,
-                on_end=lambda k, result: writers[k].finish(result),  # a member's end, mid-pack or last
-                progress_s=ctx.progress_s, labels=[f"[{m.trial.label}] " for m in live])
+    with recorded([m.trial_dir for m in live]):
+        train_fused([m.trial.config for m in live], reports=[w.report for w in writers],
+                    checkpoint_dirs=[str(checkpoints_of(m.trial_dir)) for m in live],
+                    resume_from=paths if any(paths) else None,
+                    on_end=lambda k, result: writers[k].finish(result),  # a member's end, mid-pack or last
+                    progress_s=ctx.progress_s, labels=[f"[{m.trial.label}] " for m in live])
