@@ -37,11 +37,22 @@ def here() -> dict:
             "assigned": assigned, "gpu_ids": gpu_ids, "cuda_visible_devices": os.environ.get(VISIBLE_DEVICES_ENV)}
 
 
+def hide_unassigned_gpus() -> None:
+    """A trial Ray gave no GPU sees none. Ray sets CUDA_VISIBLE_DEVICES only for a worker it
+    gave GPUs; a `gpu: 0` trial would otherwise see every GPU of its node and `device: auto`
+    would train on one that other trials reserved. Called before torch first touches CUDA."""
+    import ray  # the trainable's process has it imported already
+
+    if ray.is_initialized() and not ray.get_gpu_ids():
+        os.environ[VISIBLE_DEVICES_ENV] = ""
+
+
 @contextmanager
-def recorded(trial_dirs: list[Path]) -> Iterator[dict]:
+def recorded(trial_dirs: list[Path], rank: int | None = None) -> Iterator[dict]:
     """Around one training attempt of a trial (or of a fused pack: each member's folder gets
-    the line): appends {here(), started, ended, ok} to each folder's placement file."""
-    where, started, ok = here(), _now_ms(), False
+    the line): appends {here(), rank, started, ended, ok} to each folder's placement file. A
+    trial trained by several processes (data parallel) gets one line from each, with its rank."""
+    where, started, ok = {**here(), "rank": rank}, _now_ms(), False
     try:
         yield where
         ok = True

@@ -18,7 +18,7 @@ from typing import Any
 from ray import tune
 
 from .faults import FAULT_ENV, maybe_inject_fault
-from .placement import recorded
+from .placement import hide_unassigned_gpus, recorded
 from .progress import trial_progress_s
 from .trial import GRID_TRIAL_KEY, OBJECTIVE_KEY, PACK_MEMBERS_KEY, REPORT_KEY, Trial
 from .trial_folder import (Journal, checkpoints_of, open_folder, prune_checkpoints, resume_point, resume_points,
@@ -142,6 +142,7 @@ def _train(trial, ctx: TrialContext, trial_dir: Path, journal: Journal, resume_f
            resumed_step: int | None) -> None:
     from trainer.loop import train  # torch: on the worker only (see set_threads)
 
+    hide_unassigned_gpus()
     set_threads(trial.config, trial.resources.get("cpu", 1))
     writer = TrialWriter(trial, trial_dir, journal, ctx, resumed_step)
     with recorded([trial_dir]):
@@ -215,6 +216,7 @@ def _train_pack(live: list[PackMember], ctx: TrialContext, paths: list[str | Non
     from trainer.fused import train_fused  # torch: on the worker only (see set_threads)
 
     first = live[0].trial
+    hide_unassigned_gpus()
     set_threads(first.config, first.resources.get("cpu", 1))
     writers = [TrialWriter(m.trial, m.trial_dir, m.journal, ctx, resumed_step) for m in live]
     with recorded([m.trial_dir for m in live]):
