@@ -64,11 +64,17 @@ def recorded(trial_dirs: list[Path], rank: int | None = None) -> Iterator[dict]:
 
 
 def attempts(trial_dir: Path) -> list[dict]:
-    """The placement lines of a trial folder, oldest first ([] when it never trained here)."""
+    """The placement lines of a trial folder, oldest first ([] when it never trained here); a
+    line cut short by a kill mid-write is left out."""
     path = Path(trial_dir) / PLACEMENT_FILE
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    found = []
+    for line in lines:
+        try:
+            found.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return found
 
 
 def _now_ms() -> int:

@@ -194,28 +194,31 @@ def ray_two_nodes():
     """A real two-node Ray cluster on this machine: a head and a second node (`ray start
     --address`), each with one CPU and each in its own process group (ended by SIGKILL to the
     group). A sweep of one-CPU trials two at a time must use both. Yields the dashboard URL
-    and the two node ids once both nodes are alive and the head takes jobs."""
-    temp = tempfile.mkdtemp(prefix="slr-")
+    and the two node ids once both nodes are alive and the head takes jobs. Each node has its
+    own temp dir, as on two machines: sharing one, the second node's runtime-env agent would
+    delete the job's unpacked working directory under the driver when its own use of it ended."""
+    temps = [tempfile.mkdtemp(prefix="slr-"), tempfile.mkdtemp(prefix="slr-")]
     port, dash = free_port(), free_port()
-    head = start_ray_node(temp, "head", head_port=port, dashboard_port=dash, num_cpus=1)
+    head = start_ray_node(temps[0], "head", head_port=port, dashboard_port=dash, num_cpus=1)
     dashboard = f"http://127.0.0.1:{dash}"
     second = None
     try:
-        wait_for_jobs(dashboard, head, temp)
-        second = start_ray_node(temp, "second", join=f"127.0.0.1:{port}", num_cpus=1)
+        wait_for_jobs(dashboard, head, temps[0])
+        second = start_ray_node(temps[1], "second", join=f"127.0.0.1:{port}", num_cpus=1)
         nodes: list[str] = []
 
         def both_alive() -> bool:
             nodes[:] = alive_nodes(dashboard)
             return len(nodes) == 2
         wait_ready("the second Ray node to join the head", both_alive, RAY_HEAD_READY_S, second,
-                   Path(temp) / "second.log", every=2)
+                   Path(temps[1]) / "second.log", every=2)
         yield SimpleNamespace(dashboard=dashboard, node_ids=set(nodes))
     finally:
         for proc in (second, head):
             if proc is not None:
                 stop_group(proc, grace=0)
-        shutil.rmtree(temp, ignore_errors=True)
+        for temp in temps:
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 # --- leaving the test process ------------------------------------------------------------------

@@ -173,11 +173,11 @@ def start_ray_node(temp: str, name: str, num_cpus: int, head_port: int | None = 
     A joining node needs RAY_AUTH_MODE=token to present the head's token (~/.ray/auth_token):
     Ray ≥ 2.5x turns token auth on for `ray start --head` but not for a node that joins."""
     args = [str(BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus", str(num_cpus),
-            "--disable-usage-stats"]
+            "--temp-dir", temp, "--disable-usage-stats"]
     env = {"RAY_TMPDIR": temp}
     if join is None:
         args += ["--head", "--port", str(head_port), "--dashboard-host", "127.0.0.1",
-                 "--dashboard-port", str(dashboard_port), "--temp-dir", temp]
+                 "--dashboard-port", str(dashboard_port)]
     else:
         args += ["--address", join]
         env["RAY_AUTH_MODE"] = "token"

@@ -3,7 +3,7 @@
 train on CPU; Ray still reserves their GPU shares and gives each its ids. What each trial was
 given is in its placement file (orchestrator/placement.py): the shares match `scalelab plan`,
 the trials ran at once exactly as many as those shares allow (overlapping training intervals
-counted), and each trial saw the GPU Ray assigned (CUDA_VISIBLE_DEVICES)."""
+counted), and each trial saw the GPU Ray assigned (CUDA_VISIBLE_DEVICES), a trial given none no GPU."""
 from __future__ import annotations
 
 import contextlib
@@ -19,9 +19,10 @@ from conftest import GPUS_DECLARED
 from helpers import trials_by_hash, write_sweep
 from orchestrator.cli import main
 from orchestrator.locations import trials_root
-from orchestrator.placement import attempts
+from orchestrator.placement import attempts, recorded
 from orchestrator.runner import RunOptions, run_sweep
 from orchestrator.spec import load_sweep
+from orchestrator.trial_folder import PLACEMENT_FILE
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -108,3 +109,25 @@ def test_gpu_auto_shares_follow_the_plan(ray_gpu_node, tracking_uri, tmp_path):
     # the three half-GPU trials: two of them shared a GPU at some instant
     assert any(most_at_once([(w["started"], w["ended"]) for w in halves if w["gpu_ids"] == [gpu]]) == 2
                for gpu in ("0", "1"))
+
+
+def test_a_trial_given_no_gpu_sees_none(ray_gpu_node, tracking_uri, tmp_path):
+    """Ray leaves CUDA_VISIBLE_DEVICES alone for a worker without GPUs: the trainable hides them,
+    so `device: auto` cannot pick a GPU that other trials reserved."""
+    path = write_sweep(tmp_path, "gpu-none", grid={"lr": [1e-3, 2e-3]}, base={**BASE, "steps": 20},
+                       resources={"cpu": 1, "gpu": 0})
+    placed = run_and_place(path, tracking_uri, tmp_path / "store")
+    for where in placed.values():
+        assert where["gpu_ids"] == [] and where["cuda_visible_devices"] == "", where
+        assert "GPU" not in where["assigned"]
+
+
+def test_an_attempt_that_raises_is_recorded_and_a_cut_line_is_skipped(tmp_path):
+    with pytest.raises(RuntimeError):
+        with recorded([tmp_path], rank=1):
+            raise RuntimeError("crash")
+    with open(tmp_path / PLACEMENT_FILE, "a") as fh:
+        fh.write('{"node_id": "cut sh')  # a kill mid-write
+    [line] = attempts(tmp_path)
+    assert line["ok"] is False and line["rank"] == 1 and line["ended"] >= line["started"]
+    assert line["pid"] > 0 and "cuda_visible_devices" in line
