@@ -173,7 +173,10 @@ def start_ray_node(temp: str, name: str, num_cpus: int, head_port: int | None = 
     A joining node needs RAY_AUTH_MODE=token to present the head's token (~/.ray/auth_token):
     Ray ≥ 2.5x turns token auth on for `ray start --head` but not for a node that joins."""
     args = [str(BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus", str(num_cpus),
-            "--temp-dir", temp, "--disable-usage-stats"]
+            "--temp-dir", temp, "--disable-usage-stats",
+            # its own port: Ray's default (52365) is taken by any other node on this machine, and a
+            # head whose agent cannot bind it never takes a job ("No available agent")
+            "--dashboard-agent-listen-port", str(free_port())]
     env = {"RAY_TMPDIR": temp}
     if join is None:
         args += ["--head", "--port", str(head_port), "--dashboard-host", "127.0.0.1",
