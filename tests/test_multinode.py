@@ -21,7 +21,10 @@ from orchestrator.trial_folder import CHECKPOINTS, JOURNAL_FILE
 WORKERS = 1
 TRIALS = 4 if WORKERS == 1 else 2
 LRS = [1e-3, 2e-3, 3e-3, 4e-3][:TRIALS]
-STEPS = 60
+# Tens of seconds a trial: Tune re-uses a finished trial's worker for the next trial, so trials
+# as short as the second node's first worker takes to start (its runtime env, torch) could all
+# run on the head, one after another.
+STEPS = 600
 RESOURCES = {"cpu": 1, "gpu": 0, **({"workers": WORKERS} if WORKERS > 1 else {})}
 
 
@@ -31,9 +34,8 @@ def test_a_submitted_sweep_runs_on_both_nodes_once_each(ray_two_nodes, mlflow_se
                                                         monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     dashboard = ray_two_nodes.dashboard
-    # Long enough (a few seconds a trial) that the two running at once overlap in time.
     tiny_sweep("two-nodes", grid={"lr": LRS}, concurrency=2, resources=RESOURCES,
-               base={"steps": STEPS, "eval_interval": 20})
+               base={"steps": STEPS, "eval_interval": STEPS // 2})
     storage = tmp_path / "shared-store"
     assert main(["submit", "two-nodes.yaml", "--address", dashboard, "--tracking-uri", mlflow_server,
                  "--storage", str(storage)]) == 0
