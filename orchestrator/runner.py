@@ -26,6 +26,7 @@ from .layout import (DONE_OUTCOMES, OUTCOME_FAILED, OUTCOMES, SWEEP_ARTIFACT, TA
                      TAG_OUTCOME)
 from .links import browse_hint, print_study_hint
 from .locations import Locations
+from .node_check import check_nodes
 from .outbox import RUN_HTTP_ENV, Outbox, grace_seconds, outage_message
 from .progress import ProgressPrinter, best_so_far
 from .ray_local import ray_session
@@ -183,6 +184,8 @@ def _execute(spec, mode, tracker: SweepTracker, where: Locations, opts: RunOptio
     with ray_session(opts.address, opts.num_cpus) as resources:
         has_gpu = resources.get("GPU", 0) > 0
         _check_fits(spec, resources, opts)
+        if opts.address:  # several nodes: each must see the storage and run the same code
+            check_nodes(where.storage, spec.name, opts.out)
         tracking = MlflowTrackingCallback(tracker, mode.lookup, n_params_of, known=set(mode.known), outbox=outbox)
         progress = ProgressPrinter(spec.name, mode.to_run, mode.lookup, metric, direction,
                                    best=best_so_far(tracker.child_runs(), metric, direction), out=opts.out,

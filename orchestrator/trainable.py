@@ -20,6 +20,7 @@ from typing import Any, Callable
 from ray import tune
 
 from .faults import FAULT_ENV, maybe_inject_fault
+from .placement import hide_unassigned_gpus, recorded
 from .progress import trial_progress_s
 from .trial import GRID_TRIAL_KEY, OBJECTIVE_KEY, PACK_MEMBERS_KEY, REPORT_KEY, Trial, workers_of
 from .trial_folder import (Journal, checkpoints_of, open_folder, prune_checkpoints, resume_point, resume_points,
@@ -147,14 +148,18 @@ def _train(trial, ctx: TrialContext, trial_dir: Path, journal: Journal, resume_f
     _train_here(trial, ctx, trial_dir, TrialWriter(trial, trial_dir, journal, ctx, resumed_step), resume_from)
 
 
-def _train_here(trial, ctx: TrialContext, trial_dir: Path, writer, resume_from: str | None) -> None:
-    """Train the trial in this process (alone, or as one rank of its workers)."""
+def _train_here(trial, ctx: TrialContext, trial_dir: Path, writer, resume_from: str | None,
+                rank: int | None = None) -> None:
+    """Train the trial in this process (alone, or as rank `rank` of its workers); placement.jsonl
+    gets a line for each process that trains it."""
     from trainer.loop import train  # torch: on the worker only (see set_threads)
 
+    hide_unassigned_gpus()
     set_threads(trial.config, trial.resources.get("cpu", 1))
-    result = train(trial.config, report=writer.report, checkpoint_dir=str(checkpoints_of(trial_dir)),
-                   resume_from=resume_from, progress_s=ctx.progress_s, label=f"[{trial.label}] ")
-    writer.finish(result)
+    with recorded([trial_dir], rank=rank):
+        result = train(trial.config, report=writer.report, checkpoint_dir=str(checkpoints_of(trial_dir)),
+                       resume_from=resume_from, progress_s=ctx.progress_s, label=f"[{trial.label}] ")
+        writer.finish(result)
 
 
 # --- data-parallel trials (resources.workers > 1) -------------------------------------------
@@ -212,11 +217,12 @@ def _rank_main(config: dict) -> None:
 
     trial, ctx = Trial.from_payload(config["trial"]), config["ctx"]
     trial_dir, journal = open_folder(ctx.trials_root, trial.hash)
-    if get_context().get_world_rank() == 0:
+    rank = get_context().get_world_rank()
+    if rank == 0:
         writer = TrialWriter(trial, trial_dir, journal, ctx, config["resumed_step"], send=report)
     else:
         writer = RankReports(report)
-    _train_here(trial, ctx, trial_dir, writer, config["resume_from"])
+    _train_here(trial, ctx, trial_dir, writer, config["resume_from"], rank=rank)
 
 
 # --- fused packs ----------------------------------------------------------------------------
@@ -284,10 +290,12 @@ def _train_pack(live: list[PackMember], ctx: TrialContext, paths: list[str | Non
     from trainer.fused import train_fused  # torch: on the worker only (see set_threads)
 
     first = live[0].trial
+    hide_unassigned_gpus()
     set_threads(first.config, first.resources.get("cpu", 1))
     writers = [TrialWriter(m.trial, m.trial_dir, m.journal, ctx, resumed_step) for m in live]
-    train_fused([m.trial.config for m in live], reports=[w.report for w in writers],
-                checkpoint_dirs=[str(checkpoints_of(m.trial_dir)) for m in live],
-                resume_from=paths if any(paths) else None,
-                on_end=lambda k, result: writers[k].finish(result),  # a member's end, mid-pack or last
-                progress_s=ctx.progress_s, labels=[f"[{m.trial.label}] " for m in live])
+    with recorded([m.trial_dir for m in live]):
+        train_fused([m.trial.config for m in live], reports=[w.report for w in writers],
+                    checkpoint_dirs=[str(checkpoints_of(m.trial_dir)) for m in live],
+                    resume_from=paths if any(paths) else None,
+                    on_end=lambda k, result: writers[k].finish(result),  # a member's end, mid-pack or last
+                    progress_s=ctx.progress_s, labels=[f"[{m.trial.label}] " for m in live])

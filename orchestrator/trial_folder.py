@@ -4,6 +4,7 @@ on Tune's experiment state (the one place that names its parts):
     <trials_root>/<hash>/checkpoints/step_*   the trainer's checkpoints
     <trials_root>/<hash>/reports.jsonl        the journal: every report, stamped, written before it is sent
     <trials_root>/<hash>/writer.lock          held by the one process writing the folder
+    <trials_root>/<hash>/placement.jsonl      one line per training attempt: node, GPUs (placement.py)
 
 On (re)start the journal is replayed up to the checkpoint the trial resumes from; after the
 final report only the final checkpoint is kept.
@@ -20,6 +21,7 @@ from pathlib import Path
 
 CHECKPOINTS = "checkpoints"
 JOURNAL_FILE = "reports.jsonl"
+PLACEMENT_FILE = "placement.jsonl"
 
 
 def trial_folder(trials_root: str | Path, trial_hash: str) -> Path:

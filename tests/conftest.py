@@ -18,8 +18,8 @@ import pytest
 # default one that happens to put this folder on sys.path.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers import (BIN, MlflowServer, free_port, stop_group, venv_env, wait_http, wait_ready,  # noqa: E402
-                     write_sweep)
+from helpers import (MlflowServer, alive_nodes, free_port, start_ray_node, stop_group, wait_http,  # noqa: E402
+                     wait_ready, write_sweep)
 
 # --- slow and fast ------------------------------------------------------------------------------
 # A test is slow when it starts a real system: these fixtures start one (embedded Ray, a Ray
@@ -27,8 +27,13 @@ from helpers import (BIN, MlflowServer, free_port, stop_group, venv_env, wait_ht
 # starts one itself (a `scalelab` subprocess, say) or trains for many seconds carries
 # @pytest.mark.slow. Every other test is marked fast: `pytest -m fast` is the quick run, and
 # stays complete as tests are added.
-REAL_SYSTEM_FIXTURES = frozenset({"ray_local", "ray_head", "mlflow_server", "restartable_mlflow_server",
-                                  "postgres", "postgres_mlflow_server", "browsed_sweep", "chromium", "browser"})
+REAL_SYSTEM_FIXTURES = frozenset({"ray_local", "ray_head", "ray_two_nodes", "ray_gpu_node", "mlflow_server",
+                                  "restartable_mlflow_server", "postgres", "postgres_mlflow_server", "browsed_sweep",
+                                  "chromium", "browser"})
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one; benchmarks/gpu_check.py runs them)")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -104,6 +109,27 @@ def ray_local():
         shutdown_private_ray(temp_dir)
 
 
+@pytest.fixture(scope="module")
+def ray_gpu_node():
+    """An embedded Ray node that declares GPUS_DECLARED GPUs on this CPU machine (what `ray start
+    --num-gpus` declares): Ray reserves fractions of them and gives each trial its ids
+    (CUDA_VISIBLE_DEVICES) as on a GPU node, while the trials train on CPU (`device: cpu`).
+    Eight logical CPUs, so that the GPUs, not the CPUs, bound how many trials run at once."""
+    import ray
+
+    from orchestrator.ray_local import init_private_ray, quiet_tune, shutdown_private_ray
+
+    quiet_tune()
+    temp_dir = init_private_ray(num_cpus=8, num_gpus=GPUS_DECLARED)
+    try:
+        yield ray.cluster_resources()
+    finally:
+        shutdown_private_ray(temp_dir)
+
+
+GPUS_DECLARED = 2
+
+
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real `mlflow server` on 127.0.0.1; yields its URI."""
@@ -176,23 +202,53 @@ def ray_head():
     once it takes jobs."""
     temp = tempfile.mkdtemp(prefix="slr-")  # short: Ray's unix socket paths are length-limited
     port, dash = free_port(), free_port()
-    log = Path(temp) / "head.log"
-    ray_logs = Path(temp) / "session_latest" / "logs"
-    proc = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--port", str(port),
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
-         "--temp-dir", temp, "--disable-usage-stats"],
-        stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
-        env=venv_env(RAY_TMPDIR=temp))
+    head = start_ray_node(temp, "head", head_port=port, dashboard_port=dash, num_cpus=2)
     dashboard = f"http://127.0.0.1:{dash}"
     try:
-        wait_ready(f"the Ray head's job agent to take a job at {dashboard}", lambda: job_accepted(dashboard),
-                   RAY_HEAD_READY_S, proc, log, ray_logs / "dashboard.log", ray_logs / "dashboard_agent.log",
-                   every=2)
+        wait_for_jobs(dashboard, head, temp)
         yield dashboard
     finally:
-        stop_group(proc)
+        stop_group(head)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def wait_for_jobs(dashboard: str, head: subprocess.Popen, temp: str) -> None:
+    ray_logs = Path(temp) / "session_latest" / "logs"
+    wait_ready(f"the Ray head's job agent to take a job at {dashboard}", lambda: job_accepted(dashboard),
+               RAY_HEAD_READY_S, head, Path(temp) / "head.log", ray_logs / "dashboard.log",
+               ray_logs / "dashboard_agent.log", every=2)
+
+
+@pytest.fixture
+def ray_two_nodes():
+    """A real two-node Ray cluster on this machine: a head and a second node (`ray start
+    --address`), each with one CPU and each in its own process group (ended by SIGKILL to the
+    group). A sweep of one-CPU trials two at a time must use both. Yields the dashboard URL
+    and the two node ids once both nodes are alive and the head takes jobs. Each node has its
+    own temp dir, as on two machines: sharing one, the second node's runtime-env agent would
+    delete the job's unpacked working directory under the driver when its own use of it ended."""
+    temps = [tempfile.mkdtemp(prefix="slr-"), tempfile.mkdtemp(prefix="slr-")]
+    port, dash = free_port(), free_port()
+    head = start_ray_node(temps[0], "head", head_port=port, dashboard_port=dash, num_cpus=1)
+    dashboard = f"http://127.0.0.1:{dash}"
+    second = None
+    try:
+        wait_for_jobs(dashboard, head, temps[0])
+        second = start_ray_node(temps[1], "second", join=f"127.0.0.1:{port}", num_cpus=1)
+        nodes: list[str] = []
+
+        def both_alive() -> bool:
+            nodes[:] = alive_nodes(dashboard)
+            return len(nodes) == 2
+        wait_ready("the second Ray node to join the head", both_alive, RAY_HEAD_READY_S, second,
+                   Path(temps[1]) / "second.log", every=2)
+        yield SimpleNamespace(dashboard=dashboard, node_ids=set(nodes))
+    finally:
+        for proc in (second, head):
+            if proc is not None:
+                stop_group(proc, grace=0)
+        for temp in temps:
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 # --- leaving the test process ------------------------------------------------------------------

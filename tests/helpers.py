@@ -165,6 +165,41 @@ def stop_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
     proc.wait(timeout=30)
 
 
+def start_ray_node(temp: str, name: str, num_cpus: int, head_port: int | None = None,
+                   dashboard_port: int | None = None, join: str | None = None, num_gpus: int | None = None
+                   ) -> subprocess.Popen:
+    """`ray start --block` on 127.0.0.1 in its own process group, its output in `<temp>/<name>.log`:
+    a head (`head_port`, `dashboard_port`) or a node joining one (`join`: "127.0.0.1:PORT").
+    A joining node needs RAY_AUTH_MODE=token to present the head's token (~/.ray/auth_token):
+    Ray ≥ 2.5x turns token auth on for `ray start --head` but not for a node that joins."""
+    args = [str(BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus", str(num_cpus),
+            "--temp-dir", temp, "--disable-usage-stats",
+            # its own port: Ray's default (52365) is taken by any other node on this machine, and a
+            # head whose agent cannot bind it never takes a job ("No available agent")
+            "--dashboard-agent-listen-port", str(free_port())]
+    env = {"RAY_TMPDIR": temp}
+    if join is None:
+        args += ["--head", "--port", str(head_port), "--dashboard-host", "127.0.0.1",
+                 "--dashboard-port", str(dashboard_port)]
+    else:
+        args += ["--address", join]
+        env["RAY_AUTH_MODE"] = "token"
+    if num_gpus is not None:
+        args += ["--num-gpus", str(num_gpus)]
+    return subprocess.Popen(args, stdout=open(Path(temp) / f"{name}.log", "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True, env=venv_env(**env))
+
+
+def alive_nodes(dashboard: str) -> list[str]:
+    """The ids of the cluster's alive nodes, from the dashboard (with the auth token)."""
+    from orchestrator.jobs import auth_headers
+
+    request = urllib.request.Request(f"{dashboard}/nodes?view=summary", headers=auth_headers())
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        summary = json.load(answer)["data"]["summary"]
+    return [n["raylet"]["nodeId"] for n in summary if n.get("raylet", {}).get("state") == "ALIVE"]
+
+
 def log_tail(*logs: Path, chars: int = 3000) -> str:
     """The end of each log that exists, headed by its name: what a time-out message shows."""
     parts = []
@@ -205,6 +240,23 @@ def answers_http(url: str) -> bool:
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
     wait_ready(f"{url} to answer", lambda: answers_http(url), timeout, proc, log)
+
+
+JOB_ENDS = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def wait_for_job(address: str, job_id: str, timeout: float = 420) -> str:
+    """The Ray Job's status once it ended (JOB_ENDS), or its status after `timeout` seconds."""
+    from orchestrator import jobs
+
+    deadline = time.time() + timeout
+    status = ""
+    while time.time() < deadline:
+        status = jobs.job_status(address, job_id)
+        if status in JOB_ENDS:
+            return status
+        time.sleep(2)
+    return status
 
 
 class MlflowServer:

@@ -3,26 +3,11 @@ started here on 127.0.0.1 (fixtures in conftest.py), plus the refusals that need
 from __future__ import annotations
 
 import subprocess
-import time
 
 import pytest
 
-from helpers import sweep_runs
-from orchestrator import jobs
+from helpers import sweep_runs, wait_for_job
 from orchestrator.cli import main
-
-TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-
-
-def wait_for_job(address: str, job_id: str, timeout: float = 420) -> str:
-    deadline = time.time() + timeout
-    status = ""
-    while time.time() < deadline:
-        status = jobs.job_status(address, job_id)
-        if status in TERMINAL:
-            return status
-        time.sleep(2)
-    return status
 
 
 def test_submit_refuses_a_local_tracking_uri(tmp_path, tiny_sweep, monkeypatch, capsys):
