@@ -31,6 +31,7 @@ from .stats import LogLogFit, loglog_fit
 
 STATS = ("scalar", "row_rms", "col_rms", "row_mean", "col_mean")
 PREDICTIONS = {"head": -1.0, "attn_q·attn_k": -2.0}
+WIDTH = "d_model"   # PREDICTIONS are exponents in width: against depth (n_layers) µP predicts nothing here
 HEAD_TOTAL = "head total"   # final-norm weight × effective head RMS (multiplier × matrix)
 FINAL_NORM = "norm/final_norm/mean"   # the head's column multiplier in the paper's placement
 HEAD_EFF_RMS = "eff_rms/head"
@@ -105,18 +106,20 @@ def fit_multipliers(trials: pd.DataFrame, *, size: str = "d_model", hp: str = "l
     warnings: list[str] = []
     keys = frames.group_keys(runs)
     groups = []
+    predictions = PREDICTIONS if size == WIDTH else {}
     for group, sub in frames.iter_groups(runs, keys):
         if hp in sub.columns and loss in sub.columns and sub[hp].nunique() > 1:
             sub = frames.best_cells(sub, [size], hp, loss)
-        groups.append(_fit_group(group, sub, size, level))
+        groups.append(_fit_group(group, sub, size, level, predictions))
     if not any(g.n_sizes >= 2 for g in groups):
         warnings.append(f"every group has one value of {size}: exponents need runs at ≥ 2 widths")
     return MultiplierResult(size=size, selection=f"finished grid runs at each {size}'s best {hp}",
-                            aggregation="geometric mean of |multiplier| over blocks", predictions=PREDICTIONS,
+                            aggregation="geometric mean of |multiplier| over blocks", predictions=predictions,
                             treatment={"diverged": "excluded (a diverged run's multipliers are not a trained value)",
                                        "failed": "excluded"},
-                            prediction_note="µP prediction for the total scale at fixed η, λ (docs/science.md §5); "
-                                            "under scheme mup the fixed µP multipliers already carry these factors",
+                            prediction_note=("µP prediction for the total scale at fixed η, λ (docs/science.md §5); "
+                                             "under scheme mup the fixed µP multipliers already carry these factors"
+                                             if predictions else f"µP makes no prediction against {size}"),
                             ci_level=level, groups=groups, warnings=warnings)
 
 
@@ -141,7 +144,8 @@ def role_series(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     return {k: v for k, v in series.items() if np.isfinite(v).any()}
 
 
-def _fit_group(group: dict, runs: pd.DataFrame, size: str, level: float) -> MultiplierGroup:
+def _fit_group(group: dict, runs: pd.DataFrame, size: str, level: float,
+               predictions: dict[str, float]) -> MultiplierGroup:
     widths = runs[size].to_numpy(dtype=float)
     n_sizes = int(np.unique(widths).size)
     result = {"group": group, "label": frames.group_label(group), "n_runs": len(runs), "n_sizes": n_sizes,
@@ -154,7 +158,7 @@ def _fit_group(group: dict, runs: pd.DataFrame, size: str, level: float) -> Mult
     for name, values in role_series(runs).items():
         fit = loglog_fit(widths, values, level)
         role = name.split(" ")[0]
-        prediction = PREDICTIONS.get(role)
+        prediction = predictions.get(role)
         result["series"].append(MultiplierSeries(
             name=name, role=role, source=_source(name, runs), fit=fit, prediction=prediction,
             minus_prediction=None if prediction is None or fit.exponent is None else fit.exponent - prediction,

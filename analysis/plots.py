@@ -316,7 +316,8 @@ def plot_multipliers(result: MultiplierResult) -> Figure:
         ax.set_ylabel("learned multiplier\n(geo. mean over blocks)")
         panel_title(ax, name)
         ax.legend(fontsize=6)
-    figure_title(fig, "Learned multipliers vs width; dashed: µP prediction (head d⁻¹, q·k d⁻²); "
+    predicted = "; dashed: µP prediction (head d⁻¹, q·k d⁻²)" if result.predictions else ""
+    figure_title(fig, f"Learned multipliers vs {_size_name(result.size)}{predicted}; "
               f"every log axis spans ≥ ×{MIN_LOG_SPAN:g}")
     return fig
 

@@ -12,7 +12,7 @@ from .comparison import Comparison
 from .coordcheck import CoordCheckResult
 from .freedom import FreedomResult, Penalty
 from .ladder import LadderResult
-from .multiplier_scaling import MultiplierResult
+from .multiplier_scaling import WIDTH, MultiplierResult
 from .norms import NormsResult
 from .scaling import ScalingResult
 from .stats import LogLogFit
@@ -101,12 +101,12 @@ def transfer_section(t: TransferResult, s: dict, figure: str = "optimum_vs_size"
     return "\n\n".join(x for x in [
         f"## Transfer of the optimal {hp} across {size}",
         f"{_estimator_text(t)}; interval = percentile interval of a bootstrap over seeds (seeds resampled "
-        f"per grid point, {t.n_boot} replicates, the optimum re-fitted per replicate). γ: slope of log η* vs "
-        f"log {size} (µP predicts ≈ 0, SP with Adam ≈ −1). Drift: change of log2 η* from the smallest to the "
+        f"per grid point, {t.n_boot} replicates, the optimum re-fitted per replicate). γ: slope of log {hp}* vs "
+        f"log {size}{_predicted_gamma(hp, size)}. Drift: change of log2 {hp}* from the smallest to the "
         f"largest {size}, in grid steps.",
         table(["parametrization", "γ [CI]", "drift (grid steps) [CI]", f"{size} with an optimum", "interval"], groups),
         _figure(s, figure),
-        f"### Optima and LR sensitivity per {size}",
+        f"### Optima and {'LR ' if hp == 'lr' else ''}sensitivity per {size}",
         f"Sensitivity (Wortsman et al. 2023): mean over {rng_text} of min(ℓ(η), ℓ_init) − ℓ*, ℓ_init = "
         f"{num(t.init_loss)} nats.",
         table(["parametrization", size, f"log2 {hp}* [CI]", "loss at optimum", "sensitivity [CI]", "runs", "flags"],
@@ -114,12 +114,27 @@ def transfer_section(t: TransferResult, s: dict, figure: str = "optimum_vs_size"
         _figure(s, "loss_vs_hp") if figure == "optimum_vs_size" else ""] if x)
 
 
+# What theory says γ should be, per (swept hyperparameter, size): docs/science.md and the sweeps that test it.
+PREDICTED_GAMMA = {
+    ("lr", "d_model"): "µP predicts ≈ 0, SP with Adam ≈ −1",
+    ("lr", "n_layers"): "CompleteP's depth rule predicts ≈ 0 (Dey et al. 2025)",
+    ("weight_decay", "d_model"): "a constant AdamW timescale 1/(η·λ) predicts ≈ +1 for width_recipe lr (λ fixed, "
+                                 "hidden η ∝ 1/m) and ≈ 0 for lr_wd, which scales λ ∝ m itself (Wang & Aitchison 2024)",
+}
+
+
+def _predicted_gamma(hp: str, size: str) -> str:
+    said = PREDICTED_GAMMA.get((hp, size))
+    return f" ({said})" if said else ""
+
+
 def _estimator_text(t: TransferResult) -> str:
     window = f"the best grid point ± {t.k} points"
     if t.estimator == "asymmetric":
         return (f"Optimum = x0 of the least-squares asymmetric bowl L = c + a·f(log2 {t.hp} − x0) through {window} "
-                "(≥ 4 finite points; f exponential or two half-parabolas, its asymmetry fitted too; 3 points: the "
-                "parabola through them)")
+                "(≥ 4 finite points; f exponential or two half-parabolas, its asymmetry fitted too; a window of "
+                "4 points fits only shapes at least as steep above the optimum as below, as loss-vs-log-η curves are; 3 points: "
+                "the parabola through them)")
     return f"Optimum = vertex of a least-squares parabola in log2 {t.hp} through {window}"
 
 
@@ -141,7 +156,7 @@ def transfer_depth_section(t: TransferResult, s: dict) -> str:
 
 
 def multipliers_section(m: MultiplierResult, s: dict) -> str:
-    out = ["## Learned multipliers vs width",
+    out = [f"## Learned multipliers vs {'width' if m.size == WIDTH else m.size}",
            f"Exponent p of multiplier ∝ {m.size}^p ({m.aggregation}; {m.selection}). "
            f"{m.prediction_note}."]
     for g in m.groups:
@@ -152,8 +167,9 @@ def multipliers_section(m: MultiplierResult, s: dict) -> str:
         out += [f"### {g.label}", table(["series", "exponent p [CI]", "µP prediction", "p − prediction", "runs", "source"], rows)]
         norms = [[x.role, _exponent(x.fit), x.fit.n_runs] for x in g.matrix_norms or [] if x.fit.exponent is not None]
         if norms:
-            out += [f"Matrix RMS (stored weights, weight_rms) vs {m.size}: the paper finds it roughly "
-                    "width-independent (exponent ≈ 0) once multipliers carry the scale.",
+            out += [f"Matrix RMS (stored weights, weight_rms) vs {m.size}"
+                    + (": the paper finds it roughly width-independent (exponent ≈ 0) once multipliers carry the scale."
+                       if m.predictions else "."),
                     table(["matrix", "exponent [CI]", "runs"], norms)]
     out.append(_figure(s, "multipliers_vs_width"))
     return "\n\n".join(o for o in out if o)

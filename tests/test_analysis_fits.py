@@ -212,6 +212,15 @@ def test_multiplier_exponents_recovered_beside_the_mup_prediction(world):
     assert series["attn_q·attn_k"].minus_prediction == pytest.approx(series["attn_q·attn_k"].fit.exponent + 2)
 
 
+def test_against_depth_the_width_predictions_are_not_drawn(world):
+    tables, _ = world
+    trials = tables.trials.assign(n_layers=tables.trials["d_model"])  # the same runs, read as a depth sweep
+    result = fit_multipliers(trials, size="n_layers")
+    series = [s for g in result.groups for s in g.series]
+    assert series and all(s.prediction is None and s.minus_prediction is None for s in series)
+    assert result.predictions == {} and "no prediction against n_layers" in result.prediction_note
+
+
 def test_multipliers_need_learnable_multiplier_runs():
     trials = _small(seeds=2)
     trials = trials.drop(columns=[c for c in trials.columns if c.startswith("mult/")])
