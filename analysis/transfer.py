@@ -340,6 +340,7 @@ def fit_transfer(trials: pd.DataFrame, *, hp: str = "lr", size: str = "d_model",
     if not curves:
         raise UserError(f"transfer fit: no finished or diverged grid runs with {hp}, {size} and {loss} "
                         f"(outcomes: {counts or 'no runs'})")
+    curves = _swept_curves(curves, hp, warnings)
     rng = np.random.default_rng(seed)
     ell_init = _init_loss(runs, init_loss)
     lo_hi = hp_range and (math.log2(hp_range[0]), math.log2(hp_range[1]))
@@ -407,6 +408,22 @@ def _curves(runs: pd.DataFrame, keys: list[str], hp: str, size: str, loss: str,
             if grid.size:
                 curves.append(Curve(group, float(width), grid, samples, int(nan.sum())))
     return curves
+
+
+def _swept_curves(curves: list[Curve], hp: str, warnings: list[str]) -> list[Curve]:
+    """The curves of groups that swept hp. A group that ran one value of hp at every size (a
+    transfer of tuned values, a seed study) has no optimum to find: one line, not one per curve."""
+    by_group: dict[str, list[Curve]] = {}
+    for c in curves:
+        by_group.setdefault(frames.group_label(c.group), []).append(c)
+    unswept = sorted(label for label, cs in by_group.items() if all(c.x.size == 1 for c in cs))
+    if len(unswept) == len(by_group):
+        raise UserError(f"transfer fit: no group ran more than one value of {hp} at a size "
+                        f"({len(unswept)} group(s) each ran one): nothing to find an optimum of")
+    if unswept:
+        warnings.append(f"{len(unswept)} group(s) ran one value of {hp} at each size and are left out of the "
+                        f"transfer fit: {', '.join(unswept[:4])}{', ...' if len(unswept) > 4 else ''}")
+    return [c for c in curves if frames.group_label(c.group) not in unswept]
 
 
 def _init_loss(runs: pd.DataFrame, init_loss: float | None) -> float:

@@ -129,10 +129,23 @@ def test_lr_sensitivity_formula_caps_diverged_points_at_the_initial_loss():
 
 def test_transfer_on_another_column(world):
     tables, _ = world
-    result = fit_transfer(tables.trials, hp="weight_decay", n_boot=50)
+    swapped = tables.trials.rename(columns={"lr": "weight_decay", "weight_decay": "lr"})
+    result = fit_transfer(swapped, hp="weight_decay", n_boot=50)
     assert result.hp == "weight_decay"
-    # λ is constant in the width sweep: those curves have one point and say so
-    assert any("finite loss" in w for w in result.warnings)
+    assert any(g.gamma is not None for g in result.groups)
+    # λ is constant in every sweep of this world: there is no optimum of it to find
+    with pytest.raises(UserError, match="no group ran more than one value of weight_decay"):
+        fit_transfer(tables.trials, hp="weight_decay", n_boot=50)
+
+
+def test_groups_that_ran_one_value_of_the_hp_are_one_warning_not_one_per_curve():
+    trials = _small(seeds=2)
+    tuned = trials[trials["lr"].eq(trials["lr"].iloc[0])].assign(sweep="tuned", lr=1e-2)  # a transfer of tuned values
+    result = fit_transfer(pd.concat([trials, tuned], ignore_index=True), n_boot=20)
+    assert result.curves and not any("tuned" in c.label for c in result.curves)
+    left_out = [w for w in result.warnings if "ran one value of lr" in w]
+    assert len(left_out) == 1 and "sweep=tuned" in left_out[0], result.warnings
+    assert not any("finite loss" in w for w in result.warnings)
 
 
 # ---- transfer edge cases --------------------------------------------------------------------
