@@ -553,7 +553,7 @@ def _level_name(row: dict) -> str:
     if len(tuned) > 18:
         tuned = f"{len(row['tuned'])} keys"
     cost = "" if not row["study"] else (
-        f"\n{row['search_trials']} runs, {row['cpu_hours']:.2g} CPU-h" if row["cpu_hours"] is not None else "\ncost n/a")
+        f"\n{row['search_trials']} runs\n{row['cpu_hours']:.2g} CPU-h" if row["cpu_hours"] is not None else "\ncost n/a")
     return tuned + cost
 
 

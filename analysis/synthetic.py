@@ -454,7 +454,8 @@ def figure_hard_cases(seed: int = 0) -> dict[str, Tables]:
                                  norms=NormSpec(weight_slope=0.0, loss_curvature=0.0, seeds=1))[0],
         "one_width": synthetic_tables(seed, transfer=TransferSpec(widths=(256,), seeds=2), tuning=TuningSpec(n_trials=1),
                                       freedom=FreedomSpec(seeds=2))[0],
-        "ladder": synthetic_tables(seed, tuning=TuningSpec(n_trials=6), ladder=LadderSpec())[0],
+        "ladder": synthetic_tables(seed, tuning=TuningSpec(n_trials=12), ladder=LadderSpec(effects={
+            "ladder-none": 0.0, "ladder-lr": -0.02, "ladder-lr-wd": 0.005, "ladder-all": -0.015}))[0],
         "ladder_one_seed": synthetic_tables(seed, ladder=LadderSpec(seeds=1))[0],
         "absent": _odd_seeds_deeper(synthetic_tables(
             seed, transfer=TransferSpec(seeds=2, diverged_sizes={"mup+scalar": (1024,)}), tuning=TuningSpec(n_trials=3),
