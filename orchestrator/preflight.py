@@ -9,9 +9,8 @@ TUNED = ("lr", "weight_decay")  # a hyperparameter whose optimum per parametriza
 
 
 def analysis_warnings(trials: list) -> list[str]:
-    """One line per analysis the trials cannot feed: fewer than MIN_VALUES values of a tuned
-    hyperparameter (lr; weight_decay when swept) in a parametrization × width group (no
-    optimum), fewer than MIN_VALUES widths (no exponent interval), one seed (no seed interval).
+    """One line per analysis the trials cannot feed: none of the tuned hyperparameters swept, or
+    fewer than MIN_VALUES values of a swept one in a parametrization × width group (no optimum), fewer than MIN_VALUES widths (no exponent interval), one seed (no seed interval).
     Search sweeps (no trials known in advance) get none."""
     if not trials:
         return []
@@ -20,9 +19,11 @@ def analysis_warnings(trials: list) -> list[str]:
     groups: dict[tuple[str, int], list] = {}
     for cfg in configs:
         groups.setdefault((parametrization_label(cfg), cfg.d_model), []).append(cfg)
-    for hp in TUNED:
-        if hp != "lr" and len({getattr(c, hp) for c in configs}) < 2:
-            continue  # not swept
+    swept = [hp for hp in TUNED if len({getattr(c, hp) for c in configs}) > 1]
+    if not swept:
+        lines.append(f"no {' or '.join(TUNED)} is swept: no optimum and no transfer exponent (as meant for a "
+                     "seed study or a transfer of tuned values)")
+    for hp in swept:
         counts = {group: len({getattr(c, hp) for c in cs}) for group, cs in sorted(groups.items())}
         short = [f"{p} d={w} ({n})" for (p, w), n in counts.items() if n < MIN_VALUES]
         if short:

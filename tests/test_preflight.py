@@ -39,6 +39,19 @@ def test_weight_decay_only_when_swept(tiny_sweep):
     assert not any("lr values" in line for line in lines)
 
 
+def test_a_grid_that_sweeps_only_weight_decay_is_not_warned_about_lr(tiny_sweep):
+    lines = warnings_of(tiny_sweep, seeds=[0, 1], grid={"weight_decay": [0.01, 0.1]})
+    assert any("weight_decay values" in line for line in lines)
+    assert not any("lr" in line.split(":")[0] for line in lines), lines
+
+
+def test_a_grid_that_sweeps_no_tuned_hyperparameter_says_so_once(tiny_sweep):
+    lines = warnings_of(tiny_sweep, seeds=[0, 1], grid={"multipliers": ["none", "vector"]})
+    assert [line for line in lines if "is swept" in line] == [lines[0]]
+    assert "no lr or weight_decay is swept" in lines[0]
+    assert not any("values in" in line for line in lines)
+
+
 def test_search_sweep_gets_none():
     assert analysis_warnings([]) == []
 
