@@ -1,12 +1,15 @@
 """The tuning ladder (analysis/ladder.py) on synthetic levels with a known effect."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from analysis import report_md
 from analysis import synthetic as syn
-from analysis.ladder import applies, fit_ladder
+from analysis.ladder import LadderResult, applies, fit_ladder
+from analysis.registry import load
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +76,11 @@ def test_the_report_section_puts_arms_cost_and_difference_side_by_side(ladder_wo
     assert "alpha_out, lr" in text and "none (defaults)" in text
     assert "Untuned learnable multipliers against the tuned parent" in text
     assert np.isfinite(result.levels[1]["diff"])
+
+
+def test_the_ladder_is_in_summary_json_and_reads_back(ladder_world):
+    trials, _ = ladder_world
+    result = fit_ladder(trials)
+    data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
+    back = load(data)
+    assert type(back) is LadderResult and back == result
