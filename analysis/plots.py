@@ -24,7 +24,7 @@ from .ladder import LadderResult
 from .multiplier_scaling import MultiplierResult, MultiplierSeries
 from .norms import POOLED, NormsResult
 from .scaling import ScalingResult, predict
-from .transfer import TransferCurve, TransferResult
+from .transfer import PREDICTED_GAMMA, TransferCurve, TransferResult
 from .tuning import TuningResult
 
 FORMATS = ("png", "svg")
@@ -286,7 +286,8 @@ def plot_optima(result: TransferResult) -> Figure:
     min_log_span(ax, 4.0)  # two octaves: an optimum's own scatter (0.1-0.2 in log2) is not drawn as a trend
     ax.set_xlabel(_size_name(result.size))
     ax.set_ylabel(f"optimal {result.hp} η*")
-    panel_title(ax, f"Transfer of the optimal {result.hp} (µP predicts γ ≈ 0)")
+    said = PREDICTED_GAMMA.get((result.hp, result.size))
+    panel_title(ax, f"Transfer of the optimal {result.hp}" + (f" ({said[0]})" if said else ""))
     _legend_below(fig)
     return fig
 

@@ -16,7 +16,7 @@ from .multiplier_scaling import WIDTH, MultiplierResult
 from .norms import NormsResult
 from .scaling import ScalingResult
 from .stats import LogLogFit
-from .transfer import TransferCurve, TransferResult
+from .transfer import PREDICTED_GAMMA, TransferCurve, TransferResult
 from .tuning import SearchResult, TuningResult
 
 
@@ -114,18 +114,9 @@ def transfer_section(t: TransferResult, s: dict, figure: str = "optimum_vs_size"
         _figure(s, "loss_vs_hp") if figure == "optimum_vs_size" else ""] if x)
 
 
-# What theory says γ should be, per (swept hyperparameter, size): docs/science.md and the sweeps that test it.
-PREDICTED_GAMMA = {
-    ("lr", "d_model"): "µP predicts ≈ 0, SP with Adam ≈ −1",
-    ("lr", "n_layers"): "CompleteP's depth rule predicts ≈ 0 (Dey et al. 2025)",
-    ("weight_decay", "d_model"): "a constant AdamW timescale 1/(η·λ) predicts ≈ +1 for width_recipe lr (λ fixed, "
-                                 "hidden η ∝ 1/m) and ≈ 0 for lr_wd, which scales λ ∝ m itself (Wang & Aitchison 2024)",
-}
-
-
 def _predicted_gamma(hp: str, size: str) -> str:
     said = PREDICTED_GAMMA.get((hp, size))
-    return f" ({said})" if said else ""
+    return f" ({said[1]})" if said else ""
 
 
 def _estimator_text(t: TransferResult) -> str:

@@ -166,6 +166,16 @@ def parabola_optima(x: np.ndarray, means: np.ndarray, k: int) -> OptimumFit:
                       n_used, clipped, convex)
 
 
+# What theory says γ should be, per (swept hyperparameter, size column): (figure title, report text).
+PREDICTED_GAMMA = {
+    ("lr", "d_model"): ("µP predicts γ ≈ 0", "µP predicts ≈ 0, SP with Adam ≈ −1"),
+    ("lr", "n_layers"): ("CompleteP predicts γ ≈ 0", "CompleteP's depth rule predicts ≈ 0 (Dey et al. 2025)"),
+    ("weight_decay", "d_model"): (
+        "constant ηλ predicts γ ≈ +1 (lr), 0 (lr_wd)",
+        "a constant AdamW timescale 1/(η·λ) predicts ≈ +1 for width_recipe lr (λ fixed, hidden η ∝ 1/m) and ≈ 0 "
+        "for lr_wd, which scales λ ∝ m itself (Wang & Aitchison 2024)"),
+}
+
 ESTIMATORS = ("asymmetric", "parabola")
 EXP_S = np.linspace(-3.0, 3.0, 15)          # s of (e^{s·u} − 1 − s·u)/s², u in log2 units; s < 0: steep below
 LOG_R = np.linspace(-np.log(8), np.log(8), 15)   # half-parabolas: the upper arm r = e^LOG_R times as curved
