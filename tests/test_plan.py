@@ -7,6 +7,7 @@ import pathlib
 import textwrap
 
 import optuna
+import yaml
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -17,7 +18,7 @@ from orchestrator.trial import IDENTITY_VERSION
 from orchestrator.tracking_query import finished_hashes
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))
+SWEEPS = sorted((REPO / "sweeps").rglob("*.yaml"))   # sweeps/ladder/ too
 
 SMALL = """
 name: small
@@ -180,19 +181,23 @@ def test_validate_error_exit_2_without_traceback(tmp_path, capsys):
 # --- the ready sweeps -------------------------------------------------------------------------------
 @pytest.fixture
 def tuned_study(tmp_path, monkeypatch):
-    """mup_transfer.yaml reads the mup_tune study from ./optuna.db: give it a finished one."""
+    """A transfer reads its search's study from ./optuna.db (mup_transfer.yaml: mup_tune's; the
+    ladder's transfers: its searches'): give every search sweep a finished one."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    tune = load_sweep(str(REPO / "sweeps" / "mup_tune.yaml"))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=tune.search.study_name, storage="sqlite:///optuna.db")
-    space = tune.search.space
-    params = {k: getattr(d, "low", None) or d.choices[0] for k, d in space.items()}
-    study.add_trial(optuna.trial.create_trial(params=params, distributions=space, value=1.0))
+    for path in SWEEPS:
+        if "search" not in yaml.safe_load(path.read_text()):   # a transfer cannot load before its study exists
+            continue
+        tune = load_sweep(str(path))
+        study = optuna.create_study(study_name=tune.search.study_name, storage="sqlite:///optuna.db")
+        space = tune.search.space
+        params = {k: getattr(d, "low", None) or d.choices[0] for k, d in space.items()}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=space, value=1.0))
     return tmp_path
 
 
-@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: str(p.relative_to(REPO / "sweeps")))
 def test_ready_sweeps_validate_and_plan(path, tuned_study, capsys):
     code, out, err = run_cli(capsys, "validate", str(path))
     assert code == 0, err
