@@ -187,6 +187,18 @@ def test_placement_reaches_ray_train_and_leaves_the_trial_as_it_is(tmp_path):
     assert placement_strategy(two.resources) == "PACK"  # Ray Train's own default
 
 
+def test_strict_spread_over_fewer_nodes_than_workers_stops_before_training(tmp_path):
+    from orchestrator.runner import _check_spread
+    from trainer.config import UserError
+
+    spec = _sweep(tmp_path, {"cpu": 1, "workers": 3, "placement": "strict_spread"})
+    _check_spread(spec, nodes=3)
+    with pytest.raises(UserError, match=r"dp.yaml: resources.placement=strict_spread .* 3 workers .* has 2 node\(s\); "
+                                        "lower workers, use placement: spread, or add nodes"):
+        _check_spread(spec, nodes=2)
+    _check_spread(_sweep(tmp_path / "spread", {"cpu": 1, "workers": 3, "placement": "spread"}), nodes=1)
+
+
 def test_multi_worker_trials_are_never_fused_and_reserve_through_ray_train(tmp_path):
     from orchestrator.packing import make_packs
     from orchestrator.runner import placement
