@@ -172,9 +172,9 @@ DRIVER_CPU = 0.01
 def _train_data_parallel(trial, ctx: TrialContext, resume_from: str | None, resumed_step: int | None) -> None:
     """The trial as a Ray Train V2 TorchTrainer of resources.workers workers, each with the
     trial's cpu (and one GPU when it asks for GPUs and the cluster has them), laid over the
-    nodes as resources.placement says (trial.PLACEMENTS). Rank 0's reports
-    reach this Tune trial through TuneReportCallback. A worker that dies fails the run here, and
-    Tune retries the trial from its folder like any other (journal replay, latest checkpoint)."""
+    nodes as resources.placement says (trial.PLACEMENTS). Rank 0's reports reach this Tune
+    trial through TuneReportCallback. A worker that dies fails the run here, and Tune retries
+    the trial from its folder like any other (journal replay, latest checkpoint)."""
     import ray
     from ray.train.v2.api.config import FailureConfig, RunConfig, ScalingConfig
     from ray.train.v2.torch.torch_trainer import TorchTrainer
