@@ -49,7 +49,7 @@ def build_plan(spec: SweepSpec, where: Locations, done: dict[str, str],
         "tracking_uri": redact(where.tracking_uri), "storage": where.storage, "mode": spec.mode,
         "concurrency": spec.concurrency, "retries": spec.retries, "seeds": spec.seeds,
         "from_study": spec.from_study and {**spec.from_study, "storage": redact(spec.from_study.get("storage"))},
-        "fuse": mode.fuse, "workers": spec.workers,
+        "fuse": mode.fuse, "workers": spec.workers, "placement": spec.placement,
     }
     if spec.mode == "grid":
         rows = [trial_row(t, mode.done_before) for t in mode.trials]
@@ -153,7 +153,8 @@ def format_plan(plan: dict[str, Any]) -> str:
                            for k, v in fs["params"].items())
         head.append(f"from study {fs['study']!r} ({fs['storage']}): {values}")
     if plan.get("workers", 1) > 1:
-        head.append(f"workers: {plan['workers']} per trial (Ray Train TorchTrainer, PyTorch DDP; never fused): "
+        placed = f", placement {plan['placement']}" if plan.get("placement") else ""
+        head.append(f"workers: {plan['workers']} per trial{placed} (Ray Train TorchTrainer, PyTorch DDP; never fused): "
                     "memory is per worker, time is the wall time on all of them")
     if plan["mode"] == "search":
         return "\n".join(head + _format_search(plan) + _format_totals(plan["totals"]))

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TextIO
 
+import ray
 from ray import tune
 from ray.tune.execution.placement_groups import PlacementGroupFactory
 
@@ -184,6 +185,7 @@ def _execute(spec, mode, tracker: SweepTracker, where: Locations, opts: RunOptio
     with ray_session(opts.address, opts.num_cpus) as resources:
         has_gpu = resources.get("GPU", 0) > 0
         _check_fits(spec, resources, opts)
+        _check_spread(spec, sum(1 for node in ray.nodes() if node.get("Alive")))
         if opts.address:  # several nodes: each must see the storage and run the same code
             check_nodes(where.storage, spec.name, opts.out)
         tracking = MlflowTrackingCallback(tracker, mode.lookup, n_params_of, known=set(mode.known), outbox=outbox)
@@ -213,6 +215,14 @@ def _tuner(spec, mode, ctx: TrialContext, callbacks: list, where: Locations, opt
         failure_config=tune.FailureConfig(max_failures=spec.retries), callbacks=callbacks, verbose=0,
         stop=stopper)
     return tune.Tuner(trainable, param_space=mode.param_space, tune_config=tune_config, run_config=run_config)
+
+
+def _check_spread(spec, nodes: int) -> None:
+    """strict_spread gives each worker a node of its own: more workers than nodes would wait forever."""
+    if spec.placement == "strict_spread" and spec.workers > nodes:
+        raise UserError(f"{spec.source}: resources.placement=strict_spread puts each of the {spec.workers} workers of "
+                        f"a trial on a node of its own, but the Ray cluster has {nodes} node(s); lower workers, use "
+                        "placement: spread, or add nodes")
 
 
 def _check_fits(spec, resources: dict, opts: RunOptions) -> None:

@@ -87,6 +87,7 @@ class SweepSpec:
         gpu = parsed.resources.gpu
         self.resources = {"cpu": float(parsed.resources.cpu), "gpu": gpu if gpu == "auto" else float(gpu)}
         self.workers = parsed.resources.workers  # in a trial's resources only when more than one
+        self.placement = parsed.resources.placement  # None: Ray Train's default (trial.DEFAULT_PLACEMENT)
         self.gpu_memory_gb = parsed.resources.gpu_memory_gb
         self.grid = dict(parsed.grid)
         self.zip = dict(parsed.zip)
@@ -457,9 +458,13 @@ class SweepSpec:
         if missing:
             raise ConfigError("\n".join(missing))
 
-    def _resources_for(self, cfg: TrainConfig) -> dict[str, float]:
+    def _resources_for(self, cfg: TrainConfig) -> dict[str, Any]:
         resources = {"cpu": self.resources["cpu"], "gpu": self._gpu_for(cfg)}
-        return {**resources, "workers": self.workers} if self.workers > 1 else resources
+        if self.workers > 1:
+            resources["workers"] = self.workers
+        if self.placement:  # only with workers > 1 (spec_schema)
+            resources["placement"] = self.placement
+        return resources
 
     def _gpu_for(self, cfg: TrainConfig) -> float:
         gpu = self.resources["gpu"]

@@ -13,6 +13,7 @@ from trainer.config import MAX_SEED
 from trainer.errors import brief
 
 from .fuse import DEFAULT_FUSE, FUSE_CHOICES, check_fuse
+from .trial import PLACEMENTS
 from .uri_check import study_url_problem, tracking_uri_problem
 
 # Metrics a search may optimise: the trainer's report and final keys (CONTRACTS.md).
@@ -45,6 +46,8 @@ class ResourcesFile(_Strict):
     gpu_memory_gb: float = Field(80.0, gt=0, le=1e6, strict=True, description="GPU memory assumed by gpu: auto (GiB)")
     workers: int = Field(1, description="data-parallel workers per trial (Ray Train, PyTorch DDP), each with this "
                          "cpu and gpu; the trial's result does not depend on it")
+    placement: str | None = Field(None, description="how the workers lie over the nodes: pack (default: as few "
+                                  "nodes as fit them), spread, strict_pack (one node) or strict_spread (a node each)")
 
     @field_validator("workers", mode="before")
     @classmethod
@@ -53,6 +56,20 @@ class ResourcesFile(_Strict):
             raise ValueError(f"expected a whole number of workers from 1 to {MAX_WORKERS} (e.g. workers: 2), "
                              f"got {brief(value)}")
         return value
+
+    @field_validator("placement", mode="before")
+    @classmethod
+    def _placement(cls, value: Any) -> Any:
+        if value not in PLACEMENTS:
+            raise ValueError(f"expected one of {', '.join(PLACEMENTS)} (e.g. placement: spread), got {brief(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _placement_of_several(self) -> "ResourcesFile":
+        if self.placement is not None and self.workers == 1:
+            raise ValueError(f"placement: {self.placement} places the workers of a data-parallel trial, but workers "
+                             "is 1; set workers: 2 or more, or remove placement")
+        return self
 
     @model_validator(mode="after")
     def _one_gpu_per_worker(self) -> "ResourcesFile":

@@ -22,7 +22,7 @@ from ray import tune
 from .faults import FAULT_ENV, maybe_inject_fault
 from .placement import hide_unassigned_gpus, recorded
 from .progress import trial_progress_s
-from .trial import GRID_TRIAL_KEY, OBJECTIVE_KEY, PACK_MEMBERS_KEY, REPORT_KEY, Trial, workers_of
+from .trial import GRID_TRIAL_KEY, OBJECTIVE_KEY, PACK_MEMBERS_KEY, REPORT_KEY, Trial, placement_strategy, workers_of
 from .trial_folder import (Journal, checkpoints_of, open_folder, prune_checkpoints, resume_point, resume_points,
                            trial_folder, trial_lock)
 
@@ -171,9 +171,10 @@ DRIVER_CPU = 0.01
 
 def _train_data_parallel(trial, ctx: TrialContext, resume_from: str | None, resumed_step: int | None) -> None:
     """The trial as a Ray Train V2 TorchTrainer of resources.workers workers, each with the
-    trial's cpu (and one GPU when it asks for GPUs and the cluster has them). Rank 0's reports
-    reach this Tune trial through TuneReportCallback. A worker that dies fails the run here, and
-    Tune retries the trial from its folder like any other (journal replay, latest checkpoint)."""
+    trial's cpu (and one GPU when it asks for GPUs and the cluster has them), laid over the
+    nodes as resources.placement says (trial.PLACEMENTS). Rank 0's reports reach this Tune
+    trial through TuneReportCallback. A worker that dies fails the run here, and Tune retries
+    the trial from its folder like any other (journal replay, latest checkpoint)."""
     import ray
     from ray.train.v2.api.config import FailureConfig, RunConfig, ScalingConfig
     from ray.train.v2.torch.torch_trainer import TorchTrainer
@@ -186,7 +187,8 @@ def _train_data_parallel(trial, ctx: TrialContext, resume_from: str | None, resu
         train_loop_config={"trial": trial.to_payload(), "ctx": ctx, "resume_from": resume_from,
                            "resumed_step": resumed_step},
         scaling_config=ScalingConfig(num_workers=workers_of(trial.resources), use_gpu=use_gpu,
-                                     resources_per_worker=per_worker),
+                                     resources_per_worker=per_worker,
+                                     placement_strategy=placement_strategy(trial.resources)),
         run_config=RunConfig(name=f"train-{trial.hash}", storage_path=tune.get_context().get_trial_dir(),
                              callbacks=[TuneReportCallback()], failure_config=FailureConfig(max_failures=0)))
     trainer.fit()

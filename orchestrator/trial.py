@@ -26,6 +26,14 @@ REPORT_KEY = "scalelab"
 # runs recorded under an older rule).
 IDENTITY_VERSION = 2
 
+# resources.placement: how a data-parallel trial's workers are laid over the nodes, as the sweep
+# file spells it -> Ray's placement group strategy (Ray Train's ScalingConfig.placement_strategy).
+PLACEMENTS = {"pack": "PACK",                    # on as few nodes as fit them (Ray Train's default)
+              "spread": "SPREAD",                # over as many nodes as have room
+              "strict_pack": "STRICT_PACK",      # all on one node, or wait
+              "strict_spread": "STRICT_SPREAD"}  # each on a node of its own, or wait
+DEFAULT_PLACEMENT = "pack"
+
 GPU_FRACTIONS = (0.125, 0.25, 0.5, 1.0)
 MAX_SHORT = 60  # characters of one value in a label or a point's text
 # Short names in trial labels ("mup+vector d=256 lr=3e-3 s=0").
@@ -38,7 +46,8 @@ class Trial:
     hash: str                  # trial_hash(config): the trial's identity
     config: TrainConfig        # fully resolved (base + axes + seed + derived)
     overrides: dict[str, Any]  # the values that vary across the sweep (axes / sampled values, seed)
-    resources: dict[str, float]  # {"cpu": float, "gpu": float} per worker, and "workers" when more than one
+    resources: dict[str, Any]  # {"cpu": float, "gpu": float} per worker; "workers" when more than one,
+    # with "placement" when the sweep sets it
     label: str                 # e.g. "mup+vector d=256 lr=3e-3 s=0"
 
     def to_payload(self) -> dict[str, Any]:
@@ -75,6 +84,12 @@ def workers_of(resources: dict) -> int:
     """How many data-parallel workers (Ray Train, DDP) train the trial: resources.workers of
     the sweep file. Not part of the trial's identity: N workers train the same curve as one."""
     return int(resources.get("workers", 1))
+
+
+def placement_strategy(resources: dict) -> str:
+    """Ray's placement strategy for the trial's workers (resources.placement; PLACEMENTS). Like
+    `workers`, not part of the trial's identity: where the ranks run does not change the curve."""
+    return PLACEMENTS[resources.get("placement", DEFAULT_PLACEMENT)]
 
 
 def gpu_fraction(memory_bytes: float, gpu_memory_gb: float) -> float:

@@ -223,7 +223,7 @@ def wait_for_jobs(dashboard: str, head: subprocess.Popen, temp: str) -> None:
 def ray_two_nodes():
     """A real two-node Ray cluster on this machine: a head and a second node (`ray start
     --address`), each with one CPU and each in its own process group (ended by SIGKILL to the
-    group). A sweep of one-CPU trials two at a time must use both. Yields the dashboard URL
+    group). A trial of two half-CPU workers under `placement: strict_spread` has a rank on each. Yields the dashboard URL
     and the two node ids once both nodes are alive and the head takes jobs. Each node has its
     own temp dir, as on two machines: sharing one, the second node's runtime-env agent would
     delete the job's unpacked working directory under the driver when its own use of it ended."""

@@ -151,6 +151,10 @@ def _sweep(tmp_path, resources: dict, **sections):
     ({"workers": 2.5}, ["resources.workers (line", "whole number"]),
     ({"workers": 2, "gpu": 0.5}, ["resources (line", "one whole GPU", "set gpu: 1"]),
     ({"workers": 8}, ["batch_size=4 is smaller than resources.workers=8", "raise batch_size"]),
+    ({"workers": 2, "placement": "scatter"}, ["resources.placement (line", "pack, spread, strict_pack, strict_spread",
+                                              "e.g. placement: spread", "scatter"]),
+    ({"workers": 2, "placement": "SPREAD"}, ["resources.placement (line", "e.g. placement: spread"]),
+    ({"placement": "spread"}, ["resources (line", "workers is 1", "set workers: 2 or more, or remove placement"]),
 ])
 def test_bad_workers_name_the_file_the_key_and_the_fix(tmp_path, resources, words):
     from trainer.config import ConfigError
@@ -169,6 +173,30 @@ def test_workers_and_accumulation_leave_the_trial_as_it_is(tmp_path):
     assert two.resources == {"cpu": 1.0, "gpu": 0.0, "workers": 2} and one.resources == {"cpu": 1.0, "gpu": 0.0}
     gpu = _sweep(tmp_path / "c", {"cpu": 1, "gpu": "auto", "workers": 4}).trials()[0]
     assert gpu.resources["gpu"] == 1.0  # one rank per GPU
+
+
+def test_placement_reaches_ray_train_and_leaves_the_trial_as_it_is(tmp_path):
+    from orchestrator.trial import Trial, placement_strategy
+
+    two = _sweep(tmp_path / "a", {"cpu": 1, "workers": 2}).trials()[0]
+    spread = _sweep(tmp_path / "b", {"cpu": 1, "workers": 2, "placement": "strict_spread"}).trials()[0]
+    assert spread.hash == two.hash  # where the ranks run does not change the curve
+    assert spread.resources == {"cpu": 1.0, "gpu": 0.0, "workers": 2, "placement": "strict_spread"}
+    assert Trial.from_payload(spread.to_payload()).resources == spread.resources  # through Tune's config
+    assert placement_strategy(spread.resources) == "STRICT_SPREAD"  # ScalingConfig(placement_strategy=)
+    assert placement_strategy(two.resources) == "PACK"  # Ray Train's own default
+
+
+def test_strict_spread_over_fewer_nodes_than_workers_stops_before_training(tmp_path):
+    from orchestrator.runner import _check_spread
+    from trainer.config import UserError
+
+    spec = _sweep(tmp_path, {"cpu": 1, "workers": 3, "placement": "strict_spread"})
+    _check_spread(spec, nodes=3)
+    with pytest.raises(UserError, match=r"dp.yaml: resources.placement=strict_spread .* 3 workers .* has 2 node\(s\); "
+                                        "lower workers, use placement: spread, or add nodes"):
+        _check_spread(spec, nodes=2)
+    _check_spread(_sweep(tmp_path / "spread", {"cpu": 1, "workers": 3, "placement": "spread"}), nodes=1)
 
 
 def test_multi_worker_trials_are_never_fused_and_reserve_through_ray_train(tmp_path):
@@ -200,3 +228,8 @@ def test_plan_shows_workers_memory_per_worker_and_wall_time(tmp_path):
     assert four["seconds"] == pytest.approx(one["seconds"] / 4)  # wall time, the work shared
     assert four["memory_bytes"] < one["memory_bytes"]  # a worker holds activations of its rows only
     assert "workers: 4 per trial" in format_plan(plans[4]) and "workers:" not in format_plan(plans[1])
+    assert "placement" not in format_plan(plans[4])
+    spec = _sweep(tmp_path / "spread", {"cpu": 1, "workers": 4, "placement": "spread"}, base=base)
+    where = Locations.resolve(spec, f"sqlite:///{tmp_path}/spread.db", str(tmp_path / "store"))
+    spread = build_plan(spec, where, {}, measure=None)
+    assert spread["placement"] == "spread" and "workers: 4 per trial, placement spread (" in format_plan(spread)
