@@ -44,11 +44,14 @@ def compare(trials: pd.DataFrame, *, size: str = "d_model", hp: str = "lr", loss
     runs = frames.grid_runs(trials)
     by = [size] + [c for c in ("d_model", "n_layers", "tokens") if c != size and c in runs.columns
                    and pd.to_numeric(runs[c], errors="coerce").nunique() > 1]
+    runs, _ = with_arms(runs, by, hp)
     best = frames.best_cells(runs, ["parametrization"] + by, hp, loss) if hp in runs.columns else frames.usable(runs)
     if best.empty:
         raise UserError(f"the best-loss table: no finished grid run with a {loss} value")
     labels = sorted(best["parametrization"].unique())
-    reference = reference or ("mup" if "mup" in labels else labels[0])
+    reference = reference or "mup"
+    if reference not in labels:   # split into arms: the first arm of that parametrization, else the first label
+        reference = next((x for x in labels if x.split(" [")[0] == reference), labels[0])
     rows = _best_rows(best, by, hp, loss)
     gaps = _gaps(best, by, loss, reference, level) if reference in labels else []
     warnings = [] if reference in labels else [f"reference parametrization {reference!r} has no runs; no gaps"]
@@ -58,6 +61,19 @@ def compare(trials: pd.DataFrame, *, size: str = "d_model", hp: str = "lr", loss
                       treatment={"diverged": "never the tuned point (mean loss +inf); not in the means",
                                  "failed": "excluded"}, gaps=gaps, ci_level=level,
                       ci_method="Welch t-interval of the difference of the seed means", warnings=warnings)
+
+
+def with_arms(runs: pd.DataFrame, by: list[str], hp: str) -> tuple[pd.DataFrame, list[str]]:
+    """Runs that differ in a config column besides the seed at the same parametrization, size
+    and hp (depth_scaling in a depth sweep, width_recipe in a λ sweep) are different arms, not
+    seeds of one: their parametrization column becomes "mup [depth_scaling=completep]"."""
+    cell = ["parametrization"] + by + ([hp] if hp in runs.columns else []) + (["seed"] if "seed" in runs.columns else [])
+    arms = frames.varying_within(runs, cell, frames.config_columns(runs))
+    if not arms or runs.empty:
+        return runs, []
+    labels = [frames.group_label({"parametrization": p, **dict(zip(arms, values))})
+              for p, *values in runs[["parametrization"] + arms].itertuples(index=False)]
+    return runs.assign(parametrization=labels), arms
 
 
 def _best_rows(best: pd.DataFrame, by: list[str], hp: str, loss: str) -> list[dict]:

@@ -17,7 +17,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, Locator, NullFormatter
 
-from .comparison import Comparison
+from . import frames
+from .comparison import Comparison, with_arms
 from .coordcheck import CoordCheckResult
 from .freedom import FreedomResult
 from .ladder import LadderResult
@@ -396,7 +397,7 @@ def plot_gaps(result: Comparison) -> Figure:
     ax.set_xscale("log", base=2)
     grid_ticks(ax, [g[size] for g in gaps])
     ax.set_xlabel(_size_name(size))
-    ax.set_ylabel(f"best loss − best loss\nof {result.reference} (nats)")
+    ax.set_ylabel("best loss − the reference's\nbest loss (nats)")  # the reference is named in the title
     panel_title(ax, f"Loss gap to {result.reference} at each size (below 0 = better)")
     _legend_below(fig)
     return fig
@@ -588,6 +589,7 @@ def plot_training_curves(history: pd.DataFrame, trials: pd.DataFrame, comparison
 def _best_runs(trials: pd.DataFrame, comparison: Comparison, size: str) -> pd.DataFrame:
     """The finished runs behind each row of the best-loss table."""
     hp = comparison.hp
+    trials, _ = with_arms(frames.grid_runs(trials), comparison.by, hp)   # labelled as the table's rows
     rows = []
     for r in comparison.best:
         mask = trials["parametrization"].eq(r["parametrization"]) & trials[size].eq(r[size])

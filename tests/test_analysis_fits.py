@@ -487,3 +487,15 @@ def test_pairs_bootstrap_of_very_few_runs_says_to_use_the_residual_one():
     L = (1.7 + 400 / N ** 0.34) * np.exp(np.random.default_rng(5).normal(0, 0.01, N.size))
     result = fit_scaling(_one_run_per_size(L, N), n_boot=40)
     assert any("pairs-bootstrap replicates" in w and "interval='residual'" in w for w in result.warnings)
+
+
+def test_runs_that_differ_in_a_config_column_are_arms_not_seeds_of_one():
+    trials = _small(seeds=2)
+    other = trials.assign(depth_scaling="completep", final_val_loss=trials["final_val_loss"] + 0.1)
+    result = compare(pd.concat([trials.assign(depth_scaling="none"), other], ignore_index=True))
+    labels = {r["parametrization"] for r in result.best}
+    assert labels == {f"{p} [depth_scaling={d}]" for p in ("mup", "sp") for d in ("none", "completep")}
+    assert all(r["n"] == 2 for r in result.best)      # each arm's 2 seeds, not 4 pooled runs
+    assert result.reference == "mup [depth_scaling=completep]"   # the first arm of the reference
+    gaps = {g["parametrization"]: g["gap"] for g in result.gaps if g["d_model"] == result.best[0]["d_model"]}
+    assert gaps["mup [depth_scaling=none]"] == pytest.approx(-0.1, abs=0.03)
