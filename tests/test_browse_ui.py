@@ -261,6 +261,13 @@ def test_comparing_the_lr_curves_of_one_width(browsed_sweep, browser):
         page.locator(EXPAND).first.click()
         page.locator("label:has(input[value=CHART])").click()
         page.get_by_placeholder("Search metric charts").fill("val_loss")
+        # the parent's best_final_val_loss/... charts come first, and the UI draws a chart once in view
+        page.get_by_text("Model metrics", exact=False).first.hover()
+        for _ in range(20):
+            if page.get_by_text(f"{wide[0]} (val_loss)", exact=True).count():
+                break
+            page.mouse.wheel(0, 300)
+            page.wait_for_timeout(500)
         for label in wide:  # legend of the charts (the run list truncates long names)
             page.get_by_text(f"{label} (val_loss)", exact=True).first.wait_for(state="attached")
         for label in narrow:
