@@ -2,10 +2,11 @@
 sweep is run with `scalelab run` against a real `mlflow server` and reported with `scalelab
 report`; the experiment page lists the parent run with its trials nested under it, a trial shows
 its params, a metrics chart and config.yaml, `scalelab ui EXPERIMENT`'s link lists the trials
-sorted by loss, the parent shows the report with its figures. Also `scalelab ui` started as a
-process, fetched over HTTP and stopped by pid. Screenshots of a failing browser check land in
-the folder named in the failure message; with SCALELAB_UI_SHOTS=1 the pictures of the docs are
-saved under docs/ui/ (compare.png, runs-by-loss.png, report.png)."""
+sorted by loss, the parent shows the report with its figures, a claimed trial that has not
+started is not shown as running. Also `scalelab ui` started as a process, fetched over HTTP and
+stopped by pid. Screenshots of a failing browser check land in the folder named in the failure
+message; with SCALELAB_UI_SHOTS=1 the pictures of the docs are saved under docs/ui/
+(compare.png, runs-by-loss.png, report.png, queued.png)."""
 from __future__ import annotations
 
 import json
@@ -24,7 +25,10 @@ from mlflow.tracking import MlflowClient
 from helpers import (MlflowServer, complete_trials, free_port, start_scalelab, study_storage, sweep_runs,
                      wait_http, write_search_sweep, write_sweep)
 from analysis.cli import REPORT_ARTIFACT
+from orchestrator.claims import SCHEDULED
 from orchestrator.cli import main
+from orchestrator.run_writes import SweepTracker
+from orchestrator.spec import load_sweep
 from orchestrator.ui_cli import LOSS, SHARED_VIEW_TAG, VIEW_KEY, column
 from trainer.config import UserError
 
@@ -257,6 +261,13 @@ def test_comparing_the_lr_curves_of_one_width(browsed_sweep, browser):
         page.locator(EXPAND).first.click()
         page.locator("label:has(input[value=CHART])").click()
         page.get_by_placeholder("Search metric charts").fill("val_loss")
+        # the parent's best_final_val_loss/... charts come first, and the UI draws a chart once in view
+        page.get_by_text("Model metrics", exact=False).first.hover()
+        for _ in range(20):
+            if page.get_by_text(f"{wide[0]} (val_loss)", exact=True).count():
+                break
+            page.mouse.wheel(0, 300)
+            page.wait_for_timeout(500)
         for label in wide:  # legend of the charts (the run list truncates long names)
             page.get_by_text(f"{label} (val_loss)", exact=True).first.wait_for(state="attached")
         for label in narrow:
@@ -266,6 +277,50 @@ def test_comparing_the_lr_curves_of_one_width(browsed_sweep, browser):
             out = REPO / "docs" / "ui" / "compare.png"
             out.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(out))
+
+
+
+CREATED_ICON = '[col-id="runDateAndNestInfo"] svg'  # the run list's status icon, in the Created cell
+
+
+def test_a_queued_trial_is_not_shown_as_running(mlflow_server, browser, tmp_path):
+    """A sweep as `scalelab run` leaves it when training starts: both trials claimed (their runs
+    SCHEDULED), then one starts (start_child: RUNNING). MLflow's run list draws one clock icon
+    for both statuses (RunStatusIcon, MLflow 3.17), so the list tells them apart by its status
+    filter, and each trial's page names its status."""
+    spec = load_sweep(str(write_sweep(tmp_path, "queued", grid={"lr": [1e-3, 3e-3]})))
+    started, queued = trials = spec.trials()
+    tracker = SweepTracker(mlflow_server, spec.experiment, spec.name, spec.mode)
+    mine, _, _ = tracker.claim(trials)
+    assert len(mine) == 2
+    tracker.start_child(started, n_params=None)
+    run_ids = {t.label: tracker.children[t.hash].run_id for t in trials}
+    client = MlflowClient(mlflow_server)
+    assert [client.get_run(run_ids[t.label]).info.status for t in trials] == ["RUNNING", SCHEDULED]
+    runs_url = f"{mlflow_server}/#/experiments/{tracker.experiment_id}/runs"
+    with browser.check("queued-list") as page:
+        browser.open(runs_url)
+        page.get_by_text(spec.name, exact=True).first.wait_for()
+        page.locator(EXPAND).first.click()
+        for trial in trials:
+            page.get_by_text(trial.label, exact=True).first.wait_for()
+        icons = {t.label: page.locator(".ag-row").filter(has=page.get_by_text(t.label, exact=True))
+                 .locator(CREATED_ICON).first.evaluate("svg => svg.outerHTML") for t in trials}
+        assert icons[queued.label] == icons[started.label], "MLflow now draws a queued run apart: update the README"
+        for status, shown, hidden in (("RUNNING", started, queued), (SCHEDULED, queued, started)):
+            page.get_by_test_id("search-box").fill(f"attributes.status = '{status}'")
+            page.get_by_test_id("search-box").press("Enter")
+            page.get_by_text(hidden.label, exact=True).wait_for(state="detached")
+            page.get_by_text(shown.label, exact=True).first.wait_for()
+    for trial, status in ((started, "Running"), (queued, "Scheduled")):
+        with browser.check(f"queued-{status.lower()}-run") as page:
+            browser.open(f"{runs_url}/{run_ids[trial.label]}")
+            page.get_by_text(trial.label, exact=True).first.wait_for()
+            box = page.get_by_test_id("key-value-Status").get_by_role("status")  # "About this run"
+            box.wait_for()
+            assert box.inner_text().strip() == status, f"{trial.label}: status {box.inner_text()!r}"
+            if trial is queued:
+                save_shot(page, "queued")  # its page: Status Scheduled, its claim in the tags
 
 
 @pytest.mark.slow  # an MLflow server, started by `scalelab ui`
