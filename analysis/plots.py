@@ -22,6 +22,7 @@ from .comparison import Comparison, with_arms
 from .coordcheck import CoordCheckResult
 from .freedom import FreedomResult
 from .ladder import LadderResult
+from .multiplier_updates import MultiplierUpdatesResult
 from .multiplier_scaling import MultiplierResult, MultiplierSeries
 from .norms import POOLED, NormsResult
 from .scaling import ScalingResult, predict
@@ -137,10 +138,20 @@ class NiceLogTicks(Locator):
             for steps in self.STEPS:
                 ticks = [m * 10.0 ** e for e in decades for m in steps]
                 ticks = [t for t in ticks if lo * (1 - 1e-9) <= t <= hi * (1 + 1e-9)]
+                ticks = self._spread(ticks, math.log10(hi / lo) / self.max_ticks)
                 if len(ticks) >= need:
-                    step = math.ceil(len(ticks) / self.max_ticks)
-                    return np.array(ticks[::step])
+                    return np.array(ticks)
         return np.geomspace(lo, hi, 3)   # narrower than one step of 0.1: the ends and the middle
+
+    @staticmethod
+    def _spread(ticks: list[float], min_gap_log10: float) -> list[float]:
+        """Thinned to ticks at least min_gap apart on the log scale: thinning by index would keep
+        0.97 and 0.99 where the steps change at a decade (0.01 below 1, 0.1 above)."""
+        kept: list[float] = []
+        for t in ticks:
+            if not kept or math.log10(t / kept[-1]) >= min_gap_log10 * (1 - 1e-9):
+                kept.append(t)
+        return kept
 
 
 def log_axis(ax, which: str = "y") -> None:
@@ -348,6 +359,39 @@ def _draw_power_law(ax, series: MultiplierSeries, colour, label: str) -> None:
         if series.prediction is not None:
             anchor = fit.prefactor * xs[0] ** fit.exponent
             ax.plot(xs, anchor * (xs / xs[0]) ** series.prediction, color=colour, lw=1.2, ls="--")
+
+
+def plot_multiplier_updates(result: MultiplierUpdatesResult) -> Figure:
+    """Left: the multipliers' relative change per step vs size, per group, with its power law.
+    Right: each group's final loss vs size (seed means), to see what the rate costs."""
+    groups = [g for g in result.groups if g.points]
+    if not any(g.fit.exponent is not None for g in groups):
+        raise SkipFigure("no multiplier update rates at ≥ 2 sizes")
+    fig, (ax, loss_ax) = _grid(2, ncols=2)
+    colours = _label_colours([g.label for g in groups])
+    sizes = sorted({p["size"] for g in groups for p in g.points})
+    for g in groups:
+        x = np.array([p["size"] for p in g.points])
+        rate = np.array([p["rate"] for p in g.points]) * 1000   # per 1000 steps: plainly written ticks near 1
+        text = _legend_label(f"{g.label}: p = {_ci_text(g.fit.exponent, g.fit.exponent_ci, '{:.2f}')}", 6)
+        ax.plot(x, rate, "o", ms=4, color=colours[g.label], label=text)
+        if g.fit.exponent is not None:
+            xs = np.geomspace(x.min(), x.max(), 20)
+            ax.plot(xs, 1000 * g.fit.prefactor * xs ** g.fit.exponent, color=colours[g.label], lw=1.2)
+        losses = pd.DataFrame(g.points).dropna(subset=["loss"]).groupby("size")["loss"].mean()
+        loss_ax.plot(losses.index, losses.to_numpy(), "o-", ms=4, color=colours[g.label])
+    for a in (ax, loss_ax):
+        a.set_xscale("log", base=2)
+        grid_ticks(a, sizes)
+        a.set_xlabel(_size_name(result.size))
+    log_axis(ax, "y")
+    min_log_span(ax)
+    ax.set_ylabel("relative change per 1000 steps\n|Δ log multiplier| per 1000 steps")
+    loss_ax.set_ylabel(f"{result.loss} (nats, seed mean)")
+    panel_title(ax, "Multipliers' relative change per step (flat = width-independent)")
+    panel_title(loss_ax, "Final loss")
+    _legend_below(fig)
+    return fig
 
 
 # ---- scaling laws and the comparison -------------------------------------------------------

@@ -19,6 +19,8 @@ from .freedom import FreedomResult, fit_freedom
 from .ladder import LadderResult, fit_ladder
 from .ladder import applies as ladder_applies
 from .multiplier_scaling import MultiplierResult, fit_multipliers
+from .multiplier_updates import MultiplierUpdatesResult, fit_multiplier_updates
+from .multiplier_updates import applies as updates_apply
 from .norms import NormsResult, fit_norms
 from .results import Result
 from .scaling import ScalingResult, fit_scaling
@@ -74,6 +76,10 @@ TRANSFER_DEPTH = Analysis("transfer_depth", TransferResult, fit=lambda t, o: _tr
 MULTIPLIERS = Analysis(
     "multipliers", MultiplierResult, section=report_md.multipliers_section,
     fit=lambda t, o: fit_multipliers(t.trials, size=o.size, hp=o.hp, loss=o.loss, level=o.level))
+MULTIPLIER_UPDATES = Analysis(
+    "multiplier_updates", MultiplierUpdatesResult, section=report_md.multiplier_updates_section,
+    fit=lambda t, o: fit_multiplier_updates(t.trials, t.history, size=o.size, hp=o.hp, loss=o.loss, level=o.level),
+    applies=lambda t, o: updates_apply(t.trials, t.history))
 NORMS = Analysis("norms", NormsResult, section=report_md.norms_section,
                  fit=lambda t, o: fit_norms(t.trials, size=o.size, loss=o.loss, level=o.level))
 FREEDOM = Analysis("freedom", FreedomResult, section=report_md.freedom_section,
@@ -93,7 +99,7 @@ COORD_CHECK = Analysis(
     "coord_check", CoordCheckResult, section=report_md.coord_check_section,
     fit=lambda t, o: coord_check(t.trials, t.history, size=o.size, hp=o.hp, max_steps=o.coord_steps, level=o.level))
 
-ANALYSES = (COMPARISON, TRANSFER, TRANSFER_DEPTH, MULTIPLIERS, NORMS, FREEDOM, SCALING, TUNING, SEARCH, LADDER, COORD_CHECK)
+ANALYSES = (COMPARISON, TRANSFER, TRANSFER_DEPTH, MULTIPLIERS, MULTIPLIER_UPDATES, NORMS, FREEDOM, SCALING, TUNING, SEARCH, LADDER, COORD_CHECK)
 
 FIGURES = (
     FigureSpec("loss_vs_hp", "Loss vs the swept hyperparameter per width, fitted optima marked", TRANSFER,
@@ -104,6 +110,8 @@ FIGURES = (
                lambda r, t: plots.plot_optima(r)),
     FigureSpec("multipliers_vs_width", "Learned multipliers vs width per role, beside the µP prediction", MULTIPLIERS,
                lambda r, t: plots.plot_multipliers(r)),
+    FigureSpec("multiplier_updates", "The multipliers' relative change per step vs width, and the final loss",
+               MULTIPLIER_UPDATES, lambda r, t: plots.plot_multiplier_updates(r)),
     FigureSpec("loss_vs_params", "Best loss vs parameters with the fitted scaling law", SCALING,
                lambda r, t: plots.plot_scaling(r)),
     FigureSpec("loss_gap", "Loss gap to the reference parametrization at each size", COMPARISON,

@@ -8,11 +8,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
+
 from .comparison import Comparison
 from .coordcheck import CoordCheckResult
 from .freedom import FreedomResult, Penalty
 from .ladder import LadderResult
 from .multiplier_scaling import WIDTH, MultiplierResult
+from .multiplier_updates import MultiplierUpdatesResult
 from .norms import NormsResult
 from .scaling import ScalingResult
 from .stats import LogLogFit
@@ -168,6 +171,25 @@ def multipliers_section(m: MultiplierResult, s: dict) -> str:
 
 def _exponent(fit: LogLogFit) -> str:
     return with_ci(fit.exponent, fit.exponent_ci, 3)
+
+
+def multiplier_updates_section(mu: MultiplierUpdatesResult, s: dict) -> str:
+    sizes = sorted({p["size"] for g in mu.groups for p in g.points})
+    rows = []
+    for g in mu.groups:
+        at = {x: [p for p in g.points if p["size"] == x] for x in sizes}
+        rates = [num(float(np.exp(np.mean(np.log([p["rate"] for p in ps])))), 3) if ps else "—" for ps in at.values()]
+        losses = [num(float(np.mean([p["loss"] for p in ps if p["loss"] is not None])), 4)
+                  if any(p["loss"] is not None for p in ps) else "—" for ps in at.values()]
+        rows.append([g.label, _exponent(g.fit), *rates, *losses])
+    size = mu.size
+    return "\n\n".join([
+        f"## The multipliers' relative change per step vs {size}",
+        f"Rate = {mu.rate}; exponent p of rate ∝ {size}^p (log-log OLS over runs, t-interval). p ≈ 0: the "
+        "multipliers move as fast at every width, as µP asks of every parameter's relative update.",
+        table(["group", "exponent p [CI]", *(f"rate at {num(x)}" for x in sizes), *(f"loss at {num(x)}" for x in sizes)],
+              rows),
+        _figure(s, "multiplier_updates")])
 
 
 def norms_section(n: NormsResult, s: dict) -> str:

@@ -392,10 +392,17 @@ def _curves(trials: pd.DataFrame) -> pd.DataFrame:
     val = final + (LN_VOCAB - final) * np.exp(-steps[None, :] / 60.0)
     tokens = np.broadcast_to(steps[None, :] * 16 * 128, (n, m)).astype(float)
     blocks = []
-    for key, values in (("val_loss", val), ("train_loss", val + 0.02), ("tokens", tokens)):
-        blocks.append(pd.DataFrame({"run_id": np.repeat(trials["run_id"].to_numpy(), m),
-                                    "trial_hash": np.repeat(trials["trial_hash"].to_numpy(), m),
-                                    "key": key, "step": np.tile(steps, n), "value": values.ravel()}))
+    series = [("val_loss", val), ("train_loss", val + 0.02), ("tokens", tokens)]
+    # learned multipliers move from 1 to their final value, relatively faster at larger width
+    rate = 1e-3 * (trials["d_model"].to_numpy(dtype=float)[:, None] / 128) ** 0.3
+    for col in (c for c in trials.columns if c.startswith("mult/") and c.endswith("/scalar")):
+        final_mult = np.abs(trials[col].to_numpy(dtype=float))[:, None]
+        series.append((col, final_mult * np.exp(rate * (steps[None, :] - steps[-1]))))
+    for key, values in series:
+        keep = np.isfinite(values).all(axis=1)
+        blocks.append(pd.DataFrame({"run_id": np.repeat(trials["run_id"].to_numpy()[keep], m),
+                                    "trial_hash": np.repeat(trials["trial_hash"].to_numpy()[keep], m),
+                                    "key": key, "step": np.tile(steps, int(keep.sum())), "value": values[keep].ravel()}))
     return pd.concat(blocks, ignore_index=True)
 
 

@@ -30,8 +30,8 @@ def full_report(tmp_path_factory):
 def test_summary_json_holds_every_fit_as_strict_json(full_report):
     out, summary, _, _ = full_report
     data = json.loads((out / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
-    assert set(data["results"]) == {"comparison", "transfer", "multipliers", "norms", "scaling", "tuning", "search",
-                                    "coord_check"}
+    assert set(data["results"]) == {"comparison", "transfer", "multipliers", "multiplier_updates", "norms", "scaling",
+                                    "tuning", "search", "coord_check"}
     # this world has no mis-set-multiplier sweep: tests/test_analysis_replication.py reports one
     assert set(data["skipped"]) == {"freedom"}
     # every fit says how it counted diverged and failed runs
@@ -45,8 +45,8 @@ def test_summary_json_holds_every_fit_as_strict_json(full_report):
 @pytest.mark.slow  # the full report of every fit and figure
 def test_every_figure_is_written_as_png_and_svg(full_report):
     out, summary, _, _ = full_report
-    expected = {"loss_vs_hp", "optimum_vs_size", "multipliers_vs_width", "loss_vs_params", "loss_gap",
-                "equilibrium_norms", "tuning_cost", "training_curves", "coord_check"}
+    expected = {"loss_vs_hp", "optimum_vs_size", "multipliers_vs_width", "multiplier_updates", "loss_vs_params",
+                "loss_gap", "equilibrium_norms", "tuning_cost", "training_curves", "coord_check"}
     assert set(summary["figures"]) == expected and set(summary["skipped_figures"]) == {"mis_set_penalty"}
     for name in expected:
         assert (out / "figures" / f"{name}.png").read_bytes()[:8] == PNG_MAGIC

@@ -9,6 +9,7 @@ import pytest
 
 from analysis import comparison, coordcheck, freedom, norms, scaling, stats, transfer, tuning
 from analysis import multiplier_scaling as mult
+from analysis import multiplier_updates
 from analysis import synthetic as syn
 from analysis.fits import FitOptions, run_fits
 from analysis.registry import load
@@ -23,11 +24,13 @@ def fitted():
 
 
 TYPES = {"comparison": (comparison.Comparison, None), "transfer": (transfer.TransferResult, "groups"),
-         "multipliers": (mult.MultiplierResult, "groups"), "norms": (norms.NormsResult, "sweeps"),
+         "multipliers": (mult.MultiplierResult, "groups"),
+         "multiplier_updates": (multiplier_updates.MultiplierUpdatesResult, "groups"), "norms": (norms.NormsResult, "sweeps"),
          "freedom": (freedom.FreedomResult, "groups"), "scaling": (scaling.ScalingResult, "fits"),
          "tuning": (tuning.TuningResult, "curves"), "search": (tuning.SearchResult, "sweeps"),
          "coord_check": (coordcheck.CoordCheckResult, "groups")}
-PARTS = {"transfer": transfer.TransferGroup, "multipliers": mult.MultiplierGroup, "norms": norms.NormsSweep,
+PARTS = {"transfer": transfer.TransferGroup, "multipliers": mult.MultiplierGroup,
+         "multiplier_updates": multiplier_updates.MultiplierUpdatesGroup, "norms": norms.NormsSweep,
          "freedom": freedom.FreedomGroup, "scaling": scaling.ScalingFit, "tuning": tuning.TuningCurve,
          "search": tuning.SearchSweep, "coord_check": coordcheck.CoordGroup}
 
