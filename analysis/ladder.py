@@ -8,8 +8,8 @@ search sweep of that name in the same tables; its tuned keys are the columns its
 its cost is its runs: their number, CPU-hours (training wall time × torch threads) and FLOPs.
 
 Per level: each arm's seed-mean loss with a t-interval, LRM − parent with Welch's interval and
-p-value. Across levels: untuned LRM against each tuned level's parent (the claim that learnable
-but untuned multipliers reach what tuning the LR gets).
+p-value. Across levels: LRM at each level against the parent of every level that tuned strictly
+more (the claim that learnable but untuned multipliers reach what tuning LR multipliers gets).
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class LadderResult(Result):
     loss: str
     selection: str
     levels: list[Row]       # per level and LRM label: arms, difference, tuning cost
-    untuned: list[Row]      # untuned LRM against each tuned level's parent
+    untuned: list[Row]      # LRM at each level against the parent of each level that tuned strictly more
     ci_level: float
     ci_method: str
     warnings: list[str]
@@ -129,15 +129,18 @@ def _search_cost(study: str | None, trials: pd.DataFrame, level: str, warnings: 
 
 
 def _untuned(rows: list[Row], runs: pd.DataFrame, size: str, loss: str, level: float) -> list[Row]:
-    """Untuned LRM (a level without a study) against the parent of each tuned level, same width."""
+    """LRM at each level against the parent of every level that tuned strictly more (its tuned
+    keys a proper superset: untuned against any tuned level, LR-tuned against LR + LR
+    multipliers), same width: can learning the multipliers stand in for the extra tuning?"""
     out = []
-    for u in (r for r in rows if r["study"] is None):
+    for u in (r for r in rows if r["search_trials"] is not None):
         lrm = _losses(_at(runs, u, size), u["lrm"], loss)
-        for t in (r for r in rows if r["study"] is not None and r[size] == u[size] and r["parent"] == u["parent"]):
+        for t in (r for r in rows if r["search_trials"] is not None and set(u["tuned"]) < set(r["tuned"])
+                  and r[size] == u[size] and r["parent"] == u["parent"]):
             parent = _losses(_at(runs, t, size), t["parent"], loss)
             diff, ci = welch_contrast([lrm, parent], [1.0, -1.0], level)
-            out.append({"untuned_level": u["level"], "lrm": u["lrm"], "tuned_level": t["level"],
-                        "tuned": t["tuned"], "parent": t["parent"], size: u[size],
+            out.append({"untuned_level": u["level"], "untuned_keys": u["tuned"], "lrm": u["lrm"],
+                        "tuned_level": t["level"], "tuned": t["tuned"], "parent": t["parent"], size: u[size],
                         "diff": diff, "diff_ci": ci, "p_value": _welch_p(lrm, parent)})
     return out
 

@@ -295,10 +295,12 @@ def ladder_section(la: LadderResult, s: dict) -> str:
              table(["level", "tuned", "search runs", "CPU-hours", size, "parent", "with multipliers",
                     "multipliers − parent", "p (Welch)"], rows)]
     if la.untuned:
-        parts.append("Untuned learnable multipliers against the tuned parent:")
-        parts.append(table(["untuned", "against", "tuned", "difference", "p (Welch)"],
-                           [[f'{u["lrm"]} ({u["untuned_level"]})', f'{u["parent"]} ({u["tuned_level"]})',
-                             ", ".join(u["tuned"]) or "n/a", with_ci(u["diff"], u["diff_ci"]), num(u["p_value"], 2)]
+        parts.append("Learnable multipliers with less tuning against the parent with more "
+                     "(difference < 0: learning the multipliers beat the extra tuning):")
+        parts.append(table(["multipliers", "tuned for them", "against", "tuned for it", "difference", "p (Welch)"],
+                           [[f'{u["lrm"]} ({u["untuned_level"]})', ", ".join(u.get("untuned_keys") or []) or "nothing",
+                             f'{u["parent"]} ({u["tuned_level"]})', ", ".join(u["tuned"]) or "n/a",
+                             with_ci(u["diff"], u["diff_ci"]), num(u["p_value"], 2)]
                             for u in la.untuned]))
     parts.append(_figure(s, "tuning_ladder"))
     return "\n\n".join(parts)

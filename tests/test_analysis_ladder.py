@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from analysis import report_md
@@ -74,7 +75,7 @@ def test_the_report_section_puts_arms_cost_and_difference_side_by_side(ladder_wo
     text = report_md.ladder_section(result, {"figures": {}, "skipped_figures": {}})
     assert "| level | tuned | search runs | CPU-hours |" in text
     assert "alpha_out, lr" in text and "none (defaults)" in text
-    assert "Untuned learnable multipliers against the tuned parent" in text
+    assert "Learnable multipliers with less tuning against the parent with more" in text
     assert np.isfinite(result.levels[1]["diff"])
 
 
@@ -84,3 +85,15 @@ def test_the_ladder_is_in_summary_json_and_reads_back(ladder_world):
     data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
     back = load(data)
     assert type(back) is LadderResult and back == result
+
+
+def test_multipliers_at_each_level_meet_the_parent_of_every_level_that_tuned_strictly_more(ladder_world):
+    trials, _ = ladder_world
+    search = trials[trials["sweep"] == "mup-tuning"]
+    more = search.assign(sweep="mup-tuning-more", lr_mult_emb=np.linspace(0.5, 2.0, len(search)))
+    level = trials[trials["sweep"] == "ladder-tuned"].assign(sweep="ladder-more", from_study="mup-tuning-more")
+    result = fit_ladder(pd.concat([trials, more, level], ignore_index=True))
+    pairs = {(u["untuned_level"], u["tuned_level"]) for u in result.untuned}
+    assert pairs == {("ladder-none", "ladder-tuned"), ("ladder-none", "ladder-more"), ("ladder-tuned", "ladder-more")}
+    row = next(u for u in result.untuned if u["untuned_level"] == "ladder-tuned")
+    assert row["untuned_keys"] == ["alpha_out", "lr"] and row["tuned"] == ["alpha_out", "lr", "lr_mult_emb"]
