@@ -595,12 +595,27 @@ def plot_ladder(result: LadderResult) -> Figure:
 
 
 def _level_name(row: dict) -> str:
-    tuned = "+".join(row["tuned"]) if row["tuned"] else (f"from {row['study']}" if row["study"] else "untuned")
-    if len(tuned) > 18:
-        tuned = f"{len(row['tuned'])} keys"
+    tuned = _short_keys(row["tuned"]) if row["tuned"] else (f"from {row['study']}" if row["study"] else "untuned")
     cost = "" if not row["study"] else (
         f"\n{row['search_trials']} runs\n{row['cpu_hours']:.2g} CPU-h" if row["cpu_hours"] is not None else "\ncost n/a")
     return tuned + cost
+
+
+def _short_keys(keys: list[str], width: int = 12) -> str:
+    """Tuned keys in a tick label: keys sharing a prefix collapse (alpha_emb, alpha_out -> alpha_*×2),
+    joined by '+' and broken into lines of about `width` characters."""
+    prefixes: dict[str, list[str]] = {}
+    for key in keys:
+        prefixes.setdefault(key.rsplit("_", 1)[0] if "_" in key else key, []).append(key)
+    parts = [f"{p}_*×{len(ks)}" if len(ks) > 1 else ks[0] for p, ks in prefixes.items()]
+    lines = [""]
+    for part in parts:
+        joined = f"{lines[-1]}+{part}" if lines[-1] else part
+        if len(joined) > width and lines[-1]:
+            lines.append(part)
+        else:
+            lines[-1] = joined
+    return "+\n".join(lines)
 
 
 def plot_training_curves(history: pd.DataFrame, trials: pd.DataFrame, comparison: Comparison) -> Figure:
