@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from helpers import sweep_runs, wait_for_job
+from orchestrator import jobs
 from orchestrator.cli import main
 
 
