@@ -21,6 +21,14 @@ from .trial_folder import PLACEMENT_FILE
 VISIBLE_DEVICES_ENV = "CUDA_VISIBLE_DEVICES"  # what Ray sets to the GPUs it assigned
 
 
+def _in_ray_worker() -> bool:
+    """True in a process Ray started for a task or actor; False in a driver (a test or
+    `scalelab run` that called ray.init), where Ray's per-worker calls raise."""
+    import ray  # the trainable's process has it imported already
+
+    return ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
+
+
 def here() -> dict:
     """This process's Ray node (id and address), host, pid, what Ray reserved for it (`assigned`:
     {"CPU": 1.0, "GPU": 0.5}), the GPU ids Ray gave it and the CUDA_VISIBLE_DEVICES it sees.
@@ -28,7 +36,7 @@ def here() -> dict:
     import ray  # the trainable's process has it imported already
 
     node_id = node_ip = gpu_ids = assigned = None
-    if ray.is_initialized():
+    if _in_ray_worker():
         context = ray.get_runtime_context()
         node_id, node_ip = context.get_node_id(), ray.util.get_node_ip_address()
         assigned = context.get_assigned_resources()
@@ -43,7 +51,7 @@ def hide_unassigned_gpus() -> None:
     would train on one that other trials reserved. Called before torch first touches CUDA."""
     import ray  # the trainable's process has it imported already
 
-    if ray.is_initialized() and not ray.get_gpu_ids():
+    if _in_ray_worker() and not ray.get_gpu_ids():
         os.environ[VISIBLE_DEVICES_ENV] = ""
 
 
