@@ -67,8 +67,7 @@ def with_arms(runs: pd.DataFrame, by: list[str], hp: str) -> tuple[pd.DataFrame,
     """Runs that differ in a config column besides the seed at the same parametrization, size
     and hp (depth_scaling in a depth sweep, width_recipe in a λ sweep) are different arms, not
     seeds of one: their parametrization column becomes "mup [depth_scaling=completep]"."""
-    cell = ["parametrization"] + by + ([hp] if hp in runs.columns else []) + (["seed"] if "seed" in runs.columns else [])
-    arms = frames.varying_within(runs, cell, frames.config_columns(runs))
+    arms = frames.arm_columns(runs, ["parametrization"] + by[1:], by[0], hp)
     if not arms or runs.empty:
         return runs, []
     labels = [frames.group_label({"parametrization": p, **dict(zip(arms, values))})

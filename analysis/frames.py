@@ -120,6 +120,13 @@ def varying_within(frame: pd.DataFrame, cell: list[str], candidates: list[str]) 
     return [c for c in cols if counts[c] > 1]
 
 
+def arm_columns(runs: pd.DataFrame, keys: list[str], size: str, hp: str) -> list[str]:
+    """Config columns that vary between runs of one group at the same size, hp and seed (a depth
+    rule, a width recipe, the multipliers' LR exponent): they make arms, not seeds of one arm."""
+    cell = keys + [size] + ([hp] if hp in runs.columns else []) + (["seed"] if "seed" in runs.columns else [])
+    return varying_within(runs, cell, config_columns(runs))
+
+
 def best_cells(frame: pd.DataFrame, by: list[str], hp: str, loss: str) -> pd.DataFrame:
     """For each combination of `by`, the runs at the `hp` value with the lowest mean loss over
     its finished seeds (diverged runs never win). The tuned point of each size."""

@@ -107,8 +107,7 @@ def fit_multipliers(trials: pd.DataFrame, *, size: str = "d_model", hp: str = "l
     keys = frames.group_keys(runs)
     # a config column that varies at one size, hp and seed (the multipliers' LR exponent, a
     # depth rule) makes arms: fit each on its own instead of pooling them as seeds
-    keys += frames.varying_within(runs, keys + [size] + ([hp] if hp in runs.columns else []) + ["seed"],
-                                  frames.config_columns(runs))
+    keys += frames.arm_columns(runs, keys, size, hp)
     groups = []
     predictions = PREDICTIONS if size == WIDTH else {}
     for group, sub in frames.iter_groups(runs, keys):

@@ -76,8 +76,7 @@ def fit_multiplier_updates(trials: pd.DataFrame, history: pd.DataFrame, *, size:
                         "multipliers at ≥ 2 reports after warm-up")
     runs = runs[runs["run_id"].isin(rates.index)]
     keys = frames.group_keys(runs)
-    keys += frames.varying_within(runs, keys + [size] + ([hp] if hp in runs.columns else []) + ["seed"],
-                                  frames.config_columns(runs))
+    keys += frames.arm_columns(runs, keys, size, hp)
     runs = runs.assign(_rate=runs["run_id"].map(rates))
     groups, warnings = [], []
     for group, sub in frames.iter_groups(runs, keys):
