@@ -38,6 +38,9 @@ SCHEDULED = "SCHEDULED"
 # heartbeat thread's tracker and the callback's copy must agree.
 _RENEWED: dict[tuple[str, str], int] = {}
 _TAKEN: dict[tuple[str, str], str] = {}
+# (owner, run id a claim made) -> the run that replaced it when the trial's training started
+# (run_writes.SweepTracker.start_child): the heartbeat renews and releases the claim there.
+_MOVED: dict[tuple[str, str], str] = {}
 
 
 def lease_seconds() -> float:
@@ -96,7 +99,7 @@ class Claims:
     def _claim(self, trials: list, settle: float) -> tuple[list, dict[str, str], list]:
         now = int(time.time() * 1000)
         lease = lease_seconds()
-        self.children = self._load_children()
+        self.children = self._load_children(drop_unfinished_swaps=True)
         created, wrote = set(), False
         for trial in trials:
             child = self.children.get(trial.hash)
@@ -145,6 +148,19 @@ class Claims:
                 return self._tags(self.parent_id).get(TAG_OWNER, "")
         self.sweep_claimed = True
         return None
+
+    def _current(self, run_id: str) -> str:
+        """The run that holds the claim first written on `run_id` (moved at training start)."""
+        return _MOVED.get((self.owner, run_id), run_id)
+
+    def move_claim(self, old_run_id: str, new_run_id: str) -> None:
+        """Our claim on `old_run_id` now lives on `new_run_id` (same owner and heartbeat tags):
+        renewals, release and the take-over checks follow it, in every copy of the tracker."""
+        _MOVED[(self.owner, old_run_id)] = new_run_id
+        renewed = _RENEWED.pop((self.owner, old_run_id), None)
+        if renewed is not None:
+            _RENEWED[(self.owner, new_run_id)] = renewed
+        self.claimed = [new_run_id if r == old_run_id else r for r in self.claimed]
 
     def _held_since(self, run_id: str, now_ms: int) -> None:
         _RENEWED[(self.owner, run_id)] = now_ms
@@ -218,6 +234,7 @@ class Claims:
         (ours had lapsed)."""
         lost = []
         for run_id in list(self.claimed if run_ids is None else run_ids):
+            run_id = self._current(run_id)
             if release:
                 if self._tags(run_id).get(TAG_OWNER) == self.owner:
                     self.client.log_batch(run_id, tags=[RunTag(TAG_HEARTBEAT, "0")], synchronous=True)

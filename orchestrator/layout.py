@@ -32,6 +32,7 @@ TAG_LOGGED_STEP = "scalelab.logged_step"
 TAG_OWNER = "scalelab.owner"                 # "host:pid:id" of the `scalelab run` holding the trial (search: the parent)
 TAG_HEARTBEAT = "scalelab.heartbeat"          # epoch ms its owner last renewed the claim; 0 = released
 TAG_TRAINING_STARTED = "scalelab.training_started"  # epoch ms a trial's run last moved to RUNNING (training began)
+TAG_REPLACES = "scalelab.replaces"            # a trial's run made at training start: the claim's run it replaced
 TAG_RAY_JOB = "scalelab.ray_job_id"           # the Ray Job (submission id) the sweep ran in, when it ran as one
 TAG_OPTUNA_STUDY = "scalelab.optuna_study"    # search sweeps: the study (parent and trial runs)
 TAG_OPTUNA_TRIAL = "scalelab.optuna_trial"    # search sweeps: the Optuna trial number of a trial run
@@ -168,6 +169,20 @@ PAGE_SIZE = 1000
 def quote(value: str) -> str:
     """A string literal for an MLflow search filter."""
     return "'" + value.replace("'", "\\'") + "'"
+
+
+def unfinished_replacements(runs: list) -> dict[str, dict]:
+    """{run id: tags of the run it replaces} for each run made to replace a claim's run (TAG_REPLACES)
+    while that run still exists: mid-swap, or cut short by a crash. The replaced run is the
+    trial's (run_writes.SweepTracker._replace_claimed_run); readers skip the replacement."""
+    tags_of = {run.info.run_id: run.data.tags for run in runs}
+    return {run.info.run_id: tags_of[run.data.tags[TAG_REPLACES]] for run in runs
+            if run.data.tags.get(TAG_REPLACES) in tags_of}
+
+
+def without_unfinished_replacements(runs: list) -> list:
+    strays = unfinished_replacements(runs)
+    return [run for run in runs if run.info.run_id not in strays]
 
 
 def search_all(client, experiment_ids: str | list[str], filter_string: str = "",

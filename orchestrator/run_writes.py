@@ -32,13 +32,14 @@ from mlflow.tracking import MlflowClient
 from trainer.config import UserError
 
 from . import sweep_answer
-from .claims import CLAIM_SETTLE_S, Claims, held_by_other, new_owner_id
+from .claims import CLAIM_SETTLE_S, SCHEDULED, Claims, held_by_other, lease_seconds, new_owner_id
 from .layout import (ARTIFACT_DIR, CONFIG_ARTIFACT, MULTIPLIER_COLUMNS, MULTIPLIERS_ARTIFACT, OUTCOME_FAILED,
                      RESULTS_TABLE_ARTIFACT, SWEEP_ARTIFACT, KIND_SWEEP, KIND_TRIAL, TAG_BEST_RUN, TAG_BEST_TRIAL,
                      TAG_CODE, TAG_ERROR, TAG_FROM_STUDY, TAG_GIT_COMMIT, TAG_HASH, TAG_HEARTBEAT, TAG_IDENTITY,
                      TAG_KIND, TAG_LABEL, TAG_LOGGED_ARTIFACTS, TAG_LOGGED_STEP, TAG_MODE, TAG_NOTE, TAG_OPTUNA_STUDY,
-                     TAG_OUTCOME, TAG_OWNER, TAG_PARENT, TAG_RAY_JOB, TAG_SWEEP, TAG_TRAINING_STARTED,
-                     quote as _quote, search_all, sqlite_lock, sqlite_path)
+                     TAG_OUTCOME, TAG_OWNER, TAG_PARENT, TAG_RAY_JOB, TAG_REPLACES, TAG_RUN_NAME, TAG_SWEEP,
+                     TAG_TRAINING_STARTED,
+                     quote as _quote, search_all, sqlite_lock, sqlite_path, unfinished_replacements)
 from .trial import IDENTITY_VERSION, parametrization_label
 
 # MLflow's limits per log_batch call (mlflow.utils.validation).
@@ -137,6 +138,12 @@ class ChildRun:
     def held_by_other(self, me: str, now_ms: int, lease_s: float) -> bool:
         return held_by_other(self.owner, self.heartbeat_ms, me, now_ms, lease_s)
 
+    replacement: str | None = None  # the run made to replace this claim's run, once created (a retried swap reuses it)
+
+    def is_placeholder(self) -> bool:
+        """A claim's run, queued, that holds nothing yet: no params, metrics or outcome."""
+        return self.status == SCHEDULED and self.n_params == 0 and self.logged_step < 0 and self.outcome is None
+
 
 # --- the tracker ------------------------------------------------------------------------------
 
@@ -194,10 +201,23 @@ class SweepTracker(Claims):
             self.client.delete_run(run.info.run_id)
         return oldest
 
-    def _load_children(self) -> dict[str, ChildRun]:
+    def _load_children(self, drop_unfinished_swaps: bool = False) -> dict[str, ChildRun]:
+        """The run of each trial hash: the oldest. With `drop_unfinished_swaps` (claims, which
+        hold the SQLite lock), a run made to replace a claim's run that still exists is deleted
+        unless a live invocation other than this one holds its claim (it may be mid-swap,
+        `_replace_claimed_run`): that swap was cut short by a crash, and the old run holds."""
         children: dict[str, ChildRun] = {}
-        for run in self._oldest_first(f"tags.`{TAG_PARENT}` = {_quote(self.parent_id)}"):
+        runs = self._oldest_first(f"tags.`{TAG_PARENT}` = {_quote(self.parent_id)}")
+        strays = unfinished_replacements(runs)
+        now, lease = int(time.time() * 1000), lease_seconds()
+        for run in runs:
             tags = run.data.tags
+            replaced = strays.get(run.info.run_id)
+            if replaced is not None:  # mid-swap or cut short: the old run is the trial's and holds its claim
+                if drop_unfinished_swaps and not held_by_other(replaced.get(TAG_OWNER, ""),
+                                                               int(replaced.get(TAG_HEARTBEAT) or 0), "", now, lease):
+                    self._delete_quietly(run.info.run_id)
+                continue
             trial_hash = tags.get(TAG_HASH)
             if trial_hash and trial_hash not in children:  # the oldest run of a hash is the one
                 children[trial_hash] = ChildRun(run.info.run_id, int(tags.get(TAG_LOGGED_STEP, -1)),
@@ -206,6 +226,12 @@ class SweepTracker(Claims):
                                                 heartbeat_ms=int(tags.get(TAG_HEARTBEAT) or 0),
                                                 status=run.info.status)
         return children
+
+    def _delete_quietly(self, run_id: str) -> None:
+        try:
+            self.client.delete_run(run_id)
+        except Exception:  # noqa: BLE001 - a rival reader deleted it first: gone either way
+            pass
 
     def _identity_tags(self, trial) -> dict[str, str]:
         return {TAG_PARENT: self.parent_id, TAG_KIND: KIND_TRIAL, TAG_HASH: trial.hash,
@@ -223,15 +249,17 @@ class SweepTracker(Claims):
 
     # --- trial runs ---
     def start_child(self, trial, n_params: int | None) -> ChildRun:
-        """Training of `trial` begins: create its run, or move the run its claim made (SCHEDULED)
-        to RUNNING; params and CONFIG_ARTIFACT are written once.
+        """Training of `trial` begins: create its run; params and CONFIG_ARTIFACT are written once.
 
-        MLflow cannot move a run's start time (UpdateRun sets status, end time and name only), so
-        a run made by the claim keeps the claim's time as its start: the UI's Duration then
-        counts the time queued too. TAG_TRAINING_STARTED records when training began; the
-        training time itself is the trial's `wall_time_s` metric (docs/running.md)."""
+        A grid trial's claim made its run when the sweep started (SCHEDULED, empty). MLflow
+        cannot move a run's start time (UpdateRun sets status, end time and name only), so that
+        run is replaced now by one that starts now (`_replace_claimed_run`): the UI's start time
+        and Duration are the training's. A run that holds results of an earlier attempt is kept
+        and moved back to RUNNING (`mark_running`): its start is the first attempt's."""
         child = self.children.get(trial.hash)
-        if child is not None:
+        if child is not None and child.is_placeholder():
+            self._replace_claimed_run(child, trial)
+        elif child is not None:
             self.mark_running(child)
         else:
             # One call creates the run with the tags that identify it: no half-identified runs.
@@ -248,6 +276,26 @@ class SweepTracker(Claims):
             self.log_params(child.run_id, params)
             child.n_params = len(params)
         return child
+
+    def _replace_claimed_run(self, child: ChildRun, trial) -> None:
+        """Swap the claim's empty run for one that starts now, with the same tags (identity and
+        claim: owner, heartbeat) plus TAG_REPLACES, then delete the old one. A rival reading the
+        sweep in between sees two runs of the hash, both with our live claim, and the older one
+        wins: either way the trial is ours. On SQLite the swap holds the database's lock, as
+        claims do. A crash between the two calls leaves the new run beside the old one:
+        `_load_children` deletes it (the old run still holds the claim)."""
+        old = child.run_id
+        with sqlite_lock(self.tracking_uri):
+            if child.replacement is None:  # (a retry after an outage between the two calls reuses it)
+                tags = {k: v for k, v in self.client.get_run(old).data.tags.items() if k != TAG_RUN_NAME}
+                now = int(time.time() * 1000)
+                child.replacement = self.client.create_run(
+                    self.experiment_id, run_name=trial.label, start_time=now, tags={
+                        **tags, **self._identity_tags(trial), TAG_TRAINING_STARTED: str(now), TAG_REPLACES: old,
+                    }).info.run_id
+            self.client.delete_run(old)
+        child.run_id, child.status, child.replacement = child.replacement, "RUNNING", None
+        self.move_claim(old, child.run_id)
 
     def mark_running(self, child: ChildRun) -> None:
         """The trial's training (re)starts: RUNNING, with this invocation's provenance."""

@@ -7,7 +7,8 @@ import os
 from trainer.config import UserError
 
 from .layout import (DONE_OUTCOMES, OUTCOME_FINISHED, KIND_SWEEP, KIND_TRIAL, TAG_HASH, TAG_IDENTITY, TAG_KIND, TAG_OUTCOME,
-                     TAG_PARENT, TAG_SWEEP, probe_tracking, quote, search_all, sqlite_lock, sqlite_path)
+                     TAG_PARENT, TAG_SWEEP, probe_tracking, quote, search_all, sqlite_lock, sqlite_path,
+                     without_unfinished_replacements)
 from .trial import IDENTITY_VERSION
 from .uri_auth import redact
 
@@ -71,7 +72,8 @@ def sweep_runs(tracking_uri: str, experiment: str, sweep: str) -> list:
     parent = min(parents, key=lambda r: (r.info.start_time, r.info.run_id), default=None)
     if parent is None:
         return []
-    return _search(tracking_uri, experiment, f"tags.`{TAG_PARENT}` = {quote(parent.info.run_id)}") or []
+    return without_unfinished_replacements(
+        _search(tracking_uri, experiment, f"tags.`{TAG_PARENT}` = {quote(parent.info.run_id)}") or [])
 
 
 def trial_runs(tracking_uri: str, experiment: str, sweep: str | None = None) -> list | None:
@@ -80,4 +82,5 @@ def trial_runs(tracking_uri: str, experiment: str, sweep: str | None = None) -> 
     where = f"tags.`{TAG_KIND}` = {quote(KIND_TRIAL)}"
     if sweep:
         where += f" and tags.`{TAG_SWEEP}` = {quote(sweep)}"
-    return _search(tracking_uri, experiment, where)
+    runs = _search(tracking_uri, experiment, where)
+    return None if runs is None else without_unfinished_replacements(runs)

@@ -100,7 +100,8 @@ def test_parent_run_carries_the_answer_and_trial_runs_their_provenance(grid_run,
         t = run.data.tags
         assert t["mlflow.note.content"] == f"{t['scalelab.label']} — sweep grid-basic"
         assert len(t["mlflow.source.git.commit"]) == 40  # the tests run in a git checkout
-        assert int(t["scalelab.training_started"]) >= run.info.start_time
+        # the claim's queued placeholder was replaced when training began: start time = training start
+        assert int(t["scalelab.training_started"]) == run.info.start_time and t["scalelab.replaces"]
         assert run.info.status == "FINISHED" and "scalelab.ray_job_id" not in t  # not a Ray Job
 
 

@@ -63,7 +63,10 @@ def test_killed_driver_resumes_without_duplicates(tmp_path, tiny_sweep):
 
     uri = "sqlite:///" + str(tmp_path / "mlflow.db")
     _, _, before = sweep_runs(uri, "resume")
-    ids_before = {r.data.tags["scalelab.trial_hash"]: r.info.run_id for r in before}
+    ids_before = {r.data.tags["scalelab.trial_hash"]: r.info.run_id for r in before
+                  if "scalelab.training_started" in r.data.tags}
+    queued_before = {r.data.tags["scalelab.trial_hash"]: r.info.run_id for r in before
+                     if "scalelab.training_started" not in r.data.tags}
 
     second = start_scalelab(["run", "resume.yaml"], tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
@@ -75,8 +78,11 @@ def test_killed_driver_resumes_without_duplicates(tmp_path, tiny_sweep):
     by_hash = {r.data.tags["scalelab.trial_hash"]: r for r in after}
     assert len(after) == len(by_hash) == 3                      # no duplicated runs
     assert all(r.data.tags["scalelab.outcome"] == "finished" for r in after)
+    assert len(ids_before) >= 2                                 # the finished and the half-done trial
     for trial_hash, run_id in ids_before.items():               # runs started before the kill are reused
         assert by_hash[trial_hash].info.run_id == run_id
+    for trial_hash, run_id in queued_before.items():            # a claim's placeholder: replaced at training start
+        assert by_hash[trial_hash].data.tags["scalelab.replaces"] == run_id
     for run in after:
         for key in ("train_loss", "val_loss", "tokens"):
             steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]

@@ -16,9 +16,11 @@ from helpers import write_sweep
 from orchestrator import jobs, sweep_answer
 from orchestrator.cli import main
 from orchestrator.layout import (BEST_METRIC, RESULTS_TABLE_ARTIFACT, SWEEP_ARTIFACT, TAG_BEST_RUN, TAG_BEST_TRIAL,
-                                 TAG_GIT_COMMIT, TAG_LOGGED_ARTIFACTS, TAG_NOTE, TAG_RAY_JOB, TAG_TRAINING_STARTED)
+                                 TAG_GIT_COMMIT, TAG_HEARTBEAT, TAG_LOGGED_ARTIFACTS, TAG_NOTE, TAG_OWNER,
+                                 TAG_RAY_JOB, TAG_REPLACES, TAG_TRAINING_STARTED)
 from orchestrator.run_writes import RAY_JOB_CONFIG_ENV, SweepTracker, ray_job_id
 from orchestrator.spec import load_sweep
+from orchestrator.tracking_query import trial_runs
 from trainer.config import UserError
 
 
@@ -124,17 +126,68 @@ def test_a_claimed_trial_is_scheduled_until_it_trains(tracking_uri, tmp_path, mo
     assert tracker.client.get_run(run_id).info.status == "SCHEDULED"
 
     time.sleep(0.3)  # queued a while
+    heartbeat_ids = list(tracker.claimed)  # what the driver's Heartbeat renews (runner.py)
     child = tracker.start_child(trial, n_params=None)
-    started = tracker.client.get_run(run_id)
-    assert child.run_id == run_id and started.info.status == "RUNNING"
-    began = int(started.data.tags[TAG_TRAINING_STARTED])
-    # MLflow keeps the claim's time as the start time; the tag says when training began
-    assert began >= started.info.start_time + 300
+    started = tracker.client.get_run(child.run_id)
+    # the claim's run is replaced by one that starts now: MLflow cannot move a start time
+    assert child.run_id != run_id and started.info.status == "RUNNING"
+    assert tracker.client.get_run(run_id).info.lifecycle_stage == "deleted"
+    assert int(started.data.tags[TAG_TRAINING_STARTED]) == started.info.start_time
+    assert started.info.start_time >= queued.info.start_time + 300
+    assert started.data.tags[TAG_REPLACES] == run_id and started.data.tags[TAG_NOTE] == tags[TAG_NOTE]
+    assert started.data.tags[TAG_OWNER] == tracker.owner and started.data.tags[TAG_GIT_COMMIT] == "0" * 40
+    # the claim moved with it: a copy of the tracker renews and releases it on the new run
+    assert heartbeat_ids == [run_id]
+    assert tracker.heartbeat(heartbeat_ids) == [] and tracker.taken_over(trial.hash) is None
+    assert SweepTracker(tracking_uri, "life", "life", "grid").children[trial.hash].run_id == child.run_id
     time.sleep(0.5)  # training
     tracker.finish_child(child, "finished", multipliers=[])
-    ended = tracker.client.get_run(run_id)
+    ended = tracker.client.get_run(child.run_id)
     assert ended.info.status == "FINISHED"
-    assert 0.5 <= (ended.info.end_time - began) / 1000 < 5.0  # training time, from the tag
+    assert 0.5 <= (ended.info.end_time - ended.info.start_time) / 1000 < 5.0  # the UI's Duration: training time
+    tracker.heartbeat(heartbeat_ids, release=True)
+    assert tracker.client.get_run(child.run_id).data.tags[TAG_HEARTBEAT] == "0"
+
+
+def test_a_trial_that_trained_before_keeps_its_run(tracking_uri, tmp_path):
+    """A rerun of a trial that has results (it failed, or was cut short) keeps its run: RUNNING
+    again, its start the first attempt's."""
+    spec = load_sweep(str(write_sweep(tmp_path, "again", grid={"lr": [1e-3]})))
+    trial = spec.trials()[0]
+    tracker = SweepTracker(tracking_uri, "again", "again", "grid")
+    tracker.claim([trial])
+    child = tracker.start_child(trial, n_params=None)
+    tracker.finish_child(child, "failed", error="boom")
+    tracker.heartbeat(release=True)
+    tracker = SweepTracker(tracking_uri, "again", "again", "grid")
+    assert tracker.claim([trial])[0] == [trial]
+    assert tracker.start_child(trial, n_params=None).run_id == child.run_id
+    assert tracker.client.get_run(child.run_id).info.status == "RUNNING"
+
+
+def test_a_swap_cut_short_by_a_crash_leaves_one_run(tracking_uri, tmp_path, monkeypatch):
+    """Killed between creating the training run and deleting the claim's: the claim's run still
+    holds the trial; the next claim deletes the stray (unless a live invocation is mid-swap)."""
+    spec = load_sweep(str(write_sweep(tmp_path, "crash", grid={"lr": [1e-3]})))
+    trial = spec.trials()[0]
+    tracker = SweepTracker(tracking_uri, "crash", "crash", "grid")
+    tracker.claim([trial])
+    claim_run = tracker.children[trial.hash].run_id
+    monkeypatch.setattr(tracker.client, "delete_run", lambda run_id: (_ for _ in ()).throw(SystemExit("killed")))
+    with pytest.raises(SystemExit):
+        tracker.start_child(trial, n_params=None)
+    monkeypatch.undo()
+    assert len(tracker.child_runs()) == 2
+    # what `scalelab status` and the results table read: the trial's run only
+    assert [r.info.run_id for r in trial_runs(tracking_uri, "crash", "crash")] == [claim_run]
+    # a live rival mid-swap is left alone: reading (or claiming) keeps both, the old one is the trial's
+    rival = SweepTracker(tracking_uri, "crash", "crash", "grid")
+    assert rival.children[trial.hash].run_id == claim_run
+    assert rival.claim([trial])[1] == {trial.hash: tracker.owner} and len(rival.child_runs()) == 2
+    tracker.heartbeat(release=True)  # the crashed owner's claim ends
+    rival = SweepTracker(tracking_uri, "crash", "crash", "grid")
+    assert rival.claim([trial])[0] == [trial]
+    assert [r.info.run_id for r in rival.child_runs()] == [claim_run]
 
 
 def test_a_run_made_when_training_starts_starts_then(tracking_uri):
@@ -213,3 +266,28 @@ def test_submit_stops_with_the_fix_when_the_cluster_cannot_import_the_project(tm
     assert code == 2 and "Traceback" not in err
     assert "install the project on every node" in err and len(err.strip().splitlines()) == 1
     assert [s["submission_id"].endswith("-check") for s in broken.submitted] == [True]  # the sweep was not sent
+
+
+def test_a_swap_retried_after_an_outage_makes_one_run(tracking_uri, tmp_path, monkeypatch):
+    """MLflow unreachable between the swap's two calls: the outbox retries start_child, which
+    reuses the run it made (no second replacement, no empty run left beside the trial's)."""
+    spec = load_sweep(str(write_sweep(tmp_path, "outage", grid={"lr": [1e-3]})))
+    trial = spec.trials()[0]
+    tracker = SweepTracker(tracking_uri, "outage", "outage", "grid")
+    tracker.claim([trial])
+    claim_run = tracker.children[trial.hash].run_id
+    delete = tracker.client.delete_run
+    calls = []
+
+    def flaky_delete(run_id):
+        calls.append(run_id)
+        if len(calls) == 1:
+            raise ConnectionError("MLflow unreachable")
+        delete(run_id)
+    monkeypatch.setattr(tracker.client, "delete_run", flaky_delete)
+    with pytest.raises(ConnectionError):
+        tracker.start_child(trial, n_params=None)
+    child = tracker.start_child(trial, n_params=None)  # the outbox's retry
+    assert calls == [claim_run, claim_run]
+    assert [r.info.run_id for r in tracker.child_runs()] == [child.run_id] != [claim_run]
+    assert tracker.start_child(trial, n_params=None).run_id == child.run_id  # a later retry: same run
