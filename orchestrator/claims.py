@@ -71,6 +71,11 @@ def held_by_other(owner: str, heartbeat_ms: int, me: str, now_ms: int, lease_s: 
     return bool(owner) and owner != me and now_ms - heartbeat_ms < lease_s * 1000 and not owner_is_dead(owner)
 
 
+def tags_held_by_other(tags: dict, me: str, now_ms: int, lease_s: float) -> bool:
+    """held_by_other for the claim in a run's tags (TAG_OWNER, TAG_HEARTBEAT)."""
+    return held_by_other(tags.get(TAG_OWNER, ""), int(tags.get(TAG_HEARTBEAT) or 0), me, now_ms, lease_s)
+
+
 class Claims:
     """The claim protocol on a sweep's runs, mixed into run_writes.SweepTracker, whose MLflow
     client, parent run, children and run identity tags it uses."""
@@ -140,10 +145,8 @@ class Claims:
         last claim written holds)."""
         with sqlite_lock(self.tracking_uri):
             tags = self._tags(self.parent_id)
-            owner = tags.get(TAG_OWNER, "")
-            if held_by_other(owner, int(tags.get(TAG_HEARTBEAT) or 0), self.owner, int(time.time() * 1000),
-                             lease_seconds()):
-                return owner
+            if tags_held_by_other(tags, self.owner, int(time.time() * 1000), lease_seconds()):
+                return tags.get(TAG_OWNER, "")
             if not self._take(self.parent_id):
                 return self._tags(self.parent_id).get(TAG_OWNER, "")
         self.sweep_claimed = True
@@ -252,7 +255,7 @@ class Claims:
                for c in self.children.values()):
             return True
         tags = self._tags(self.parent_id)
-        return held_by_other(tags.get(TAG_OWNER, ""), int(tags.get(TAG_HEARTBEAT) or 0), self.owner, now, lease)
+        return tags_held_by_other(tags, self.owner, now, lease)
 
 
 class Heartbeat:

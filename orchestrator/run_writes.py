@@ -32,7 +32,8 @@ from mlflow.tracking import MlflowClient
 from trainer.config import UserError
 
 from . import sweep_answer
-from .claims import CLAIM_SETTLE_S, SCHEDULED, Claims, held_by_other, lease_seconds, new_owner_id
+from .claims import (CLAIM_SETTLE_S, SCHEDULED, Claims, held_by_other, lease_seconds, new_owner_id,
+                     tags_held_by_other)
 from .layout import (ARTIFACT_DIR, CONFIG_ARTIFACT, MULTIPLIER_COLUMNS, MULTIPLIERS_ARTIFACT, OUTCOME_FAILED,
                      RESULTS_TABLE_ARTIFACT, SWEEP_ARTIFACT, KIND_SWEEP, KIND_TRIAL, TAG_BEST_RUN, TAG_BEST_TRIAL,
                      TAG_CODE, TAG_ERROR, TAG_FROM_STUDY, TAG_GIT_COMMIT, TAG_HASH, TAG_HEARTBEAT, TAG_IDENTITY,
@@ -134,11 +135,10 @@ class ChildRun:
     owner: str = ""                # TAG_OWNER: the invocation that claimed the trial
     heartbeat_ms: int = 0          # TAG_HEARTBEAT
     status: str = "RUNNING"        # the run's MLflow status (SCHEDULED while its trial waits)
+    replacement: str | None = None  # the run made to replace this claim's run, once created (a retried swap reuses it)
 
     def held_by_other(self, me: str, now_ms: int, lease_s: float) -> bool:
         return held_by_other(self.owner, self.heartbeat_ms, me, now_ms, lease_s)
-
-    replacement: str | None = None  # the run made to replace this claim's run, once created (a retried swap reuses it)
 
     def is_placeholder(self) -> bool:
         """A claim's run, queued, that holds nothing yet: no params, metrics or outcome."""
@@ -214,9 +214,11 @@ class SweepTracker(Claims):
             tags = run.data.tags
             replaced = strays.get(run.info.run_id)
             if replaced is not None:  # mid-swap or cut short: the old run is the trial's and holds its claim
-                if drop_unfinished_swaps and not held_by_other(replaced.get(TAG_OWNER, ""),
-                                                               int(replaced.get(TAG_HEARTBEAT) or 0), "", now, lease):
-                    self._delete_quietly(run.info.run_id)
+                if drop_unfinished_swaps and not tags_held_by_other(replaced, "", now, lease):
+                    try:
+                        self.client.delete_run(run.info.run_id)
+                    except Exception:  # noqa: BLE001 - MLflow unreachable: readers skip it, the next claim retries
+                        pass
                 continue
             trial_hash = tags.get(TAG_HASH)
             if trial_hash and trial_hash not in children:  # the oldest run of a hash is the one
@@ -226,12 +228,6 @@ class SweepTracker(Claims):
                                                 heartbeat_ms=int(tags.get(TAG_HEARTBEAT) or 0),
                                                 status=run.info.status)
         return children
-
-    def _delete_quietly(self, run_id: str) -> None:
-        try:
-            self.client.delete_run(run_id)
-        except Exception:  # noqa: BLE001 - a rival reader deleted it first: gone either way
-            pass
 
     def _identity_tags(self, trial) -> dict[str, str]:
         return {TAG_PARENT: self.parent_id, TAG_KIND: KIND_TRIAL, TAG_HASH: trial.hash,
